@@ -1,0 +1,1 @@
+//! natty-election (not written yet).

@@ -1,0 +1,1 @@
+//! natty-kv (not written yet).

@@ -1,0 +1,1 @@
+//! natty-stream (not written yet).

@@ -1,0 +1,1 @@
+//! natty (not written yet).
