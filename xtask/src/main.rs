@@ -1,1 +1,139 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's automation (see `cargo xtask help`).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+use natty_testkit::{TestCerts, image};
+
+const HELP: &str = "\
+cargo xtask <command>
+
+  ci                    exactly what CI runs: fmt, clippy, unit tests, docs, integration, deny
+  integration [filter]  build the NATS image if needed and run the testcontainers suites
+  nats-image            build the local FROM-scratch NATS image (no-op when present)
+  certs                 regenerate the certificates in assets/
+
+Environment: NATS_SERVER_BIN (the nats-server binary for the image), NATTY_NATS_IMAGE (use this
+image instead, e.g. nats:2.15.1 where registry pulls work).";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("integration") => integration(args.get(1).map(String::as_str)),
+        Some("nats-image") => nats_image().map(|_| ()),
+        Some("certs") => certs(&root.join("assets")),
+        Some("help" | "--help" | "-h") | None => {
+            eprintln!("{HELP}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command {other:?}\n\n{HELP}"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Runs a command, echoing it, failing if it fails.
+fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<()> {
+    eprintln!("\n==> {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn nats_image() -> anyhow::Result<String> {
+    let (reference, built) = image::ensure_uncached()?;
+    match built {
+        image::Built::Built => eprintln!("built image {reference}"),
+        image::Built::AlreadyPresent => eprintln!("image {reference} already present, nothing to do"),
+        image::Built::Overridden => eprintln!("using NATTY_NATS_IMAGE={reference}"),
+    }
+    Ok(reference)
+}
+
+fn integration(filter: Option<&str>) -> anyhow::Result<()> {
+    if !image::docker_available() {
+        bail!("the integration suites need Docker, and no Docker daemon answers (`docker info`)");
+    }
+    let reference = nats_image()?;
+    let mut args = vec!["test", "--workspace", "--", "--ignored"];
+    args.extend(filter);
+    run("cargo", &args, &[("NATTY_NATS_IMAGE", &reference)])
+}
+
+fn ci() -> anyhow::Result<()> {
+    run("cargo", &["fmt", "--all", "--", "--check"], &[])?;
+    run(
+        "cargo",
+        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[],
+    )?;
+    run("cargo", &["test", "--workspace"], &[])?;
+    run(
+        "cargo",
+        &["doc", "--workspace", "--no-deps"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    if image::docker_available() {
+        integration(None)?;
+    } else if std::env::var_os("CI").is_some() {
+        bail!("CI must run the integration suites, but no Docker daemon answers (`docker info`)");
+    } else {
+        eprintln!("\n==> SKIPPED: integration suites (no Docker daemon answers `docker info`)");
+    }
+    deny()?;
+    eprintln!("\n==> cargo xtask ci: all green");
+    Ok(())
+}
+
+fn deny() -> anyhow::Result<()> {
+    let installed = Command::new("cargo")
+        .args(["deny", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        run("cargo", &["install", "cargo-deny", "--locked"], &[])?;
+    }
+    // Advisories need the RustSec database from GitHub, which this network does not reach:
+    // checked wherever it can be fetched, said plainly where it cannot.
+    run("cargo", &["deny", "--offline", "check", "licenses", "bans", "sources"], &[])?;
+    let advisories = Command::new("cargo")
+        .args(["deny", "check", "advisories"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !advisories {
+        eprintln!("==> NOTE: advisories not checked (the RustSec database could not be fetched)");
+    }
+    Ok(())
+}
+
+fn certs(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let certs = TestCerts::generate(&["nats"])?;
+    for (name, text) in [
+        ("ca.pem", &certs.ca.cert),
+        ("server-cert.pem", &certs.server.cert),
+        ("server-key.pem", &certs.server.key),
+        ("client-cert.pem", &certs.client.cert),
+        ("client-key.pem", &certs.client.key),
+    ] {
+        std::fs::write(dir.join(name), text)?;
+        eprintln!("wrote {}", dir.join(name).display());
+    }
+    Ok(())
+}
