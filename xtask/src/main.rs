@@ -60,7 +60,9 @@ fn nats_image() -> anyhow::Result<String> {
     let (reference, built) = image::ensure_uncached()?;
     match built {
         image::Built::Built => eprintln!("built image {reference}"),
-        image::Built::AlreadyPresent => eprintln!("image {reference} already present, nothing to do"),
+        image::Built::AlreadyPresent => {
+            eprintln!("image {reference} already present, nothing to do")
+        }
         image::Built::Overridden => eprintln!("using NATTY_NATS_IMAGE={reference}"),
     }
     Ok(reference)
@@ -80,7 +82,14 @@ fn ci() -> anyhow::Result<()> {
     run("cargo", &["fmt", "--all", "--", "--check"], &[])?;
     run(
         "cargo",
-        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
         &[],
     )?;
     run("cargo", &["test", "--workspace"], &[])?;
@@ -111,7 +120,11 @@ fn deny() -> anyhow::Result<()> {
     }
     // Advisories need the RustSec database from GitHub, which this network does not reach:
     // checked wherever it can be fetched, said plainly where it cannot.
-    run("cargo", &["deny", "--offline", "check", "licenses", "bans", "sources"], &[])?;
+    run(
+        "cargo",
+        &["deny", "--offline", "check", "licenses", "bans", "sources"],
+        &[],
+    )?;
     let advisories = Command::new("cargo")
         .args(["deny", "check", "advisories"])
         .status()

@@ -6,10 +6,7 @@ use std::{fmt, io};
 use async_nats::{ConnectErrorKind, ServerAddr};
 use tracing::Instrument;
 
-use crate::{
-    Client, ConnectOptions, Error, ErrorKind,
-    options::Auth,
-};
+use crate::{Client, ConnectOptions, Error, ErrorKind, options::Auth};
 
 /// One server tried while connecting, and why it failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,17 +92,15 @@ impl ConnectOptions {
     pub(crate) async fn nats_options(&self) -> Result<async_nats::ConnectOptions, Error> {
         let mut options = match &self.auth {
             Auth::None => async_nats::ConnectOptions::new(),
-            Auth::CredentialsFile(path) => {
-                async_nats::ConnectOptions::with_credentials_file(path)
-                    .await
-                    .map_err(|e| {
-                        Error::with_source(
-                            ErrorKind::Io,
-                            format!("reading the credentials file {}", path.display()),
-                            e,
-                        )
-                    })?
-            }
+            Auth::CredentialsFile(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Io,
+                        format!("reading the credentials file {}", path.display()),
+                        e,
+                    )
+                })?,
             Auth::Credentials(creds) => async_nats::ConnectOptions::with_credentials(creds)
                 .map_err(|e| {
                     Error::with_source(ErrorKind::InvalidConfig, "parsing the credentials", e)
@@ -121,8 +116,12 @@ impl ConnectOptions {
             .request_timeout(Some(self.request_timeout))
             .event_callback(|event| async move {
                 match event {
-                    async_nats::Event::Connected => tracing::info!("NATS connection (re)established"),
-                    async_nats::Event::Disconnected => tracing::warn!("NATS connection lost, reconnecting"),
+                    async_nats::Event::Connected => {
+                        tracing::info!("NATS connection (re)established")
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS connection lost, reconnecting")
+                    }
                     other => tracing::debug!(event = %other, "NATS client event"),
                 }
             });
@@ -153,7 +152,10 @@ impl ConnectOptions {
                 Ok(client) => {
                     // It answered this time; report the first failure honestly all the same.
                     drop(client);
-                    (ErrorKind::Connect, "unreachable at first, answered on a second try".into())
+                    (
+                        ErrorKind::Connect,
+                        "unreachable at first, answered on a second try".into(),
+                    )
                 }
                 Err(err) => (classify(&err), describe(&err)),
             };
@@ -164,13 +166,22 @@ impl ConnectOptions {
                 detail,
             });
         }
-        let kind = [ErrorKind::Auth, ErrorKind::Tls, ErrorKind::Connect, ErrorKind::TimedOut]
-            .into_iter()
-            .find(|k| attempts.iter().any(|a| a.kind == *k))
-            .unwrap_or(ErrorKind::Refused);
+        let kind = [
+            ErrorKind::Auth,
+            ErrorKind::Tls,
+            ErrorKind::Connect,
+            ErrorKind::TimedOut,
+        ]
+        .into_iter()
+        .find(|k| attempts.iter().any(|a| a.kind == *k))
+        .unwrap_or(ErrorKind::Refused);
         let context = format!(
             "connecting to {} (tried {})",
-            if attempts.len() == 1 { "the NATS server" } else { "any of the NATS servers" },
+            if attempts.len() == 1 {
+                "the NATS server"
+            } else {
+                "any of the NATS servers"
+            },
             self.servers.join(", ")
         );
         Error::with_source(kind, context, ConnectFailure { attempts })

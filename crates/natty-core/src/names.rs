@@ -156,8 +156,7 @@ pub fn key_filter(input: &str) -> Result<&str, Error> {
 fn key_impl(input: &str, wildcards: bool) -> Result<&str, Error> {
     let what = if wildcards { "key filter" } else { "key" };
     check_len(what, input, usize::MAX)?;
-    let allowed =
-        |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '/' | '_' | '=' | '.');
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '/' | '_' | '=' | '.');
     if let Some(c) = input
         .chars()
         .find(|&c| !(allowed(c) || (wildcards && matches!(c, '*' | '>'))))

@@ -1,4 +1,8 @@
 //! The 3-node cluster harness: a client keeps doing JetStream requests after a node dies.
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test a panic is the failure report"
+)]
 
 use std::time::Duration;
 
@@ -27,15 +31,21 @@ async fn jetstream_survives_the_loss_of_the_connected_node() -> anyhow::Result<(
 
     // Kill the very node this client talks to.
     let connected = client.nats().server_info().server_name;
-    let victim = cluster.index_of(&connected).expect("connected to a cluster node");
+    let victim = cluster
+        .index_of(&connected)
+        .expect("connected to a cluster node");
     cluster.node(victim).kill().await?;
 
     // JetStream requests go on through the other two (after the client reconnects and the
     // stream's raft group elects a new leader if it lost its own).
-    let ack = wait_for("a publish acked by the surviving nodes", Duration::from_secs(30), || {
-        let js = js.clone();
-        async move { js.publish("orders.2", "two".into()).await.ok()?.await.ok() }
-    })
+    let ack = wait_for(
+        "a publish acked by the surviving nodes",
+        Duration::from_secs(30),
+        || {
+            let js = js.clone();
+            async move { js.publish("orders.2", "two".into()).await.ok()?.await.ok() }
+        },
+    )
     .await?;
     assert_eq!(ack.stream, "ORDERS");
     assert_ne!(client.nats().server_info().server_name, connected);

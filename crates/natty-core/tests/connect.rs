@@ -1,5 +1,9 @@
 //! natty-core against real NATS servers (plain, TLS, mutual TLS, auth, several URLs).
 //! `#[ignore]`d so a plain `cargo test` needs no Docker; `cargo xtask integration` runs them.
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test a panic is the failure report"
+)]
 
 use std::time::Duration;
 
@@ -21,7 +25,10 @@ fn dead_url() -> String {
 async fn plain_connect_reaches_jetstream() -> anyhow::Result<()> {
     init_tracing();
     let nats = Nats::start().await?;
-    let client = ConnectOptions::new([nats.url()]).name("plain").connect().await?;
+    let client = ConnectOptions::new([nats.url()])
+        .name("plain")
+        .connect()
+        .await?;
     client.jetstream().query_account().await?;
     let version = client.server_version().expect("server reports a version");
     assert!(version.at_least(2, 11), "{version}");
@@ -150,7 +157,10 @@ async fn token_auth() -> anyhow::Result<()> {
         ..ServerOptions::default()
     })
     .await?;
-    let client = ConnectOptions::new([nats.url()]).token("s3cret").connect().await?;
+    let client = ConnectOptions::new([nats.url()])
+        .token("s3cret")
+        .connect()
+        .await?;
     client.jetstream().query_account().await?;
     let err = ConnectOptions::new([nats.url()])
         .token("wrong")
@@ -194,10 +204,14 @@ async fn client_reconnects_after_a_server_restart() -> anyhow::Result<()> {
     let client = ConnectOptions::new([nats.url()]).connect().await?;
     client.jetstream().query_account().await?;
     nats.restart().await?;
-    natty_testkit::wait_for("JetStream answering after restart", Duration::from_secs(30), || {
-        let js = client.jetstream().clone();
-        async move { js.query_account().await.ok() }
-    })
+    natty_testkit::wait_for(
+        "JetStream answering after restart",
+        Duration::from_secs(30),
+        || {
+            let js = client.jetstream().clone();
+            async move { js.query_account().await.ok() }
+        },
+    )
     .await?;
     Ok(())
 }

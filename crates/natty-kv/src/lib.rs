@@ -1,1 +1,45 @@
-//! natty-kv (not written yet).
+//! natty-kv: key/value on NATS JetStream, with *safe* refresh and delete.
+//!
+//! - Buckets are created on demand by writes ([`Kv::put`], [`Kv::create`]) with the `Kv`'s
+//!   default [`BucketConfig`]; reads never create one.
+//! - Every conditional write is a compare-and-set on the key's revision, and a lost CAS is
+//!   always [`ErrorKind::RevisionMismatch`] — whether the server answered 10071 (R1 bucket)
+//!   or 10164 (replicated bucket).
+//! - [`Kv::refresh`] re-writes the current value conditioned on the revision it read, so it
+//!   never overwrites a newer write nor resurrects a deleted key; it keeps a per-key TTL.
+//! - Per-key TTL ([`Kv::create_with_ttl`], server 2.11+) is refused with
+//!   [`ErrorKind::Unsupported`] rather than silently dropped; TTLs must be whole seconds.
+//! - [`Watch`] streams distinguish put, delete, purge and expiry, and resume after a
+//!   reconnect or server restart.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use futures::StreamExt;
+//! use natty_kv::{EventKind, Kv};
+//!
+//! let client = natty_core::ConnectOptions::new(["nats://127.0.0.1:4222"]).connect().await?;
+//! let kv = Kv::new(client);
+//! kv.create_with_ttl("sessions", "u42", "token".into(), Duration::from_secs(30)).await?;
+//! let mut watch = kv.watch_key("sessions", "u42").await?;
+//! kv.refresh("sessions", "u42").await?; // another 30 s
+//! while let Some(event) = watch.next().await {
+//!     if event?.kind == EventKind::Expired { break; }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Feature flags
+//! None.
+
+mod config;
+mod entry;
+mod error;
+mod kv;
+mod watch;
+
+pub use config::{BucketConfig, MAX_HISTORY, Storage, validate_key_ttl};
+pub use entry::{Entry, Event, EventKind};
+pub use error::{Error, ErrorKind};
+pub use kv::{BucketStatus, Kv};
+pub use watch::Watch;

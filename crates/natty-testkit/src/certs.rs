@@ -38,7 +38,9 @@ impl TestCerts {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, ca_name);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, ca_name);
         ca_params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -53,7 +55,12 @@ impl TestCerts {
 
         let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         names.extend(server_names.iter().map(|s| (*s).to_owned()));
-        let server = leaf(&issuer, names, "natty-server", ExtendedKeyUsagePurpose::ServerAuth)?;
+        let server = leaf(
+            &issuer,
+            names,
+            "natty-server",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
         let client = leaf(
             &issuer,
             Vec::new(),
@@ -72,7 +79,9 @@ fn leaf(
 ) -> anyhow::Result<CertPair> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names)?;
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,

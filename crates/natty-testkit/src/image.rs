@@ -33,7 +33,11 @@ pub enum Built {
 pub fn ensure() -> anyhow::Result<String> {
     static IMAGE: OnceLock<Result<String, String>> = OnceLock::new();
     IMAGE
-        .get_or_init(|| ensure_uncached().map(|(r, _)| r).map_err(|e| format!("{e:#}")))
+        .get_or_init(|| {
+            ensure_uncached()
+                .map(|(r, _)| r)
+                .map_err(|e| format!("{e:#}"))
+        })
         .clone()
         .map_err(anyhow::Error::msg)
 }
@@ -72,7 +76,10 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
         .into_iter()
         .map(|dir| dir.join("nats-server"));
     let next_to_python = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
         .ok()
         .filter(|o| o.status.success())

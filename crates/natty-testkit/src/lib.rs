@@ -36,7 +36,11 @@ pub fn init_tracing() {
 
 /// Waits until `check` returns `Some`, polling every 20 ms, or fails after `timeout` saying
 /// what was awaited.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> anyhow::Result<T>
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,

@@ -351,7 +351,9 @@ async fn run(
             }
             Err(e) => {
                 let text = e.to_string();
-                if text.contains("port is already allocated") || text.contains("address already in use") {
+                if text.contains("port is already allocated")
+                    || text.contains("address already in use")
+                {
                     tracing::warn!(port, "host port taken, trying another");
                     let _ = docker(&["rm", "-f", name]).await;
                     last_error = Some(e);
@@ -365,7 +367,9 @@ async fn run(
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 pub(crate) async fn docker(args: &[&str]) -> anyhow::Result<()> {

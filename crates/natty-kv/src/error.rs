@@ -1,0 +1,175 @@
+//! natty-kv's error kinds, and how server and client errors map onto them.
+
+use std::fmt;
+
+use async_nats::jetstream::{self, context::PublishErrorKind};
+
+/// natty-kv's error: branch on [`Error::kind`](natty_core::error::Error::kind).
+pub type Error = natty_core::error::Error<ErrorKind>;
+
+/// What went wrong in a KV operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A bucket name or key broke a naming rule. Nothing was sent.
+    InvalidName,
+    /// A configuration value (TTL, history, replicas) is out of range. Nothing was sent.
+    InvalidConfig,
+    /// The bucket does not exist.
+    BucketNotFound,
+    /// `create_bucket` on a bucket that exists.
+    BucketExists,
+    /// The key does not exist (or was deleted, purged or expired).
+    KeyNotFound,
+    /// `create` on a key that exists.
+    KeyExists,
+    /// A compare-and-set lost: the key's revision is no longer the one expected
+    /// (server error 10071 on R1 buckets, 10164 on replicated ones).
+    RevisionMismatch,
+    /// The bucket exists with a different configuration than the one asked for.
+    BucketConfigMismatch,
+    /// The server or bucket lacks a feature (per-key TTL needs server 2.11+ and a bucket with
+    /// limit markers).
+    Unsupported,
+    /// The server did not answer in time.
+    TimedOut,
+    /// Anything else the server or client reported.
+    Other,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::InvalidName => "invalid name",
+            Self::InvalidConfig => "invalid configuration",
+            Self::BucketNotFound => "bucket not found",
+            Self::BucketExists => "bucket already exists",
+            Self::KeyNotFound => "key not found",
+            Self::KeyExists => "key already exists",
+            Self::RevisionMismatch => "revision mismatch (someone else wrote the key)",
+            Self::BucketConfigMismatch => "bucket exists with another configuration",
+            Self::Unsupported => "not supported by this server or bucket",
+            Self::TimedOut => "timed out",
+            Self::Other => "failed",
+        })
+    }
+}
+
+/// Server error codes natty-kv branches on.
+pub(crate) mod codes {
+    /// Wrong last sequence, on an R1 stream.
+    pub(crate) const WRONG_LAST_SEQUENCE: usize = 10071;
+    /// Wrong last sequence, on a replicated stream (raft path).
+    pub(crate) const WRONG_LAST_SEQUENCE_REPLICATED: usize = 10164;
+    /// Stream not found.
+    pub(crate) const STREAM_NOT_FOUND: usize = 10059;
+    /// Per-message TTL is disabled on this stream.
+    pub(crate) const MESSAGE_TTL_DISABLED: usize = 10166;
+    /// Invalid per-message TTL.
+    pub(crate) const MESSAGE_TTL_INVALID: usize = 10165;
+}
+
+/// Our kind for a core error (name and config validation, mostly).
+pub(crate) fn from_core(err: natty_core::Error) -> Error {
+    err.map_kind(|k| match k {
+        natty_core::ErrorKind::InvalidName => ErrorKind::InvalidName,
+        natty_core::ErrorKind::InvalidConfig => ErrorKind::InvalidConfig,
+        natty_core::ErrorKind::TimedOut => ErrorKind::TimedOut,
+        _ => ErrorKind::Other,
+    })
+}
+
+/// The JetStream API error code inside an async-nats error, if the server sent one.
+///
+/// async-nats carries it either as a `jetstream::Error` in the source chain or inside the
+/// error's kind (e.g. `DeleteStreamErrorKind::JetStream(..)`), which a generic function cannot
+/// reach; both print `error code NNNNN`, so the text is the fallback.
+pub(crate) fn server_code(err: &(dyn std::error::Error + 'static)) -> Option<usize> {
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if let Some(js) = cause.downcast_ref::<jetstream::Error>() {
+            return Some(js.error_code().0 as usize);
+        }
+        source = cause.source();
+    }
+    code_in_text(&err.to_string())
+}
+
+fn code_in_text(text: &str) -> Option<usize> {
+    let (_, rest) = text.split_once("error code ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Maps a publish (write) error. Both CAS codes are `RevisionMismatch`: async-nats maps only
+/// 10071 to `WrongLastSequence` and returns 10164 as `Other`.
+pub(crate) fn from_publish(err: jetstream::context::PublishError, context: String) -> Error {
+    let kind = match err.kind() {
+        PublishErrorKind::WrongLastSequence => ErrorKind::RevisionMismatch,
+        PublishErrorKind::StreamNotFound => ErrorKind::BucketNotFound,
+        PublishErrorKind::TimedOut => ErrorKind::TimedOut,
+        _ => match server_code(&err) {
+            Some(codes::WRONG_LAST_SEQUENCE | codes::WRONG_LAST_SEQUENCE_REPLICATED) => {
+                ErrorKind::RevisionMismatch
+            }
+            Some(codes::STREAM_NOT_FOUND) => ErrorKind::BucketNotFound,
+            Some(codes::MESSAGE_TTL_DISABLED | codes::MESSAGE_TTL_INVALID) => {
+                ErrorKind::Unsupported
+            }
+            _ => ErrorKind::Other,
+        },
+    };
+    Error::with_source(kind, context, err)
+}
+
+/// Whether a client error is, somewhere in its chain, a request that timed out.
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if let Some(e) = cause.downcast_ref::<jetstream::context::RequestError>()
+            && e.kind() == jetstream::context::RequestErrorKind::TimedOut
+        {
+            return true;
+        }
+        if let Some(e) = cause.downcast_ref::<async_nats::RequestError>()
+            && e.kind() == async_nats::RequestErrorKind::TimedOut
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Maps any other request error: a missing stream is `BucketNotFound`, a timeout `TimedOut`.
+pub(crate) fn from_request<E>(err: E, context: String) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let kind = if timed_out(&err) {
+        ErrorKind::TimedOut
+    } else if server_code(&err) == Some(codes::STREAM_NOT_FOUND) {
+        ErrorKind::BucketNotFound
+    } else {
+        ErrorKind::Other
+    };
+    Error::with_source(kind, context, err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_found_in_text() {
+        assert_eq!(
+            code_in_text("JetStream error: stream not found (code 404, error code 10059)"),
+            Some(10059)
+        );
+        assert_eq!(
+            code_in_text("wrong last sequence: 3 (error code 10164)"),
+            Some(10164)
+        );
+        assert_eq!(code_in_text("timed out"), None);
+    }
+}
