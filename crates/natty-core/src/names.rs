@@ -1,7 +1,7 @@
 //! Name validation, run before any request is sent.
 //!
 //! Every validator returns the input unchanged on success, so `names::bucket(s)? == s`, and an
-//! [`ErrorKind::InvalidName`](crate::ErrorKind::InvalidName) error that quotes the input and
+//! [`ErrorKind::InvalidName`] error that quotes the input and
 //! states the rule it broke otherwise. The rules are the NATS server's (ADR-6) and the KV
 //! client's, made strict where the server would accept a name that later misbehaves (for
 //! example a key with an empty token, which yields an invalid subject).
