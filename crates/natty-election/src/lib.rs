@@ -1,1 +1,2 @@
-//! natty-election (not written yet).
+//! natty-election: leader election on a NATS KV key.
+pub mod machine;

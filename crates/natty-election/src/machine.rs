@@ -1,0 +1,606 @@
+//! The election as a pure state machine: no tokio, no I/O, no clock. Time is passed in.
+//!
+//! The driver feeds it [`Input`]s (results of the KV operations it asked for, and what the
+//! watch on the key saw) and the current time; it answers with [`Action`]s to carry out,
+//! [`Event`]s to report, and [`Machine::poll_timeout`], the instant at which it must be told
+//! the time again (quinn-proto / str0m style).
+//!
+//! Safety rules, all enforced here:
+//! - Acquire only with a create (one winner); renew only with a write conditioned on the
+//!   revision we hold. A conflict on renew means we lost: stop work at once.
+//! - Self-fencing: the lease is trusted only until `sent + ttl - margin`, where `sent` is when
+//!   the last *successful* renew (or create) was sent — the server's TTL started no earlier.
+//!   Past that instant the machine stops work even if no reply ever came.
+//! - After a fence or a failed renew, we try to *reclaim* our own key (a write conditioned on
+//!   our last revision): if nobody else took it, we lead again without waiting out the TTL.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use natty_election::machine::{Action, Input, Machine, MachineConfig};
+//!
+//! let t0 = Instant::now();
+//! let mut m = Machine::new(MachineConfig::new(Duration::from_secs(3)), t0);
+//! assert_eq!(m.poll_action(), Some(Action::Create));
+//! m.handle(t0, Input::Created { revision: 7 });
+//! assert_eq!(m.poll_action(), Some(Action::StartWork { term: 7 }));
+//! assert!(m.is_leader(t0));
+//! ```
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+/// Timing of an election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MachineConfig {
+    /// How long the lease lives on the server without a renew.
+    pub ttl: Duration,
+    /// How often the leader renews (default `ttl / 3`).
+    pub renew_interval: Duration,
+    /// Safety margin: work stops `margin` before the lease could expire (default
+    /// `max(ttl / 10, 100 ms)`).
+    pub margin: Duration,
+    /// How often a follower re-contests when no watch event arrives (default `ttl / 3`).
+    pub poll_interval: Duration,
+    /// How soon to retry after a failed request (default `min(renew_interval / 2, 250 ms)`).
+    pub retry_interval: Duration,
+}
+
+impl MachineConfig {
+    /// Defaults derived from `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        let renew_interval = ttl / 3;
+        Self {
+            ttl,
+            renew_interval,
+            margin: (ttl / 10).max(Duration::from_millis(100)),
+            poll_interval: ttl / 3,
+            retry_interval: (renew_interval / 2).min(Duration::from_millis(250)),
+        }
+    }
+
+    /// With another renew interval.
+    #[must_use]
+    pub fn renew_interval(mut self, interval: Duration) -> Self {
+        self.renew_interval = interval;
+        self.retry_interval = (interval / 2).min(Duration::from_millis(250));
+        self
+    }
+
+    /// With another safety margin.
+    #[must_use]
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
+    }
+
+    /// With another follower poll interval.
+    #[must_use]
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Why this timing is unsafe, if it is.
+    pub fn check(&self) -> Result<(), String> {
+        if self.ttl < Duration::from_secs(1) {
+            return Err(format!("ttl must be at least 1s, got {:?}", self.ttl));
+        }
+        if self.margin >= self.ttl {
+            return Err(format!(
+                "margin {:?} must be shorter than ttl {:?}",
+                self.margin, self.ttl
+            ));
+        }
+        if self.renew_interval.is_zero() || self.renew_interval >= self.ttl - self.margin {
+            return Err(format!(
+                "renew_interval {:?} must be greater than zero and less than ttl - margin ({:?} - {:?})",
+                self.renew_interval, self.ttl, self.margin
+            ));
+        }
+        if self.poll_interval.is_zero() || self.retry_interval.is_zero() {
+            return Err("poll and retry intervals must be greater than zero".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Who holds the key, as far as a follower knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The leader's node name.
+    pub node: String,
+    /// Its term.
+    pub term: u64,
+}
+
+/// What the driver tells the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The create we asked for succeeded: the key is ours at `revision` (our term).
+    Created {
+        /// The new key's revision.
+        revision: u64,
+    },
+    /// The renew or reclaim we asked for succeeded; the key is now at `revision`.
+    Updated {
+        /// The key's new revision.
+        revision: u64,
+    },
+    /// The create found the key held, or the renew/reclaim found another revision.
+    Conflict {
+        /// The holder, if the driver could read it.
+        holder: Option<Holder>,
+    },
+    /// The request failed without an answer (timeout, connection loss): its effect is unknown.
+    Failed,
+    /// The resign finished (deleted, or the key was no longer ours).
+    Resigned,
+    /// The watch saw the key deleted, purged or expired at `revision`.
+    KeyGone {
+        /// The revision of the delete/expiry marker.
+        revision: u64,
+    },
+    /// The watch saw the key written by `holder` (ignored while we lead).
+    KeyWritten {
+        /// Who wrote it.
+        holder: Holder,
+    },
+    /// Stop: resign if leading, then end.
+    Shutdown,
+}
+
+/// What the machine asks the driver to do. At most one KV operation (`Create`, `Renew`,
+/// `Reclaim`, `Resign`) is outstanding at a time; its result must be fed back as an [`Input`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create the key (only if absent).
+    Create,
+    /// Re-write the key conditioned on `revision` (we lead with it).
+    Renew {
+        /// The revision we hold.
+        revision: u64,
+    },
+    /// Re-write the key conditioned on `revision`, our last known revision, to lead again.
+    Reclaim {
+        /// Our last known revision.
+        revision: u64,
+    },
+    /// Delete the key conditioned on `revision`.
+    Resign {
+        /// The revision we hold.
+        revision: u64,
+    },
+    /// Start the leader's work for `term`.
+    StartWork {
+        /// The term (fencing token).
+        term: u64,
+    },
+    /// Stop the work of `term` now.
+    StopWork {
+        /// The term.
+        term: u64,
+    },
+}
+
+/// Why leadership ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// A renew found the key changed: someone else leads.
+    Conflict,
+    /// No renew succeeded in time; the lease may have expired on the server (self-fenced).
+    DeadlineExpired,
+    /// The key was deleted or expired under us.
+    KeyGone,
+    /// We resigned (shutdown).
+    Resigned,
+}
+
+/// What happened, for subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// We lead in `term`.
+    Elected {
+        /// The term (fencing token).
+        term: u64,
+    },
+    /// We no longer lead.
+    Lost {
+        /// The term that ended.
+        term: u64,
+        /// Why.
+        reason: LostReason,
+    },
+    /// Someone else leads (holder known) or the key's holder is unknown.
+    Following {
+        /// The leader, if known.
+        leader: Option<Holder>,
+    },
+}
+
+/// The machine's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Not leading. `own` is our last known revision of the key, worth a reclaim.
+    Follower {
+        /// Our last revision, if the key may still be ours.
+        own: Option<u64>,
+        /// When to contest or reclaim next.
+        next_try: Instant,
+    },
+    /// Leading.
+    Leader {
+        /// The term (the revision the key was created or reclaimed at).
+        term: u64,
+        /// The key's current revision (changes with each renew).
+        revision: u64,
+        /// Work must have stopped by this instant.
+        deadline: Instant,
+        /// When to renew next.
+        renew_at: Instant,
+    },
+    /// Shutting down: work stopped; resigning (or waiting for a renew in flight to resign
+    /// with the revision it leaves).
+    Resigning {
+        /// The revision to resign with.
+        revision: u64,
+    },
+    /// Done.
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Create,
+    Renew,
+    Reclaim,
+    Resign,
+}
+
+/// The election state machine. See the [module docs](self).
+#[derive(Debug)]
+pub struct Machine {
+    config: MachineConfig,
+    state: State,
+    /// The KV operation in flight, with the instant it was asked for.
+    pending: Option<(Op, Instant)>,
+    actions: VecDeque<Action>,
+    events: VecDeque<Event>,
+    shutdown: bool,
+    /// The holder last reported in a `Following` event (reported again only when it changes).
+    known: Option<Option<Holder>>,
+    /// The key was seen gone while a request was in flight: contest as soon as it returns.
+    contest_asap: bool,
+}
+
+impl Machine {
+    /// A new follower that contests at once (its first action is [`Action::Create`]).
+    pub fn new(config: MachineConfig, now: Instant) -> Self {
+        let mut machine = Self {
+            config,
+            state: State::Follower {
+                own: None,
+                next_try: now,
+            },
+            pending: None,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            shutdown: false,
+            known: None,
+            contest_asap: false,
+        };
+        machine.handle_timeout(now);
+        machine
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Whether we lead at `now` (false past the deadline even before the timeout is handled).
+    pub fn is_leader(&self, now: Instant) -> bool {
+        matches!(self.state, State::Leader { deadline, .. } if now < deadline)
+    }
+
+    /// The current term while leading.
+    pub fn term(&self) -> Option<u64> {
+        match self.state {
+            State::Leader { term, .. } => Some(term),
+            _ => None,
+        }
+    }
+
+    /// The instant at which [`handle_timeout`](Self::handle_timeout) must be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Leader {
+                deadline, renew_at, ..
+            } => Some(if self.pending.is_some() {
+                deadline
+            } else {
+                deadline.min(renew_at)
+            }),
+            State::Follower { next_try, .. } if self.pending.is_none() => Some(next_try),
+            _ => None,
+        }
+    }
+
+    /// The next action to carry out.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next event to report.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Time has passed: fence past the deadline, renew or contest when due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let State::Leader { term, deadline, .. } = self.state
+            && now >= deadline
+        {
+            // Nobody told us we lost, but the lease may be gone on the server: stop now.
+            let own = self.own_revision();
+            self.lose(term, LostReason::DeadlineExpired, own, now);
+        }
+        if self.pending.is_some() {
+            return;
+        }
+        match self.state {
+            State::Leader {
+                revision, renew_at, ..
+            } if now >= renew_at => self.request(Op::Renew, Action::Renew { revision }, now),
+            State::Follower { own, next_try } if now >= next_try && !self.shutdown => match own {
+                Some(revision) => self.request(Op::Reclaim, Action::Reclaim { revision }, now),
+                None => self.request(Op::Create, Action::Create, now),
+            },
+            _ => {}
+        }
+    }
+
+    /// Feeds a result or an observation.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        // The deadline comes first: a reply arriving after it cannot extend a lease we
+        // already stopped trusting.
+        self.handle_timeout(now);
+        match input {
+            Input::Shutdown => self.shutdown(now),
+            Input::Created { revision } => {
+                if let Some((Op::Create, sent)) = self.pending.take() {
+                    self.lead(revision, revision, sent, now);
+                }
+            }
+            Input::Updated { revision } => match self.pending.take() {
+                Some((Op::Renew, sent)) => {
+                    if let State::Leader { term, .. } = self.state {
+                        self.state = State::Leader {
+                            term,
+                            revision,
+                            deadline: sent + self.config.ttl - self.config.margin,
+                            renew_at: sent + self.config.renew_interval,
+                        };
+                    } else if let State::Resigning { .. } = self.state {
+                        self.request(Op::Resign, Action::Resign { revision }, now);
+                    } else {
+                        // We fenced while the renew was in flight, yet it landed: the key is
+                        // ours at `revision`. Reclaim it (new term) right away.
+                        self.state = State::Follower {
+                            own: Some(revision),
+                            next_try: now,
+                        };
+                    }
+                }
+                Some((Op::Reclaim, sent)) => self.lead(revision, revision, sent, now),
+                other => self.pending = other,
+            },
+            Input::Conflict { holder } => match self.pending.take() {
+                Some((Op::Renew, _)) => match self.state {
+                    State::Leader { term, .. } => {
+                        self.lose(term, LostReason::Conflict, None, now);
+                        self.follow(holder, now);
+                    }
+                    // Not ours any more: nothing to resign.
+                    State::Resigning { .. } => self.stop(),
+                    _ => {
+                        self.forget_own(now);
+                        self.follow(holder, now);
+                    }
+                },
+                Some((Op::Create | Op::Reclaim, _)) if self.shutdown => self.stop(),
+                Some((Op::Create | Op::Reclaim, _)) => {
+                    self.forget_own(now);
+                    self.follow(holder, now);
+                }
+                Some((Op::Resign, _)) => self.stop(),
+                None => {}
+            },
+            Input::Failed => match self.pending.take() {
+                Some((Op::Renew, _)) => {
+                    if let State::Leader {
+                        term,
+                        revision,
+                        deadline,
+                        ..
+                    } = self.state
+                    {
+                        // Keep leading until the deadline; retry soon.
+                        self.state = State::Leader {
+                            term,
+                            revision,
+                            deadline,
+                            renew_at: now + self.config.retry_interval,
+                        };
+                    } else if let State::Resigning { revision } = self.state {
+                        // Unknown whether it landed: resign with the revision we knew.
+                        self.request(Op::Resign, Action::Resign { revision }, now);
+                    } else {
+                        self.retry_soon(now);
+                    }
+                }
+                Some((Op::Create | Op::Reclaim, _)) if self.shutdown => self.stop(),
+                Some((Op::Create | Op::Reclaim, _)) => self.retry_soon(now),
+                // The resign's effect is unknown; the lease expires by itself at worst.
+                Some((Op::Resign, _)) => self.stop(),
+                None => {}
+            },
+            Input::Resigned => {
+                if let Some((Op::Resign, _)) = self.pending {
+                    self.pending = None;
+                    self.stop();
+                }
+            }
+            Input::KeyGone { revision } => match self.state {
+                State::Leader { term, .. } if revision > term => {
+                    // Deleted or expired after we took it: we do not lead any more.
+                    self.lose(term, LostReason::KeyGone, None, now);
+                    self.contest_now(now);
+                }
+                State::Follower { .. } => {
+                    self.forget_own(now);
+                    self.contest_now(now);
+                    if self.pending.is_some() {
+                        self.contest_asap = true;
+                    }
+                }
+                _ => {}
+            },
+            Input::KeyWritten { holder } => {
+                if matches!(self.state, State::Follower { .. }) {
+                    self.report_holder(Some(holder));
+                }
+            }
+        }
+        self.handle_timeout(now);
+    }
+
+    fn own_revision(&self) -> Option<u64> {
+        match self.state {
+            State::Leader { revision, .. } => Some(revision),
+            _ => None,
+        }
+    }
+
+    fn request(&mut self, op: Op, action: Action, now: Instant) {
+        debug_assert!(self.pending.is_none());
+        if op == Op::Create {
+            self.contest_asap = false;
+        }
+        self.pending = Some((op, now));
+        self.actions.push_back(action);
+    }
+
+    fn report_holder(&mut self, holder: Option<Holder>) {
+        if self.known.as_ref() != Some(&holder) {
+            self.known = Some(holder.clone());
+            self.events.push_back(Event::Following { leader: holder });
+        }
+    }
+
+    fn lead(&mut self, term: u64, revision: u64, sent: Instant, now: Instant) {
+        if self.shutdown {
+            // Won while shutting down: give it straight back, no work started.
+            self.state = State::Resigning { revision };
+            self.request(Op::Resign, Action::Resign { revision }, now);
+            return;
+        }
+        let deadline = sent + self.config.ttl - self.config.margin;
+        if now >= deadline {
+            // The answer came too late to trust: try to reclaim instead.
+            self.state = State::Follower {
+                own: Some(revision),
+                next_try: now,
+            };
+            return;
+        }
+        self.state = State::Leader {
+            term,
+            revision,
+            deadline,
+            renew_at: sent + self.config.renew_interval,
+        };
+        self.known = None;
+        self.actions.push_back(Action::StartWork { term });
+        self.events.push_back(Event::Elected { term });
+    }
+
+    fn lose(&mut self, term: u64, reason: LostReason, own: Option<u64>, now: Instant) {
+        self.actions.push_back(Action::StopWork { term });
+        self.events.push_back(Event::Lost { term, reason });
+        self.state = State::Follower { own, next_try: now };
+    }
+
+    fn follow(&mut self, holder: Option<Holder>, now: Instant) {
+        self.report_holder(holder);
+        let next_try = if self.contest_asap {
+            now
+        } else {
+            now + self.config.poll_interval
+        };
+        self.state = State::Follower {
+            own: None,
+            next_try,
+        };
+    }
+
+    fn forget_own(&mut self, now: Instant) {
+        if let State::Follower { own, next_try } = &mut self.state {
+            *own = None;
+            *next_try = (*next_try).max(now);
+        }
+    }
+
+    fn contest_now(&mut self, now: Instant) {
+        if let State::Follower { next_try, .. } = &mut self.state {
+            *next_try = now;
+        }
+    }
+
+    fn retry_soon(&mut self, now: Instant) {
+        if let State::Follower { next_try, .. } = &mut self.state {
+            *next_try = now + self.config.retry_interval;
+        }
+    }
+
+    fn shutdown(&mut self, now: Instant) {
+        self.shutdown = true;
+        match self.state {
+            State::Leader { term, revision, .. } => {
+                // Work stops before the key is given up, so the next leader never overlaps.
+                self.actions.push_back(Action::StopWork { term });
+                self.events.push_back(Event::Lost {
+                    term,
+                    reason: LostReason::Resigned,
+                });
+                self.state = State::Resigning { revision };
+                if self.pending.is_none() {
+                    self.request(Op::Resign, Action::Resign { revision }, now);
+                }
+                // Otherwise a renew is in flight: resign with the revision it leaves.
+            }
+            State::Follower { .. } if self.pending.is_none() => self.stop(),
+            // A create/reclaim is in flight: wait for it (if it wins we resign at once).
+            State::Follower { .. } | State::Resigning { .. } | State::Stopped => {}
+        }
+    }
+
+    fn stop(&mut self) {
+        self.state = State::Stopped;
+        self.pending = None;
+    }
+
+    /// Whether the machine has finished (after a shutdown).
+    pub fn is_stopped(&self) -> bool {
+        self.state == State::Stopped
+    }
+}
+
+#[cfg(test)]
+mod tests;

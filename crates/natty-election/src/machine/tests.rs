@@ -1,0 +1,502 @@
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+
+const TTL: Duration = Duration::from_secs(3);
+
+fn cfg() -> MachineConfig {
+    MachineConfig::new(TTL)
+}
+
+fn drain(m: &mut Machine) -> (Vec<Action>, Vec<Event>) {
+    let actions = std::iter::from_fn(|| m.poll_action()).collect();
+    let events = std::iter::from_fn(|| m.poll_event()).collect();
+    (actions, events)
+}
+
+fn holder(node: &str, term: u64) -> Holder {
+    Holder {
+        node: node.into(),
+        term,
+    }
+}
+
+/// A leader at `t0` with term 10.
+fn leader(t0: Instant) -> Machine {
+    let mut m = Machine::new(cfg(), t0);
+    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    m.handle(t0, Input::Created { revision: 10 });
+    assert_eq!(
+        drain(&mut m),
+        (
+            vec![Action::StartWork { term: 10 }],
+            vec![Event::Elected { term: 10 }]
+        )
+    );
+    m
+}
+
+#[test]
+fn win() {
+    let t0 = Instant::now();
+    let m = leader(t0);
+    assert!(m.is_leader(t0));
+    assert_eq!(m.term(), Some(10));
+    let c = cfg();
+    // Renew is due at sent + renew_interval; the deadline is sent + ttl - margin.
+    assert_eq!(m.poll_timeout(), Some(t0 + c.renew_interval));
+    assert!(!m.is_leader(t0 + TTL - c.margin));
+}
+
+#[test]
+fn lose_the_race_then_contest_on_poll_and_on_key_gone() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(cfg(), t0);
+    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    m.handle(
+        t0,
+        Input::Conflict {
+            holder: Some(holder("a", 4)),
+        },
+    );
+    let (actions, events) = drain(&mut m);
+    assert!(actions.is_empty());
+    assert_eq!(
+        events,
+        vec![Event::Following {
+            leader: Some(holder("a", 4))
+        }]
+    );
+    assert!(!m.is_leader(t0));
+    let poll = t0 + cfg().poll_interval;
+    assert_eq!(m.poll_timeout(), Some(poll));
+    // Nothing before the poll...
+    m.handle_timeout(poll - Duration::from_millis(1));
+    assert_eq!(drain(&mut m).0, vec![]);
+    // ...then it contests again; the same holder is not reported twice.
+    m.handle_timeout(poll);
+    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    m.handle(
+        poll,
+        Input::Conflict {
+            holder: Some(holder("a", 4)),
+        },
+    );
+    assert_eq!(drain(&mut m), (vec![], vec![]));
+    // The key expires: contest at once, not on the next poll.
+    let t1 = poll + Duration::from_millis(10);
+    m.handle(t1, Input::KeyGone { revision: 20 });
+    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    m.handle(t1, Input::Created { revision: 21 });
+    assert_eq!(drain(&mut m).1, vec![Event::Elected { term: 21 }]);
+}
+
+#[test]
+fn key_gone_while_a_create_is_in_flight_contests_right_after() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(cfg(), t0);
+    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    m.handle(t0, Input::KeyGone { revision: 3 });
+    assert_eq!(drain(&mut m).0, vec![], "one request at a time");
+    m.handle(t0, Input::Conflict { holder: None });
+    assert_eq!(
+        drain(&mut m).0,
+        vec![Action::Create],
+        "the gone key is contested at once"
+    );
+}
+
+#[test]
+fn renew_ok_extends_the_deadline_from_the_send_time() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let mut m = leader(t0);
+    let t1 = t0 + c.renew_interval;
+    m.handle_timeout(t1);
+    assert_eq!(drain(&mut m).0, vec![Action::Renew { revision: 10 }]);
+    // The reply is slow: the new lease counts from when the renew was sent.
+    let t2 = t1 + Duration::from_millis(700);
+    m.handle(t2, Input::Updated { revision: 11 });
+    assert!(m.is_leader(t1 + TTL - c.margin - Duration::from_millis(1)));
+    assert!(!m.is_leader(t1 + TTL - c.margin));
+    assert_eq!(m.term(), Some(10), "renewing keeps the term");
+    assert_eq!(m.poll_timeout(), Some(t1 + c.renew_interval));
+    m.handle_timeout(t1 + c.renew_interval);
+    assert_eq!(drain(&mut m).0, vec![Action::Renew { revision: 11 }]);
+}
+
+#[test]
+fn renew_conflict_stops_work_at_once() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let mut m = leader(t0);
+    let t1 = t0 + c.renew_interval;
+    m.handle_timeout(t1);
+    assert_eq!(drain(&mut m).0, vec![Action::Renew { revision: 10 }]);
+    m.handle(
+        t1,
+        Input::Conflict {
+            holder: Some(holder("b", 12)),
+        },
+    );
+    let (actions, events) = drain(&mut m);
+    assert_eq!(actions, vec![Action::StopWork { term: 10 }]);
+    assert_eq!(
+        events,
+        vec![
+            Event::Lost {
+                term: 10,
+                reason: LostReason::Conflict
+            },
+            Event::Following {
+                leader: Some(holder("b", 12))
+            },
+        ]
+    );
+    assert!(!m.is_leader(t1));
+}
+
+#[test]
+fn renew_timeout_retries_and_keeps_leading_until_the_deadline() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let mut m = leader(t0);
+    let mut t = t0 + c.renew_interval;
+    m.handle_timeout(t);
+    assert_eq!(drain(&mut m).0, vec![Action::Renew { revision: 10 }]);
+    m.handle(t, Input::Failed);
+    assert!(m.is_leader(t));
+    assert_eq!(m.poll_timeout(), Some(t + c.retry_interval));
+    // Keep failing: each retry is a renew on the same revision...
+    let deadline = t0 + TTL - c.margin;
+    let mut stopped = false;
+    while t < deadline + c.retry_interval {
+        t += c.retry_interval;
+        m.handle_timeout(t);
+        let (actions, events) = drain(&mut m);
+        if t >= deadline {
+            // ...until the deadline: self-fence, then try to reclaim our own key.
+            assert_eq!(
+                actions,
+                vec![
+                    Action::StopWork { term: 10 },
+                    Action::Reclaim { revision: 10 }
+                ]
+            );
+            assert_eq!(
+                events,
+                vec![Event::Lost {
+                    term: 10,
+                    reason: LostReason::DeadlineExpired
+                }]
+            );
+            stopped = true;
+            break;
+        }
+        assert_eq!(actions, vec![Action::Renew { revision: 10 }]);
+        m.handle(t, Input::Failed);
+    }
+    assert!(stopped);
+    assert!(!m.is_leader(t));
+}
+
+#[test]
+fn deadline_self_fence_without_any_reply() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let mut m = leader(t0);
+    let t1 = t0 + c.renew_interval;
+    m.handle_timeout(t1);
+    assert_eq!(drain(&mut m).0, vec![Action::Renew { revision: 10 }]);
+    // The renew never answers. The machine asks to be woken at the deadline.
+    let deadline = t0 + TTL - c.margin;
+    assert_eq!(m.poll_timeout(), Some(deadline));
+    m.handle_timeout(deadline);
+    assert_eq!(drain(&mut m).0, vec![Action::StopWork { term: 10 }]);
+    assert!(!m.is_leader(deadline));
+    // The renew finally lands: the key is ours again at 11; reclaim it (new term), do not
+    // resume the old one.
+    m.handle(
+        deadline + Duration::from_millis(5),
+        Input::Updated { revision: 11 },
+    );
+    assert_eq!(drain(&mut m).0, vec![Action::Reclaim { revision: 11 }]);
+}
+
+#[test]
+fn transient_error_then_reclaim_with_a_new_term() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let mut m = leader(t0);
+    let t1 = t0 + c.renew_interval;
+    m.handle_timeout(t1);
+    let _ = drain(&mut m);
+    let deadline = t0 + TTL - c.margin;
+    // The renew fails at the deadline: fence now, try to reclaim after the retry interval.
+    m.handle(deadline, Input::Failed);
+    assert_eq!(drain(&mut m).0, vec![Action::StopWork { term: 10 }]);
+    let retry = deadline + c.retry_interval;
+    assert_eq!(m.poll_timeout(), Some(retry));
+    m.handle_timeout(retry);
+    assert_eq!(drain(&mut m).0, vec![Action::Reclaim { revision: 10 }]);
+    m.handle(retry, Input::Updated { revision: 15 });
+    assert_eq!(
+        drain(&mut m),
+        (
+            vec![Action::StartWork { term: 15 }],
+            vec![Event::Elected { term: 15 }]
+        )
+    );
+    // A reclaim that finds the key taken means following.
+    let mut m = leader(t0);
+    m.handle_timeout(t1);
+    let _ = drain(&mut m);
+    m.handle(deadline, Input::Failed);
+    m.handle_timeout(retry);
+    assert_eq!(
+        drain(&mut m).0,
+        vec![
+            Action::StopWork { term: 10 },
+            Action::Reclaim { revision: 10 }
+        ]
+    );
+    m.handle(
+        retry,
+        Input::Conflict {
+            holder: Some(holder("c", 16)),
+        },
+    );
+    assert_eq!(
+        drain(&mut m).1,
+        vec![Event::Following {
+            leader: Some(holder("c", 16))
+        }]
+    );
+    assert!(!m.is_leader(retry));
+}
+
+#[test]
+fn a_late_create_reply_is_not_trusted() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let mut m = Machine::new(cfg(), t0);
+    let _ = drain(&mut m);
+    m.handle(t0 + TTL - c.margin, Input::Created { revision: 5 });
+    assert_eq!(drain(&mut m).0, vec![Action::Reclaim { revision: 5 }]);
+    assert!(!m.is_leader(t0 + TTL - c.margin));
+}
+
+#[test]
+fn resign_on_shutdown_stops_work_first() {
+    let t0 = Instant::now();
+    let mut m = leader(t0);
+    m.handle(t0, Input::Shutdown);
+    let (actions, events) = drain(&mut m);
+    assert_eq!(
+        actions,
+        vec![
+            Action::StopWork { term: 10 },
+            Action::Resign { revision: 10 }
+        ]
+    );
+    assert_eq!(
+        events,
+        vec![Event::Lost {
+            term: 10,
+            reason: LostReason::Resigned
+        }]
+    );
+    m.handle(t0, Input::Resigned);
+    assert!(m.is_stopped());
+    assert_eq!(m.poll_timeout(), None);
+}
+
+#[test]
+fn shutdown_with_a_renew_in_flight_resigns_with_the_revision_it_leaves() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let mut m = leader(t0);
+    let t1 = t0 + c.renew_interval;
+    m.handle_timeout(t1);
+    let _ = drain(&mut m);
+    m.handle(t1, Input::Shutdown);
+    assert_eq!(drain(&mut m).0, vec![Action::StopWork { term: 10 }]);
+    m.handle(t1, Input::Updated { revision: 11 });
+    assert_eq!(drain(&mut m).0, vec![Action::Resign { revision: 11 }]);
+    m.handle(t1, Input::Resigned);
+    assert!(m.is_stopped());
+}
+
+#[test]
+fn shutdown_while_creating_gives_a_won_key_straight_back() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(cfg(), t0);
+    let _ = drain(&mut m);
+    m.handle(t0, Input::Shutdown);
+    assert!(!m.is_stopped(), "waits for the create in flight");
+    m.handle(t0, Input::Created { revision: 3 });
+    assert_eq!(
+        drain(&mut m),
+        (vec![Action::Resign { revision: 3 }], vec![])
+    );
+    m.handle(t0, Input::Resigned);
+    assert!(m.is_stopped());
+    // A follower with nothing in flight stops at once.
+    let mut m = Machine::new(cfg(), t0);
+    let _ = drain(&mut m);
+    m.handle(t0, Input::Conflict { holder: None });
+    m.handle(t0, Input::Shutdown);
+    assert!(m.is_stopped());
+}
+
+#[test]
+fn key_deleted_under_the_leader_stops_work() {
+    let t0 = Instant::now();
+    let mut m = leader(t0);
+    // An old delete marker (before our term) means nothing.
+    m.handle(t0, Input::KeyGone { revision: 9 });
+    assert!(m.is_leader(t0));
+    m.handle(t0, Input::KeyGone { revision: 12 });
+    let (actions, events) = drain(&mut m);
+    assert_eq!(actions, vec![Action::StopWork { term: 10 }, Action::Create]);
+    assert_eq!(
+        events,
+        vec![Event::Lost {
+            term: 10,
+            reason: LostReason::KeyGone
+        }]
+    );
+}
+
+#[test]
+fn config_checks() {
+    assert!(cfg().check().is_ok());
+    assert!(
+        MachineConfig::new(Duration::from_millis(900))
+            .check()
+            .is_err()
+    );
+    assert!(cfg().renew_interval(TTL).check().is_err());
+    assert!(cfg().renew_interval(TTL - cfg().margin).check().is_err());
+    assert!(cfg().renew_interval(Duration::ZERO).check().is_err());
+    assert!(cfg().margin(TTL).check().is_err());
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Wait(u64),
+    Succeed,
+    Conflict,
+    Fail,
+    KeyGone,
+    KeyWritten,
+    Shutdown,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0u64..4000).prop_map(Step::Wait),
+        4 => Just(Step::Succeed),
+        1 => Just(Step::Conflict),
+        2 => Just(Step::Fail),
+        1 => Just(Step::KeyGone),
+        1 => Just(Step::KeyWritten),
+        1 => (0u8..20).prop_map(|n| if n == 0 { Step::Shutdown } else { Step::Wait(10) }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// Over any sequence of replies, observations and delays, the machine never claims to
+    /// lead, nor lets work run, past `sent + ttl - margin` of the last request that succeeded;
+    /// work starts and stops in pairs; at most one request is outstanding.
+    #[test]
+    fn never_leader_past_the_deadline(steps in proptest::collection::vec(step(), 1..120)) {
+        let c = cfg();
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut m = Machine::new(c, t0);
+        let mut revision = 1u64;
+        let mut pending: Option<(Action, Instant)> = None;
+        let mut valid_until: Option<Instant> = None;
+        let mut working: Option<u64> = None;
+        let mut check = |m: &mut Machine, now: Instant,
+                         pending: &mut Option<(Action, Instant)>,
+                         working: &mut Option<u64>,
+                         valid_until: Option<Instant>| -> Result<(), TestCaseError> {
+            while let Some(a) = m.poll_action() {
+                match a {
+                    Action::StartWork { term } => {
+                        prop_assert!(working.is_none(), "work started twice");
+                        *working = Some(term);
+                    }
+                    Action::StopWork { term } => {
+                        prop_assert_eq!(*working, Some(term), "stopping work not running");
+                        *working = None;
+                    }
+                    other => {
+                        prop_assert!(pending.is_none(), "two requests in flight: {:?}", other);
+                        *pending = Some((other, now));
+                    }
+                }
+            }
+            if m.is_leader(now) || working.is_some() {
+                let until = valid_until.expect("leading without any successful request");
+                prop_assert!(now < until, "leading {:?} past the lease bound", now - until);
+            }
+            Ok(())
+        };
+        check(&mut m, now, &mut pending, &mut working, valid_until)?;
+        for s in steps {
+            match s {
+                Step::Wait(ms) => {
+                    let target = now + Duration::from_millis(ms);
+                    // The driver wakes at every timeout before the target, as a real one would.
+                    while let Some(t) = m.poll_timeout().filter(|t| *t <= target) {
+                        now = t.max(now);
+                        m.handle_timeout(now);
+                        check(&mut m, now, &mut pending, &mut working, valid_until)?;
+                        if m.poll_timeout() == Some(t) { break; }
+                    }
+                    now = target;
+                    m.handle_timeout(now);
+                }
+                Step::Succeed => {
+                    if let Some((a, sent)) = pending.take() {
+                        revision += 1;
+                        let input = match a {
+                            Action::Create => Input::Created { revision },
+                            Action::Renew { .. } | Action::Reclaim { .. } => Input::Updated { revision },
+                            _ => Input::Resigned,
+                        };
+                        if !matches!(a, Action::Resign { .. }) {
+                            valid_until = Some(sent + c.ttl - c.margin);
+                        }
+                        m.handle(now, input);
+                    }
+                }
+                Step::Conflict => {
+                    if pending.take().is_some() {
+                        revision += 1;
+                        m.handle(now, Input::Conflict { holder: Some(holder("x", revision)) });
+                    }
+                }
+                Step::Fail => {
+                    if pending.take().is_some() {
+                        m.handle(now, Input::Failed);
+                    }
+                }
+                Step::KeyGone => {
+                    revision += 1;
+                    m.handle(now, Input::KeyGone { revision });
+                }
+                Step::KeyWritten => m.handle(now, Input::KeyWritten { holder: holder("y", revision) }),
+                Step::Shutdown => m.handle(now, Input::Shutdown),
+            }
+            check(&mut m, now, &mut pending, &mut working, valid_until)?;
+        }
+    }
+}
