@@ -1,2 +1,35 @@
-//! natty-election: leader election on a NATS KV key.
+//! natty-election: safe, fast leader election on a NATS KV key.
+//!
+//! - **One leader at a time.** The lease is taken with a create (one winner) and renewed with
+//!   a write conditioned on the revision held — never a blind put — so a delayed renew can
+//!   never overwrite a newer leader's key.
+//! - **Self-fencing.** Work gets a `lost` token that fires the moment leadership is lost, or
+//!   when no renew has succeeded for `ttl - margin` by the local monotonic clock, even if the
+//!   server never answered.
+//! - **Fencing token.** [`Leadership::term`] is the revision the lease was created at:
+//!   strictly increasing, for systems the leader writes to, to reject stale leaders.
+//! - **Fast hand-over.** A leader resigns on shutdown (conditioned delete); followers watch
+//!   the key and contest the moment it is deleted or expires (per-key TTL with expiry markers
+//!   on server 2.11+; polling as a fallback).
+//! - **Sans-IO core.** [`machine`] is a pure state machine; [`Election`] drives it on tokio.
+//!
+//! Limits, honestly: safety relies on the local monotonic clock running at about the server's
+//! rate during one TTL, and on the work honouring `lost` within the margin (it is then
+//! aborted, which only takes effect at its next `.await`). A process paused past its lease
+//! (SIGSTOP, GC) resumes with `lost` already firing, but code that was mid-write to another
+//! system may still complete that write: that is what the fencing token is for.
+//!
+//! # Feature flags
+//! None.
+
+mod config;
+mod driver;
+mod error;
+mod lease;
 pub mod machine;
+
+pub use config::{DEFAULT_TTL, ElectionConfig};
+pub use driver::{Election, ElectionEvent, LeaderInfo, Leadership};
+pub use error::{Error, ErrorKind};
+pub use machine::LostReason;
+pub use tokio_util::sync::CancellationToken;

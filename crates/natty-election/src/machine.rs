@@ -133,6 +133,9 @@ pub enum Input {
     Conflict {
         /// The holder, if the driver could read it.
         holder: Option<Holder>,
+        /// Set when the key still holds *our own* write (this instance's), at this revision:
+        /// an earlier request whose reply was lost did land. Nobody else has the key.
+        ours: Option<u64>,
     },
     /// The request failed without an answer (timeout, connection loss): its effect is unknown.
     Failed,
@@ -401,7 +404,38 @@ impl Machine {
                 Some((Op::Reclaim, sent)) => self.lead(revision, revision, sent, now),
                 other => self.pending = other,
             },
-            Input::Conflict { holder } => match self.pending.take() {
+            Input::Conflict {
+                ours: Some(revision),
+                ..
+            } if self.pending.is_some_and(|(op, _)| op != Op::Resign) => {
+                self.pending = None;
+                match self.state {
+                    // Our earlier renew landed after all. The deadline stays where the last
+                    // *confirmed* renew put it (that landed write was sent no earlier), and we
+                    // renew on the revision it left, at once.
+                    State::Leader { term, deadline, .. } => {
+                        self.state = State::Leader {
+                            term,
+                            revision,
+                            deadline,
+                            renew_at: now,
+                        };
+                    }
+                    State::Resigning { .. } => {
+                        self.state = State::Resigning { revision };
+                        self.request(Op::Resign, Action::Resign { revision }, now);
+                    }
+                    // Our key, and nobody else's: reclaim it rather than wait out its TTL.
+                    State::Follower { .. } => {
+                        self.state = State::Follower {
+                            own: Some(revision),
+                            next_try: now,
+                        };
+                    }
+                    State::Stopped => {}
+                }
+            }
+            Input::Conflict { holder, .. } => match self.pending.take() {
                 Some((Op::Renew, _)) => match self.state {
                     State::Leader { term, .. } => {
                         self.lose(term, LostReason::Conflict, None, now);

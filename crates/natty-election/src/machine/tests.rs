@@ -59,6 +59,7 @@ fn lose_the_race_then_contest_on_poll_and_on_key_gone() {
         t0,
         Input::Conflict {
             holder: Some(holder("a", 4)),
+            ours: None,
         },
     );
     let (actions, events) = drain(&mut m);
@@ -82,6 +83,7 @@ fn lose_the_race_then_contest_on_poll_and_on_key_gone() {
         poll,
         Input::Conflict {
             holder: Some(holder("a", 4)),
+            ours: None,
         },
     );
     assert_eq!(drain(&mut m), (vec![], vec![]));
@@ -100,7 +102,13 @@ fn key_gone_while_a_create_is_in_flight_contests_right_after() {
     assert_eq!(drain(&mut m).0, vec![Action::Create]);
     m.handle(t0, Input::KeyGone { revision: 3 });
     assert_eq!(drain(&mut m).0, vec![], "one request at a time");
-    m.handle(t0, Input::Conflict { holder: None });
+    m.handle(
+        t0,
+        Input::Conflict {
+            holder: None,
+            ours: None,
+        },
+    );
     assert_eq!(
         drain(&mut m).0,
         vec![Action::Create],
@@ -139,6 +147,7 @@ fn renew_conflict_stops_work_at_once() {
         t1,
         Input::Conflict {
             holder: Some(holder("b", 12)),
+            ours: None,
         },
     );
     let (actions, events) = drain(&mut m);
@@ -266,6 +275,7 @@ fn transient_error_then_reclaim_with_a_new_term() {
         retry,
         Input::Conflict {
             holder: Some(holder("c", 16)),
+            ours: None,
         },
     );
     assert_eq!(
@@ -275,6 +285,50 @@ fn transient_error_then_reclaim_with_a_new_term() {
         }]
     );
     assert!(!m.is_leader(retry));
+}
+
+#[test]
+fn a_renew_that_landed_despite_a_lost_reply_keeps_leadership() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let mut m = leader(t0);
+    let t1 = t0 + c.renew_interval;
+    m.handle_timeout(t1);
+    assert_eq!(drain(&mut m).0, vec![Action::Renew { revision: 10 }]);
+    // The reply is lost; the retry finds revision 11 — our own write.
+    m.handle(t1, Input::Failed);
+    let t2 = t1 + c.retry_interval;
+    m.handle_timeout(t2);
+    assert_eq!(drain(&mut m).0, vec![Action::Renew { revision: 10 }]);
+    m.handle(
+        t2,
+        Input::Conflict {
+            holder: None,
+            ours: Some(11),
+        },
+    );
+    // Still leading, same term, no work restart; renews on 11 at once; the deadline is still
+    // the one the last confirmed renew (the create at t0) gave.
+    assert_eq!(
+        drain(&mut m),
+        (vec![Action::Renew { revision: 11 }], vec![])
+    );
+    assert_eq!(m.term(), Some(10));
+    assert!(!m.is_leader(t0 + TTL - c.margin));
+    // A follower finding its own key reclaims it.
+    let mut f = Machine::new(cfg(), t0);
+    let _ = drain(&mut f);
+    f.handle(t0, Input::Failed);
+    f.handle_timeout(t0 + c.retry_interval);
+    assert_eq!(drain(&mut f).0, vec![Action::Create]);
+    f.handle(
+        t0 + c.retry_interval,
+        Input::Conflict {
+            holder: None,
+            ours: Some(4),
+        },
+    );
+    assert_eq!(drain(&mut f).0, vec![Action::Reclaim { revision: 4 }]);
 }
 
 #[test]
@@ -346,7 +400,13 @@ fn shutdown_while_creating_gives_a_won_key_straight_back() {
     // A follower with nothing in flight stops at once.
     let mut m = Machine::new(cfg(), t0);
     let _ = drain(&mut m);
-    m.handle(t0, Input::Conflict { holder: None });
+    m.handle(
+        t0,
+        Input::Conflict {
+            holder: None,
+            ours: None,
+        },
+    );
     m.handle(t0, Input::Shutdown);
     assert!(m.is_stopped());
 }
@@ -389,6 +449,7 @@ enum Step {
     Wait(u64),
     Succeed,
     Conflict,
+    ConflictOurs,
     Fail,
     KeyGone,
     KeyWritten,
@@ -400,6 +461,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (0u64..4000).prop_map(Step::Wait),
         4 => Just(Step::Succeed),
         1 => Just(Step::Conflict),
+        1 => Just(Step::ConflictOurs),
         2 => Just(Step::Fail),
         1 => Just(Step::KeyGone),
         1 => Just(Step::KeyWritten),
@@ -423,7 +485,7 @@ proptest! {
         let mut pending: Option<(Action, Instant)> = None;
         let mut valid_until: Option<Instant> = None;
         let mut working: Option<u64> = None;
-        let mut check = |m: &mut Machine, now: Instant,
+        let check = |m: &mut Machine, now: Instant,
                          pending: &mut Option<(Action, Instant)>,
                          working: &mut Option<u64>,
                          valid_until: Option<Instant>| -> Result<(), TestCaseError> {
@@ -481,7 +543,15 @@ proptest! {
                 Step::Conflict => {
                     if pending.take().is_some() {
                         revision += 1;
-                        m.handle(now, Input::Conflict { holder: Some(holder("x", revision)) });
+                        m.handle(now, Input::Conflict { holder: Some(holder("x", revision)), ours: None });
+                    }
+                }
+                Step::ConflictOurs => {
+                    // Only sound when our earlier write really landed: model it as the last
+                    // failed request having landed, which cannot extend the bound.
+                    if pending.take().is_some() {
+                        revision += 1;
+                        m.handle(now, Input::Conflict { holder: None, ours: Some(revision) });
                     }
                 }
                 Step::Fail => {

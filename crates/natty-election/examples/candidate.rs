@@ -1,0 +1,135 @@
+//! One election candidate as a process, for multi-process fault tests.
+//!
+//! Prints one JSON line per transition on stdout, with `mono_ns` from CLOCK_MONOTONIC
+//! (comparable across processes on one host):
+//! `{"node":"n1","event":"elected","term":7,"mono_ns":..,"server":"<nats server name>"}`,
+//! `{"node":"n1","event":"work","term":7,"mono_ns":..}` each time its work runs,
+//! `{"node":"n1","event":"lost","term":7,"mono_ns":..}`, and `{"event":"ready"}` once running.
+//! SIGTERM/SIGINT: resign and exit.
+//!
+//! ```text
+//! cargo run -p natty-election --example candidate -- --server nats://127.0.0.1:4222 \
+//!     --bucket elections --key leader --node n1 --ttl 2 --work-interval-ms 50
+//! ```
+
+use std::time::Duration;
+
+use natty_election::{CancellationToken, Election, ElectionConfig};
+use serde_json::json;
+
+fn mono_ns() -> u128 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u128) * 1_000_000_000 + t.tv_nsec as u128
+}
+
+fn emit(value: serde_json::Value) {
+    // One write per line so lines from concurrent tasks never interleave.
+    #[allow(clippy::print_stdout, reason = "this example's output is its protocol")]
+    {
+        println!("{value}");
+    }
+}
+
+struct Args {
+    servers: Vec<String>,
+    bucket: String,
+    key: String,
+    node: String,
+    ttl: u64,
+    work_interval: Duration,
+    replicas: usize,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        servers: vec!["nats://127.0.0.1:4222".into()],
+        bucket: "elections".into(),
+        key: "leader".into(),
+        node: format!("node-{}", std::process::id()),
+        ttl: 2,
+        work_interval: Duration::from_millis(50),
+        replicas: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--server" => args.servers = value()?.split(',').map(str::to_owned).collect(),
+            "--bucket" => args.bucket = value()?,
+            "--key" => args.key = value()?,
+            "--node" => args.node = value()?,
+            "--ttl" => args.ttl = value()?.parse()?,
+            "--work-interval-ms" => args.work_interval = Duration::from_millis(value()?.parse()?),
+            "--replicas" => args.replicas = value()?.parse()?,
+            other => anyhow::bail!("unknown option {other}"),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = parse_args()?;
+    let client = natty_core::ConnectOptions::new(args.servers.clone())
+        .name(args.node.clone())
+        .request_timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let election = Election::new(
+        natty_kv::Kv::new(client.clone()),
+        ElectionConfig::new(&args.bucket, &args.key, &args.node)
+            .ttl(Duration::from_secs(args.ttl))
+            .replicas(args.replicas),
+    )?;
+
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        on_signal.cancel();
+    });
+
+    emit(json!({"node": args.node, "event": "ready", "mono_ns": mono_ns() as u64}));
+    let node = args.node.clone();
+    let interval = args.work_interval;
+    election
+        .run(cancel, move |lead| {
+            let node = node.clone();
+            let server = client.nats().server_info().server_name;
+            async move {
+                emit(json!({"node": node, "event": "elected", "term": lead.term,
+                            "mono_ns": mono_ns() as u64, "server": server}));
+                loop {
+                    // The fence check comes right before the side effect.
+                    if lead.is_valid() {
+                        emit(json!({"node": node, "event": "work", "term": lead.term,
+                                    "mono_ns": mono_ns() as u64}));
+                    }
+                    tokio::select! {
+                        () = lead.lost.cancelled() => break,
+                        () = tokio::time::sleep(interval) => {}
+                    }
+                }
+                emit(json!({"node": node, "event": "lost", "term": lead.term,
+                            "mono_ns": mono_ns() as u64}));
+            }
+        })
+        .await?;
+    emit(json!({"node": args.node, "event": "exit", "mono_ns": mono_ns() as u64}));
+    Ok(())
+}

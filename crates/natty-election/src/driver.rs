@@ -1,0 +1,558 @@
+//! [`Election`]: the tokio driver that runs the [`machine`](crate::machine) against natty-kv.
+//!
+//! It loops like quinn's `drive_timer`: `select!` over cancellation, the machine's timeout,
+//! the one KV request in flight, and the watch on the lease key, feeding each result back.
+//! Time is `tokio::time::Instant`, so tests with paused time run faster than real time.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use futures::StreamExt;
+use natty_kv::{BucketConfig, EventKind, Kv};
+use tokio::{sync::broadcast, task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::{
+    ElectionConfig, Error, ErrorKind,
+    error::from_kv,
+    lease::{Lease, instance_id, now_ms},
+    machine::{Action, Event, Holder, Input, Machine, State},
+};
+
+/// What the work function gets while this node leads.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    /// The term: strictly increasing across leaders of this key. Use it as a *fencing token*:
+    /// pass it along with every write the leader makes to another system, and have that system
+    /// reject a term lower than the highest it has seen. Then a leader that was paused past its
+    /// lease (GC, SIGSTOP, VM migration) cannot overwrite its successor's work.
+    pub term: u64,
+    /// Fires the moment leadership is lost (a renew conflict, the renew deadline passing, the
+    /// key deleted) or the election is cancelled. Work must stop when it fires.
+    pub lost: CancellationToken,
+    /// This node's name.
+    pub node: String,
+    shared: Arc<Shared>,
+}
+
+impl Leadership {
+    /// Whether this term's lease is still valid *now*, by the local monotonic clock. Check it
+    /// right before each side effect: after a process pause (GC, SIGSTOP) the work can wake up
+    /// before the driver has had a chance to fire `lost`; this check cannot be late.
+    pub fn is_valid(&self) -> bool {
+        !self.lost.is_cancelled()
+            && self
+                .shared
+                .leading
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some_and(|l| l.term == self.term && Instant::now().into_std() < l.deadline)
+    }
+}
+
+/// The current leader, as stored in the lease key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderInfo {
+    /// The leader's node name.
+    pub node: String,
+    /// Its term.
+    pub term: u64,
+    /// When its term began (its clock).
+    pub since: SystemTime,
+}
+
+/// Election events for subscribers: `Elected`, `Lost` (with a reason), `Following`.
+pub type ElectionEvent = Event;
+
+#[derive(Debug, Clone, Copy)]
+struct Leading {
+    term: u64,
+    deadline: std::time::Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    leading: Mutex<Option<Leading>>,
+    events: broadcast::Sender<ElectionEvent>,
+}
+
+/// A leader election on one KV key. Cheap to clone (clones share state).
+///
+/// ```no_run
+/// # async fn example(client: natty_core::Client) -> Result<(), natty_election::Error> {
+/// use natty_election::{Election, ElectionConfig};
+/// use tokio_util::sync::CancellationToken;
+///
+/// let election = Election::new(
+///     natty_kv::Kv::new(client),
+///     ElectionConfig::new("elections", "report-job", "node-1"),
+/// )?;
+/// let cancel = CancellationToken::new();
+/// election
+///     .run(cancel.clone(), |leadership| async move {
+///         // Runs only while this node leads; stop when `lost` fires.
+///         leadership.lost.cancelled().await;
+///     })
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Election {
+    kv: Kv,
+    config: ElectionConfig,
+    instance: u64,
+    shared: Arc<Shared>,
+}
+
+struct Job {
+    term: u64,
+    lost: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+type Op = Pin<Box<dyn Future<Output = Input> + Send>>;
+
+impl Election {
+    /// An election for `config` using `kv`'s connection. Checks the configuration first
+    /// (`InvalidConfig` / `InvalidName`, nothing sent).
+    pub fn new(kv: Kv, config: ElectionConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let (events, _) = broadcast::channel(64);
+        Ok(Self {
+            kv,
+            config,
+            instance: instance_id(),
+            shared: Arc::new(Shared {
+                leading: Mutex::new(None),
+                events,
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ElectionConfig {
+        &self.config
+    }
+
+    /// Whether this node leads now (by its own lease deadline; Go `HaveLeader`).
+    pub fn is_leader(&self) -> bool {
+        self.current_term().is_some()
+    }
+
+    /// This node's term while it leads (by its own lease deadline), else `None`.
+    pub fn current_term(&self) -> Option<u64> {
+        self.shared
+            .leading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .filter(|l| Instant::now().into_std() < l.deadline)
+            .map(|l| l.term)
+    }
+
+    /// The current leader as stored in the lease key, if any (Go `GetLeader`).
+    pub async fn leader(&self) -> Result<Option<LeaderInfo>, Error> {
+        let entry = self
+            .kv
+            .get(&self.config.bucket, &self.config.key)
+            .await
+            .map_err(from_kv)?;
+        Ok(entry.and_then(|e| {
+            let lease = Lease::decode(&e.value)?;
+            Some(LeaderInfo {
+                node: lease.node.clone(),
+                term: lease.term.unwrap_or(e.revision),
+                since: lease.since(),
+            })
+        }))
+    }
+
+    /// Election events from now on. A slow subscriber misses events (`Lagged`) rather than
+    /// slowing the election.
+    pub fn subscribe(&self) -> broadcast::Receiver<ElectionEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Takes part in the election until `cancel` fires. Each time this node becomes leader,
+    /// `work` is called with a [`Leadership`] and its future is spawned; it is cancelled (its
+    /// `lost` token fires, then after the safety margin the task is aborted) the moment
+    /// leadership ends. On cancel, a leader stops its work and then resigns (deletes its key,
+    /// conditioned on its revision) so a follower takes over at once.
+    ///
+    /// Returns an error only if the election cannot be set up (bucket, watch); after that,
+    /// server trouble means losing or not gaining leadership, never an error.
+    pub async fn run<F, Fut>(&self, cancel: CancellationToken, mut work: F) -> Result<(), Error>
+    where
+        F: FnMut(Leadership) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let span = info_span!(
+            "natty.election",
+            bucket = %self.config.bucket,
+            key = %self.config.key,
+            node = %self.config.node_name
+        );
+        self.drive(cancel, &mut work).instrument(span).await
+    }
+
+    /// The Go `AsLeader` form: while this node leads, call `f(term)` now and then every
+    /// `interval`; a call in progress is dropped the moment leadership is lost.
+    pub async fn run_every<F, Fut>(
+        &self,
+        cancel: CancellationToken,
+        interval: Duration,
+        f: F,
+    ) -> Result<(), Error>
+    where
+        F: FnMut(u64) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        self.run(cancel, move |lead: Leadership| {
+            let mut f = f.clone();
+            async move {
+                loop {
+                    if !lead.is_valid() {
+                        return;
+                    }
+                    tokio::select! {
+                        () = lead.lost.cancelled() => return,
+                        () = f(lead.term) => {}
+                    }
+                    tokio::select! {
+                        () = lead.lost.cancelled() => return,
+                        () = tokio::time::sleep(interval) => {}
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    async fn drive<F, Fut>(&self, cancel: CancellationToken, work: &mut F) -> Result<(), Error>
+    where
+        F: FnMut(Leadership) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (kv, per_key_ttl) = self.prepare_bucket().await?;
+        let mut watch = Some(
+            kv.watch_key(&self.config.bucket, &self.config.key)
+                .await
+                .map_err(from_kv)?,
+        );
+        let mut machine = Machine::new(self.config.machine(), Instant::now().into_std());
+        let mut op: Option<Op> = None;
+        let mut job: Option<Job> = None;
+        let mut term_since_ms = now_ms();
+        let mut cancelled = false;
+        loop {
+            while let Some(action) = machine.poll_action() {
+                match action {
+                    Action::StartWork { term } => {
+                        info!(term, "elected: starting work");
+                        term_since_ms = now_ms();
+                        // Published before the work starts, so `is_valid` is true from its
+                        // first poll.
+                        self.publish_state(&machine);
+                        let lost = CancellationToken::new();
+                        let handle = tokio::spawn(work(Leadership {
+                            term,
+                            lost: lost.clone(),
+                            node: self.config.node_name.clone(),
+                            shared: self.shared.clone(),
+                        }));
+                        job = Some(Job { term, lost, handle });
+                    }
+                    Action::StopWork { term } => {
+                        if let Some(job) = job.take() {
+                            debug_assert_eq!(job.term, term);
+                            self.stop_work(job).await;
+                        }
+                    }
+                    kv_action => {
+                        op = Some(self.execute(
+                            &kv,
+                            kv_action,
+                            machine.term(),
+                            per_key_ttl,
+                            term_since_ms,
+                        ));
+                    }
+                }
+            }
+            while let Some(event) = machine.poll_event() {
+                debug!(?event, "election event");
+                let _ = self.shared.events.send(event);
+            }
+            self.publish_state(&machine);
+            if machine.is_stopped() {
+                break;
+            }
+            let timeout = machine.poll_timeout();
+            tokio::select! {
+                biased;
+                () = cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    machine.handle(Instant::now().into_std(), Input::Shutdown);
+                }
+                input = async { op.as_mut().expect("guarded").await }, if op.is_some() => {
+                    op = None;
+                    machine.handle(Instant::now().into_std(), input);
+                }
+                event = async { watch.as_mut().expect("guarded").next().await }, if watch.is_some() => {
+                    match event {
+                        Some(Ok(event)) => {
+                            let input = match event.kind {
+                                EventKind::Put => Lease::decode(&event.value).map(|lease| Input::KeyWritten {
+                                    holder: Holder {
+                                        node: lease.node,
+                                        term: lease.term.unwrap_or(event.revision),
+                                    },
+                                }),
+                                _ => Some(Input::KeyGone { revision: event.revision }),
+                            };
+                            if let Some(input) = input {
+                                machine.handle(Instant::now().into_std(), input);
+                            }
+                        }
+                        Some(Err(e)) => warn!(error = %e, "lease watch error; polling meanwhile"),
+                        None => {
+                            warn!("lease watch ended (bucket deleted?); polling from now on");
+                            watch = None;
+                        }
+                    }
+                }
+                () = sleep_until(timeout), if timeout.is_some() => {
+                    machine.handle_timeout(Instant::now().into_std());
+                }
+            }
+        }
+        if let Some(job) = job.take() {
+            self.stop_work(job).await;
+        }
+        self.publish_state(&machine);
+        info!("election stopped");
+        Ok(())
+    }
+
+    /// Cancels the work and waits for it, at most the safety margin; then aborts it.
+    async fn stop_work(&self, job: Job) {
+        info!(term = job.term, "stopping work");
+        job.lost.cancel();
+        let margin = self.config.machine().margin;
+        let mut handle = job.handle;
+        match tokio::time::timeout(margin, &mut handle).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.is_panic() => error!(term = job.term, "leader work panicked"),
+            Ok(Err(_)) => {}
+            Err(_) => {
+                error!(
+                    term = job.term,
+                    ?margin,
+                    "leader work ignored `lost` for longer than the safety margin: aborting it"
+                );
+                handle.abort();
+            }
+        }
+    }
+
+    fn publish_state(&self, machine: &Machine) {
+        let leading = match machine.state() {
+            State::Leader { term, deadline, .. } => Some(Leading {
+                term: *term,
+                deadline: *deadline,
+            }),
+            _ => None,
+        };
+        *self
+            .shared
+            .leading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = leading;
+    }
+
+    /// Makes sure the bucket exists and suits the election; returns a `Kv` that re-creates
+    /// the bucket with that configuration if it vanishes, and whether per-key TTL is used
+    /// (server 2.11+; else the bucket's own TTL is the lease TTL).
+    async fn prepare_bucket(&self) -> Result<(Kv, bool), Error> {
+        let c = &self.config;
+        let per_key_ttl = self
+            .kv
+            .client()
+            .server_version()
+            .is_some_and(|v| v.at_least(2, 11));
+        let wanted = BucketConfig::new(&c.bucket)
+            .replicas(c.replicas)
+            .description(c.description.clone())
+            .per_key_ttl(per_key_ttl);
+        let wanted = if per_key_ttl {
+            wanted
+        } else {
+            wanted.ttl(c.ttl)
+        };
+        let status = match self.kv.status(&c.bucket).await {
+            Ok(status) => status,
+            Err(e) if e.kind() == natty_kv::ErrorKind::BucketNotFound => {
+                if let Err(e) = self.kv.create_bucket(wanted.clone()).await {
+                    // Another candidate may have created it first; the status below tells.
+                    debug!(error = %e, "creating the election bucket");
+                }
+                self.kv.status(&c.bucket).await.map_err(from_kv)?
+            }
+            Err(e) => return Err(from_kv(e)),
+        };
+        let per_key_ttl = per_key_ttl && status.per_key_ttl;
+        let fits = if per_key_ttl {
+            status.ttl.is_none_or(|t| t >= c.ttl)
+        } else {
+            status.ttl == Some(c.ttl)
+        };
+        if !fits {
+            return Err(Error::new(
+                ErrorKind::BucketTtlMismatch,
+                format!(
+                    "electing on key {:?} in bucket {:?}: bucket exists with ttl {}, election asked for {:?}{}",
+                    c.key,
+                    c.bucket,
+                    status
+                        .ttl
+                        .map_or_else(|| "none".to_owned(), |t| format!("{t:?}")),
+                    c.ttl,
+                    if per_key_ttl {
+                        ""
+                    } else {
+                        " (and the bucket has no per-key TTL)"
+                    }
+                ),
+            ));
+        }
+        debug!(per_key_ttl, "election bucket ready");
+        Ok((
+            Kv::with_defaults(self.kv.client().clone(), wanted),
+            per_key_ttl,
+        ))
+    }
+
+    /// The KV request for an action, as a future that yields the machine's input.
+    fn execute(
+        &self,
+        kv: &Kv,
+        action: Action,
+        term: Option<u64>,
+        per_key_ttl: bool,
+        since_ms: u64,
+    ) -> Op {
+        let kv = kv.clone();
+        let c = self.config.clone();
+        let instance = self.instance;
+        let machine = c.machine();
+        // A renew must not wait past the next renew; other requests get the client's timeout.
+        let limit = match action {
+            Action::Renew { .. } => machine.renew_interval,
+            _ => kv.client().request_timeout(),
+        };
+        Box::pin(async move {
+            let lease = |term: Option<u64>, since_ms: u64| Lease {
+                node: c.node_name.clone(),
+                instance,
+                term,
+                since_ms,
+            };
+            let request = async {
+                match action {
+                    Action::Create => {
+                        let value = lease(None, now_ms()).encode();
+                        let created = if per_key_ttl {
+                            kv.create_with_ttl(&c.bucket, &c.key, value, c.ttl).await
+                        } else {
+                            kv.create(&c.bucket, &c.key, value).await
+                        };
+                        created.map(|revision| Input::Created { revision })
+                    }
+                    Action::Renew { revision } | Action::Reclaim { revision } => {
+                        let value = match action {
+                            Action::Renew { .. } => lease(term, since_ms),
+                            _ => lease(None, now_ms()),
+                        }
+                        .encode();
+                        let updated = if per_key_ttl {
+                            kv.update_with_ttl(&c.bucket, &c.key, value, revision, c.ttl)
+                                .await
+                        } else {
+                            kv.update(&c.bucket, &c.key, value, revision).await
+                        };
+                        updated.map(|revision| Input::Updated { revision })
+                    }
+                    Action::Resign { revision } => {
+                        let mut revision = revision;
+                        // If a renew of ours landed unseen, the key is ours at a later
+                        // revision: resign that one (twice at most).
+                        for _ in 0..2 {
+                            match kv.delete_if(&c.bucket, &c.key, revision).await {
+                                Err(e) if e.kind() == natty_kv::ErrorKind::RevisionMismatch => {
+                                    match read_holder(&kv, &c, instance).await {
+                                        (_, Some(ours)) => revision = ours,
+                                        _ => break,
+                                    }
+                                }
+                                other => return other.map(|()| Input::Resigned),
+                            }
+                        }
+                        Ok(Input::Resigned)
+                    }
+                    Action::StartWork { .. } | Action::StopWork { .. } => {
+                        unreachable!("work actions are handled by the driver")
+                    }
+                }
+            };
+            match tokio::time::timeout(limit, request).await {
+                Ok(Ok(input)) => input,
+                Ok(Err(e))
+                    if matches!(
+                        e.kind(),
+                        natty_kv::ErrorKind::RevisionMismatch | natty_kv::ErrorKind::KeyExists
+                    ) =>
+                {
+                    let (holder, ours) = read_holder(&kv, &c, instance).await;
+                    Input::Conflict { holder, ours }
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, ?action, "election request failed");
+                    Input::Failed
+                }
+                Err(_) => {
+                    warn!(?action, ?limit, "election request timed out");
+                    Input::Failed
+                }
+            }
+        })
+    }
+}
+
+/// Who holds the key now, and its revision if it is this instance's own write.
+async fn read_holder(kv: &Kv, c: &ElectionConfig, instance: u64) -> (Option<Holder>, Option<u64>) {
+    match kv.get(&c.bucket, &c.key).await {
+        Ok(Some(entry)) => match Lease::decode(&entry.value) {
+            Some(lease) => {
+                let ours = (lease.instance == instance).then_some(entry.revision);
+                let holder = Holder {
+                    node: lease.node,
+                    term: lease.term.unwrap_or(entry.revision),
+                };
+                (Some(holder), ours)
+            }
+            None => (None, None),
+        },
+        _ => (None, None),
+    }
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}

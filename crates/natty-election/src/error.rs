@@ -1,0 +1,45 @@
+//! natty-election's error kinds. Losing leadership is an event, not an error.
+
+use std::fmt;
+
+/// natty-election's error: branch on `kind()`.
+pub type Error = natty_core::error::Error<ErrorKind>;
+
+/// What went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The configuration is unsafe or out of range (ttl < 1 s, renew interval not below
+    /// ttl - margin). Nothing was sent.
+    InvalidConfig,
+    /// The bucket or key name broke a naming rule. Nothing was sent.
+    InvalidName,
+    /// The bucket exists with an entry TTL different from the election's, and the server
+    /// lacks per-key TTL (Go natty's `ErrBucketTTLMismatch`).
+    BucketTtlMismatch,
+    /// The server did not answer in time while setting up.
+    TimedOut,
+    /// Anything else the KV layer reported while setting up.
+    Other,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::InvalidConfig => "invalid election configuration",
+            Self::InvalidName => "invalid name",
+            Self::BucketTtlMismatch => "bucket TTL does not match the election TTL",
+            Self::TimedOut => "timed out",
+            Self::Other => "failed",
+        })
+    }
+}
+
+pub(crate) fn from_kv(err: natty_kv::Error) -> Error {
+    err.map_kind(|k| match k {
+        natty_kv::ErrorKind::InvalidName => ErrorKind::InvalidName,
+        natty_kv::ErrorKind::InvalidConfig => ErrorKind::InvalidConfig,
+        natty_kv::ErrorKind::TimedOut => ErrorKind::TimedOut,
+        _ => ErrorKind::Other,
+    })
+}

@@ -1,0 +1,316 @@
+//! natty-election in-process against a real NATS server: the Go natty leader suite, and beyond.
+//! `#[ignore]`d so a plain `cargo test` needs no Docker; `cargo xtask integration` runs them.
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test a panic is the failure report"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Candidate, Recorder, config, median};
+use natty_core::ConnectOptions;
+use natty_election::{Election, ElectionConfig, ElectionEvent, ErrorKind};
+use natty_kv::{BucketConfig, Kv};
+use natty_testkit::{Nats, init_tracing, unique_name, wait_for};
+use tokio::time::Instant;
+
+fn bucket() -> String {
+    unique_name("el").replace('-', "_")
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn three_candidates_only_one_ever_runs_work() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let rec = Recorder::default();
+    let b = bucket();
+    let mut cands = Vec::new();
+    for n in ["a", "b", "c"] {
+        cands.push(Candidate::start(&nats.url(), config(&b, "leader", n), &rec).await?);
+    }
+    wait_for("a leader", Duration::from_secs(5), || async {
+        (!rec.intervals().is_empty()).then_some(())
+    })
+    .await?;
+    // Watch several renew cycles (TTL 2 s, renew every 667 ms): nobody else may start work.
+    let mut leaders_seen = std::collections::BTreeSet::new();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let now_leaders: Vec<_> = cands
+            .iter()
+            .filter(|c| c.election.is_leader())
+            .map(|c| c.node.clone())
+            .collect();
+        assert!(
+            now_leaders.len() <= 1,
+            "two leaders at once: {now_leaders:?}"
+        );
+        leaders_seen.extend(now_leaders);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let intervals = rec.intervals();
+    assert_eq!(
+        intervals.len(),
+        1,
+        "exactly one candidate ran work: {intervals:?}"
+    );
+    assert_eq!(leaders_seen.len(), 1);
+    let leader = &intervals[0].node;
+    let info = cands[0]
+        .election
+        .leader()
+        .await?
+        .expect("a leader is stored");
+    assert_eq!(&info.node, leader);
+    assert_eq!(info.term, intervals[0].term);
+    for c in cands {
+        c.stop().await?;
+    }
+    rec.assert_no_overlap();
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_cancelled_leader_hands_over_and_never_runs_again() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let rec = Recorder::default();
+    let b = bucket();
+    let mut cands = Vec::new();
+    for n in ["a", "b", "c"] {
+        cands.push(Candidate::start(&nats.url(), config(&b, "leader", n), &rec).await?);
+    }
+    let first = wait_for("a leader", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    let idx = cands.iter().position(|c| c.node == first.node).unwrap();
+    let old = cands.remove(idx);
+    let mut events = cands[0].election.subscribe();
+    old.stop().await?;
+    let second = wait_for("a new leader", Duration::from_secs(5), || async {
+        rec.intervals().get(1).cloned()
+    })
+    .await?;
+    assert_ne!(second.node, first.node);
+    assert!(
+        second.term > first.term,
+        "terms increase: {} then {}",
+        first.term,
+        second.term
+    );
+    // Give the old one every chance to misbehave: it must not run again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let intervals = rec.intervals();
+    assert_eq!(
+        intervals.iter().filter(|i| i.node == first.node).count(),
+        1,
+        "{intervals:?}"
+    );
+    assert_eq!(intervals.len(), 2, "{intervals:?}");
+    rec.assert_no_overlap_open_last();
+    // Followers were told who leads.
+    let mut saw_following = false;
+    while let Ok(e) = events.try_recv() {
+        saw_following |= matches!(
+            e,
+            ElectionEvent::Following { .. } | ElectionEvent::Elected { .. }
+        );
+    }
+    assert!(saw_following);
+    for c in cands {
+        c.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn first_election_under_100ms_and_resign_handover_under_250ms() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let b = bucket();
+    // Warm up the connection path and the bucket once, as a running service would be.
+    Kv::new(ConnectOptions::new([nats.url()]).connect().await?)
+        .create_bucket(BucketConfig::new(&b))
+        .await?;
+    let mut first = Vec::new();
+    let mut handover = Vec::new();
+    for round in 0..10 {
+        let rec = Recorder::default();
+        let key = format!("k{round}");
+        let a = Candidate::start(&nats.url(), config(&b, &key, "a"), &rec).await?;
+        let c = Candidate::start(&nats.url(), config(&b, &key, "b"), &rec).await?;
+        let one = wait_for("a leader", Duration::from_secs(5), || async {
+            rec.intervals().first().cloned()
+        })
+        .await?;
+        first.push(one.start - a.started.min(c.started));
+        let (leader, other) = if one.node == "a" { (a, c) } else { (c, a) };
+        let resigned_at = Instant::now();
+        leader.stop().await?;
+        let two = wait_for("the hand-over", Duration::from_secs(5), || async {
+            rec.intervals().get(1).cloned()
+        })
+        .await?;
+        handover.push(two.start - resigned_at);
+        rec.assert_no_overlap_open_last();
+        other.stop().await?;
+    }
+    let (first, handover) = (median(first), median(handover));
+    eprintln!("median first election {first:?}, median resign hand-over {handover:?}");
+    assert!(
+        first < Duration::from_millis(100),
+        "first leader took {first:?}"
+    );
+    assert!(
+        handover < Duration::from_millis(250),
+        "hand-over took {handover:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn terms_strictly_increase_across_ten_failovers() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let rec = Recorder::default();
+    let b = bucket();
+    let mut cands = vec![
+        Candidate::start(&nats.url(), config(&b, "leader", "n0"), &rec).await?,
+        Candidate::start(&nats.url(), config(&b, "leader", "n1"), &rec).await?,
+    ];
+    for i in 0..10 {
+        let leader = wait_for("a leader", Duration::from_secs(5), || async {
+            rec.intervals().get(i).cloned()
+        })
+        .await?;
+        let idx = cands.iter().position(|c| c.node == leader.node).unwrap();
+        cands.remove(idx).stop().await?;
+        // The one that stepped down comes back as a fresh candidate.
+        cands.push(
+            Candidate::start(
+                &nats.url(),
+                config(&b, "leader", &format!("n{}", i + 2)),
+                &rec,
+            )
+            .await?,
+        );
+    }
+    wait_for("the last leader", Duration::from_secs(5), || async {
+        rec.intervals().get(10).cloned()
+    })
+    .await?;
+    let terms: Vec<u64> = rec.intervals().iter().map(|i| i.term).collect();
+    assert!(terms.windows(2).all(|w| w[0] < w[1]), "terms: {terms:?}");
+    for c in cands {
+        c.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn bad_config_is_a_typed_error() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    let cases = [
+        (
+            ElectionConfig::new("e", "k", "n").ttl(Duration::from_millis(500)),
+            ErrorKind::InvalidConfig,
+        ),
+        (
+            ElectionConfig::new("e", "k", "n").ttl(Duration::from_millis(2500)),
+            ErrorKind::InvalidConfig,
+        ),
+        (
+            ElectionConfig::new("e", "k", "n").renew_interval(Duration::from_secs(10)),
+            ErrorKind::InvalidConfig,
+        ),
+        (
+            ElectionConfig::new("e", "k", "").ttl(Duration::from_secs(2)),
+            ErrorKind::InvalidConfig,
+        ),
+        (
+            ElectionConfig::new("e", "k", "n").replicas(0),
+            ErrorKind::InvalidConfig,
+        ),
+        (
+            ElectionConfig::new("bad bucket", "k", "n"),
+            ErrorKind::InvalidName,
+        ),
+        (
+            ElectionConfig::new("e", "bad key", "n"),
+            ErrorKind::InvalidName,
+        ),
+    ];
+    for (cfg, kind) in cases {
+        let err = Election::new(kv.clone(), cfg.clone()).unwrap_err();
+        assert_eq!(err.kind(), kind, "{cfg:?}: {err}");
+    }
+    // A bucket whose TTL would cut the lease short is refused, naming both values.
+    let b = bucket();
+    kv.create_bucket(BucketConfig::new(&b).ttl(Duration::from_secs(1)))
+        .await?;
+    let election = Election::new(
+        kv.clone(),
+        ElectionConfig::new(&b, "k", "n").ttl(Duration::from_secs(5)),
+    )?;
+    let err = election
+        .run(Default::default(), |_| async {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BucketTtlMismatch, "{err}");
+    assert!(
+        err.to_string().contains("1s") && err.to_string().contains("5s"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn run_every_calls_only_while_leader() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let b = bucket();
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+    let mut runs = Vec::new();
+    for n in ["a", "b"] {
+        let client = ConnectOptions::new([nats.url()]).connect().await?;
+        let election = Election::new(Kv::new(client), config(&b, "cron", n))?;
+        let cancel = natty_election::CancellationToken::new();
+        let calls = calls.clone();
+        let (e, c) = (election.clone(), cancel.clone());
+        let task = tokio::spawn(async move {
+            e.run_every(c, Duration::from_millis(50), move |term| {
+                let calls = calls.clone();
+                async move { calls.lock().unwrap().push((n.to_owned(), term)) }
+            })
+            .await
+        });
+        runs.push((election, cancel, task));
+    }
+    wait_for("ten calls", Duration::from_secs(5), || async {
+        (calls.lock().unwrap().len() >= 10).then_some(())
+    })
+    .await?;
+    let nodes: std::collections::BTreeSet<_> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(nodes.len(), 1, "only the leader is called: {nodes:?}");
+    for (_, cancel, task) in runs {
+        cancel.cancel();
+        task.await??;
+    }
+    Ok(())
+}
