@@ -314,3 +314,50 @@ async fn run_every_calls_only_while_leader() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_late_renew_never_overwrites_a_newer_holder() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let rec = Recorder::default();
+    let b = bucket();
+    let a = Candidate::start(&nats.url(), config(&b, "leader", "a"), &rec).await?;
+    let elected = wait_for("a leads", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    // Someone else takes the key over by a proper compare-and-set (as a new leader would after
+    // the old lease expired): A's next renew, conditioned on A's revision, must lose.
+    let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    let current = kv.get(&b, "leader").await?.unwrap();
+    let usurper = br#"{"node":"usurper","instance":1,"since_ms":0}"#;
+    let taken = kv
+        .update_with_ttl(
+            &b,
+            "leader",
+            usurper.to_vec().into(),
+            current.revision,
+            Duration::from_secs(2),
+        )
+        .await?;
+    let lost = wait_for(
+        "A to notice on its next renew",
+        Duration::from_secs(3),
+        || async { rec.intervals()[0].end },
+    )
+    .await?;
+    assert!(lost > elected.start);
+    assert!(!a.election.is_leader());
+    let now = kv.get(&b, "leader").await?.unwrap();
+    assert_eq!(
+        now.value.as_ref(),
+        usurper,
+        "A's renew overwrote the newer holder"
+    );
+    assert_eq!(now.revision, taken);
+    let info = a.election.leader().await?.unwrap();
+    assert_eq!(info.node, "usurper");
+    a.stop().await?;
+    Ok(())
+}
