@@ -1,1 +1,38 @@
-//! natty-stream (not written yet).
+//! natty-stream: durable, Kafka-like streams on NATS JetStream that lose nothing.
+//!
+//! - Admin: [`ensure_stream`], [`delete_stream`], [`ensure_consumer`], [`delete_consumer`]
+//!   (durable pull consumers with explicit ack only).
+//! - [`Publisher`]: one message, acknowledged by the stream.
+//! - [`BatchPublisher`]: a bounded queue and a background task that pipelines publishes with
+//!   thousands of acks in flight; every message carries a `Nats-Msg-Id`, so a retry after a
+//!   timeout or reconnect is stored once; a message that still fails comes back with its
+//!   payload. `flush()` / `close()` wait for the acks.
+//! - [`Consumer::consume`]: blocks until cancelled, calling a handler per message; `Ok` acks,
+//!   a retryable error naks with a delay, a permanent one terminates (and dead-letters).
+//!
+//! Patterns: several processes consuming with the *same* durable name share the messages (a
+//! queue); each process with its *own* durable name sees every message (a broadcast).
+//!
+//! Delivery: at-least-once. A message is acked only after its handler returned `Ok`; a
+//! process that dies mid-handler has its messages redelivered after `ack_wait`.
+//!
+//! # Feature flags
+//! None.
+
+mod admin;
+mod batch;
+mod consumer;
+mod error;
+mod message;
+mod publisher;
+
+pub use admin::{
+    ConsumerConfig, DeliverFrom, Storage, StreamConfig, delete_consumer, delete_stream,
+    ensure_consumer, ensure_stream,
+};
+pub use batch::{BatchConfig, BatchPublisher, BatchStats, CloseReport, FailedMessage};
+pub use consumer::{ConsumeError, ConsumeOptions, Consumer, ConsumerStats};
+pub use error::{Error, ErrorKind};
+pub use message::{HandlerError, Message};
+pub use publisher::{PublishAck, PublishOptions, Publisher};
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,495 @@
+//! Streams and durable consumers: create if missing, check if present.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use natty_core::{Client, names};
+use tracing::{Instrument, info, info_span};
+
+use crate::{
+    Error, ErrorKind,
+    error::{CONSUMER_NOT_FOUND, STREAM_NOT_FOUND, from_core, server_code},
+};
+
+/// Where a stream keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Storage {
+    /// On disk.
+    #[default]
+    File,
+    /// In memory.
+    Memory,
+}
+
+/// A stream's configuration (Go natty `CreateStream`). Defaults: limits retention, file
+/// storage, max age 30 days, duplicate window 2 minutes, 1 replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamConfig {
+    /// Stream name.
+    pub name: String,
+    /// Subjects it captures (wildcards allowed).
+    pub subjects: Vec<String>,
+    /// Messages older than this are removed (default 30 days).
+    pub max_age: Duration,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped as a duplicate (default 2 min).
+    pub duplicate_window: Duration,
+    /// Storage (default file).
+    pub storage: Storage,
+    /// Replicas (default 1; 3 in production clusters).
+    pub replicas: usize,
+    /// Description.
+    pub description: String,
+    /// Allow fast-ingest batch publishing (server 2.14+).
+    pub allow_batched: bool,
+}
+
+impl StreamConfig {
+    /// A stream `name` capturing `subjects`, with the defaults.
+    pub fn new<S: Into<String>>(
+        name: impl Into<String>,
+        subjects: impl IntoIterator<Item = S>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            subjects: subjects.into_iter().map(Into::into).collect(),
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            storage: Storage::File,
+            replicas: 1,
+            description: String::new(),
+            allow_batched: false,
+        }
+    }
+
+    /// Max age.
+    #[must_use]
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// Duplicate window.
+    #[must_use]
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
+        self
+    }
+
+    /// Storage.
+    #[must_use]
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Replicas.
+    #[must_use]
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Description.
+    #[must_use]
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Allow fast-ingest batch publishing.
+    #[must_use]
+    pub fn allow_batched(mut self, allow: bool) -> Self {
+        self.allow_batched = allow;
+        self
+    }
+
+    /// Checks the configuration without touching the network.
+    pub fn validate(&self) -> Result<(), Error> {
+        names::stream(&self.name).map_err(from_core)?;
+        if self.subjects.is_empty() {
+            return Err(invalid(&self.name, "it needs at least one subject"));
+        }
+        for s in &self.subjects {
+            names::subject_filter(s).map_err(from_core)?;
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(invalid(
+                &self.name,
+                &format!("replicas must be 1 to 5, got {}", self.replicas),
+            ));
+        }
+        if !self.max_age.is_zero() && self.duplicate_window > self.max_age {
+            return Err(invalid(
+                &self.name,
+                &format!(
+                    "duplicate_window {:?} must not exceed max_age {:?}",
+                    self.duplicate_window, self.max_age
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn to_jetstream(&self) -> stream::Config {
+        stream::Config {
+            name: self.name.clone(),
+            subjects: self.subjects.clone(),
+            max_age: self.max_age,
+            duplicate_window: self.duplicate_window,
+            storage: match self.storage {
+                Storage::File => stream::StorageType::File,
+                Storage::Memory => stream::StorageType::Memory,
+            },
+            num_replicas: self.replicas,
+            description: (!self.description.is_empty()).then(|| self.description.clone()),
+            retention: stream::RetentionPolicy::Limits,
+            allow_batch_publish: self.allow_batched,
+            ..Default::default()
+        }
+    }
+}
+
+fn invalid(name: &str, what: &str) -> Error {
+    Error::new(ErrorKind::InvalidConfig, format!("stream {name:?}: {what}"))
+}
+
+/// Creates the stream if missing; if it exists, checks that subjects, storage, replicas and
+/// retention match and says what differs (`ConfigMismatch`) otherwise.
+pub async fn ensure_stream(client: &Client, config: &StreamConfig) -> Result<(), Error> {
+    config.validate()?;
+    let span = info_span!("natty.stream.ensure_stream", stream = %config.name);
+    async {
+        let js = client.jetstream();
+        match js.get_stream(&config.name).await {
+            Ok(mut existing) => {
+                let have = existing
+                    .info()
+                    .await
+                    .map_err(|e| other(e, "reading stream info"))?
+                    .config
+                    .clone();
+                let want = config.to_jetstream();
+                let mut diffs = Vec::new();
+                let mut subjects_have = have.subjects.clone();
+                let mut subjects_want = want.subjects.clone();
+                subjects_have.sort();
+                subjects_want.sort();
+                if subjects_have != subjects_want {
+                    diffs.push(format!(
+                        "subjects {subjects_have:?} (asked {subjects_want:?})"
+                    ));
+                }
+                if have.storage != want.storage {
+                    diffs.push(format!(
+                        "storage {:?} (asked {:?})",
+                        have.storage, want.storage
+                    ));
+                }
+                if have.num_replicas != want.num_replicas {
+                    diffs.push(format!(
+                        "replicas {} (asked {})",
+                        have.num_replicas, want.num_replicas
+                    ));
+                }
+                if have.retention != want.retention {
+                    diffs.push(format!(
+                        "retention {:?} (asked {:?})",
+                        have.retention, want.retention
+                    ));
+                }
+                if config.allow_batched && !have.allow_batch_publish {
+                    diffs.push("allow_batched false (asked true)".to_owned());
+                }
+                if !diffs.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::ConfigMismatch,
+                        format!(
+                            "ensuring stream {:?}: it exists with {}",
+                            config.name,
+                            diffs.join(", ")
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Err(e) if server_code(&e) == Some(STREAM_NOT_FOUND) => {
+                js.create_stream(config.to_jetstream())
+                    .await
+                    .map_err(|e| other(e, &format!("creating stream {:?}", config.name)))?;
+                info!("stream created");
+                Ok(())
+            }
+            Err(e) => Err(other(e, &format!("looking up stream {:?}", config.name))),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Deletes the stream and its messages; a no-op when it does not exist.
+pub async fn delete_stream(client: &Client, name: &str) -> Result<(), Error> {
+    names::stream(name).map_err(from_core)?;
+    match client.jetstream().delete_stream(name).await {
+        Ok(_) => Ok(()),
+        Err(e) if server_code(&e) == Some(STREAM_NOT_FOUND) => Ok(()),
+        Err(e) => Err(other(e, &format!("deleting stream {name:?}"))),
+    }
+}
+
+/// Where a new durable consumer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DeliverFrom {
+    /// The first message in the stream.
+    #[default]
+    All,
+    /// Only messages published after the consumer is created.
+    New,
+    /// The last message.
+    Last,
+    /// A stream sequence.
+    Sequence(u64),
+}
+
+/// A durable pull consumer's configuration (explicit ack only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerConfig {
+    /// The stream.
+    pub stream: String,
+    /// The durable name: processes sharing it share the messages (a queue); each process
+    /// with its own durable name sees every message (a broadcast).
+    pub durable: String,
+    /// Only these subjects (empty: all of the stream's).
+    pub filter_subjects: Vec<String>,
+    /// Where to start.
+    pub deliver_from: DeliverFrom,
+    /// How long a delivered message may go unacknowledged before it is redelivered (30 s).
+    pub ack_wait: Duration,
+    /// Deliveries before giving up on a message (`None`: unlimited; default 5).
+    pub max_deliver: Option<i64>,
+    /// Server-side redelivery delays by attempt (for messages not nak'ed with a delay).
+    pub backoff: Vec<Duration>,
+    /// Unacknowledged messages in flight at most (default 1000).
+    pub max_ack_pending: i64,
+}
+
+impl ConsumerConfig {
+    /// A durable consumer on `stream`, with the defaults.
+    pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
+        Self {
+            stream: stream.into(),
+            durable: durable.into(),
+            filter_subjects: Vec::new(),
+            deliver_from: DeliverFrom::All,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: Some(5),
+            backoff: Vec::new(),
+            max_ack_pending: 1000,
+        }
+    }
+
+    /// Filter subjects.
+    #[must_use]
+    pub fn filter_subjects<S: Into<String>>(
+        mut self,
+        subjects: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.filter_subjects = subjects.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Where to start.
+    #[must_use]
+    pub fn deliver_from(mut self, from: DeliverFrom) -> Self {
+        self.deliver_from = from;
+        self
+    }
+
+    /// Ack wait.
+    #[must_use]
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait;
+        self
+    }
+
+    /// Max deliveries (`None`: unlimited).
+    #[must_use]
+    pub fn max_deliver(mut self, max: Option<i64>) -> Self {
+        self.max_deliver = max;
+        self
+    }
+
+    /// Server-side backoff.
+    #[must_use]
+    pub fn backoff(mut self, backoff: Vec<Duration>) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Max ack pending.
+    #[must_use]
+    pub fn max_ack_pending(mut self, max: i64) -> Self {
+        self.max_ack_pending = max;
+        self
+    }
+
+    /// Checks the configuration without touching the network.
+    pub fn validate(&self) -> Result<(), Error> {
+        names::stream(&self.stream).map_err(from_core)?;
+        names::consumer(&self.durable).map_err(from_core)?;
+        for s in &self.filter_subjects {
+            names::subject_filter(s).map_err(from_core)?;
+        }
+        let bad = |what: String| {
+            Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "consumer {:?} on stream {:?}: {what}",
+                    self.durable, self.stream
+                ),
+            ))
+        };
+        if self.ack_wait < Duration::from_millis(100) {
+            return bad(format!(
+                "ack_wait must be at least 100ms, got {:?}",
+                self.ack_wait
+            ));
+        }
+        if let Some(max) = self.max_deliver
+            && max < 1
+        {
+            return bad(format!(
+                "max_deliver must be at least 1 (or None), got {max}"
+            ));
+        }
+        if !self.backoff.is_empty()
+            && let Some(max) = self.max_deliver
+            && max <= i64::try_from(self.backoff.len()).unwrap_or(i64::MAX)
+        {
+            return bad(format!(
+                "max_deliver ({max}) must be greater than the number of backoff steps ({})",
+                self.backoff.len()
+            ));
+        }
+        if self.max_ack_pending < 1 {
+            return bad(format!(
+                "max_ack_pending must be at least 1, got {}",
+                self.max_ack_pending
+            ));
+        }
+        Ok(())
+    }
+
+    fn to_jetstream(&self) -> consumer::pull::Config {
+        let (deliver_policy, opt_start_seq) = match self.deliver_from {
+            DeliverFrom::All => (consumer::DeliverPolicy::All, None),
+            DeliverFrom::New => (consumer::DeliverPolicy::New, None),
+            DeliverFrom::Last => (consumer::DeliverPolicy::Last, None),
+            DeliverFrom::Sequence(s) => (
+                consumer::DeliverPolicy::ByStartSequence { start_sequence: s },
+                Some(s),
+            ),
+        };
+        let _ = opt_start_seq;
+        let (filter_subject, filter_subjects) = match self.filter_subjects.as_slice() {
+            [] => (String::new(), Vec::new()),
+            [one] => (one.clone(), Vec::new()),
+            many => (String::new(), many.to_vec()),
+        };
+        consumer::pull::Config {
+            durable_name: Some(self.durable.clone()),
+            name: Some(self.durable.clone()),
+            filter_subject,
+            filter_subjects,
+            deliver_policy,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver.unwrap_or(-1),
+            backoff: self.backoff.clone(),
+            max_ack_pending: self.max_ack_pending,
+            ..Default::default()
+        }
+    }
+}
+
+/// Creates the durable consumer, or updates it to this configuration if it exists.
+pub async fn ensure_consumer(client: &Client, config: &ConsumerConfig) -> Result<(), Error> {
+    config.validate()?;
+    let span = info_span!("natty.stream.ensure_consumer", stream = %config.stream, durable = %config.durable);
+    async {
+        let stream = get_stream(client.jetstream(), &config.stream).await?;
+        stream
+            .create_consumer(config.to_jetstream())
+            .await
+            .map_err(|e| {
+                let context = format!(
+                    "creating consumer {:?} on stream {:?}",
+                    config.durable, config.stream
+                );
+                let msg = e.to_string();
+                if msg.contains("already exists")
+                    || msg.contains("can not be updated")
+                    || msg.contains("cannot be updated")
+                {
+                    Error::with_source(ErrorKind::ConfigMismatch, context, e)
+                } else {
+                    other(e, &context)
+                }
+            })?;
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Deletes the durable consumer; a no-op when it (or its stream) does not exist.
+pub async fn delete_consumer(client: &Client, stream: &str, durable: &str) -> Result<(), Error> {
+    names::stream(stream).map_err(from_core)?;
+    names::consumer(durable).map_err(from_core)?;
+    let s = match get_stream(client.jetstream(), stream).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == ErrorKind::StreamNotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    match s.delete_consumer(durable).await {
+        Ok(_) => Ok(()),
+        Err(e) if server_code(&e) == Some(CONSUMER_NOT_FOUND) => Ok(()),
+        Err(e) => Err(other(
+            e,
+            &format!("deleting consumer {durable:?} on stream {stream:?}"),
+        )),
+    }
+}
+
+pub(crate) async fn get_stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<stream::Stream, Error> {
+    js.get_stream(name).await.map_err(|e| {
+        if server_code(&e) == Some(STREAM_NOT_FOUND) {
+            Error::with_source(
+                ErrorKind::StreamNotFound,
+                format!("opening stream {name:?}"),
+                e,
+            )
+        } else {
+            other(e, &format!("opening stream {name:?}"))
+        }
+    })
+}
+
+pub(crate) fn other<E: std::error::Error + Send + Sync + 'static>(e: E, context: &str) -> Error {
+    let timed_out = e.to_string().contains("timed out");
+    Error::with_source(
+        if timed_out {
+            ErrorKind::TimedOut
+        } else {
+            ErrorKind::Other
+        },
+        context.to_owned(),
+        e,
+    )
+}

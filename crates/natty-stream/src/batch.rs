@@ -1,0 +1,624 @@
+//! [`BatchPublisher`]: a bounded queue drained by a background task that pipelines publishes,
+//! retries with the same `Nats-Msg-Id`, and hands back every message it could not store.
+//!
+//! What the Go library got wrong, and what this does instead: the queue is bounded (`send`
+//! waits: back-pressure); every ack is checked; a timed-out or failed publish is retried with
+//! the same message id, so the stream's duplicate window stores it once; a message that still
+//! fails is returned *with its payload* (error channel, or `close()`'s report) — never dropped;
+//! `flush()` and `close()` wait for the acks; an idle publisher sleeps.
+
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{self, context::PublishErrorKind},
+};
+use bytes::Bytes;
+use futures::{StreamExt, stream::FuturesUnordered};
+use natty_core::{Client, names};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+    time::Instant,
+};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::{
+    Error, ErrorKind, PublishOptions,
+    error::{from_core, from_publish},
+};
+
+/// Settings of a [`BatchPublisher`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchConfig {
+    /// Messages that may wait in the queue (default 10,000); `send` waits beyond that.
+    pub queue_capacity: usize,
+    /// Publishes awaiting their ack at once (default 4096).
+    pub max_in_flight: usize,
+    /// Attempts per message before it is handed back as failed (default 10).
+    pub max_attempts: u32,
+    /// First retry delay, doubled per attempt (default 50 ms) ...
+    pub backoff_base: Duration,
+    /// ... up to this (default 2 s).
+    pub backoff_max: Duration,
+    /// How long to wait for one ack (default 5 s).
+    pub ack_timeout: Duration,
+    /// Prefix of generated `Nats-Msg-Id`s (default: random per publisher).
+    pub id_prefix: Option<String>,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 10_000,
+            max_in_flight: 4096,
+            max_attempts: 10,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            ack_timeout: Duration::from_secs(5),
+            id_prefix: None,
+        }
+    }
+}
+
+impl BatchConfig {
+    /// Queue capacity.
+    #[must_use]
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n;
+        self
+    }
+
+    /// Acks in flight.
+    #[must_use]
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// Attempts per message.
+    #[must_use]
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Ack timeout.
+    #[must_use]
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+
+    /// Message id prefix.
+    #[must_use]
+    pub fn id_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.id_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Checks the configuration without touching the network.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |what: &str| {
+            Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("batch publisher: {what}"),
+            ))
+        };
+        if self.queue_capacity == 0 {
+            return bad("queue_capacity must be at least 1");
+        }
+        if self.max_in_flight == 0 {
+            return bad("max_in_flight must be at least 1");
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts must be at least 1");
+        }
+        if self.ack_timeout.is_zero() {
+            return bad("ack_timeout must be greater than zero");
+        }
+        Ok(())
+    }
+}
+
+/// A message the publisher could not store, handed back with everything needed to retry it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct FailedMessage {
+    /// The subject.
+    pub subject: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// The headers (including `Nats-Msg-Id`).
+    pub headers: HeaderMap,
+    /// Its `Nats-Msg-Id`.
+    pub msg_id: String,
+    /// How many times it was tried.
+    pub attempts: u32,
+    /// The last error.
+    pub error: Error,
+}
+
+/// Counters of a [`BatchPublisher`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchStats {
+    /// Messages accepted by `send`.
+    pub queued: u64,
+    /// Messages acknowledged by the stream (duplicates included).
+    pub acked: u64,
+    /// Acks that reported a duplicate (stored earlier; not stored twice).
+    pub duplicates: u64,
+    /// Publish attempts repeated after a failure.
+    pub retried: u64,
+    /// Messages handed back as failed.
+    pub failed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    queued: AtomicU64,
+    acked: AtomicU64,
+    duplicates: AtomicU64,
+    retried: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> BatchStats {
+        BatchStats {
+            queued: self.queued.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What `close()` reports.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CloseReport {
+    /// Final counters.
+    pub stats: BatchStats,
+    /// Failed messages not already taken from [`BatchPublisher::take_errors`].
+    pub failed: Vec<FailedMessage>,
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    seq: u64,
+    subject: String,
+    payload: Bytes,
+    headers: HeaderMap,
+    msg_id: String,
+    attempts: u32,
+}
+
+#[derive(Debug)]
+enum Command {
+    Publish(Box<Outgoing>),
+    Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Publishes in the background, pipelined, losing nothing (Go natty `Publish`).
+///
+/// ```no_run
+/// # async fn example(client: natty_core::Client) -> Result<(), natty_stream::Error> {
+/// use natty_stream::{BatchConfig, BatchPublisher};
+/// let publisher = BatchPublisher::new(client, BatchConfig::default())?;
+/// let mut failures = publisher.take_errors().expect("first call");
+/// tokio::spawn(async move {
+///     while let Some(failed) = failures.recv().await {
+///         eprintln!("not stored: {} ({} bytes): {}", failed.subject, failed.payload.len(), failed.error);
+///     }
+/// });
+/// for i in 0..1000u32 {
+///     publisher.send("orders.created", i.to_string().into()).await?;
+/// }
+/// publisher.close().await?; // every message acked or handed back
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct BatchPublisher {
+    tx: mpsc::Sender<Command>,
+    next_seq: AtomicU64,
+    prefix: String,
+    errors: Mutex<Option<mpsc::UnboundedReceiver<FailedMessage>>>,
+    stats: Arc<Counters>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+impl BatchPublisher {
+    /// Starts a publisher (its task runs on the current tokio runtime).
+    pub fn new(client: Client, config: BatchConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (failed_tx, failed_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Counters::default());
+        let prefix = config
+            .id_prefix
+            .clone()
+            .unwrap_or_else(|| client.nats().new_inbox().replace("_INBOX.", ""));
+        // A context of our own: acks time out after `ack_timeout`, and async-nats' own in-flight
+        // limit sits above ours so it never adds a second, hidden wait.
+        let js = jetstream::ContextBuilder::new()
+            .timeout(client.request_timeout())
+            .ack_timeout(config.ack_timeout)
+            .max_ack_inflight(config.max_in_flight * 2)
+            .build(client.nats().clone());
+        let span = info_span!("natty.stream.batch_publisher", prefix = %prefix);
+        let task = tokio::spawn(
+            Pump {
+                js,
+                config,
+                failed: failed_tx,
+                stats: stats.clone(),
+            }
+            .run(rx)
+            .instrument(span),
+        );
+        Ok(Self {
+            tx,
+            next_seq: AtomicU64::new(1),
+            prefix,
+            errors: Mutex::new(Some(failed_rx)),
+            stats,
+            task: Mutex::new(Some(task)),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The failed-message channel (once). Messages that fail after it is taken arrive here;
+    /// before that, or if it is never taken, `close()` returns them.
+    pub fn take_errors(&self) -> Option<mpsc::UnboundedReceiver<FailedMessage>> {
+        self.errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Queues a message, waiting for room (back-pressure). It gets a fresh `Nats-Msg-Id`.
+    pub async fn send(&self, subject: &str, payload: Bytes) -> Result<(), Error> {
+        self.send_with(subject, payload, PublishOptions::default())
+            .await
+    }
+
+    /// Queues a message with headers and/or your own `Nats-Msg-Id`.
+    pub async fn send_with(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        options: PublishOptions,
+    ) -> Result<(), Error> {
+        let m = self.outgoing(subject, payload, options)?;
+        self.tx
+            .send(Command::Publish(m))
+            .await
+            .map_err(|_| closed(subject))?;
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Queues a message if there is room now; `Full` otherwise (nothing queued).
+    pub fn try_send(&self, subject: &str, payload: Bytes) -> Result<(), Error> {
+        let m = self.outgoing(subject, payload, PublishOptions::default())?;
+        match self.tx.try_send(Command::Publish(m)) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Error::new(
+                ErrorKind::Full,
+                format!(
+                    "queueing a message for {subject:?}: all {} places taken",
+                    self.tx.max_capacity()
+                ),
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(closed(subject)),
+        }
+    }
+
+    fn outgoing(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        options: PublishOptions,
+    ) -> Result<Box<Outgoing>, Error> {
+        names::subject(subject).map_err(from_core)?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(closed(subject));
+        }
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let msg_id = options
+            .msg_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{seq}", self.prefix));
+        let options = PublishOptions {
+            msg_id: Some(msg_id.clone()),
+            ..options
+        };
+        Ok(Box::new(Outgoing {
+            seq,
+            subject: subject.to_owned(),
+            payload,
+            headers: options.header_map(),
+            msg_id,
+            attempts: 0,
+        }))
+    }
+
+    /// Waits until every message queued before this call is acknowledged or handed back.
+    pub async fn flush(&self) -> Result<BatchStats, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Flush(tx))
+            .await
+            .map_err(|_| closed("flush"))?;
+        rx.await.map_err(|_| closed("flush"))?;
+        Ok(self.stats())
+    }
+
+    /// Flushes, then stops the background task. Failed messages not taken through
+    /// [`take_errors`](Self::take_errors) are returned here.
+    pub async fn close(&self) -> Result<CloseReport, Error> {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let (tx, rx) = oneshot::channel();
+            if self.tx.send(Command::Close(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        let mut failed = Vec::new();
+        if let Some(mut rx) = self.take_errors() {
+            while let Ok(f) = rx.try_recv() {
+                failed.push(f);
+            }
+        }
+        Ok(CloseReport {
+            stats: self.stats(),
+            failed,
+        })
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> BatchStats {
+        self.stats.snapshot()
+    }
+}
+
+impl Drop for BatchPublisher {
+    fn drop(&mut self) {
+        if !self.closed.load(Ordering::Acquire) {
+            let s = self.stats();
+            let pending = s.queued.saturating_sub(s.acked + s.failed);
+            if pending > 0 {
+                warn!(
+                    pending,
+                    "BatchPublisher dropped without close(): its task goes on publishing, but nobody \
+                     awaits the acks, and messages die with the process if it exits now"
+                );
+            }
+        }
+    }
+}
+
+fn closed(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Closed,
+        format!("queueing {what:?}: the publisher is closed"),
+    )
+}
+
+enum Step {
+    Done(Box<Outgoing>, Result<jetstream::publish::PublishAck, Error>),
+    RetryDue,
+    Command(Option<Command>),
+}
+
+type AckFuture = Pin<
+    Box<dyn Future<Output = (Box<Outgoing>, Result<jetstream::publish::PublishAck, Error>)> + Send>,
+>;
+
+struct Pump {
+    js: jetstream::Context,
+    config: BatchConfig,
+    failed: mpsc::UnboundedSender<FailedMessage>,
+    stats: Arc<Counters>,
+}
+
+impl Pump {
+    async fn run(self, mut rx: mpsc::Receiver<Command>) {
+        let mut inflight: FuturesUnordered<AckFuture> = FuturesUnordered::new();
+        let mut retries: Vec<(Instant, Box<Outgoing>)> = Vec::new();
+        let mut outstanding: BTreeSet<u64> = BTreeSet::new();
+        let mut flushes: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
+        let mut closes: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut last_seq = 0u64;
+        let mut open = true;
+        loop {
+            if !open && inflight.is_empty() && retries.is_empty() {
+                for c in closes.drain(..) {
+                    let _ = c.send(());
+                }
+                debug!("batch publisher task done");
+                return;
+            }
+            let next_retry = retries.iter().map(|(t, _)| *t).min();
+            let room = inflight.len() < self.config.max_in_flight;
+            // The select only picks what happened; acting on it (which awaits) comes after,
+            // so no borrow of the in-flight set is held across an await.
+            let step = tokio::select! {
+                biased;
+                Some((m, result)) = inflight.next(), if !inflight.is_empty() => Step::Done(m, result),
+                () = sleep_until(next_retry), if next_retry.is_some() && room => Step::RetryDue,
+                command = rx.recv(), if open && room => Step::Command(command),
+            };
+            match step {
+                Step::Done(m, result) => {
+                    self.on_result(m, result, &mut retries, &mut outstanding)
+                        .await;
+                }
+                Step::RetryDue => {
+                    let now = Instant::now();
+                    let mut due = Vec::new();
+                    let mut i = 0;
+                    while i < retries.len()
+                        && inflight.len() + due.len() < self.config.max_in_flight
+                    {
+                        if retries[i].0 <= now {
+                            due.push(retries.swap_remove(i).1);
+                        } else {
+                            i += 1;
+                        }
+                    }
+                    due.sort_by_key(|m| m.seq);
+                    for m in due {
+                        self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                        let ack = self.publish(m).await;
+                        inflight.push(ack);
+                    }
+                }
+                Step::Command(Some(Command::Publish(m))) => {
+                    last_seq = m.seq;
+                    outstanding.insert(m.seq);
+                    let ack = self.publish(m).await;
+                    inflight.push(ack);
+                }
+                Step::Command(Some(Command::Flush(tx))) => {
+                    if outstanding.range(..=last_seq).next().is_none() {
+                        let _ = tx.send(());
+                    } else {
+                        flushes.push((last_seq, tx));
+                    }
+                }
+                Step::Command(Some(Command::Close(tx))) => {
+                    closes.push(tx);
+                    rx.close();
+                }
+                Step::Command(None) => open = false,
+            }
+            // Wake the flushes whose messages are all done.
+            let mut i = 0;
+            while i < flushes.len() {
+                if outstanding.range(..=flushes[i].0).next().is_none() {
+                    let (_, tx) = flushes.swap_remove(i);
+                    let _ = tx.send(());
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    /// Sends one message (in queue order) and returns the future of its ack.
+    async fn publish(&self, mut m: Box<Outgoing>) -> AckFuture {
+        m.attempts += 1;
+        let sent = self
+            .js
+            .publish_with_headers(m.subject.clone(), m.headers.clone(), m.payload.clone())
+            .await;
+        Box::pin(async move {
+            let context = format!(
+                "publishing {:?} to {:?} (attempt {})",
+                m.msg_id, m.subject, m.attempts
+            );
+            let result = match sent {
+                Ok(ack) => ack.await.map_err(|e| from_publish(e, context)),
+                Err(e) => Err(from_publish(e, context)),
+            };
+            (m, result)
+        })
+    }
+
+    async fn on_result(
+        &self,
+        m: Box<Outgoing>,
+        result: Result<jetstream::publish::PublishAck, Error>,
+        retries: &mut Vec<(Instant, Box<Outgoing>)>,
+        outstanding: &mut BTreeSet<u64>,
+    ) {
+        let error = match result {
+            Ok(ack) => {
+                self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                if ack.duplicate {
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                outstanding.remove(&m.seq);
+                return;
+            }
+            Err(e) => e,
+        };
+        let permanent = self.is_permanent(&m, &error).await;
+        if !permanent && m.attempts < self.config.max_attempts {
+            let exp = m.attempts.saturating_sub(1).min(16);
+            let delay = (self.config.backoff_base * 2u32.pow(exp)).min(self.config.backoff_max);
+            debug!(msg_id = %m.msg_id, attempts = m.attempts, ?delay, error = %error, "publish failed, will retry");
+            retries.push((Instant::now() + delay, m));
+            return;
+        }
+        warn!(msg_id = %m.msg_id, subject = %m.subject, attempts = m.attempts, error = %error, "message not stored; handing it back");
+        outstanding.remove(&m.seq);
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        let m = *m;
+        let _ = self.failed.send(FailedMessage {
+            subject: m.subject,
+            payload: m.payload,
+            headers: m.headers,
+            msg_id: m.msg_id,
+            attempts: m.attempts,
+            error,
+        });
+    }
+
+    /// A failure no retry can fix: a precondition header that failed, or a subject that no
+    /// stream captures (asked of the server, since a restarting server answers "no stream"
+    /// for a moment too).
+    async fn is_permanent(&self, m: &Outgoing, error: &Error) -> bool {
+        let source = error
+            .cause()
+            .and_then(|c| c.downcast_ref::<jetstream::context::PublishError>())
+            .map(jetstream::context::PublishError::kind);
+        match source {
+            Some(PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence) => {
+                true
+            }
+            Some(PublishErrorKind::StreamNotFound) => {
+                // The server answered the stream-names request: it is up, and if no stream
+                // matches, no retry will help.
+                let found = self.js.stream_by_subject(m.subject.clone()).await;
+                let none = matches!(&found, Err(e) if e.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound);
+                debug!(subject = %m.subject, ?found, none, "is any stream capturing the subject?");
+                none
+            }
+            _ => false,
+        }
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,117 @@
+//! [`Publisher`]: one message at a time, acknowledged by the stream.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use natty_core::{Client, names};
+use tracing::{Instrument, debug, info_span};
+
+use crate::{
+    Error,
+    error::{from_core, from_publish},
+};
+
+/// The stream's acknowledgement of a stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublishAck {
+    /// The stream that stored it.
+    pub stream: String,
+    /// Its sequence in the stream.
+    pub sequence: u64,
+    /// The stream had already stored a message with this `Nats-Msg-Id` (within its duplicate
+    /// window): this one was dropped, the earlier one stands.
+    pub duplicate: bool,
+}
+
+impl From<async_nats::jetstream::publish::PublishAck> for PublishAck {
+    fn from(a: async_nats::jetstream::publish::PublishAck) -> Self {
+        Self {
+            stream: a.stream,
+            sequence: a.sequence,
+            duplicate: a.duplicate,
+        }
+    }
+}
+
+/// Headers and de-duplication id for one publish.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublishOptions {
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// `Nats-Msg-Id`: a retry with the same id within the stream's duplicate window is stored
+    /// once.
+    pub msg_id: Option<String>,
+}
+
+impl PublishOptions {
+    /// With a header.
+    #[must_use]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// With a message id.
+    #[must_use]
+    pub fn msg_id(mut self, id: impl Into<String>) -> Self {
+        self.msg_id = Some(id.into());
+        self
+    }
+
+    pub(crate) fn header_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in &self.headers {
+            map.append(k.as_str(), v.as_str());
+        }
+        if let Some(id) = &self.msg_id {
+            map.insert("Nats-Msg-Id", id.as_str());
+        }
+        map
+    }
+}
+
+/// Publishes single messages and waits for the stream's ack.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: Client,
+}
+
+impl Publisher {
+    /// A publisher on `client`.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// Publishes `payload` to `subject`; `NoStreamForSubject` when no stream captures it.
+    pub async fn publish(&self, subject: &str, payload: Bytes) -> Result<PublishAck, Error> {
+        self.publish_with(subject, payload, &PublishOptions::default())
+            .await
+    }
+
+    /// Publishes with headers and/or a message id.
+    pub async fn publish_with(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        options: &PublishOptions,
+    ) -> Result<PublishAck, Error> {
+        names::subject(subject).map_err(from_core)?;
+        let span = info_span!("natty.stream.publish", subject, bytes = payload.len());
+        async {
+            let context = || format!("publishing to {subject:?}");
+            let ack = self
+                .client
+                .jetstream()
+                .publish_with_headers(subject.to_owned(), options.header_map(), payload)
+                .await
+                .map_err(|e| from_publish(e, context()))?
+                .await
+                .map_err(|e| from_publish(e, context()))?;
+            debug!(stream = %ack.stream, sequence = ack.sequence, "published");
+            Ok(ack.into())
+        }
+        .instrument(span)
+        .await
+    }
+}

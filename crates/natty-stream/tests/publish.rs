@@ -1,0 +1,221 @@
+//! natty-stream publishing against a real NATS server: nothing lost, nothing doubled.
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test a panic is the failure report"
+)]
+
+use std::{collections::HashSet, time::Duration};
+
+use futures::StreamExt;
+use natty_core::ConnectOptions;
+use natty_stream::{
+    BatchConfig, BatchPublisher, ErrorKind, Publisher, StreamConfig, ensure_stream,
+};
+use natty_testkit::{Nats, init_tracing, unique_name};
+
+fn number(payload: &[u8]) -> u64 {
+    u64::from_be_bytes(payload.try_into().unwrap())
+}
+
+/// Every message in the stream, as numbers.
+async fn stored_numbers(client: &natty_core::Client, stream: &str) -> anyhow::Result<Vec<u64>> {
+    let stream = client.jetstream().get_stream(stream).await?;
+    let total = stream.cached_info().state.messages;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await?;
+    let mut messages = consumer.messages().await?.take(usize::try_from(total)?);
+    let mut out = Vec::new();
+    while let Some(m) = messages.next().await {
+        out.push(number(&m?.payload));
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn batch_publish_across_a_server_restart_stores_everything_exactly_once() -> anyhow::Result<()>
+{
+    init_tracing();
+    let nats = Nats::start().await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    let name = unique_name("ORDERS").replace('-', "_");
+    ensure_stream(&client, &StreamConfig::new(&name, [format!("{name}.>")])).await?;
+    let publisher = BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default().ack_timeout(Duration::from_secs(2)),
+    )?;
+    let mut errors = publisher.take_errors().unwrap();
+    const N: u64 = 100_000;
+    let subject = format!("{name}.created");
+    let restart = async {
+        // Restart once a good part has been acknowledged, while the rest is still coming.
+        while publisher.stats().acked < N / 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        nats.restart().await
+    };
+    let send = async {
+        for i in 0..N {
+            publisher
+                .send(&subject, i.to_be_bytes().to_vec().into())
+                .await?;
+        }
+        anyhow::Ok(())
+    };
+    let (sent, restarted) = tokio::join!(send, restart);
+    sent?;
+    restarted?;
+    let report = publisher.close().await?;
+    assert!(
+        report.failed.is_empty(),
+        "{} failed, e.g. {:?}",
+        report.failed.len(),
+        report.failed.first()
+    );
+    assert!(errors.try_recv().is_err(), "nothing on the error channel");
+    assert_eq!(report.stats.acked, N, "{:?}", report.stats);
+    eprintln!("{:?}", report.stats);
+
+    let stored = stored_numbers(&client, &name).await?;
+    assert_eq!(stored.len() as u64, N, "stored exactly N messages");
+    let distinct: HashSet<u64> = stored.iter().copied().collect();
+    assert_eq!(distinct.len() as u64, N, "no duplicates");
+    assert!(
+        (0..N).all(|i| distinct.contains(&i)),
+        "every number present"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_stream_deleted_mid_run_hands_back_every_unsent_message() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    let name = unique_name("GONE").replace('-', "_");
+    ensure_stream(&client, &StreamConfig::new(&name, [format!("{name}.>")])).await?;
+    let publisher = BatchPublisher::new(client.clone(), BatchConfig::default())?;
+    let mut errors = publisher.take_errors().unwrap();
+    const N: u64 = 20_000;
+    let subject = format!("{name}.x");
+    let delete = async {
+        while publisher.stats().acked < 2_000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        natty_stream::delete_stream(&client, &name).await
+    };
+    let send = async {
+        for i in 0..N {
+            publisher
+                .send(&subject, i.to_be_bytes().to_vec().into())
+                .await?;
+        }
+        anyhow::Ok(())
+    };
+    let (sent, deleted) = tokio::join!(send, delete);
+    sent?;
+    deleted?;
+    let report = publisher.close().await?;
+    let mut failed = Vec::new();
+    while let Ok(f) = errors.try_recv() {
+        assert_eq!(f.error.kind(), ErrorKind::NoStreamForSubject, "{}", f.error);
+        assert_eq!(f.subject, subject);
+        failed.push(number(&f.payload));
+    }
+    assert!(
+        report.failed.is_empty(),
+        "failures went to the channel taken"
+    );
+    assert!(
+        !failed.is_empty(),
+        "some messages were sent after the delete"
+    );
+    let distinct: HashSet<u64> = failed.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        failed.len(),
+        "each failed message handed back once"
+    );
+    assert_eq!(
+        report.stats.acked + failed.len() as u64,
+        N,
+        "every message acked or handed back: {:?}",
+        report.stats
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_subject_no_stream_captures_is_an_error_for_that_message() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    let err = Publisher::new(client.clone())
+        .publish("nowhere.at.all", "x".into())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoStreamForSubject, "{err}");
+    assert!(err.to_string().contains("nowhere.at.all"), "{err}");
+
+    let publisher = BatchPublisher::new(client.clone(), BatchConfig::default())?;
+    let mut errors = publisher.take_errors().unwrap();
+    publisher.send("nowhere.at.all", "lost?".into()).await?;
+    publisher.flush().await?;
+    let failed = errors.try_recv().expect("the message comes back");
+    assert_eq!(failed.payload, "lost?");
+    assert_eq!(failed.error.kind(), ErrorKind::NoStreamForSubject);
+    assert_eq!(
+        failed.attempts, 1,
+        "no retries when no stream captures the subject"
+    );
+    // Bad input is refused before anything is queued.
+    assert_eq!(
+        publisher
+            .send("bad subject", "x".into())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidName
+    );
+    let report = publisher.close().await?;
+    assert_eq!(report.stats.queued, 1);
+    assert_eq!(
+        publisher.send("a.b", "x".into()).await.unwrap_err().kind(),
+        ErrorKind::Closed
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn try_send_says_full_and_close_returns_unclaimed_failures() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    let publisher = BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default().queue_capacity(1).max_in_flight(1),
+    )?;
+    let mut full = false;
+    for _ in 0..10_000 {
+        match publisher.try_send("nowhere.x", "x".into()) {
+            Ok(()) => {}
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Full, "{e}");
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full, "a queue of one fills up");
+    let report = publisher.close().await?;
+    assert_eq!(
+        report.failed.len() as u64,
+        report.stats.queued,
+        "never-taken failures come back from close()"
+    );
+    Ok(())
+}
