@@ -1,0 +1,404 @@
+//! natty-stream consuming against a real NATS server: at-least-once, no needless redelivery.
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test a panic is the failure report"
+)]
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use natty_core::{Client, ConnectOptions};
+use natty_stream::{
+    CancellationToken, ConsumeOptions, Consumer, ConsumerConfig, HandlerError, Message, Publisher,
+    StreamConfig, ensure_consumer, ensure_stream,
+};
+use natty_testkit::{Nats, init_tracing, unique_name, wait_for};
+
+struct Setup {
+    _nats: Nats,
+    url: String,
+    client: Client,
+    stream: String,
+}
+
+async fn setup(consumer: impl FnOnce(&str) -> ConsumerConfig) -> anyhow::Result<Setup> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    let stream = unique_name("S").replace('-', "_");
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&stream, [format!("{stream}.>")]),
+    )
+    .await?;
+    ensure_consumer(&client, &consumer(&stream)).await?;
+    Ok(Setup {
+        url: nats.url(),
+        _nats: nats,
+        client,
+        stream,
+    })
+}
+
+async fn publish_n(s: &Setup, n: u64) -> anyhow::Result<()> {
+    let p = Publisher::new(s.client.clone());
+    for i in 0..n {
+        p.publish(&format!("{}.m", s.stream), i.to_string().into())
+            .await?;
+    }
+    Ok(())
+}
+
+fn num(m: &Message) -> u64 {
+    std::str::from_utf8(&m.payload).unwrap().parse().unwrap()
+}
+
+type Log = Arc<Mutex<Vec<(u64, u64, Instant)>>>; // (number, delivery count, when)
+
+fn start(
+    client: Client,
+    stream: &str,
+    options: ConsumeOptions,
+    log: Log,
+    behaviour: impl Fn(u64, u64) -> Result<Duration, HandlerError> + Send + Sync + 'static,
+) -> (
+    CancellationToken,
+    Consumer,
+    tokio::task::JoinHandle<Result<natty_stream::ConsumerStats, natty_stream::Error>>,
+) {
+    let consumer = Consumer::new(client, stream, "workers", options).unwrap();
+    let cancel = CancellationToken::new();
+    let behaviour = Arc::new(behaviour);
+    let (c, k) = (consumer.clone(), cancel.clone());
+    let task = tokio::spawn(async move {
+        c.consume(k, move |m: Message| {
+            let log = log.clone();
+            let behaviour = behaviour.clone();
+            async move {
+                let n = num(&m);
+                log.lock().unwrap().push((n, m.delivered, Instant::now()));
+                let pause = behaviour(n, m.delivered)?;
+                tokio::time::sleep(pause).await;
+                Ok(())
+            }
+        })
+        .await
+    });
+    (cancel, consumer, task)
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_retryable_failure_is_redelivered_after_the_nak_delay_not_ack_wait() -> anyhow::Result<()>
+{
+    let s =
+        setup(|st| ConsumerConfig::new(st, "workers").ack_wait(Duration::from_secs(30))).await?;
+    publish_n(&s, 1).await?;
+    let log = Log::default();
+    let options =
+        ConsumeOptions::default().retry_delay(Duration::from_millis(300), Duration::from_secs(5));
+    let (cancel, _, task) = start(
+        s.client.clone(),
+        &s.stream,
+        options,
+        log.clone(),
+        |_, delivered| {
+            if delivered == 1 {
+                Err(HandlerError::retry("not yet"))
+            } else {
+                Ok(Duration::ZERO)
+            }
+        },
+    );
+    wait_for("the redelivery", Duration::from_secs(10), || async {
+        (log.lock().unwrap().len() >= 2).then_some(())
+    })
+    .await?;
+    let l = log.lock().unwrap().clone();
+    let gap = l[1].2 - l[0].2;
+    assert_eq!((l[0].1, l[1].1), (1, 2));
+    assert!(
+        gap >= Duration::from_millis(250),
+        "redelivered before the nak delay: {gap:?}"
+    );
+    assert!(
+        gap < Duration::from_secs(5),
+        "redelivered only after {gap:?}: the nak delay was ignored"
+    );
+    cancel.cancel();
+    let stats = task.await??;
+    assert_eq!(
+        (stats.naked, stats.acked, stats.redelivered),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_permanent_failure_is_dead_lettered_and_never_redelivered() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers").ack_wait(Duration::from_secs(1))).await?;
+    let dlq = format!("{}_DLQ", s.stream);
+    ensure_stream(&s.client, &StreamConfig::new(&dlq, [format!("{dlq}.>")])).await?;
+    publish_n(&s, 3).await?;
+    let log = Log::default();
+    let options = ConsumeOptions::default().dead_letter(format!("{dlq}.orders"));
+    let (cancel, _, task) = start(s.client.clone(), &s.stream, options, log.clone(), |n, _| {
+        if n == 1 {
+            Err(HandlerError::permanent("malformed order"))
+        } else {
+            Ok(Duration::ZERO)
+        }
+    });
+    wait_for("three messages", Duration::from_secs(10), || async {
+        (log.lock().unwrap().len() >= 3).then_some(())
+    })
+    .await?;
+    // Past ack_wait twice over: a terminated message must not come back.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    cancel.cancel();
+    let stats = task.await??;
+    let l = log.lock().unwrap().clone();
+    assert_eq!(
+        l.iter().filter(|(n, ..)| *n == 1).count(),
+        1,
+        "redelivered: {l:?}"
+    );
+    assert_eq!(
+        (stats.termed, stats.dead_lettered, stats.acked),
+        (1, 1, 2),
+        "{stats:?}"
+    );
+
+    let mut dl = s.client.jetstream().get_stream(&dlq).await?;
+    assert_eq!(dl.info().await?.state.messages, 1);
+    let m = dl
+        .get_last_raw_message_by_subject(&format!("{dlq}.orders"))
+        .await?;
+    assert_eq!(m.payload, "1");
+    let reason = m
+        .headers
+        .get("Natty-Dead-Letter-Reason")
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert!(reason.contains("malformed order"), "{reason}");
+    assert_eq!(
+        m.headers.get("Natty-Original-Subject").unwrap().as_str(),
+        format!("{}.m", s.stream)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_handler_running_three_ack_waits_is_not_redelivered() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers").ack_wait(Duration::from_secs(1))).await?;
+    publish_n(&s, 1).await?;
+    let log = Log::default();
+    // Two handlers at once, so a redelivery during the long handler would be taken at once.
+    let options = ConsumeOptions::default().concurrency(2);
+    let (cancel, _, task) = start(s.client.clone(), &s.stream, options, log.clone(), |_, _| {
+        Ok(Duration::from_secs(3))
+    });
+    let consumer = Consumer::new(
+        s.client.clone(),
+        &s.stream,
+        "workers",
+        ConsumeOptions::default(),
+    )?;
+    wait_for("the handler to finish", Duration::from_secs(10), || async {
+        let info = s
+            .client
+            .jetstream()
+            .get_stream(&s.stream)
+            .await
+            .ok()?
+            .consumer_info("workers")
+            .await
+            .ok()?;
+        (info.num_ack_pending == 0 && !log.lock().unwrap().is_empty()).then_some(())
+    })
+    .await?;
+    let _ = consumer;
+    cancel.cancel();
+    let stats = task.await??;
+    let l = log.lock().unwrap().clone();
+    assert_eq!(l.len(), 1, "handled more than once: {l:?}");
+    assert_eq!((stats.redelivered, stats.acked), (0, 1), "{stats:?}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn an_aborted_consumer_leaves_its_unacked_messages_to_the_next() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers").ack_wait(Duration::from_secs(1))).await?;
+    const N: u64 = 100;
+    publish_n(&s, N).await?;
+    let first = Log::default();
+    let (_cancel, _, task) = start(
+        s.client.clone(),
+        &s.stream,
+        ConsumeOptions::default(),
+        first.clone(),
+        |_, _| Ok(Duration::from_millis(20)),
+    );
+    wait_for("some progress", Duration::from_secs(10), || async {
+        (first.lock().unwrap().len() >= 10).then_some(())
+    })
+    .await?;
+    task.abort(); // a crash, mid-batch: no cancel, no acks for what was pulled
+    let _ = task.await;
+    let second = Log::default();
+    let client = ConnectOptions::new([s.url.clone()]).connect().await?;
+    let (cancel, consumer, task) = start(
+        client,
+        &s.stream,
+        ConsumeOptions::default(),
+        second.clone(),
+        |_, _| Ok(Duration::ZERO),
+    );
+    wait_for("all messages handled", Duration::from_secs(20), || async {
+        let handled: HashSet<u64> = first
+            .lock()
+            .unwrap()
+            .iter()
+            .chain(second.lock().unwrap().iter())
+            .map(|(n, ..)| *n)
+            .collect();
+        (handled.len() as u64 == N).then_some(())
+    })
+    .await?;
+    cancel.cancel();
+    task.await??;
+    assert!(
+        consumer.stats().redelivered > 0,
+        "the aborted batch came back as redeliveries"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn after_a_graceful_cancel_the_next_consumer_gets_no_redeliveries() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers").ack_wait(Duration::from_secs(1))).await?;
+    publish_n(&s, 50).await?;
+    let first = Log::default();
+    let (cancel, _, task) = start(
+        s.client.clone(),
+        &s.stream,
+        ConsumeOptions::default(),
+        first.clone(),
+        |_, _| Ok(Duration::ZERO),
+    );
+    wait_for("the first 50", Duration::from_secs(10), || async {
+        (first.lock().unwrap().len() >= 50).then_some(())
+    })
+    .await?;
+    cancel.cancel();
+    let stats = task.await??;
+    assert_eq!(stats.acked, 50);
+    publish_n(&s, 50).await?;
+    let second = Log::default();
+    let client = ConnectOptions::new([s.url.clone()]).connect().await?;
+    let (cancel, consumer, task) = start(
+        client,
+        &s.stream,
+        ConsumeOptions::default(),
+        second.clone(),
+        |_, _| Ok(Duration::ZERO),
+    );
+    wait_for("the next 50", Duration::from_secs(10), || async {
+        (second.lock().unwrap().len() >= 50).then_some(())
+    })
+    .await?;
+    // Past ack_wait: anything left unacked would be back by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cancel.cancel();
+    task.await??;
+    assert_eq!(consumer.stats().redelivered, 0, "{:?}", consumer.stats());
+    assert_eq!(second.lock().unwrap().len(), 50);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn two_consumers_on_one_durable_split_the_messages() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers")).await?;
+    const N: u64 = 1000;
+    let (a, b) = (Log::default(), Log::default());
+    let options = ConsumeOptions::default().batch(20);
+    let (ca, _, ta) = start(
+        s.client.clone(),
+        &s.stream,
+        options.clone(),
+        a.clone(),
+        |_, _| Ok(Duration::from_millis(1)),
+    );
+    let client_b = ConnectOptions::new([s.url.clone()]).connect().await?;
+    let (cb, _, tb) = start(client_b, &s.stream, options, b.clone(), |_, _| {
+        Ok(Duration::from_millis(1))
+    });
+    publish_n(&s, N).await?;
+    wait_for("all handled", Duration::from_secs(30), || async {
+        (a.lock().unwrap().len() + b.lock().unwrap().len() >= N as usize).then_some(())
+    })
+    .await?;
+    ca.cancel();
+    cb.cancel();
+    ta.await??;
+    tb.await??;
+    let sa: HashSet<u64> = a.lock().unwrap().iter().map(|(n, ..)| *n).collect();
+    let sb: HashSet<u64> = b.lock().unwrap().iter().map(|(n, ..)| *n).collect();
+    assert!(
+        sa.is_disjoint(&sb),
+        "handled by both: {:?}",
+        sa.intersection(&sb).take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(sa.len() + sb.len(), N as usize);
+    assert!(
+        !sa.is_empty() && !sb.is_empty(),
+        "both took a share: {} / {}",
+        sa.len(),
+        sb.len()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_full_error_channel_never_blocks_consumption() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers")).await?;
+    const N: u64 = 100;
+    publish_n(&s, N).await?;
+    let (tx, _rx_never_read) = tokio::sync::mpsc::channel(1);
+    let log = Log::default();
+    let (cancel, consumer, task) = start(
+        s.client.clone(),
+        &s.stream,
+        ConsumeOptions::default().errors(tx),
+        log.clone(),
+        |_, _| Err(HandlerError::permanent("always")),
+    );
+    wait_for("every message handled", Duration::from_secs(10), || async {
+        (consumer.stats().termed == N).then_some(())
+    })
+    .await?;
+    cancel.cancel();
+    let stats = task.await??;
+    assert_eq!(stats.errors_dropped, N - 1, "{stats:?}");
+    let per: HashMap<u64, usize> =
+        log.lock()
+            .unwrap()
+            .iter()
+            .fold(HashMap::new(), |mut m, (n, ..)| {
+                *m.entry(*n).or_default() += 1;
+                m
+            });
+    assert_eq!(per.len() as u64, N);
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! An idle BatchPublisher and an idle Consumer burn no CPU (the Go library's idle publisher
+//! burned most of a core). Its own test binary, so no other test shares the process's CPU time.
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test a panic is the failure report"
+)]
+
+use std::time::Duration;
+
+use natty_core::ConnectOptions;
+use natty_stream::{
+    BatchConfig, BatchPublisher, CancellationToken, ConsumeOptions, Consumer, ConsumerConfig,
+    StreamConfig, ensure_consumer, ensure_stream,
+};
+use natty_testkit::{Nats, init_tracing, unique_name};
+
+/// User + system CPU time of this process, from /proc/self/stat (clock ticks of 10 ms).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn idle_publisher_and_consumer_use_no_cpu() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    let stream = unique_name("IDLE").replace('-', "_");
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&stream, [format!("{stream}.>")]),
+    )
+    .await?;
+    ensure_consumer(&client, &ConsumerConfig::new(&stream, "idle")).await?;
+    let publisher = BatchPublisher::new(client.clone(), BatchConfig::default())?;
+    publisher
+        .send(&format!("{stream}.x"), "warm-up".into())
+        .await?;
+    publisher.flush().await?;
+    let consumer = Consumer::new(client.clone(), &stream, "idle", ConsumeOptions::default())?;
+    let cancel = CancellationToken::new();
+    let (c, k) = (consumer.clone(), cancel.clone());
+    let task = tokio::spawn(async move { c.consume(k, |_| async { Ok(()) }).await });
+    while consumer.stats().acked < 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let before = cpu_time();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = cpu_time() - before;
+    eprintln!("CPU used while idle for 3 s: {used:?}");
+    assert!(
+        used <= Duration::from_millis(60),
+        "idle publisher + consumer used {used:?} of CPU in 3 s"
+    );
+
+    cancel.cancel();
+    task.await??;
+    publisher.close().await?;
+    Ok(())
+}
