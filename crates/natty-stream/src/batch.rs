@@ -24,6 +24,7 @@ use async_nats::{
 };
 use bytes::Bytes;
 use futures::{StreamExt, stream::FuturesUnordered};
+use jetstream_extra::batch_publish_fast::{FastPublishExt, FastPublisher, GapMode};
 use natty_core::{Client, names};
 use tokio::{
     sync::{mpsc, oneshot},
@@ -55,6 +56,23 @@ pub struct BatchConfig {
     pub ack_timeout: Duration,
     /// Prefix of generated `Nats-Msg-Id`s (default: random per publisher).
     pub id_prefix: Option<String>,
+    /// How messages are sent (default [`PublishMode::Auto`]).
+    pub mode: PublishMode,
+}
+
+/// How a [`BatchPublisher`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PublishMode {
+    /// Fast ingest to streams that allow it (server 2.14+, `allow_batched`), pipelined
+    /// publishes elsewhere.
+    #[default]
+    Auto,
+    /// Always one publish per message, up to `max_in_flight` acks outstanding.
+    Pipelined,
+    /// Fast ingest (ADR-50) only: a message for a stream without `allow_batched` (or on an
+    /// older server) is handed back as `Unsupported`.
+    FastIngest,
 }
 
 impl Default for BatchConfig {
@@ -67,6 +85,7 @@ impl Default for BatchConfig {
             backoff_max: Duration::from_secs(2),
             ack_timeout: Duration::from_secs(5),
             id_prefix: None,
+            mode: PublishMode::Auto,
         }
     }
 }
@@ -97,6 +116,13 @@ impl BatchConfig {
     #[must_use]
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
         self.ack_timeout = timeout;
+        self
+    }
+
+    /// Publish mode.
+    #[must_use]
+    pub fn mode(mut self, mode: PublishMode) -> Self {
+        self.mode = mode;
         self
     }
 
@@ -264,9 +290,11 @@ impl BatchPublisher {
         let task = tokio::spawn(
             Pump {
                 js,
+                fast_capable: client.server_version().is_some_and(|v| v.at_least(2, 14)),
                 config,
                 failed: failed_tx,
                 stats: stats.clone(),
+                routes: Mutex::new(Routes::default()),
             }
             .run(rx)
             .instrument(span),
@@ -430,7 +458,11 @@ fn closed(what: &str) -> Error {
     )
 }
 
+/// How long an open fast batch waits for more messages before it is committed.
+const FAST_LINGER: Duration = Duration::from_millis(2);
+
 enum Step {
+    CommitFast,
     Done(Box<Outgoing>, Result<jetstream::publish::PublishAck, Error>),
     RetryDue,
     Command(Option<Command>),
@@ -442,9 +474,33 @@ type AckFuture = Pin<
 
 struct Pump {
     js: jetstream::Context,
+    fast_capable: bool,
     config: BatchConfig,
     failed: mpsc::UnboundedSender<FailedMessage>,
     stats: Arc<Counters>,
+    routes: Mutex<Routes>,
+}
+
+/// Which streams take fast ingest, by their subject filters (listed once, refreshed on a miss
+/// at most every few seconds), so routing a message costs no request.
+#[derive(Default)]
+struct Routes {
+    streams: Vec<(String, Vec<String>, bool)>,
+    listed: Option<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Pipelined,
+    Fast(String),
+    Unsupported(String),
+}
+
+/// An open fast-ingest batch and the messages in it not yet covered by a flow ack.
+struct Fast {
+    stream: String,
+    publisher: FastPublisher,
+    pending: std::collections::VecDeque<(u64, Box<Outgoing>)>,
 }
 
 impl Pump {
@@ -456,8 +512,19 @@ impl Pump {
         let mut closes: Vec<oneshot::Sender<()>> = Vec::new();
         let mut last_seq = 0u64;
         let mut open = true;
+        let mut fast: Option<Fast> = None;
         loop {
-            if !open && inflight.is_empty() && retries.is_empty() {
+            // Wake the flushes whose messages are all done.
+            let mut i = 0;
+            while i < flushes.len() {
+                if outstanding.range(..=flushes[i].0).next().is_none() {
+                    let (_, tx) = flushes.swap_remove(i);
+                    let _ = tx.send(());
+                } else {
+                    i += 1;
+                }
+            }
+            if !open && inflight.is_empty() && retries.is_empty() && fast.is_none() {
                 for c in closes.drain(..) {
                     let _ = c.send(());
                 }
@@ -473,8 +540,15 @@ impl Pump {
                 Some((m, result)) = inflight.next(), if !inflight.is_empty() => Step::Done(m, result),
                 () = sleep_until(next_retry), if next_retry.is_some() && room => Step::RetryDue,
                 command = rx.recv(), if open && room => Step::Command(command),
+                // A fast batch is committed once nothing came for a moment: that acks its tail
+                // (flushes wait for it), and an idle batch would be timed out by the server.
+                () = tokio::time::sleep(FAST_LINGER), if fast.is_some() => Step::CommitFast,
             };
             match step {
+                Step::CommitFast => {
+                    self.close_fast(&mut fast, &mut retries, &mut outstanding)
+                        .await
+                }
                 Step::Done(m, result) => {
                     self.on_result(m, result, &mut retries, &mut outstanding)
                         .await;
@@ -495,15 +569,15 @@ impl Pump {
                     due.sort_by_key(|m| m.seq);
                     for m in due {
                         self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                        let ack = self.publish(m).await;
-                        inflight.push(ack);
+                        self.dispatch(m, &mut inflight, &mut fast, &mut retries, &mut outstanding)
+                            .await;
                     }
                 }
                 Step::Command(Some(Command::Publish(m))) => {
                     last_seq = m.seq;
                     outstanding.insert(m.seq);
-                    let ack = self.publish(m).await;
-                    inflight.push(ack);
+                    self.dispatch(m, &mut inflight, &mut fast, &mut retries, &mut outstanding)
+                        .await;
                 }
                 Step::Command(Some(Command::Flush(tx))) => {
                     if outstanding.range(..=last_seq).next().is_none() {
@@ -518,15 +592,240 @@ impl Pump {
                 }
                 Step::Command(None) => open = false,
             }
-            // Wake the flushes whose messages are all done.
-            let mut i = 0;
-            while i < flushes.len() {
-                if outstanding.range(..=flushes[i].0).next().is_none() {
-                    let (_, tx) = flushes.swap_remove(i);
-                    let _ = tx.send(());
-                } else {
-                    i += 1;
+        }
+    }
+
+    /// Sends a message the way its stream takes it.
+    async fn dispatch(
+        &self,
+        m: Box<Outgoing>,
+        inflight: &mut FuturesUnordered<AckFuture>,
+        fast: &mut Option<Fast>,
+        retries: &mut Vec<(Instant, Box<Outgoing>)>,
+        outstanding: &mut BTreeSet<u64>,
+    ) {
+        match self.route(&m.subject).await {
+            Route::Pipelined => {
+                let ack = self.publish(m).await;
+                inflight.push(ack);
+            }
+            Route::Fast(stream) => {
+                if fast.as_ref().is_some_and(|f| f.stream != stream) {
+                    self.close_fast(fast, retries, outstanding).await;
                 }
+                self.fast_add(stream, m, fast, retries, outstanding).await;
+            }
+            Route::Unsupported(why) => {
+                let mut m = m;
+                m.attempts += 1;
+                let error = Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "publishing {:?} to {:?} by fast ingest: {why}",
+                        m.msg_id, m.subject
+                    ),
+                );
+                self.give_back(m, error, outstanding);
+            }
+        }
+    }
+
+    async fn route(&self, subject: &str) -> Route {
+        if self.config.mode == PublishMode::Pipelined {
+            return Route::Pipelined;
+        }
+        if !self.fast_capable {
+            return match self.config.mode {
+                PublishMode::FastIngest => {
+                    Route::Unsupported("the server is older than 2.14".to_owned())
+                }
+                _ => Route::Pipelined,
+            };
+        }
+        let found = self.lookup_route(subject);
+        let found = match found {
+            Some(r) => Some(r),
+            None => {
+                let stale = self
+                    .routes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .listed
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(5));
+                if stale {
+                    self.list_streams().await;
+                }
+                self.lookup_route(subject)
+            }
+        };
+        match (found, self.config.mode) {
+            (Some((stream, true)), _) => Route::Fast(stream),
+            (Some((stream, false)), PublishMode::FastIngest) => Route::Unsupported(format!(
+                "stream {stream:?} does not allow batched publishing (allow_batched)"
+            )),
+            _ => Route::Pipelined,
+        }
+    }
+
+    fn lookup_route(&self, subject: &str) -> Option<(String, bool)> {
+        let routes = self
+            .routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        routes
+            .streams
+            .iter()
+            .find(|(_, filters, _)| filters.iter().any(|f| subject_matches(f, subject)))
+            .map(|(name, _, batched)| (name.clone(), *batched))
+    }
+
+    async fn list_streams(&self) {
+        let mut streams = Vec::new();
+        let mut list = self.js.streams();
+        while let Some(info) = list.next().await {
+            match info {
+                Ok(info) => streams.push((
+                    info.config.name.clone(),
+                    info.config.subjects.clone(),
+                    info.config.allow_batch_publish,
+                )),
+                Err(e) => {
+                    debug!(error = %e, "listing streams for routing; publishing pipelined meanwhile");
+                    break;
+                }
+            }
+        }
+        let mut routes = self
+            .routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        routes.streams = streams;
+        routes.listed = Some(Instant::now());
+    }
+
+    /// Adds a message to the open fast batch (opening one if needed).
+    async fn fast_add(
+        &self,
+        stream: String,
+        mut m: Box<Outgoing>,
+        fast: &mut Option<Fast>,
+        retries: &mut Vec<(Instant, Box<Outgoing>)>,
+        outstanding: &mut BTreeSet<u64>,
+    ) {
+        if fast.is_none() {
+            // Flow 500 with 3 outstanding acks: measured here 1.45x pipelined at 128 B; the
+            // crate's default (flow 100) was slower than pipelining.
+            match self
+                .js
+                .fast_publish()
+                .flow(500)
+                .max_outstanding_acks(3)
+                .ack_timeout(self.config.ack_timeout)
+                .gap_mode(GapMode::Fail)
+                .build()
+            {
+                Ok(publisher) => {
+                    *fast = Some(Fast {
+                        stream,
+                        publisher,
+                        pending: std::collections::VecDeque::new(),
+                    });
+                }
+                Err(e) => {
+                    m.attempts += 1;
+                    let error =
+                        Error::with_source(ErrorKind::Other, "opening a fast-ingest batch", e);
+                    self.retry_or_give_back(m, error, retries, outstanding);
+                    return;
+                }
+            }
+        }
+        let Some(f) = fast.as_mut() else { return };
+        m.attempts += 1;
+        let message = jetstream::message::OutboundMessage {
+            subject: m.subject.clone().into(),
+            payload: m.payload.clone(),
+            headers: Some(m.headers.clone()),
+        };
+        match f.publisher.add_message(message).await {
+            Ok(ack) => {
+                f.pending.push_back((ack.batch_sequence, m));
+                self.settle(f, ack.ack_sequence, outstanding);
+            }
+            Err(e) => {
+                f.pending.push_back((u64::MAX, m));
+                let error = fast_error(e, "adding to a fast-ingest batch");
+                self.fail_fast(fast, error, retries, outstanding);
+            }
+        }
+    }
+
+    /// Everything up to `acked` in the batch is stored (gap mode Fail guarantees no holes).
+    fn settle(&self, f: &mut Fast, acked: u64, outstanding: &mut BTreeSet<u64>) {
+        while f.pending.front().is_some_and(|(seq, _)| *seq <= acked) {
+            if let Some((_, m)) = f.pending.pop_front() {
+                self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                outstanding.remove(&m.seq);
+            }
+        }
+    }
+
+    /// Commits the open batch: acks everything in it, or on failure re-sends what is unacked.
+    async fn close_fast(
+        &self,
+        fast: &mut Option<Fast>,
+        retries: &mut Vec<(Instant, Box<Outgoing>)>,
+        outstanding: &mut BTreeSet<u64>,
+    ) {
+        let Some(f) = fast.take() else { return };
+        let Fast {
+            stream,
+            publisher,
+            mut pending,
+        } = f;
+        match publisher.close().await {
+            Ok(ack) => {
+                debug!(stream = %stream, count = ack.batch_size, "fast batch committed");
+                for (_, m) in pending.drain(..) {
+                    self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                    outstanding.remove(&m.seq);
+                }
+            }
+            Err(e) => {
+                let error = fast_error(e, "committing a fast-ingest batch");
+                warn!(stream = %stream, unacked = pending.len(), error = %error, "fast batch failed; re-sending its unacked tail");
+                for (_, m) in pending.drain(..) {
+                    self.retry_or_give_back(
+                        m,
+                        Error::new(error.kind(), error.to_string()),
+                        retries,
+                        outstanding,
+                    );
+                }
+            }
+        }
+    }
+
+    /// A batch failed: whatever it did not ack is re-sent (same message ids: the duplicate
+    /// window drops any that were in fact stored) or handed back.
+    fn fail_fast(
+        &self,
+        fast: &mut Option<Fast>,
+        error: Error,
+        retries: &mut Vec<(Instant, Box<Outgoing>)>,
+        outstanding: &mut BTreeSet<u64>,
+    ) {
+        if let Some(mut f) = fast.take() {
+            let acked = f.publisher.last_ack_sequence();
+            self.settle(&mut f, acked, outstanding);
+            warn!(stream = %f.stream, unacked = f.pending.len(), error = %error, "fast batch failed; re-sending its unacked tail");
+            for (_, m) in f.pending.drain(..) {
+                self.retry_or_give_back(
+                    m,
+                    Error::new(error.kind(), error.to_string()),
+                    retries,
+                    outstanding,
+                );
             }
         }
     }
@@ -569,14 +868,35 @@ impl Pump {
             }
             Err(e) => e,
         };
-        let permanent = self.is_permanent(&m, &error).await;
-        if !permanent && m.attempts < self.config.max_attempts {
+        if self.is_permanent(&m, &error).await {
+            self.give_back(m, error, outstanding);
+        } else {
+            self.retry_or_give_back(m, error, retries, outstanding);
+        }
+    }
+
+    fn retry_or_give_back(
+        &self,
+        m: Box<Outgoing>,
+        error: Error,
+        retries: &mut Vec<(Instant, Box<Outgoing>)>,
+        outstanding: &mut BTreeSet<u64>,
+    ) {
+        if m.attempts < self.config.max_attempts {
             let exp = m.attempts.saturating_sub(1).min(16);
             let delay = (self.config.backoff_base * 2u32.pow(exp)).min(self.config.backoff_max);
             debug!(msg_id = %m.msg_id, attempts = m.attempts, ?delay, error = %error, "publish failed, will retry");
             retries.push((Instant::now() + delay, m));
-            return;
+        } else {
+            self.give_back(m, error, outstanding);
         }
+    }
+
+    #[allow(
+        clippy::boxed_local,
+        reason = "messages travel boxed through the pump; unboxing here is the last step"
+    )]
+    fn give_back(&self, m: Box<Outgoing>, error: Error, outstanding: &mut BTreeSet<u64>) {
         warn!(msg_id = %m.msg_id, subject = %m.subject, attempts = m.attempts, error = %error, "message not stored; handing it back");
         outstanding.remove(&m.seq);
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -620,5 +940,57 @@ async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+fn fast_error(e: jetstream_extra::batch_publish_fast::FastPublishError, context: &str) -> Error {
+    use jetstream_extra::batch_publish_fast::FastPublishErrorKind as K;
+    let kind = match e.kind() {
+        K::Timeout => ErrorKind::TimedOut,
+        K::NotEnabled => ErrorKind::Unsupported,
+        _ => ErrorKind::Other,
+    };
+    Error::with_source(kind, context.to_owned(), e)
+}
+
+/// NATS subject matching: `*` matches one token, `>` the rest (one token or more).
+fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_matches;
+
+    #[test]
+    fn subjects_match_filters() {
+        let cases = [
+            ("orders.>", "orders.created", true),
+            ("orders.>", "orders.a.b", true),
+            ("orders.>", "orders", false),
+            ("orders.*", "orders.created", true),
+            ("orders.*", "orders.a.b", false),
+            ("orders.created", "orders.created", true),
+            ("orders.created", "orders.deleted", false),
+            ("*.created", "orders.created", true),
+            (">", "anything.at.all", true),
+        ];
+        for (filter, subject, want) in cases {
+            assert_eq!(
+                subject_matches(filter, subject),
+                want,
+                "{filter} ~ {subject}"
+            );
+        }
     }
 }

@@ -30,7 +30,7 @@ pub use admin::{
     ConsumerConfig, DeliverFrom, Storage, StreamConfig, delete_consumer, delete_stream,
     ensure_consumer, ensure_stream,
 };
-pub use batch::{BatchConfig, BatchPublisher, BatchStats, CloseReport, FailedMessage};
+pub use batch::{BatchConfig, BatchPublisher, BatchStats, CloseReport, FailedMessage, PublishMode};
 pub use consumer::{ConsumeError, ConsumeOptions, Consumer, ConsumerStats};
 pub use error::{Error, ErrorKind};
 pub use message::{HandlerError, Message};

@@ -9,7 +9,7 @@ use std::{collections::HashSet, time::Duration};
 use futures::StreamExt;
 use natty_core::ConnectOptions;
 use natty_stream::{
-    BatchConfig, BatchPublisher, ErrorKind, Publisher, StreamConfig, ensure_stream,
+    BatchConfig, BatchPublisher, ErrorKind, PublishMode, Publisher, StreamConfig, ensure_stream,
 };
 use natty_testkit::{Nats, init_tracing, unique_name};
 
@@ -217,5 +217,91 @@ async fn try_send_says_full_and_close_returns_unclaimed_failures() -> anyhow::Re
         report.stats.queued,
         "never-taken failures come back from close()"
     );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn fast_ingest_stores_exactly_the_sent_messages_across_a_batch_failure() -> anyhow::Result<()>
+{
+    init_tracing();
+    let nats = Nats::start().await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    let name = unique_name("FAST").replace('-', "_");
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&name, [format!("{name}.>")]).allow_batched(true),
+    )
+    .await?;
+    let publisher = BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default()
+            .mode(PublishMode::FastIngest)
+            .ack_timeout(Duration::from_secs(2)),
+    )?;
+    let mut errors = publisher.take_errors().unwrap();
+    const N: u64 = 60_000;
+    let subject = format!("{name}.created");
+    // The forced failure: the server goes away mid-batch (same storage when it is back).
+    let restart = async {
+        while publisher.stats().acked < N / 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        nats.restart().await
+    };
+    let send = async {
+        for i in 0..N {
+            publisher
+                .send(&subject, i.to_be_bytes().to_vec().into())
+                .await?;
+        }
+        anyhow::Ok(())
+    };
+    let (sent, restarted) = tokio::join!(send, restart);
+    sent?;
+    restarted?;
+    let report = publisher.close().await?;
+    eprintln!("{:?}", report.stats);
+    assert!(report.failed.is_empty(), "{:?}", report.failed.first());
+    assert!(errors.try_recv().is_err());
+    assert!(
+        report.stats.retried > 0,
+        "the batch failure was not forced: {:?}",
+        report.stats
+    );
+
+    let stored = stored_numbers(&client, &name).await?;
+    let distinct: HashSet<u64> = stored.iter().copied().collect();
+    assert_eq!(distinct.len(), stored.len(), "doubled messages");
+    assert_eq!(stored.len() as u64, N, "lost messages");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn fast_ingest_on_a_stream_without_allow_batched_is_unsupported() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    let name = unique_name("SLOW").replace('-', "_");
+    ensure_stream(&client, &StreamConfig::new(&name, [format!("{name}.>")])).await?;
+    let publisher = BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default().mode(PublishMode::FastIngest),
+    )?;
+    publisher.send(&format!("{name}.x"), "x".into()).await?;
+    let report = publisher.close().await?;
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(
+        report.failed[0].error.kind(),
+        ErrorKind::Unsupported,
+        "{}",
+        report.failed[0].error
+    );
+    assert!(report.failed[0].error.to_string().contains("allow_batched"));
+    // Auto mode publishes it the ordinary way.
+    let publisher = BatchPublisher::new(client.clone(), BatchConfig::default())?;
+    publisher.send(&format!("{name}.x"), "x".into()).await?;
+    assert!(publisher.close().await?.failed.is_empty());
     Ok(())
 }
