@@ -13,6 +13,7 @@ cargo xtask <command>
 
   ci                    exactly what CI runs: fmt, clippy, unit tests, docs, integration, deny
   integration [filter]  build the NATS image if needed and run the testcontainers suites
+  demo                  run the examples against a throwaway NATS container (or $NATS_URL)
   nats-image            build the local FROM-scratch NATS image (no-op when present)
   certs                 regenerate the certificates in assets/
 
@@ -27,6 +28,7 @@ fn main() -> anyhow::Result<()> {
         Some("ci") => ci(),
         Some("integration") => integration(args.get(1).map(String::as_str)),
         Some("nats-image") => nats_image().map(|_| ()),
+        Some("demo") => demo(),
         Some("certs") => certs(&root.join("assets")),
         Some("help" | "--help" | "-h") | None => {
             eprintln!("{HELP}");
@@ -98,8 +100,10 @@ fn ci() -> anyhow::Result<()> {
         &["doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
+    check_a_la_carte()?;
     if image::docker_available() {
         integration(None)?;
+        demo()?;
     } else if std::env::var_os("CI").is_some() {
         bail!("CI must run the integration suites, but no Docker daemon answers (`docker info`)");
     } else {
@@ -107,6 +111,82 @@ fn ci() -> anyhow::Result<()> {
     }
     deny()?;
     eprintln!("\n==> cargo xtask ci: all green");
+    Ok(())
+}
+
+/// A crate that depends only on natty-kv (or natty-election) must not pull natty-stream.
+fn check_a_la_carte() -> anyhow::Result<()> {
+    for krate in ["natty-kv", "natty-election"] {
+        eprintln!("\n==> cargo tree -p {krate} -e normal (must not contain natty-stream)");
+        let out = Command::new("cargo")
+            .args([
+                "tree", "-p", krate, "-e", "normal", "--prefix", "none", "--format", "{p}",
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tree = String::from_utf8_lossy(&out.stdout);
+        if let Some(line) = tree.lines().find(|l| l.starts_with("natty-stream")) {
+            bail!("{krate} depends on {line}: it must build without natty-stream");
+        }
+        eprintln!("{krate}: {} crates, no natty-stream", tree.lines().count());
+    }
+    Ok(())
+}
+
+/// Runs the facade's examples end to end and says what happened.
+fn demo() -> anyhow::Result<()> {
+    run(
+        "cargo",
+        &["build", "--quiet", "-p", "natty", "--examples"],
+        &[],
+    )?;
+    let example = |name: &str, envs: &[(&str, &str)]| -> anyhow::Result<()> {
+        eprintln!("\n--- example `{name}` ---");
+        let status = Command::new("cargo")
+            .args(["run", "--quiet", "-p", "natty", "--example", name])
+            .envs(envs.iter().copied())
+            .status()?;
+        anyhow::ensure!(status.success(), "example {name} failed ({status})");
+        Ok(())
+    };
+    if let Ok(url) = std::env::var("NATS_URL") {
+        eprintln!("==> demo against NATS_URL={url}");
+        for name in ["publish_consume", "kv", "election"] {
+            example(name, &[("NATS_URL", &url)])?;
+        }
+        eprintln!("(the TLS example needs a TLS server: run it with NATS_URL=tls://.. NATS_CA=..)");
+    } else {
+        if !image::docker_available() {
+            bail!("the demo needs Docker (or NATS_URL pointing at a NATS server with JetStream)");
+        }
+        let reference = nats_image()?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(async {
+            eprintln!("==> starting a throwaway NATS ({reference}) and a mutual-TLS one");
+            let plain = natty_testkit::Nats::start().await?;
+            let tls = natty_testkit::Nats::start_tls(natty_testkit::TlsMode::Mutual).await?;
+            let url = plain.url();
+            for name in ["publish_consume", "kv", "election"] {
+                example(name, &[("NATS_URL", &url), ("NATTY_NATS_IMAGE", &reference)])?;
+            }
+            let files = tls.tls().expect("a TLS server");
+            let (ca, cert, key) = (
+                files.ca_file().display().to_string(),
+                files.client_cert_file().display().to_string(),
+                files.client_key_file().display().to_string(),
+            );
+            example(
+                "tls",
+                &[("NATS_URL", &tls.url()), ("NATS_CA", &ca), ("NATS_CERT", &cert), ("NATS_KEY", &key)],
+            )?;
+            eprintln!("\n==> demo done: a publish/consume round trip, KV operations, a leader hand-over and a mutual-TLS connect all ran; removing the containers");
+            anyhow::Ok(())
+        })?;
+    }
     Ok(())
 }
 
