@@ -13,6 +13,7 @@ cargo xtask <command>
 
   ci                    exactly what CI runs: fmt, clippy, unit tests, docs, integration, deny
   integration [filter]  build the NATS image if needed and run the testcontainers suites
+  bench [--quick]       natty vs raw async-nats side by side; report in target/bench/
   demo                  run the examples against a throwaway NATS container (or $NATS_URL)
   nats-image            build the local FROM-scratch NATS image (no-op when present)
   certs                 regenerate the certificates in assets/
@@ -29,6 +30,7 @@ fn main() -> anyhow::Result<()> {
         Some("integration") => integration(args.get(1).map(String::as_str)),
         Some("nats-image") => nats_image().map(|_| ()),
         Some("demo") => demo(),
+        Some("bench") => bench(args.iter().any(|a| a == "--quick")),
         Some("certs") => certs(&root.join("assets")),
         Some("help" | "--help" | "-h") | None => {
             eprintln!("{HELP}");
@@ -104,6 +106,7 @@ fn ci() -> anyhow::Result<()> {
     if image::docker_available() {
         integration(None)?;
         demo()?;
+        bench(true)?;
     } else if std::env::var_os("CI").is_some() {
         bail!("CI must run the integration suites, but no Docker daemon answers (`docker info`)");
     } else {
@@ -112,6 +115,21 @@ fn ci() -> anyhow::Result<()> {
     deny()?;
     eprintln!("\n==> cargo xtask ci: all green");
     Ok(())
+}
+
+/// Runs natty-bench: release for a measurement, debug for `--quick` (keeps the harness from
+/// rotting in CI without a release build of every dependency).
+fn bench(quick: bool) -> anyhow::Result<()> {
+    let reference = nats_image()?;
+    let mut args = vec!["run", "--quiet", "-p", "natty-bench"];
+    if !quick {
+        args.push("--release");
+    }
+    args.push("--");
+    if quick {
+        args.push("--quick");
+    }
+    run("cargo", &args, &[("NATTY_NATS_IMAGE", &reference)])
 }
 
 /// A crate that depends only on natty-kv (or natty-election) must not pull natty-stream.

@@ -1,0 +1,345 @@
+//! natty-bench: natty and hand-written raw async-nats, side by side in one run, alternately,
+//! with ratios (run it through `cargo xtask bench [--quick]`).
+#![allow(clippy::print_stdout, reason = "a benchmark prints its report")]
+
+mod memory;
+mod report;
+mod workloads;
+
+use std::{future::Future, path::PathBuf, time::Duration};
+
+use natty::stream::PublishMode;
+use report::{Failover, Results, Target, Workload, median, percentile};
+
+struct Sizes {
+    pairs: usize,
+    publish_n: u64,
+    consume_n: u64,
+    kv_ops: usize,
+    resign_trials: usize,
+    crash_trials: usize,
+    memory_n: u64,
+}
+
+const FULL: Sizes = Sizes {
+    pairs: 3,
+    publish_n: 200_000,
+    consume_n: 200_000,
+    kv_ops: 5_000,
+    resign_trials: 20,
+    crash_trials: 10,
+    memory_n: 1_000_000,
+};
+const QUICK: Sizes = Sizes {
+    pairs: 1,
+    publish_n: 20_000,
+    consume_n: 20_000,
+    kv_ops: 300,
+    resign_trials: 3,
+    crash_trials: 1,
+    memory_n: 50_000,
+};
+const CRASH_TTL: Duration = Duration::from_secs(2);
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Runtime::new()?;
+    if args.first().map(String::as_str) == Some("memory") {
+        // The child process of the memory workload: `memory <url> <n>`.
+        let (url, n) = (
+            args.get(1).cloned().unwrap_or_default(),
+            args.get(2)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1_000_000),
+        );
+        let result = runtime.block_on(memory::run(&url, n))?;
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| PathBuf::from("target/bench"), PathBuf::from);
+    runtime.block_on(async {
+        let server = match std::env::var("NATS_URL") {
+            Ok(url) => (None, url),
+            Err(_) => {
+                let nats = natty_testkit::Nats::start().await?;
+                let url = nats.url();
+                (Some(nats), url)
+            }
+        };
+        let results = run(&server.1, quick).await?;
+        let md = report::write(&out, &results)?;
+        println!("{md}");
+        println!(
+            "wrote {}/report.md, report.svg, results.json",
+            out.display()
+        );
+        drop(server);
+        anyhow::Ok(())
+    })
+}
+
+fn judged(quick: bool, text: String, met: bool) -> Target {
+    Target {
+        text,
+        met: (!quick).then_some(met),
+    }
+}
+
+async fn pairs<F, G, FutF, FutG>(
+    label: &str,
+    n: usize,
+    mut natty_run: F,
+    mut raw_run: G,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)>
+where
+    F: FnMut() -> FutF,
+    G: FnMut() -> FutG,
+    FutF: Future<Output = anyhow::Result<f64>>,
+    FutG: Future<Output = anyhow::Result<f64>>,
+{
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        a.push(natty_run().await?);
+        b.push(raw_run().await?);
+        eprintln!("{label} pair {}: natty {:.0}, raw {:.0}", i + 1, a[i], b[i]);
+    }
+    Ok((a, b))
+}
+
+fn workload(
+    name: &str,
+    unit: &'static str,
+    natty: Vec<f64>,
+    raw: Vec<f64>,
+    target: Option<(f64, bool, bool)>,
+    quick: bool,
+) -> Workload {
+    // For msg/s the ratio is natty/raw; for latencies too (so lower is better there).
+    let ratios: Vec<f64> = natty.iter().zip(&raw).map(|(a, b)| a / b).collect();
+    let median_ratio = median(&ratios);
+    let target = target.map(|(bound, at_least, _)| {
+        let met = if at_least {
+            median_ratio >= bound
+        } else {
+            median_ratio <= bound
+        };
+        judged(
+            quick,
+            format!("{} {bound} x raw", if at_least { ">=" } else { "<=" }),
+            met,
+        )
+    });
+    Workload {
+        name: name.to_owned(),
+        unit,
+        natty,
+        raw,
+        ratios,
+        median_ratio,
+        target,
+    }
+}
+
+async fn run(url: &str, quick: bool) -> anyhow::Result<Results> {
+    let s = if quick { QUICK } else { FULL };
+    let client = natty::ConnectOptions::new([url]).connect().await?;
+    let server_version = client
+        .server_version()
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    let fast_ok = client.server_version().is_some_and(|v| v.at_least(2, 14));
+    let mut workloads = Vec::new();
+
+    for size in [128usize, 4096] {
+        let (a, b) = pairs(
+            &format!("publish {size} B"),
+            s.pairs,
+            || {
+                workloads::publish_natty(
+                    &client,
+                    "BENCH_PUB",
+                    s.publish_n,
+                    size,
+                    PublishMode::Pipelined,
+                )
+            },
+            || workloads::publish_raw(&client, "BENCH_PUB", s.publish_n, size),
+        )
+        .await?;
+        workloads.push(workload(
+            &format!("batched publish {size} B"),
+            "msg/s",
+            a,
+            b,
+            Some((0.95, true, true)),
+            quick,
+        ));
+    }
+    if fast_ok {
+        // natty's fast ingest against raw *pipelined* (the target), and raw fast ingest for reference.
+        let (a, b) = pairs(
+            "fast ingest vs raw pipelined 128 B",
+            s.pairs,
+            || {
+                workloads::publish_natty(
+                    &client,
+                    "BENCH_FAST",
+                    s.publish_n,
+                    128,
+                    PublishMode::FastIngest,
+                )
+            },
+            || workloads::publish_raw(&client, "BENCH_FAST", s.publish_n, 128),
+        )
+        .await?;
+        workloads.push(workload(
+            "fast ingest vs raw pipelined 128 B",
+            "msg/s",
+            a,
+            b,
+            Some((1.4, true, true)),
+            quick,
+        ));
+        let (a, b) = pairs(
+            "fast ingest vs raw fast ingest 128 B",
+            s.pairs,
+            || {
+                workloads::publish_natty(
+                    &client,
+                    "BENCH_FAST",
+                    s.publish_n,
+                    128,
+                    PublishMode::FastIngest,
+                )
+            },
+            || workloads::fast_raw(&client, "BENCH_FAST", s.publish_n, 128),
+        )
+        .await?;
+        workloads.push(workload(
+            "fast ingest vs raw fast ingest 128 B",
+            "msg/s",
+            a,
+            b,
+            None,
+            quick,
+        ));
+    }
+
+    workloads::fill(&client, "BENCH_CONSUME", s.consume_n).await?;
+    let (a, b) = pairs(
+        "consume",
+        s.pairs,
+        || workloads::consume_natty(&client, "BENCH_CONSUME", "natty", s.consume_n),
+        || workloads::consume_raw(&client, "BENCH_CONSUME", "raw", s.consume_n),
+    )
+    .await?;
+    workloads.push(workload(
+        "consume + ack 128 B",
+        "msg/s",
+        a,
+        b,
+        Some((0.95, true, true)),
+        quick,
+    ));
+
+    let mut kv = [
+        (Vec::new(), Vec::new()),
+        (Vec::new(), Vec::new()),
+        (Vec::new(), Vec::new()),
+    ];
+    let mut kv_p99 = [
+        (Vec::new(), Vec::new()),
+        (Vec::new(), Vec::new()),
+        (Vec::new(), Vec::new()),
+    ];
+    for i in 0..s.pairs {
+        let n = workloads::kv_natty(&client, "bench_kv_natty", s.kv_ops).await?;
+        let r = workloads::kv_raw(&client, "bench_kv_raw", s.kv_ops).await?;
+        for (slot, (nv, rv)) in [(0, (&n.0, &r.0)), (1, (&n.1, &r.1)), (2, (&n.2, &r.2))] {
+            kv[slot].0.push(percentile(nv, 0.5));
+            kv[slot].1.push(percentile(rv, 0.5));
+            kv_p99[slot].0.push(percentile(nv, 0.99));
+            kv_p99[slot].1.push(percentile(rv, 0.99));
+        }
+        eprintln!(
+            "kv pair {}: put p50 natty {:.0} µs raw {:.0} µs",
+            i + 1,
+            kv[0].0[i],
+            kv[0].1[i]
+        );
+    }
+    for (slot, name) in ["put", "get", "refresh"].iter().enumerate() {
+        let (a, b) = std::mem::take(&mut kv[slot]);
+        workloads.push(workload(
+            &format!("KV {name} p50"),
+            "µs",
+            a,
+            b,
+            Some((1.10, false, true)),
+            quick,
+        ));
+        let (a, b) = std::mem::take(&mut kv_p99[slot]);
+        workloads.push(workload(&format!("KV {name} p99"), "µs", a, b, None, quick));
+    }
+
+    eprintln!(
+        "election: {} resign trials, {} crash trials (TTL {CRASH_TTL:?})",
+        s.resign_trials, s.crash_trials
+    );
+    let resign_ms = workloads::failover(url, s.resign_trials, CRASH_TTL, false).await?;
+    let crash_ms = workloads::failover(url, s.crash_trials, CRASH_TTL, true).await?;
+    let ttl_ms = CRASH_TTL.as_secs_f64() * 1e3;
+    let resign_p99 = percentile(&resign_ms, 0.99);
+    let crash_max = crash_ms.iter().copied().fold(0.0, f64::max);
+    let failover = Failover {
+        ttl_ms,
+        resign_target: judged(quick, "p99 < 250 ms".into(), resign_p99 < 250.0),
+        crash_target: judged(
+            quick,
+            format!("every trial <= TTL + 500 ms ({} ms)", ttl_ms + 500.0),
+            crash_max <= ttl_ms + 500.0,
+        ),
+        resign_ms,
+        crash_ms,
+    };
+
+    let exe = std::env::current_exe()?;
+    let output = tokio::process::Command::new(exe)
+        .args(["memory", url, &s.memory_n.to_string()])
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "memory run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let memory: memory::MemoryResult = serde_json::from_slice(&output.stdout)
+        .map_err(|e| anyhow::anyhow!("memory run output: {e}"))?;
+    let grew = memory
+        .peak_rss_bytes
+        .saturating_sub(memory.baseline_rss_bytes);
+    let memory_target = judged(
+        quick,
+        "RSS growth under the configured bound".into(),
+        grew <= memory.bound_bytes,
+    );
+    Ok(Results {
+        quick,
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        server_version,
+        pairs: s.pairs,
+        workloads,
+        failover,
+        memory,
+        memory_target,
+    })
+}

@@ -1,0 +1,341 @@
+//! The workloads, each written twice: through natty, and by hand on raw async-nats (the way a
+//! careful user would, per the issue: 4096 acks in flight, fetch-and-ack, ...).
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use jetstream_extra::batch_publish_fast::FastPublishExt;
+use natty::{
+    BatchConfig, BatchPublisher, CancellationToken, Client, ConsumeOptions, Consumer,
+    ConsumerConfig, ElectionConfig, Kv, StreamConfig, stream::PublishMode,
+};
+
+/// Messages per second.
+pub(crate) type Rate = f64;
+
+pub(crate) async fn fresh_stream(client: &Client, name: &str, batched: bool) -> anyhow::Result<()> {
+    natty::stream::delete_stream(client, name).await?;
+    natty::stream::ensure_stream(
+        client,
+        &StreamConfig::new(name, [format!("{name}.>")]).allow_batched(batched),
+    )
+    .await?;
+    Ok(())
+}
+
+fn payload(size: usize) -> Bytes {
+    Bytes::from(vec![b'x'; size])
+}
+
+pub(crate) async fn publish_raw(
+    client: &Client,
+    stream: &str,
+    n: u64,
+    size: usize,
+) -> anyhow::Result<Rate> {
+    fresh_stream(client, stream, false).await?;
+    let js = jetstream::new(client.nats().clone());
+    let subject = format!("{stream}.x");
+    let body = payload(size);
+    let start = Instant::now();
+    let mut inflight = VecDeque::with_capacity(4096);
+    for i in 0..n {
+        if inflight.len() >= 4096 {
+            let ack: jetstream::context::PublishAckFuture =
+                inflight.pop_front().expect("non-empty");
+            ack.await?;
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("raw-{i}").as_str());
+        inflight.push_back(
+            js.publish_with_headers(subject.clone(), headers, body.clone())
+                .await?,
+        );
+    }
+    for ack in inflight {
+        ack.await?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+pub(crate) async fn publish_natty(
+    client: &Client,
+    stream: &str,
+    n: u64,
+    size: usize,
+    mode: PublishMode,
+) -> anyhow::Result<Rate> {
+    fresh_stream(client, stream, mode == PublishMode::FastIngest).await?;
+    let publisher = BatchPublisher::new(client.clone(), BatchConfig::default().mode(mode))?;
+    let subject = format!("{stream}.x");
+    let body = payload(size);
+    let start = Instant::now();
+    for _ in 0..n {
+        publisher.send(&subject, body.clone()).await?;
+    }
+    let report = publisher.close().await?;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(
+        report.failed.is_empty() && report.stats.acked == n,
+        "natty lost messages: {:?}",
+        report.stats
+    );
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+pub(crate) async fn fast_raw(
+    client: &Client,
+    stream: &str,
+    n: u64,
+    size: usize,
+) -> anyhow::Result<Rate> {
+    fresh_stream(client, stream, true).await?;
+    let js = jetstream::new(client.nats().clone());
+    let subject = format!("{stream}.x");
+    let body = payload(size);
+    let start = Instant::now();
+    let mut batch = js
+        .fast_publish()
+        .flow(500)
+        .max_outstanding_acks(3)
+        .build()?;
+    for _ in 0..n {
+        batch.add(subject.clone(), body.clone()).await?;
+    }
+    let ack = batch.close().await?;
+    anyhow::ensure!(
+        ack.batch_size == n,
+        "raw fast batch stored {} of {n}",
+        ack.batch_size
+    );
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Fills a stream with `n` messages (pipelined, raw) for the consume runs.
+pub(crate) async fn fill(client: &Client, stream: &str, n: u64) -> anyhow::Result<()> {
+    publish_raw(client, stream, n, 128).await.map(drop)
+}
+
+pub(crate) async fn consume_raw(
+    client: &Client,
+    stream: &str,
+    durable: &str,
+    n: u64,
+) -> anyhow::Result<Rate> {
+    let js = jetstream::new(client.nats().clone());
+    let s = js.get_stream(stream).await?;
+    let _ = s.delete_consumer(durable).await;
+    let consumer: jetstream::consumer::Consumer<pull::Config> = s
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.to_owned()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let start = Instant::now();
+    let mut got = 0u64;
+    while got < n {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(500)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            got += 1;
+        }
+    }
+    client.nats().flush().await?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+pub(crate) async fn consume_natty(
+    client: &Client,
+    stream: &str,
+    durable: &str,
+    n: u64,
+) -> anyhow::Result<Rate> {
+    natty::stream::delete_consumer(client, stream, durable).await?;
+    natty::stream::ensure_consumer(
+        client,
+        &ConsumerConfig::new(stream, durable).max_ack_pending(10_000),
+    )
+    .await?;
+    let consumer = Consumer::new(
+        client.clone(),
+        stream,
+        durable,
+        ConsumeOptions::default().batch(500),
+    )?;
+    let cancel = CancellationToken::new();
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let task = {
+        let (c, k, d) = (consumer.clone(), cancel.clone(), done.clone());
+        tokio::spawn(async move {
+            c.consume(k.clone(), move |_m| {
+                let d = d.clone();
+                let k = k.clone();
+                async move {
+                    if d.fetch_add(1, Ordering::Relaxed) + 1 >= n {
+                        k.cancel();
+                    }
+                    Ok(())
+                }
+            })
+            .await
+        })
+    };
+    let stats = task.await??;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(stats.acked >= n, "acked {} of {n}", stats.acked);
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// Latencies of `ops` sequential operations, in microseconds: (put, get, refresh).
+pub(crate) type KvLatencies = (Vec<f64>, Vec<f64>, Vec<f64>);
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+pub(crate) async fn kv_raw(
+    client: &Client,
+    bucket: &str,
+    ops: usize,
+) -> anyhow::Result<KvLatencies> {
+    let js = jetstream::new(client.nats().clone());
+    let _ = js.delete_key_value(bucket).await;
+    let store = js
+        .create_key_value(jetstream::kv::Config {
+            bucket: bucket.to_owned(),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let (mut put, mut get, mut refresh) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..ops {
+        let key = format!("k{}", i % 100);
+        let t = Instant::now();
+        store.put(&key, "value".into()).await?;
+        put.push(us(t.elapsed()));
+        let t = Instant::now();
+        let entry = store
+            .entry(&key)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("missing"))?;
+        get.push(us(t.elapsed()));
+        // A raw revision-checked refresh: read, then update on that revision.
+        let t = Instant::now();
+        let e = store
+            .entry(&key)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("missing"))?;
+        store.update(&key, e.value, e.revision).await?;
+        refresh.push(us(t.elapsed()));
+        let _ = entry;
+    }
+    Ok((put, get, refresh))
+}
+
+pub(crate) async fn kv_natty(
+    client: &Client,
+    bucket: &str,
+    ops: usize,
+) -> anyhow::Result<KvLatencies> {
+    let kv = Kv::new(client.clone());
+    kv.delete_bucket(bucket).await?;
+    kv.create_bucket(natty::BucketConfig::new(bucket)).await?;
+    let (mut put, mut get, mut refresh) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..ops {
+        let key = format!("k{}", i % 100);
+        let t = Instant::now();
+        kv.put(bucket, &key, "value".into()).await?;
+        put.push(us(t.elapsed()));
+        let t = Instant::now();
+        kv.get(bucket, &key)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("missing"))?;
+        get.push(us(t.elapsed()));
+        let t = Instant::now();
+        kv.refresh(bucket, &key).await?;
+        refresh.push(us(t.elapsed()));
+    }
+    Ok((put, get, refresh))
+}
+
+/// Time from the leader's shutdown (resign) or crash (its driver gone, no resign) to the new
+/// leader's first work, in milliseconds, over `trials` trials with two candidates.
+pub(crate) async fn failover(
+    url: &str,
+    trials: usize,
+    ttl: Duration,
+    crash: bool,
+) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::new();
+    let bucket = format!("bench_el_{}", std::process::id());
+    for trial in 0..trials {
+        let key = format!("{}{trial}", if crash { "crash" } else { "resign" });
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+        let mut runs = Vec::new();
+        for node in ["a", "b"] {
+            let client = natty::ConnectOptions::new([url]).connect().await?;
+            let election = natty::Election::new(
+                Kv::new(client),
+                ElectionConfig::new(&bucket, &key, node).ttl(ttl),
+            )?;
+            let cancel = CancellationToken::new();
+            let tx = tx.clone();
+            let (e, c) = (election.clone(), cancel.clone());
+            let task = tokio::spawn(async move {
+                e.run(c, move |lead| {
+                    let tx = tx.clone();
+                    let node = node.to_owned();
+                    async move {
+                        let _ = tx.send((node, Instant::now()));
+                        lead.lost.cancelled().await;
+                    }
+                })
+                .await
+            });
+            runs.push((node, cancel, task));
+        }
+        let (leader, _) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+        let idx = runs
+            .iter()
+            .position(|(n, ..)| *n == leader)
+            .expect("a candidate");
+        let (_, cancel, task) = runs.remove(idx);
+        let at = Instant::now();
+        if crash {
+            task.abort(); // no resign: the lease must expire
+        } else {
+            cancel.cancel();
+        }
+        let (_, elected) = tokio::time::timeout(ttl * 3, rx.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no new leader"))?;
+        out.push((elected - at).as_secs_f64() * 1e3);
+        let _ = task.await;
+        for (_, cancel, task) in runs {
+            cancel.cancel();
+            let _ = task.await;
+        }
+    }
+    Ok(out)
+}
