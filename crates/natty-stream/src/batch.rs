@@ -578,6 +578,30 @@ impl Pump {
                     outstanding.insert(m.seq);
                     self.dispatch(m, &mut inflight, &mut fast, &mut retries, &mut outstanding)
                         .await;
+                    // Take what else is already queued without going back through the select:
+                    // one wake-up per burst, not per message.
+                    while inflight.len() < self.config.max_in_flight {
+                        match rx.try_recv() {
+                            Ok(Command::Publish(m)) => {
+                                last_seq = m.seq;
+                                outstanding.insert(m.seq);
+                                self.dispatch(
+                                    m,
+                                    &mut inflight,
+                                    &mut fast,
+                                    &mut retries,
+                                    &mut outstanding,
+                                )
+                                .await;
+                            }
+                            Ok(Command::Flush(tx)) => flushes.push((last_seq, tx)),
+                            Ok(Command::Close(tx)) => {
+                                closes.push(tx);
+                                rx.close();
+                            }
+                            Err(_) => break,
+                        }
+                    }
                 }
                 Step::Command(Some(Command::Flush(tx))) => {
                     if outstanding.range(..=last_seq).next().is_none() {

@@ -343,6 +343,10 @@ impl Consumer {
                     next = batch.next() => next,
                 };
                 match next {
+                    Some(Ok(m)) if self.options.concurrency == 1 => {
+                        // One at a time, in order: no task, no semaphore.
+                        shared.process(m, handler.as_ref()).await;
+                    }
                     Some(Ok(m)) => {
                         let permit = tokio::select! {
                             permit = permits.clone().acquire_owned() => permit.expect("never closed"),
@@ -416,15 +420,23 @@ impl Shared {
         );
         let work = handler(message);
         tokio::pin!(work);
-        // Keep a long handler's message from being redelivered.
-        let mut keepalive =
-            tokio::time::interval_at(tokio::time::Instant::now() + self.keepalive, self.keepalive);
-        let result = loop {
-            tokio::select! {
-                result = &mut work => break result,
-                _ = keepalive.tick() => {
-                    debug!(seq, "handler still running: in-progress ack");
-                    let _ = m.ack_with(AckKind::Progress).await;
+        // Most handlers finish at once: only a handler still running gets a timer, which
+        // keeps its message from being redelivered with in-progress acks.
+        let result = match futures::poll!(&mut work) {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => {
+                let mut keepalive = tokio::time::interval_at(
+                    tokio::time::Instant::now() + self.keepalive,
+                    self.keepalive,
+                );
+                loop {
+                    tokio::select! {
+                        result = &mut work => break result,
+                        _ = keepalive.tick() => {
+                            debug!(seq, "handler still running: in-progress ack");
+                            let _ = m.ack_with(AckKind::Progress).await;
+                        }
+                    }
                 }
             }
         };
