@@ -71,7 +71,12 @@ fn main() -> anyhow::Result<()> {
                 (Some(nats), url)
             }
         };
-        let results = run(&server.1, quick).await?;
+        let only = args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1))
+            .cloned();
+        let results = run(&server.1, quick, only.as_deref()).await?;
         let md = report::write(&out, &results)?;
         println!("{md}");
         println!(
@@ -145,7 +150,9 @@ fn workload(
     }
 }
 
-async fn run(url: &str, quick: bool) -> anyhow::Result<Results> {
+async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Results> {
+    // `--only publish|fast|consume|kv|election|memory` runs one part (for investigating).
+    let want = |part: &str| only.is_none_or(|o| o == part);
     let s = if quick { QUICK } else { FULL };
     let client = natty::ConnectOptions::new([url]).connect().await?;
     let server_version = client
@@ -155,7 +162,7 @@ async fn run(url: &str, quick: bool) -> anyhow::Result<Results> {
     let fast_ok = client.server_version().is_some_and(|v| v.at_least(2, 14));
     let mut workloads = Vec::new();
 
-    for size in [128usize, 4096] {
+    for size in [128usize, 4096].into_iter().filter(|_| want("publish")) {
         let (a, b) = pairs(
             &format!("publish {size} B"),
             s.pairs,
@@ -180,7 +187,7 @@ async fn run(url: &str, quick: bool) -> anyhow::Result<Results> {
             quick,
         ));
     }
-    if fast_ok {
+    if fast_ok && want("fast") {
         // natty's fast ingest against raw *pipelined* (the target), and raw fast ingest for reference.
         let (a, b) = pairs(
             "fast ingest vs raw pipelined 128 B",
@@ -230,22 +237,24 @@ async fn run(url: &str, quick: bool) -> anyhow::Result<Results> {
         ));
     }
 
-    workloads::fill(&client, "BENCH_CONSUME", s.consume_n).await?;
-    let (a, b) = pairs(
-        "consume",
-        s.pairs,
-        || workloads::consume_natty(&client, "BENCH_CONSUME", "natty", s.consume_n),
-        || workloads::consume_raw(&client, "BENCH_CONSUME", "raw", s.consume_n),
-    )
-    .await?;
-    workloads.push(workload(
-        "consume + ack 128 B",
-        "msg/s",
-        a,
-        b,
-        Some((0.95, true, true)),
-        quick,
-    ));
+    if want("consume") {
+        workloads::fill(&client, "BENCH_CONSUME", s.consume_n).await?;
+        let (a, b) = pairs(
+            "consume",
+            s.pairs,
+            || workloads::consume_natty(&client, "BENCH_CONSUME", "natty", s.consume_n),
+            || workloads::consume_raw(&client, "BENCH_CONSUME", "raw", s.consume_n),
+        )
+        .await?;
+        workloads.push(workload(
+            "consume + ack 128 B",
+            "msg/s",
+            a,
+            b,
+            Some((0.95, true, true)),
+            quick,
+        ));
+    }
 
     let mut kv = [
         (Vec::new(), Vec::new()),
@@ -257,7 +266,7 @@ async fn run(url: &str, quick: bool) -> anyhow::Result<Results> {
         (Vec::new(), Vec::new()),
         (Vec::new(), Vec::new()),
     ];
-    for i in 0..s.pairs {
+    for i in (0..s.pairs).filter(|_| want("kv")) {
         let n = workloads::kv_natty(&client, "bench_kv_natty", s.kv_ops).await?;
         let r = workloads::kv_raw(&client, "bench_kv_raw", s.kv_ops).await?;
         for (slot, (nv, rv)) in [(0, (&n.0, &r.0)), (1, (&n.1, &r.1)), (2, (&n.2, &r.2))] {
@@ -273,7 +282,11 @@ async fn run(url: &str, quick: bool) -> anyhow::Result<Results> {
             kv[0].1[i]
         );
     }
-    for (slot, name) in ["put", "get", "refresh"].iter().enumerate() {
+    for (slot, name) in ["put", "get", "refresh"]
+        .iter()
+        .enumerate()
+        .filter(|_| want("kv"))
+    {
         let (a, b) = std::mem::take(&mut kv[slot]);
         workloads.push(workload(
             &format!("KV {name} p50"),
@@ -291,16 +304,25 @@ async fn run(url: &str, quick: bool) -> anyhow::Result<Results> {
         "election: {} resign trials, {} crash trials (TTL {CRASH_TTL:?})",
         s.resign_trials, s.crash_trials
     );
-    let resign_ms = workloads::failover(url, s.resign_trials, CRASH_TTL, false).await?;
-    let crash_ms = workloads::failover(url, s.crash_trials, CRASH_TTL, true).await?;
+    let (resign_n, crash_n) = if want("election") {
+        (s.resign_trials, s.crash_trials)
+    } else {
+        (0, 0)
+    };
+    let resign_ms = workloads::failover(url, resign_n, CRASH_TTL, false).await?;
+    let crash_ms = workloads::failover(url, crash_n, CRASH_TTL, true).await?;
     let ttl_ms = CRASH_TTL.as_secs_f64() * 1e3;
     let resign_p99 = percentile(&resign_ms, 0.99);
     let crash_max = crash_ms.iter().copied().fold(0.0, f64::max);
     let failover = Failover {
         ttl_ms,
-        resign_target: judged(quick, "p99 < 250 ms".into(), resign_p99 < 250.0),
+        resign_target: judged(
+            quick || resign_ms.is_empty(),
+            "p99 < 250 ms".into(),
+            resign_p99 < 250.0,
+        ),
         crash_target: judged(
-            quick,
+            quick || crash_ms.is_empty(),
             format!("every trial <= TTL + 500 ms ({} ms)", ttl_ms + 500.0),
             crash_max <= ttl_ms + 500.0,
         ),

@@ -59,9 +59,10 @@ fn subject_impl<'a>(what: &str, input: &'a str, wildcards: bool) -> Result<&'a s
             &format!("it must not contain whitespace or control characters (found {c:?})"),
         ));
     }
-    let tokens: Vec<&str> = input.split('.').collect();
-    let last = tokens.len() - 1;
-    for (i, token) in tokens.iter().enumerate() {
+    // No allocation: this runs for every message published.
+    let mut tokens = input.split('.').peekable();
+    while let Some(token) = tokens.next() {
+        let last = tokens.peek().is_none();
         if token.is_empty() {
             return Err(invalid(
                 what,
@@ -69,8 +70,7 @@ fn subject_impl<'a>(what: &str, input: &'a str, wildcards: bool) -> Result<&'a s
                 "tokens between dots must not be empty (no leading, trailing or double dots)",
             ));
         }
-        let has_wildcard = token.contains(['*', '>']);
-        if !has_wildcard {
+        if !token.contains(['*', '>']) {
             continue;
         }
         if !wildcards {
@@ -80,9 +80,9 @@ fn subject_impl<'a>(what: &str, input: &'a str, wildcards: bool) -> Result<&'a s
                 "wildcards (`*`, `>`) are not allowed here",
             ));
         }
-        match *token {
+        match token {
             "*" => {}
-            ">" if i == last => {}
+            ">" if last => {}
             ">" => {
                 return Err(invalid(what, input, "`>` may only be the last token"));
             }

@@ -102,6 +102,13 @@ impl ConsumeOptions {
         self
     }
 
+    /// Heartbeat of a waiting pull (two missed ones re-issue it).
+    #[must_use]
+    pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
     /// Error channel.
     #[must_use]
     pub fn errors(mut self, tx: tokio::sync::mpsc::Sender<ConsumeError>) -> Self {

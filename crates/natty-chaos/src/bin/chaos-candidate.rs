@@ -1,0 +1,100 @@
+//! A chaos election candidate: works every 50 ms while leader and writes its term to a fenced
+//! sink (a KV key that only accepts a term at least as high as the one it holds, by
+//! compare-and-set). Prints `elected` / `work` / `sink` / `lost` JSON lines.
+
+use std::time::Duration;
+
+use natty::{CancellationToken, ElectionConfig, Kv, kv::ErrorKind};
+use natty_chaos::{arg, emit, init_logs, mono_ns};
+use serde_json::json;
+
+/// Writes `term` to the sink if the sink holds no higher term. `Ok(true)`: accepted.
+async fn sink_write(kv: &Kv, bucket: &str, term: u64) -> anyhow::Result<bool> {
+    let current = kv.get(bucket, "sink").await?;
+    let (held, revision) = match &current {
+        Some(e) => (
+            std::str::from_utf8(&e.value)?.parse::<u64>()?,
+            Some(e.revision),
+        ),
+        None => (0, None),
+    };
+    if term < held {
+        return Ok(false); // fenced: a newer term has written
+    }
+    let written = match revision {
+        Some(r) => kv.update(bucket, "sink", term.to_string().into(), r).await,
+        None => kv.create(bucket, "sink", term.to_string().into()).await,
+    };
+    match written {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.kind(), ErrorKind::RevisionMismatch | ErrorKind::KeyExists) => {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logs();
+    let servers: Vec<String> = arg("--server")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let node = arg("--node").unwrap_or_else(|| format!("c{}", std::process::id()));
+    let ttl = Duration::from_secs(arg("--ttl").and_then(|t| t.parse().ok()).unwrap_or(2));
+    let bucket = arg("--bucket").unwrap_or_else(|| "chaos_el".into());
+    let sink = arg("--sink").unwrap_or_else(|| "chaos_sink".into());
+    // For verifying the checker: skip the lease check before side effects.
+    let unsafe_no_check = std::env::args().any(|a| a == "--unsafe-skip-validity-check");
+    let client = natty::ConnectOptions::new(servers)
+        .name(node.clone())
+        .request_timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let kv = Kv::with_defaults(client.clone(), natty::BucketConfig::new("-").replicas(3));
+    let election = natty::Election::new(
+        kv.clone(),
+        ElectionConfig::new(&bucket, "leader", &node)
+            .ttl(ttl)
+            .replicas(3),
+    )?;
+    let cancel = CancellationToken::new();
+    let on_term = cancel.clone();
+    tokio::spawn(async move {
+        let mut sig = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM");
+        sig.recv().await;
+        on_term.cancel();
+    });
+    emit(json!({"node": node, "event": "ready", "pid": std::process::id(), "mono_ns": mono_ns()}));
+    let n = node.clone();
+    election
+        .run(cancel, move |lead| {
+            let (node, kv, sink) = (n.clone(), kv.clone(), sink.clone());
+            async move {
+                emit(json!({"node": node, "event": "elected", "term": lead.term, "mono_ns": mono_ns()}));
+                loop {
+                    if unsafe_no_check || lead.is_valid() {
+                        emit(json!({"node": node, "event": "work", "term": lead.term, "mono_ns": mono_ns()}));
+                        let issued = mono_ns();
+                        match sink_write(&kv, &sink, lead.term).await {
+                            Ok(accepted) => emit(json!({"node": node, "event": "sink", "term": lead.term,
+                                "accepted": accepted, "issued_ns": issued, "mono_ns": mono_ns()})),
+                            Err(e) => emit(json!({"node": node, "event": "sink-error", "term": lead.term,
+                                "error": e.to_string(), "mono_ns": mono_ns()})),
+                        }
+                    }
+                    tokio::select! {
+                        () = lead.lost.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+                emit(json!({"node": node, "event": "lost", "term": lead.term, "mono_ns": mono_ns()}));
+            }
+        })
+        .await?;
+    emit(json!({"node": node, "event": "exit", "mono_ns": mono_ns()}));
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! A chaos consumer: consumes the durable, prints `processed` lines with each number.
+
+use std::time::Duration;
+
+use natty::{CancellationToken, ConsumeOptions, Consumer};
+use natty_chaos::{arg, emit, init_logs, mono_ns};
+use serde_json::json;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logs();
+    let servers: Vec<String> = arg("--server")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let id = arg("--id").unwrap_or_else(|| format!("k{}", std::process::id()));
+    let stream = arg("--stream").unwrap_or_else(|| "CHAOS".into());
+    let client = natty::ConnectOptions::new(servers)
+        .name(id.clone())
+        .request_timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let consumer = Consumer::new(
+        client,
+        &stream,
+        "workers",
+        ConsumeOptions::default()
+            .batch(100)
+            .expires(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(1)),
+    )?;
+    let cancel = CancellationToken::new();
+    let on_term = cancel.clone();
+    tokio::spawn(async move {
+        let mut sig = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM");
+        sig.recv().await;
+        on_term.cancel();
+    });
+    emit(json!({"node": id, "event": "ready", "pid": std::process::id(), "mono_ns": mono_ns()}));
+    let who = id.clone();
+    let stats = consumer
+        .consume(cancel, move |m| {
+            let who = who.clone();
+            async move {
+                let n = u64::from_be_bytes(
+                    m.payload
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| natty::HandlerError::permanent("not a number"))?,
+                );
+                emit(json!({"node": who, "event": "processed", "n": n, "delivered": m.delivered}));
+                Ok(())
+            }
+        })
+        .await?;
+    emit(json!({"node": id, "event": "exit", "acked": stats.acked, "mono_ns": mono_ns()}));
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! Shared by the chaos orchestrator and its child processes: the clock and the line format.
+#![allow(
+    clippy::print_stdout,
+    reason = "child processes report on stdout, one JSON line per event"
+)]
+
+/// CLOCK_MONOTONIC in ns: comparable across processes on one host.
+pub fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+}
+
+/// Prints one JSON line (one write, so lines from concurrent tasks never interleave).
+pub fn emit(value: serde_json::Value) {
+    println!("{value}");
+}
+
+/// Logs to stderr, filtered by RUST_LOG (warnings by default).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A flag's value from the command line.
+pub fn arg(name: &str) -> Option<String> {
+    let mut it = std::env::args();
+    while let Some(a) = it.next() {
+        if a == name {
+            return it.next();
+        }
+    }
+    None
+}

@@ -1,0 +1,702 @@
+//! natty-chaos: elections and streams on a 3-node JetStream cluster under a seeded schedule of
+//! faults — frozen and killed leaders, killed consumers, killed and partitioned nodes — then
+//! checks, from what every process printed, that nothing was lost and no two leaders acted at
+//! once. Run it through `cargo xtask chaos [--minutes N] [--seed S]`.
+#![allow(clippy::print_stdout, reason = "the orchestrator prints its report")]
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt::Write as _,
+    path::PathBuf,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use natty::{BatchConfig, BatchPublisher, ConsumerConfig, StreamConfig};
+use natty_chaos::{arg, init_logs, mono_ns};
+use natty_testkit::NatsCluster;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+const TTL_SECS: u64 = 2;
+const TTL_NS: u64 = TTL_SECS * 1_000_000_000;
+const CANDIDATES: usize = 5;
+const CONSUMERS: usize = 2;
+
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<Value>>>);
+
+impl Lines {
+    fn all(&self) -> Vec<Value> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+struct Proc {
+    name: String,
+    candidate: bool,
+    child: Child,
+    incarnation: u32,
+}
+
+impl Proc {
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+struct World {
+    servers: String,
+    lines: Lines,
+    procs: Vec<Proc>,
+    bin_dir: PathBuf,
+}
+
+impl World {
+    async fn spawn(&mut self, name: &str, candidate: bool, incarnation: u32) -> anyhow::Result<()> {
+        let mut cmd = if candidate {
+            let mut c = Command::new(self.bin_dir.join("chaos-candidate"));
+            c.args([
+                "--server",
+                &self.servers,
+                "--node",
+                name,
+                "--ttl",
+                &TTL_SECS.to_string(),
+            ]);
+            if std::env::var_os("CHAOS_UNSAFE_CANDIDATES").is_some() {
+                c.arg("--unsafe-skip-validity-check");
+            }
+            c
+        } else {
+            let mut c = Command::new(self.bin_dir.join("chaos-consumer"));
+            c.args(["--server", &self.servers, "--id", name]);
+            c
+        };
+        let mut child = cmd.stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let lines = self.lines.clone();
+        let tag = format!("{name}#{incarnation}");
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Ok(mut v) = serde_json::from_str::<Value>(&line) {
+                    v["proc"] = tag.clone().into();
+                    lines
+                        .0
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(v);
+                }
+            }
+        });
+        self.procs.push(Proc {
+            name: name.to_owned(),
+            candidate,
+            child,
+            incarnation,
+        });
+        Ok(())
+    }
+
+    /// The candidate that leads now, by the lines: its last `elected` after which it printed
+    /// no `lost`/`exit`.
+    fn leader(&self) -> Option<usize> {
+        let lines = self.lines.all();
+        let mut state: HashMap<String, bool> = HashMap::new();
+        for v in &lines {
+            let tag = v["proc"].as_str().unwrap_or_default().to_owned();
+            match v["event"].as_str() {
+                Some("elected") => {
+                    state.insert(tag, true);
+                }
+                Some("lost" | "exit") => {
+                    state.insert(tag, false);
+                }
+                _ => {}
+            }
+        }
+        self.procs.iter().position(|p| {
+            p.candidate && state.get(&format!("{}#{}", p.name, p.incarnation)) == Some(&true)
+        })
+    }
+
+    async fn signal(&self, idx: usize, sig: &str) -> anyhow::Result<()> {
+        if let Some(pid) = self.procs[idx].pid() {
+            Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn kill_and_respawn(&mut self, idx: usize, pause: Duration) -> anyhow::Result<String> {
+        self.signal(idx, "-KILL").await?;
+        let mut p = self.procs.remove(idx);
+        let _ = p.child.wait().await;
+        tokio::time::sleep(pause).await;
+        let name = p.name.clone();
+        self.spawn(&p.name, p.candidate, p.incarnation + 1).await?;
+        Ok(name)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Fault {
+    kind: &'static str,
+    target: String,
+    start_ns: u64,
+    end_ns: u64,
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn main() -> anyhow::Result<()> {
+    init_logs();
+    let minutes: f64 = arg("--minutes").and_then(|m| m.parse().ok()).unwrap_or(1.0);
+    let seed: u64 = arg("--seed").and_then(|s| s.parse().ok()).unwrap_or(1);
+    let out = PathBuf::from(arg("--out").unwrap_or_else(|| "target/chaos".into()));
+    let runtime = tokio::runtime::Runtime::new()?;
+    let passed = runtime.block_on(run(minutes, seed, &out))?;
+    anyhow::ensure!(
+        passed,
+        "chaos checks failed: see {}/report.md",
+        out.display()
+    );
+    Ok(())
+}
+
+async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<bool> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let duration_ns = (minutes * 60e9) as u64;
+    eprintln!("chaos: {minutes} min, seed {seed}: starting a 3-node cluster");
+    let cluster = NatsCluster::start(3).await?;
+    let servers = cluster.urls().join(",");
+    let client = natty::ConnectOptions::new(cluster.urls())
+        .request_timeout(Duration::from_secs(3))
+        .connect()
+        .await?;
+    natty::stream::ensure_stream(
+        &client,
+        &StreamConfig::new("CHAOS", ["chaos.>"]).replicas(3),
+    )
+    .await?;
+    natty::stream::ensure_consumer(
+        &client,
+        &ConsumerConfig::new("CHAOS", "workers")
+            .ack_wait(Duration::from_secs(5))
+            .max_deliver(None),
+    )
+    .await?;
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let mut world = World {
+        servers,
+        lines: Lines::default(),
+        procs: Vec::new(),
+        bin_dir,
+    };
+    for i in 0..CANDIDATES {
+        world.spawn(&format!("c{i}"), true, 0).await?;
+    }
+    for i in 0..CONSUMERS {
+        world.spawn(&format!("k{i}"), false, 0).await?;
+    }
+
+    // The publisher: numbered messages paced over the first 70% of the run.
+    let total: u64 = ((20_000.0 * minutes) as u64).clamp(5_000, 200_000);
+    let publisher = Arc::new(BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default().max_attempts(30),
+    )?);
+    let mut failures = publisher
+        .take_errors()
+        .ok_or_else(|| anyhow::anyhow!("error channel"))?;
+    let publish = {
+        let publisher = publisher.clone();
+        let pace = Duration::from_nanos(((duration_ns as f64 * 0.7) / total as f64) as u64);
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            for i in 0..total {
+                publisher
+                    .send("chaos.n", i.to_be_bytes().to_vec().into())
+                    .await?;
+                if i % 100 == 0 {
+                    tokio::time::sleep_until(start + pace * u32::try_from(i).unwrap_or(u32::MAX))
+                        .await;
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+
+    // RSS samples of every child, every 2 s.
+    let mut samples: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+
+    let start = mono_ns();
+    let end = start + duration_ns;
+    let mut faults: Vec<Fault> = Vec::new();
+    let mut rss_due = start;
+    while mono_ns() < end {
+        // Sample RSS.
+        if mono_ns() >= rss_due {
+            for p in &world.procs {
+                if let Some(pid) = p.pid()
+                    && let Some(kib) = rss_kib(pid)
+                {
+                    samples
+                        .entry(format!("{}#{}", p.name, p.incarnation))
+                        .or_default()
+                        .push((mono_ns(), kib));
+                }
+            }
+            rss_due = mono_ns() + 2_000_000_000;
+        }
+        let roll = rng.random_range(0..100);
+        let t0 = mono_ns();
+        let fault = if roll < 30 {
+            match world.leader() {
+                Some(l) => {
+                    let hold = Duration::from_millis(rng.random_range(1000..6000)); // 0.5 to 3 x TTL
+                    world.signal(l, "-STOP").await?;
+                    tokio::time::sleep(hold).await;
+                    world.signal(l, "-CONT").await?;
+                    Some(("freeze leader", world.procs[l].name.clone()))
+                }
+                None => None,
+            }
+        } else if roll < 50 {
+            match world.leader() {
+                Some(l) => Some((
+                    "kill leader",
+                    world
+                        .kill_and_respawn(l, Duration::from_millis(rng.random_range(500..1500)))
+                        .await?,
+                )),
+                None => None,
+            }
+        } else if roll < 60 {
+            let c: Vec<usize> = (0..world.procs.len())
+                .filter(|&i| world.procs[i].candidate && Some(i) != world.leader())
+                .collect();
+            let i = c[rng.random_range(0..c.len())];
+            Some((
+                "kill follower",
+                world
+                    .kill_and_respawn(i, Duration::from_millis(500))
+                    .await?,
+            ))
+        } else if roll < 75 {
+            let c: Vec<usize> = (0..world.procs.len())
+                .filter(|&i| !world.procs[i].candidate)
+                .collect();
+            let i = c[rng.random_range(0..c.len())];
+            Some((
+                "kill consumer",
+                world
+                    .kill_and_respawn(i, Duration::from_millis(rng.random_range(200..2000)))
+                    .await?,
+            ))
+        } else if roll < 88 {
+            let n = rng.random_range(0..3);
+            let node = cluster.node(n);
+            node.kill().await?;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(3000..6000))).await;
+            node.start_again().await?;
+            Some(("kill node", node.name().to_owned()))
+        } else {
+            let n = rng.random_range(0..3);
+            let node = cluster.node(n);
+            node.disconnect().await?;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(3000..6000))).await;
+            node.reconnect().await?;
+            Some(("partition node", node.name().to_owned()))
+        };
+        if let Some((kind, target)) = fault {
+            let f = Fault {
+                kind,
+                target,
+                start_ns: t0,
+                end_ns: mono_ns(),
+            };
+            eprintln!(
+                "[{:>6.1}s] {} {} ({:.1}s)",
+                (t0 - start) as f64 / 1e9,
+                f.kind,
+                f.target,
+                (f.end_ns - t0) as f64 / 1e9
+            );
+            faults.push(f);
+        }
+        // Give the system TTL + 2.5 s before the next fault, so each recovery is judged alone.
+        tokio::time::sleep(Duration::from_millis(TTL_SECS * 1000 + 2500)).await;
+    }
+    eprintln!("chaos: faults over, healing and draining");
+    let all_nodes_back = cluster.wait_meta_leader().await;
+
+    publish.await??;
+    let report = publisher.close().await?;
+    let mut failed: HashSet<u64> = report.failed.iter().map(|f| number(&f.payload)).collect();
+    while let Ok(f) = failures.try_recv() {
+        failed.insert(number(&f.payload));
+    }
+    let stored = stored_numbers(&client, "CHAOS").await?;
+    let stored_set: HashSet<u64> = stored.iter().copied().collect();
+    // Wait (bounded) for the consumers to process every stored number.
+    let drain_deadline = mono_ns() + 120_000_000_000;
+    let processed = loop {
+        let lines = world.lines.all();
+        let processed: Vec<u64> = lines
+            .iter()
+            .filter(|v| v["event"] == "processed")
+            .filter_map(|v| v["n"].as_u64())
+            .collect();
+        let set: HashSet<u64> = processed.iter().copied().collect();
+        if stored_set.is_subset(&set) || mono_ns() > drain_deadline {
+            break processed;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for i in 0..world.procs.len() {
+        world.signal(i, "-CONT").await?;
+        world.signal(i, "-TERM").await?;
+    }
+    for p in &mut world.procs {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p.child.wait()).await;
+    }
+    let lines = world.lines.all();
+    let ok = judge(Judge {
+        minutes,
+        seed,
+        total,
+        failed: &failed,
+        stored: &stored,
+        processed: &processed,
+        lines: &lines,
+        faults: &faults,
+        samples: &samples,
+        cluster_healthy: all_nodes_back.is_ok(),
+        out,
+    })?;
+    drop(cluster);
+    Ok(ok)
+}
+
+fn number(payload: &[u8]) -> u64 {
+    payload
+        .try_into()
+        .map(u64::from_be_bytes)
+        .unwrap_or(u64::MAX)
+}
+
+async fn stored_numbers(client: &natty::Client, stream: &str) -> anyhow::Result<Vec<u64>> {
+    let stream = client.jetstream().get_stream(stream).await?;
+    let total = stream.cached_info().state.messages;
+    let consumer = stream
+        .create_consumer(natty::async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await?;
+    let mut messages = consumer.messages().await?.take(usize::try_from(total)?);
+    let mut out = Vec::new();
+    while let Some(m) = messages.next().await {
+        out.push(number(&m?.payload));
+    }
+    Ok(out)
+}
+
+struct Judge<'a> {
+    minutes: f64,
+    seed: u64,
+    total: u64,
+    failed: &'a HashSet<u64>,
+    stored: &'a [u64],
+    processed: &'a [u64],
+    lines: &'a [Value],
+    faults: &'a [Fault],
+    samples: &'a BTreeMap<String, Vec<(u64, u64)>>,
+    cluster_healthy: bool,
+    out: &'a std::path::Path,
+}
+
+fn mono(v: &Value) -> u64 {
+    // (every line carries the emitter's CLOCK_MONOTONIC in ns)
+    v["mono_ns"].as_u64().unwrap_or(0)
+}
+
+fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
+    let mut checks: Vec<(String, bool, String)> = Vec::new();
+    let lines = j.lines;
+    let of = |e: &'static str| lines.iter().filter(move |v| v["event"] == e);
+
+    // 1. Leadership (acting) intervals never overlap: per term, first to last work line.
+    let mut spans: BTreeMap<u64, (u64, u64, String)> = BTreeMap::new();
+    for v in of("work") {
+        let term = v["term"].as_u64().unwrap_or(0);
+        let t = mono(v);
+        let e =
+            spans
+                .entry(term)
+                .or_insert((t, t, v["proc"].as_str().unwrap_or_default().to_owned()));
+        e.0 = e.0.min(t);
+        e.1 = e.1.max(t);
+    }
+    let mut ordered: Vec<_> = spans.iter().collect();
+    ordered.sort_by_key(|(_, (s, _, _))| *s);
+    let overlaps: Vec<String> = ordered
+        .windows(2)
+        .filter(|w| w[0].1.1 >= w[1].1.0)
+        .map(|w| {
+            format!(
+                "term {} ({}) until {} overlaps term {} ({}) from {}",
+                w[0].0, w[0].1.2, w[0].1.1, w[1].0, w[1].1.2, w[1].1.0
+            )
+        })
+        .collect();
+    checks.push((
+        "leaders never act at once (work spans of terms do not overlap)".into(),
+        overlaps.is_empty(),
+        format!(
+            "{} terms acted; {}",
+            spans.len(),
+            overlaps
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "no overlap".into())
+        ),
+    ));
+
+    // 2. No work under a term after that node's `lost` of the term.
+    let mut lost_at: HashMap<(String, u64), u64> = HashMap::new();
+    for v in of("lost") {
+        lost_at.insert(
+            (
+                v["proc"].as_str().unwrap_or_default().to_owned(),
+                v["term"].as_u64().unwrap_or(0),
+            ),
+            mono(v),
+        );
+    }
+    let late: Vec<&Value> = of("work")
+        .filter(|v| {
+            lost_at
+                .get(&(
+                    v["proc"].as_str().unwrap_or_default().to_owned(),
+                    v["term"].as_u64().unwrap_or(0),
+                ))
+                .is_some_and(|l| mono(v) > *l)
+        })
+        .collect();
+    checks.push((
+        "no work after `lost`".into(),
+        late.is_empty(),
+        format!("{} late work lines", late.len()),
+    ));
+
+    // 3. Fenced sink: no write accepted from a term issued after a newer term was elected.
+    let elected: Vec<(u64, u64)> = of("elected")
+        .map(|v| (mono(v), v["term"].as_u64().unwrap_or(0)))
+        .collect();
+    let sink_ok: Vec<&Value> = of("sink").filter(|v| v["accepted"] == true).collect();
+    let stale: Vec<&&Value> = sink_ok
+        .iter()
+        .filter(|v| {
+            let (term, issued) = (
+                v["term"].as_u64().unwrap_or(0),
+                v["issued_ns"].as_u64().unwrap_or(0),
+            );
+            elected.iter().any(|(t, e)| *e > term && *t < issued)
+        })
+        .collect();
+    let fenced = of("sink").filter(|v| v["accepted"] == false).count();
+    checks.push((
+        "fenced sink accepted zero stale writes".into(),
+        stale.is_empty(),
+        format!(
+            "{} accepted, {} stale accepted, {} refused by the fence",
+            sink_ok.len(),
+            stale.len(),
+            fenced
+        ),
+    ));
+
+    // 4. Terms strictly increase in election order.
+    let mut by_time = elected.clone();
+    by_time.sort();
+    let decreasing = by_time.windows(2).filter(|w| w[1].1 <= w[0].1).count();
+    checks.push((
+        "terms strictly increase".into(),
+        decreasing == 0,
+        format!("{} elections, {decreasing} out of order", by_time.len()),
+    ));
+
+    // 5. A leader acts again within TTL + 2 s after each fault (someone works in the last
+    //    second of that window).
+    let works: Vec<u64> = of("work").map(mono).collect();
+    let mut late_recovery = Vec::new();
+    for f in j.faults {
+        let deadline = f.start_ns + TTL_NS + 2_000_000_000;
+        let from = deadline - 1_000_000_000;
+        if !works.iter().any(|t| *t > from && *t <= deadline) {
+            late_recovery.push(format!(
+                "{} {} at {:.1}s",
+                f.kind,
+                f.target,
+                (f.start_ns - j.faults[0].start_ns) as f64 / 1e9
+            ));
+        }
+    }
+    checks.push((
+        "a leader acts again within TTL + 2 s of each fault".into(),
+        late_recovery.is_empty(),
+        if late_recovery.is_empty() {
+            format!("{} faults", j.faults.len())
+        } else {
+            format!(
+                "{} of {} late: {}",
+                late_recovery.len(),
+                j.faults.len(),
+                late_recovery.join("; ")
+            )
+        },
+    ));
+
+    // 6-7. Streams.
+    let mut counts: HashMap<u64, u32> = HashMap::new();
+    for n in j.stored {
+        *counts.entry(*n).or_default() += 1;
+    }
+    let doubled = counts.values().filter(|c| **c > 1).count();
+    let missing: Vec<u64> = (0..j.total).filter(|n| !counts.contains_key(n)).collect();
+    let unexplained: Vec<&u64> = missing.iter().filter(|n| !j.failed.contains(n)).collect();
+    checks.push((
+        "every published number stored exactly once (or handed back)".into(),
+        doubled == 0 && unexplained.is_empty(),
+        format!("{} published, {} stored, {doubled} doubled, {} missing ({} handed back on the error channel, {} unexplained)", j.total, j.stored.len(), missing.len(), j.failed.len(), unexplained.len()),
+    ));
+    let processed: HashSet<u64> = j.processed.iter().copied().collect();
+    let unprocessed = counts.keys().filter(|n| !processed.contains(n)).count();
+    let dup_processed = j.processed.len() - processed.len();
+    checks.push(("every stored number processed at least once".into(), unprocessed == 0, format!("{} processed, {unprocessed} never processed, {dup_processed} processed more than once (at-least-once redeliveries)", processed.len())));
+    checks.push((
+        "cluster healthy after the run".into(),
+        j.cluster_healthy,
+        String::new(),
+    ));
+
+    // Soak: RSS slope per process incarnation that lived long enough.
+    let mut slopes = Vec::new();
+    for (tag, s) in j.samples {
+        let warm: Vec<&(u64, u64)> = s
+            .iter()
+            .filter(|(t, _)| *t >= s[0].0 + 20_000_000_000)
+            .collect();
+        if warm.len() >= 8 {
+            let n = warm.len() as f64;
+            let mx = warm.iter().map(|(t, _)| *t as f64 / 60e9).sum::<f64>() / n;
+            let my = warm.iter().map(|(_, k)| *k as f64).sum::<f64>() / n;
+            let cov: f64 = warm
+                .iter()
+                .map(|(t, k)| (*t as f64 / 60e9 - mx) * (*k as f64 - my))
+                .sum();
+            let var: f64 = warm
+                .iter()
+                .map(|(t, _)| (*t as f64 / 60e9 - mx).powi(2))
+                .sum();
+            slopes.push((
+                tag.clone(),
+                if var > 0.0 { cov / var } else { 0.0 },
+                warm.last().map_or(0, |w| w.1),
+            ));
+        }
+    }
+    let growing: Vec<&(String, f64, u64)> = slopes.iter().filter(|s| s.1 > 1024.0).collect();
+    checks.push((
+        "soak: RSS does not grow after warm-up (slope <= 1 MiB/min)".into(),
+        growing.is_empty(),
+        if slopes.is_empty() {
+            "run too short to judge (needs a process alive 50 s)".into()
+        } else {
+            slopes
+                .iter()
+                .map(|(t, s, k)| format!("{t}: {s:+.0} KiB/min (now {k} KiB)"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    ));
+
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in j.faults {
+        *kinds.entry(f.kind).or_default() += 1;
+    }
+    let mut md = String::new();
+    writeln!(md, "# natty chaos report\n")?;
+    writeln!(
+        md,
+        "{:.1} minutes, seed {}, 3-node cluster (R3 stream and buckets), {CANDIDATES} candidates (TTL {TTL_SECS} s), {CONSUMERS} consumers on one durable, {} numbered messages published.\n",
+        j.minutes, j.seed, j.total
+    )?;
+    writeln!(md, "## Faults injected\n")?;
+    for (k, n) in &kinds {
+        writeln!(md, "- {k}: {n}")?;
+    }
+    let leader_faults =
+        kinds.get("freeze leader").unwrap_or(&0) + kinds.get("kill leader").unwrap_or(&0);
+    let node_faults =
+        kinds.get("kill node").unwrap_or(&0) + kinds.get("partition node").unwrap_or(&0);
+    writeln!(
+        md,
+        "\nLeader freezes/kills: {leader_faults}; node faults: {node_faults}.\n"
+    )?;
+    writeln!(
+        md,
+        "## Checks\n\n| check | verdict | detail |\n|---|---|---|"
+    )?;
+    for (name, ok, detail) in &checks {
+        writeln!(
+            md,
+            "| {name} | {} | {detail} |",
+            if *ok { "pass" } else { "**FAIL**" }
+        )?;
+    }
+    writeln!(
+        md,
+        "\n## Schedule\n\n| at | fault | target | lasted |\n|---|---|---|---|"
+    )?;
+    let t0 = j.faults.first().map_or(0, |f| f.start_ns);
+    for f in j.faults {
+        writeln!(
+            md,
+            "| {:.1}s | {} | {} | {:.1}s |",
+            (f.start_ns - t0) as f64 / 1e9,
+            f.kind,
+            f.target,
+            (f.end_ns - f.start_ns) as f64 / 1e9
+        )?;
+    }
+    std::fs::create_dir_all(j.out)?;
+    std::fs::write(j.out.join("report.md"), &md)?;
+    println!("{md}");
+    Ok(checks.iter().all(|(_, ok, _)| *ok))
+}
