@@ -14,6 +14,8 @@ cargo xtask <command>
   ci                    exactly what CI runs: fmt, clippy, unit tests, docs, integration, deny
   integration [filter]  build the NATS image if needed and run the testcontainers suites
   bench [--quick]       natty vs raw async-nats side by side; report in target/bench/
+  chaos [--minutes N] [--seed S]
+                        faults on a 3-node cluster; checks; report in target/chaos/
   demo                  run the examples against a throwaway NATS container (or $NATS_URL)
   nats-image            build the local FROM-scratch NATS image (no-op when present)
   certs                 regenerate the certificates in assets/
@@ -31,6 +33,7 @@ fn main() -> anyhow::Result<()> {
         Some("nats-image") => nats_image().map(|_| ()),
         Some("demo") => demo(),
         Some("bench") => bench(args.iter().any(|a| a == "--quick")),
+        Some("chaos") => chaos(&args[1..]),
         Some("certs") => certs(&root.join("assets")),
         Some("help" | "--help" | "-h") | None => {
             eprintln!("{HELP}");
@@ -107,6 +110,7 @@ fn ci() -> anyhow::Result<()> {
         integration(None)?;
         demo()?;
         bench(true)?;
+        chaos(&["--minutes".into(), "1".into()])?;
     } else if std::env::var_os("CI").is_some() {
         bail!("CI must run the integration suites, but no Docker daemon answers (`docker info`)");
     } else {
@@ -130,6 +134,23 @@ fn bench(quick: bool) -> anyhow::Result<()> {
         args.push("--quick");
     }
     run("cargo", &args, &[("NATTY_NATS_IMAGE", &reference)])
+}
+
+/// Runs natty-chaos (debug build: the faults, not the speed, are what it measures).
+fn chaos(args: &[String]) -> anyhow::Result<()> {
+    let reference = nats_image()?;
+    run(
+        "cargo",
+        &["build", "--quiet", "-p", "natty-chaos", "--bins"],
+        &[],
+    )?;
+    let mut full: Vec<&str> = Vec::new();
+    full.extend(args.iter().map(String::as_str));
+    run(
+        "target/debug/natty-chaos",
+        &full,
+        &[("NATTY_NATS_IMAGE", &reference)],
+    )
 }
 
 /// A crate that depends only on natty-kv (or natty-election) must not pull natty-stream.

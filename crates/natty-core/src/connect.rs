@@ -114,6 +114,7 @@ impl ConnectOptions {
         options = options
             .connection_timeout(self.connect_timeout)
             .request_timeout(Some(self.request_timeout))
+            .ping_interval(self.ping_interval)
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Connected => {

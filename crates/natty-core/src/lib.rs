@@ -29,7 +29,9 @@ pub use async_nats;
 pub use client::{Client, ServerVersion};
 pub use connect::{ConnectFailure, ServerAttempt};
 pub use error::ErrorKind;
-pub use options::{ConnectOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
+pub use options::{
+    ConnectOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PING_INTERVAL, DEFAULT_REQUEST_TIMEOUT,
+};
 pub use tls::Pem;
 
 /// natty-core's error: see [`ErrorKind`] for what to branch on.

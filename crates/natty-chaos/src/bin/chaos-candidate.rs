@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
     let client = natty::ConnectOptions::new(servers)
         .name(node.clone())
         .request_timeout(Duration::from_secs(2))
+        .ping_interval(Duration::from_secs(1))
         .connect()
         .await?;
     let kv = Kv::with_defaults(client.clone(), natty::BucketConfig::new("-").replicas(3));

@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let client = natty::ConnectOptions::new(servers)
         .name(id.clone())
         .request_timeout(Duration::from_secs(2))
+        .ping_interval(Duration::from_secs(1))
         .connect()
         .await?;
     let consumer = Consumer::new(
