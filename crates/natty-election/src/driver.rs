@@ -183,8 +183,9 @@ impl Election {
     /// leadership ends. On cancel, a leader stops its work and then resigns (deletes its key,
     /// conditioned on its revision) so a follower takes over at once.
     ///
-    /// Returns an error only if the election cannot be set up (bucket, watch); after that,
-    /// server trouble means losing or not gaining leadership, never an error.
+    /// Returns an error only for a configuration the election cannot run with (a bucket whose
+    /// TTL does not fit, bad names); an unreachable or busy server is waited out, and server
+    /// trouble later means losing or not gaining leadership, never an error.
     pub async fn run<F, Fut>(&self, cancel: CancellationToken, mut work: F) -> Result<(), Error>
     where
         F: FnMut(Leadership) -> Fut,
@@ -237,12 +238,10 @@ impl Election {
         F: FnMut(Leadership) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let (kv, per_key_ttl) = self.prepare_bucket().await?;
-        let mut watch = Some(
-            kv.watch_key(&self.config.bucket, &self.config.key)
-                .await
-                .map_err(from_kv)?,
-        );
+        let Some((kv, per_key_ttl, watch)) = self.set_up(&cancel).await? else {
+            return Ok(()); // cancelled before the election could start
+        };
+        let mut watch = Some(watch);
         let mut machine = Machine::new(self.config.machine(), Instant::now().into_std());
         let mut op: Option<Op> = None;
         let mut job: Option<Job> = None;
@@ -336,6 +335,42 @@ impl Election {
         self.publish_state(&machine);
         info!("election stopped");
         Ok(())
+    }
+
+    /// Prepares the bucket and the watch, retrying while the server is unreachable or busy
+    /// (a candidate started during an outage joins when it ends); a configuration problem
+    /// (TTL mismatch, bad names) is returned at once. `None` if cancelled first.
+    async fn set_up(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<Option<(Kv, bool, natty_kv::Watch)>, Error> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = async {
+                let (kv, per_key_ttl) = self.prepare_bucket().await?;
+                let watch = kv
+                    .watch_key(&self.config.bucket, &self.config.key)
+                    .await
+                    .map_err(from_kv)?;
+                Ok::<_, Error>((kv, per_key_ttl, watch))
+            };
+            let result = tokio::select! {
+                () = cancel.cancelled() => return Ok(None),
+                result = attempt => result,
+            };
+            match result {
+                Ok(ready) => return Ok(Some(ready)),
+                Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::Other) => {
+                    warn!(error = %e, retry_in = ?backoff, "election set-up failed; retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => return Ok(None),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Cancels the work and waits for it, at most the safety margin; then aborts it.

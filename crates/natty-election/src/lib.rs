@@ -28,6 +28,9 @@ mod error;
 mod lease;
 pub mod machine;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use config::{DEFAULT_TTL, ElectionConfig};
 pub use driver::{Election, ElectionEvent, LeaderInfo, Leadership};
 pub use error::{Error, ErrorKind};

@@ -38,6 +38,9 @@ mod error;
 mod kv;
 mod watch;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use config::{BucketConfig, MAX_HISTORY, Storage, validate_key_ttl};
 pub use entry::{Entry, Event, EventKind};
 pub use error::{Error, ErrorKind};

@@ -381,6 +381,7 @@ impl BatchPublisher {
         options: PublishOptions,
     ) -> Result<Outgoing, Error> {
         names::subject(subject).map_err(from_core)?;
+        options.validate()?;
         if self.closed.load(Ordering::Acquire) {
             return Err(closed(subject));
         }
@@ -898,6 +899,10 @@ impl Pump {
             .js
             .publish_with_headers(m.subject.clone(), m.headers(), m.payload.clone())
             .await;
+        // The ack deadline runs from the send, not from when this future is first polled: the
+        // queue is awaited head first, and a node that dies with thousands of acks owed must
+        // cost one ack timeout, not one per message in turn.
+        let deadline = Instant::now() + self.config.ack_timeout;
         Box::pin(async move {
             // The context is formatted only for a failure: this runs once per message.
             let context = |m: &Outgoing| {
@@ -907,7 +912,13 @@ impl Pump {
                 )
             };
             let result = match sent {
-                Ok(ack) => ack.await.map_err(|e| from_publish(e, context(&m))),
+                Ok(ack) => match tokio::time::timeout_at(deadline, ack).await {
+                    Ok(acked) => acked.map_err(|e| from_publish(e, context(&m))),
+                    Err(_) => Err(Error::new(
+                        ErrorKind::TimedOut,
+                        format!("{}: no ack within the ack timeout", context(&m)),
+                    )),
+                },
                 Err(e) => Err(from_publish(e, context(&m))),
             };
             (m, result)

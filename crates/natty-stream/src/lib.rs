@@ -26,6 +26,9 @@ mod error;
 mod message;
 mod publisher;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use admin::{
     ConsumerConfig, DeliverFrom, Storage, StreamConfig, delete_consumer, delete_stream,
     ensure_consumer, ensure_stream,

@@ -6,7 +6,7 @@ use natty_core::{Client, names};
 use tracing::{Instrument, debug, info_span};
 
 use crate::{
-    Error,
+    Error, ErrorKind,
     error::{from_core, from_publish},
 };
 
@@ -59,6 +59,34 @@ impl PublishOptions {
         self
     }
 
+    /// Checks header names and values before anything is sent (async-nats panics on a name
+    /// with control characters or `:`, or a value with CR/LF).
+    pub fn validate(&self) -> Result<(), Error> {
+        for (name, value) in &self.headers {
+            if name.is_empty() || name.contains(|c: char| c == ':' || !(c.is_ascii_graphic())) {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("header name {name:?}: must be printable ASCII without spaces or ':'"),
+                ));
+            }
+            if value.contains(['\r', '\n']) {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("header {name:?} value {value:?}: must not contain CR or LF"),
+                ));
+            }
+        }
+        if let Some(id) = &self.msg_id
+            && (id.is_empty() || id.contains(['\r', '\n']))
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("message id {id:?}: must be non-empty and without CR or LF"),
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn header_map(&self) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in &self.headers {
@@ -97,6 +125,7 @@ impl Publisher {
         options: &PublishOptions,
     ) -> Result<PublishAck, Error> {
         names::subject(subject).map_err(from_core)?;
+        options.validate()?;
         let span = info_span!("natty.stream.publish", subject, bytes = payload.len());
         async {
             let context = || format!("publishing to {subject:?}");
