@@ -657,11 +657,20 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
     // Soak: RSS slope per process incarnation that lived long enough.
     let mut slopes = Vec::new();
     for (tag, s) in j.samples {
+        // After a minute of warm-up, a process alive three more minutes is judged on the later
+        // half of that time: a step when it first becomes leader (connections, buffers) is
+        // warm-up too; a leak keeps growing.
         let warm: Vec<&(u64, u64)> = s
             .iter()
-            .filter(|(t, _)| *t >= s[0].0 + 20_000_000_000)
+            .filter(|(t, _)| *t >= s[0].0 + 60_000_000_000)
             .collect();
-        if warm.len() >= 8 {
+        let long_enough = warm.len() >= 2 && warm[warm.len() - 1].0 - warm[0].0 >= 180_000_000_000;
+        let warm: Vec<&(u64, u64)> = if long_enough {
+            warm[warm.len() / 2..].to_vec()
+        } else {
+            Vec::new()
+        };
+        if warm.len() >= 2 {
             let n = warm.len() as f64;
             let mx = warm.iter().map(|(t, _)| *t as f64 / 60e9).sum::<f64>() / n;
             let my = warm.iter().map(|(_, k)| *k as f64).sum::<f64>() / n;
@@ -681,11 +690,18 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
         }
     }
     let growing: Vec<&(String, f64, u64)> = slopes.iter().filter(|s| s.1 > 1024.0).collect();
+    let peak_kib = j
+        .samples
+        .values()
+        .flatten()
+        .map(|(_, k)| *k)
+        .max()
+        .unwrap_or(0);
     checks.push((
-        "soak: RSS does not grow after warm-up (slope <= 1 MiB/min)".into(),
+        format!("soak: RSS does not grow after warm-up (slope <= 1 MiB/min; peak of any process {peak_kib} KiB)"),
         growing.is_empty(),
         if slopes.is_empty() {
-            "run too short to judge (needs a process alive 3 min)".into()
+            "run too short to judge (needs a process alive 4 min)".into()
         } else {
             slopes
                 .iter()

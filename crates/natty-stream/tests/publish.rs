@@ -32,6 +32,32 @@ async fn stored_numbers(client: &natty_core::Client, stream: &str) -> anyhow::Re
     Ok(out)
 }
 
+/// Sends `n` numbered messages while the server restarts (once a third has been acked).
+async fn send_across_a_restart(
+    nats: &Nats,
+    publisher: &BatchPublisher,
+    subject: &str,
+    n: u64,
+) -> anyhow::Result<()> {
+    let restart = async {
+        while publisher.stats().acked < n / 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        nats.restart().await
+    };
+    let send = async {
+        for i in 0..n {
+            publisher
+                .send(subject, i.to_be_bytes().to_vec().into())
+                .await?;
+        }
+        anyhow::Ok(())
+    };
+    let (sent, restarted) = tokio::join!(send, restart);
+    sent?;
+    restarted
+}
+
 #[tokio::test]
 #[ignore = "integration: needs Docker; run `cargo xtask integration`"]
 async fn batch_publish_across_a_server_restart_stores_everything_exactly_once() -> anyhow::Result<()>
@@ -48,24 +74,7 @@ async fn batch_publish_across_a_server_restart_stores_everything_exactly_once() 
     let mut errors = publisher.take_errors().unwrap();
     const N: u64 = 100_000;
     let subject = format!("{name}.created");
-    let restart = async {
-        // Restart once a good part has been acknowledged, while the rest is still coming.
-        while publisher.stats().acked < N / 3 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        nats.restart().await
-    };
-    let send = async {
-        for i in 0..N {
-            publisher
-                .send(&subject, i.to_be_bytes().to_vec().into())
-                .await?;
-        }
-        anyhow::Ok(())
-    };
-    let (sent, restarted) = tokio::join!(send, restart);
-    sent?;
-    restarted?;
+    send_across_a_restart(&nats, &publisher, &subject, N).await?;
     let report = publisher.close().await?;
     assert!(
         report.failed.is_empty(),
@@ -243,23 +252,7 @@ async fn fast_ingest_stores_exactly_the_sent_messages_across_a_batch_failure() -
     const N: u64 = 60_000;
     let subject = format!("{name}.created");
     // The forced failure: the server goes away mid-batch (same storage when it is back).
-    let restart = async {
-        while publisher.stats().acked < N / 3 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        nats.restart().await
-    };
-    let send = async {
-        for i in 0..N {
-            publisher
-                .send(&subject, i.to_be_bytes().to_vec().into())
-                .await?;
-        }
-        anyhow::Ok(())
-    };
-    let (sent, restarted) = tokio::join!(send, restart);
-    sent?;
-    restarted?;
+    send_across_a_restart(&nats, &publisher, &subject, N).await?;
     let report = publisher.close().await?;
     eprintln!("{:?}", report.stats);
     assert!(report.failed.is_empty(), "{:?}", report.failed.first());

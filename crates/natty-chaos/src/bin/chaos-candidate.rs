@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use natty::{CancellationToken, ElectionConfig, Kv, kv::ErrorKind};
-use natty_chaos::{arg, emit, init_logs, mono_ns};
+use natty::{ElectionConfig, Kv, kv::ErrorKind};
+use natty_chaos::{arg, cancel_on_sigterm, emit, init_logs, mono_ns};
 use serde_json::json;
 
 /// Writes `term` to the sink if the sink holds no higher term. `Ok(true)`: accepted.
@@ -61,14 +61,7 @@ async fn main() -> anyhow::Result<()> {
             .ttl(ttl)
             .replicas(3),
     )?;
-    let cancel = CancellationToken::new();
-    let on_term = cancel.clone();
-    tokio::spawn(async move {
-        let mut sig = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM");
-        sig.recv().await;
-        on_term.cancel();
-    });
+    let cancel = cancel_on_sigterm();
     emit(json!({"node": node, "event": "ready", "pid": std::process::id(), "mono_ns": mono_ns()}));
     let n = node.clone();
     election

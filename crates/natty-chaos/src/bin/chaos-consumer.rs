@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use natty::{CancellationToken, ConsumeOptions, Consumer};
-use natty_chaos::{arg, emit, init_logs, mono_ns};
+use natty::{ConsumeOptions, Consumer};
+use natty_chaos::{arg, cancel_on_sigterm, emit, init_logs, mono_ns};
 use serde_json::json;
 
 #[tokio::main]
@@ -31,14 +31,7 @@ async fn main() -> anyhow::Result<()> {
             .expires(Duration::from_secs(5))
             .heartbeat(Duration::from_secs(1)),
     )?;
-    let cancel = CancellationToken::new();
-    let on_term = cancel.clone();
-    tokio::spawn(async move {
-        let mut sig = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM");
-        sig.recv().await;
-        on_term.cancel();
-    });
+    let cancel = cancel_on_sigterm();
     emit(json!({"node": id, "event": "ready", "pid": std::process::id(), "mono_ns": mono_ns()}));
     let who = id.clone();
     let stats = consumer
