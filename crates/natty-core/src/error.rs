@@ -89,6 +89,28 @@ impl<K: fmt::Debug + fmt::Display> std::error::Error for Error<K> {
     }
 }
 
+/// The JetStream API error code (e.g. 10071) in an async-nats error, if the server sent one.
+///
+/// async-nats carries it either as a `jetstream::Error` in the source chain or inside the
+/// error's kind (e.g. `DeleteStreamErrorKind::JetStream(..)`), which no generic code can reach;
+/// both print `error code NNNNN`, so the text is the fallback.
+pub fn jetstream_code(err: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if let Some(js) = cause.downcast_ref::<async_nats::jetstream::Error>() {
+            return Some(js.error_code().0);
+        }
+        source = cause.source();
+    }
+    code_in_text(&err.to_string())
+}
+
+fn code_in_text(text: &str) -> Option<u64> {
+    let (_, rest) = text.split_once("error code ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 /// What went wrong in natty-core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -126,5 +148,23 @@ impl fmt::Display for ErrorKind {
             Self::Io => "could not read file",
             Self::Other => "failed",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::code_in_text;
+
+    #[test]
+    fn error_codes_are_found_in_text() {
+        assert_eq!(
+            code_in_text("JetStream error: stream not found (code 404, error code 10059)"),
+            Some(10059)
+        );
+        assert_eq!(
+            code_in_text("wrong last sequence: 3 (error code 10164)"),
+            Some(10164)
+        );
+        assert_eq!(code_in_text("timed out"), None);
     }
 }

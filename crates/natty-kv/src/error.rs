@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+pub(crate) use natty_core::error::jetstream_code as server_code;
+
 use async_nats::jetstream::{self, context::PublishErrorKind};
 
 /// natty-kv's error: branch on [`Error::kind`](natty_core::error::Error::kind).
@@ -58,15 +60,15 @@ impl fmt::Display for ErrorKind {
 /// Server error codes natty-kv branches on.
 pub(crate) mod codes {
     /// Wrong last sequence, on an R1 stream.
-    pub(crate) const WRONG_LAST_SEQUENCE: usize = 10071;
+    pub(crate) const WRONG_LAST_SEQUENCE: u64 = 10071;
     /// Wrong last sequence, on a replicated stream (raft path).
-    pub(crate) const WRONG_LAST_SEQUENCE_REPLICATED: usize = 10164;
+    pub(crate) const WRONG_LAST_SEQUENCE_REPLICATED: u64 = 10164;
     /// Stream not found.
-    pub(crate) const STREAM_NOT_FOUND: usize = 10059;
+    pub(crate) const STREAM_NOT_FOUND: u64 = 10059;
     /// Per-message TTL is disabled on this stream.
-    pub(crate) const MESSAGE_TTL_DISABLED: usize = 10166;
+    pub(crate) const MESSAGE_TTL_DISABLED: u64 = 10166;
     /// Invalid per-message TTL.
-    pub(crate) const MESSAGE_TTL_INVALID: usize = 10165;
+    pub(crate) const MESSAGE_TTL_INVALID: u64 = 10165;
 }
 
 /// Our kind for a core error (name and config validation, mostly).
@@ -77,28 +79,6 @@ pub(crate) fn from_core(err: natty_core::Error) -> Error {
         natty_core::ErrorKind::TimedOut => ErrorKind::TimedOut,
         _ => ErrorKind::Other,
     })
-}
-
-/// The JetStream API error code inside an async-nats error, if the server sent one.
-///
-/// async-nats carries it either as a `jetstream::Error` in the source chain or inside the
-/// error's kind (e.g. `DeleteStreamErrorKind::JetStream(..)`), which a generic function cannot
-/// reach; both print `error code NNNNN`, so the text is the fallback.
-pub(crate) fn server_code(err: &(dyn std::error::Error + 'static)) -> Option<usize> {
-    let mut source = Some(err);
-    while let Some(cause) = source {
-        if let Some(js) = cause.downcast_ref::<jetstream::Error>() {
-            return Some(js.error_code().0 as usize);
-        }
-        source = cause.source();
-    }
-    code_in_text(&err.to_string())
-}
-
-fn code_in_text(text: &str) -> Option<usize> {
-    let (_, rest) = text.split_once("error code ")?;
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 /// Maps a publish (write) error. Both CAS codes are `RevisionMismatch`: async-nats maps only
@@ -154,22 +134,4 @@ where
         ErrorKind::Other
     };
     Error::with_source(kind, context, err)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_codes_are_found_in_text() {
-        assert_eq!(
-            code_in_text("JetStream error: stream not found (code 404, error code 10059)"),
-            Some(10059)
-        );
-        assert_eq!(
-            code_in_text("wrong last sequence: 3 (error code 10164)"),
-            Some(10164)
-        );
-        assert_eq!(code_in_text("timed out"), None);
-    }
 }

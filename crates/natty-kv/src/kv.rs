@@ -673,7 +673,7 @@ impl Kv {
             }
             Err(e) => match e.kind() {
                 GetStreamErrorKind::JetStream(js)
-                    if js.error_code().0 as usize == codes::STREAM_NOT_FOUND =>
+                    if js.error_code().0 == codes::STREAM_NOT_FOUND =>
                 {
                     self.evict(name);
                     Ok(None)

@@ -74,17 +74,7 @@ pub(crate) fn from_publish(
     Error::with_source(kind, context, err)
 }
 
-/// The JetStream API error code in an error's text (`... error code 10059)`), where
-/// async-nats keeps it inside the error kind rather than the source chain.
-pub(crate) fn server_code(err: &dyn std::error::Error) -> Option<u64> {
-    let text = err.to_string();
-    let (_, rest) = text.split_once("error code ")?;
-    rest.chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .ok()
-}
+pub(crate) use natty_core::error::jetstream_code as server_code;
 
 pub(crate) const STREAM_NOT_FOUND: u64 = 10059;
 pub(crate) const CONSUMER_NOT_FOUND: u64 = 10014;
