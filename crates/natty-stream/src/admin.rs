@@ -268,7 +268,10 @@ pub struct ConsumerConfig {
     pub deliver_from: DeliverFrom,
     /// How long a delivered message may go unacknowledged before it is redelivered (30 s).
     pub ack_wait: Duration,
-    /// Deliveries before giving up on a message (`None`: unlimited; default 5).
+    /// Deliveries before natty gives up on a message and dead-letters it (`None`: unlimited;
+    /// default 5). natty enforces it, not the server: the durable is created with an unlimited
+    /// server-side `max_deliver` and this limit in its metadata, so a message whose
+    /// dead-letter publish fails on its last delivery stays in the stream.
     pub max_deliver: Option<i64>,
     /// Server-side redelivery delays by attempt (for messages not nak'ed with a delay).
     pub backoff: Vec<Duration>,
@@ -407,7 +410,18 @@ impl ConsumerConfig {
             deliver_policy,
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.ack_wait,
-            max_deliver: self.max_deliver.unwrap_or(-1),
+            // natty owns the delivery limit (see `max_deliver`): unlimited on the server.
+            max_deliver: -1,
+            metadata: self
+                .max_deliver
+                .map(|max| {
+                    [(
+                        crate::consumer::MAX_DELIVER_METADATA.to_owned(),
+                        max.to_string(),
+                    )]
+                    .into()
+                })
+                .unwrap_or_default(),
             backoff: self.backoff.clone(),
             max_ack_pending: self.max_ack_pending,
             ..Default::default()

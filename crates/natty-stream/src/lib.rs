@@ -34,8 +34,8 @@ pub use admin::{
     ensure_consumer, ensure_stream,
 };
 pub use batch::{BatchConfig, BatchPublisher, BatchStats, CloseReport, FailedMessage, PublishMode};
-pub use consumer::{ConsumeError, ConsumeOptions, Consumer, ConsumerStats};
+pub use consumer::{Action, ConsumeError, ConsumeOptions, Consumer, ConsumerStats};
 pub use error::{Error, ErrorKind};
-pub use message::{HandlerError, Message};
+pub use message::{BoxError, HandlerError, Message};
 pub use publisher::{PublishAck, PublishOptions, Publisher};
 pub use tokio_util::sync::CancellationToken;

@@ -91,64 +91,129 @@ impl Message {
     }
 }
 
+/// A boxed error, the cause a [`HandlerError`] may carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// What a handler answers when it could not process a message.
+///
+/// Any error converts into a retryable one, so `?` works in handlers:
+///
+/// ```
+/// # use natty_stream::{HandlerError, Message};
+/// async fn handle(m: Message) -> Result<(), HandlerError> {
+///     let text = std::str::from_utf8(&m.payload)?; // a retry; its cause is kept
+///     let n: u64 = text
+///         .parse()
+///         .map_err(|e| HandlerError::permanent(format!("not a number: {e}")))?;
+///     # let _ = n;
+///     Ok(())
+/// }
+/// ```
+///
+/// Like `anyhow::Error`, it does not implement `std::error::Error` itself (that would make the
+/// blanket conversion overlap with `From<T> for T`); [`ConsumeError`](crate::ConsumeError) does,
+/// with the handler's cause as its `source()`.
 #[derive(Debug)]
-pub enum HandlerError {
-    /// Try again later: the message is nak'ed with a delay (the consumer's backoff by
-    /// delivery count, or this delay) and redelivered, until `max_deliver` is reached.
-    Retry {
-        /// Why.
-        reason: String,
-        /// Redeliver after this long instead of the backoff.
-        delay: Option<Duration>,
-    },
-    /// Never: the message is terminated (not redelivered) and sent to the dead-letter subject
-    /// when one is configured.
-    Permanent {
-        /// Why.
-        reason: String,
-    },
+pub struct HandlerError {
+    permanent: bool,
+    reason: String,
+    delay: Option<Duration>,
+    source: Option<BoxError>,
 }
 
 impl HandlerError {
-    /// A retryable failure.
+    /// A retryable failure: the message is nak'ed with a delay growing with its delivery
+    /// count and redelivered, until the consumer's `max_deliver` is reached.
     pub fn retry(reason: impl fmt::Display) -> Self {
-        Self::Retry {
+        Self {
+            permanent: false,
             reason: reason.to_string(),
             delay: None,
+            source: None,
         }
     }
 
-    /// A retryable failure, redelivered after `delay`.
+    /// A retryable failure, redelivered after `delay` instead of the growing delay.
     pub fn retry_after(reason: impl fmt::Display, delay: Duration) -> Self {
-        Self::Retry {
-            reason: reason.to_string(),
+        Self {
             delay: Some(delay),
+            ..Self::retry(reason)
         }
     }
 
-    /// A permanent failure.
+    /// A permanent failure: the message is dead-lettered (when a dead-letter subject is
+    /// configured) and terminated, never redelivered.
     pub fn permanent(reason: impl fmt::Display) -> Self {
-        Self::Permanent {
-            reason: reason.to_string(),
+        Self {
+            permanent: true,
+            ..Self::retry(reason)
         }
+    }
+
+    /// The same failure, with `source` as its cause.
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
     }
 
     /// The reason given.
     pub fn reason(&self) -> &str {
-        match self {
-            Self::Retry { reason, .. } | Self::Permanent { reason } => reason,
-        }
+        &self.reason
+    }
+
+    /// Whether the message is given up on at once.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// For a retryable failure, `Some(delay asked for, if any)`; `None` for a permanent one.
+    pub fn retry_delay(&self) -> Option<Option<Duration>> {
+        (!self.permanent).then_some(self.delay)
+    }
+
+    /// The underlying error, if any.
+    pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
+    }
+}
+
+/// Any error (or a `String`/`&str`) becomes a retryable failure with it as its cause.
+impl<E: Into<BoxError>> From<E> for HandlerError {
+    fn from(e: E) -> Self {
+        let source: BoxError = e.into();
+        Self::retry(&source).with_source(source)
     }
 }
 
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Retry { reason, .. } => write!(f, "retryable: {reason}"),
-            Self::Permanent { reason } => write!(f, "permanent: {reason}"),
-        }
+        let kind = if self.permanent {
+            "permanent"
+        } else {
+            "retryable"
+        };
+        write!(f, "{kind}: {}", self.reason)
     }
 }
 
-impl std::error::Error for HandlerError {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<u64, HandlerError> {
+        Ok(text.parse::<u64>()?)
+    }
+
+    #[test]
+    fn question_mark_turns_any_error_into_a_retry_with_its_cause() {
+        let e = parse("x").unwrap_err();
+        assert_eq!(e.retry_delay(), Some(None));
+        assert!(e.source().is_some());
+        assert_eq!(e.to_string(), "retryable: invalid digit found in string");
+        let e: HandlerError = "plain text".into();
+        assert_eq!(e.reason(), "plain text");
+        assert!(HandlerError::permanent("no").is_permanent());
+        assert_eq!(HandlerError::permanent("no").retry_delay(), None);
+    }
+}

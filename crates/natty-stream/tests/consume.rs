@@ -402,3 +402,162 @@ async fn a_full_error_channel_never_blocks_consumption() -> anyhow::Result<()> {
     assert_eq!(per.len() as u64, N);
     Ok(())
 }
+
+/// The final delivery's dead-letter publish fails (no stream captures the subject yet): the
+/// message must stay in the stream and be dead-lettered once the subject is captured.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_dead_letter_failure_on_the_last_delivery_loses_nothing() -> anyhow::Result<()> {
+    let s = setup(|st| {
+        ConsumerConfig::new(st, "workers")
+            .ack_wait(Duration::from_secs(2))
+            .max_deliver(Some(2))
+    })
+    .await?;
+    let dlq = format!("{}_DLQ", s.stream);
+    publish_n(&s, 1).await?;
+    let log = Log::default();
+    let options = ConsumeOptions::default()
+        .retry_delay(Duration::from_millis(100), Duration::from_millis(500))
+        .dead_letter(format!("{dlq}.failed"));
+    let (cancel, consumer, task) =
+        start(s.client.clone(), &s.stream, options, log.clone(), |_, _| {
+            Err(HandlerError::retry("downstream is down"))
+        });
+    // Delivery 1: nak. Delivery 2 (the last): the dead-letter publish fails, nothing captures it.
+    wait_for("the last delivery", Duration::from_secs(10), || async {
+        (log.lock().unwrap().iter().any(|(_, d, _)| *d >= 2) && consumer.stats().naked >= 2)
+            .then_some(())
+    })
+    .await?;
+    ensure_stream(&s.client, &StreamConfig::new(&dlq, [format!("{dlq}.>")])).await?;
+    let js = s.client.jetstream();
+    wait_for("the dead letter", Duration::from_secs(15), || async {
+        let n = js
+            .get_stream(&dlq)
+            .await
+            .ok()?
+            .info()
+            .await
+            .ok()?
+            .state
+            .messages;
+        (n >= 1).then_some(())
+    })
+    .await?;
+    // Past ack_wait and the retry delays: nothing else may arrive.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cancel.cancel();
+    let stats = task.await??;
+    let mut dl = js.get_stream(&dlq).await?;
+    assert_eq!(dl.info().await?.state.messages, 1, "{stats:?}");
+    let m = dl
+        .get_last_raw_message_by_subject(&format!("{dlq}.failed"))
+        .await?;
+    assert_eq!(m.payload, "0");
+    assert_eq!(
+        m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned()),
+        Some(format!("natty-dl:{}:1", s.stream))
+    );
+    let info = js
+        .get_stream(&s.stream)
+        .await?
+        .consumer_info("workers")
+        .await?;
+    assert_eq!(
+        (info.num_ack_pending, info.num_pending),
+        (0, 0),
+        "the message is settled"
+    );
+    assert_eq!((stats.dead_lettered, stats.termed), (1, 1), "{stats:?}");
+    Ok(())
+}
+
+/// Messages pulled but waiting for the one handler slot must not outlive `ack_wait` and be
+/// handed to the other consumer meanwhile.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn messages_waiting_for_a_slow_handler_are_not_handled_twice() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers").ack_wait(Duration::from_secs(2))).await?;
+    const N: u64 = 20;
+    publish_n(&s, N).await?;
+    let (a, b) = (Log::default(), Log::default());
+    let options = ConsumeOptions::default().batch(10);
+    let (ca, _, ta) = start(
+        s.client.clone(),
+        &s.stream,
+        options.clone(),
+        a.clone(),
+        |_, _| Ok(Duration::from_millis(1500)),
+    );
+    let client_b = ConnectOptions::new([s.url.clone()]).connect().await?;
+    let (cb, _, tb) = start(client_b, &s.stream, options, b.clone(), |_, _| {
+        Ok(Duration::from_millis(1500))
+    });
+    let js = s.client.jetstream();
+    wait_for("every message acked", Duration::from_secs(60), || async {
+        let info = js
+            .get_stream(&s.stream)
+            .await
+            .ok()?
+            .consumer_info("workers")
+            .await
+            .ok()?;
+        let handled = a.lock().unwrap().len() + b.lock().unwrap().len();
+        (info.num_ack_pending == 0 && info.num_pending == 0 && handled >= N as usize).then_some(())
+    })
+    .await?;
+    ca.cancel();
+    cb.cancel();
+    ta.await??;
+    tb.await??;
+    let mut times: HashMap<u64, usize> = HashMap::new();
+    for (n, ..) in a.lock().unwrap().iter().chain(b.lock().unwrap().iter()) {
+        *times.entry(*n).or_default() += 1;
+    }
+    let twice: Vec<_> = times.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "handled more than once: {twice:?}");
+    assert_eq!(times.len() as u64, N);
+    Ok(())
+}
+
+/// A nak with a delay on a consumer with a server-side `backoff`: the delay asked for wins.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_nak_delay_is_honoured_on_a_consumer_with_server_backoff() -> anyhow::Result<()> {
+    let s = setup(|st| {
+        ConsumerConfig::new(st, "workers")
+            .ack_wait(Duration::from_secs(30))
+            .backoff(vec![Duration::from_millis(200), Duration::from_secs(20)])
+    })
+    .await?;
+    publish_n(&s, 1).await?;
+    let log = Log::default();
+    let (cancel, _, task) = start(
+        s.client.clone(),
+        &s.stream,
+        ConsumeOptions::default(),
+        log.clone(),
+        |_, delivered| {
+            if delivered == 1 {
+                Err(HandlerError::retry_after("later", Duration::from_secs(3)))
+            } else {
+                Ok(Duration::ZERO)
+            }
+        },
+    );
+    wait_for("the redelivery", Duration::from_secs(15), || async {
+        (log.lock().unwrap().len() >= 2).then_some(())
+    })
+    .await?;
+    let l = log.lock().unwrap().clone();
+    let gap = l[1].2 - l[0].2;
+    eprintln!("nak delay 3 s, backoff [200ms, 20s]: redelivered after {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(2700) && gap < Duration::from_secs(6),
+        "asked for 3 s, redelivered after {gap:?}"
+    );
+    cancel.cancel();
+    task.await??;
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! An idle BatchPublisher and an idle Consumer burn no CPU (the Go library's idle publisher
-//! burned most of a core). Its own test binary, so no other test shares the process's CPU time.
+//! burned most of a core), nor does a consumer whose durable was deleted. Its own test binary,
+//! and its tests take turns (`ONE_AT_A_TIME`), so no other test shares the process's CPU time.
 #![allow(
     clippy::unwrap_used,
     reason = "in a test a panic is the failure report"
@@ -10,9 +11,12 @@ use std::time::Duration;
 use natty_core::ConnectOptions;
 use natty_stream::{
     BatchConfig, BatchPublisher, CancellationToken, ConsumeOptions, Consumer, ConsumerConfig,
-    StreamConfig, ensure_consumer, ensure_stream,
+    ErrorKind, StreamConfig, delete_consumer, ensure_consumer, ensure_stream,
 };
 use natty_testkit::{Nats, init_tracing, unique_name};
+
+/// CPU is measured per process: the tests of this binary run one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// User + system CPU time of this process, from /proc/self/stat (clock ticks of 10 ms).
 fn cpu_time() -> Duration {
@@ -30,6 +34,7 @@ fn cpu_time() -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "integration: needs Docker; run `cargo xtask integration`"]
 async fn idle_publisher_and_consumer_use_no_cpu() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     init_tracing();
     let nats = Nats::start().await?;
     let client = ConnectOptions::new([nats.url()]).connect().await?;
@@ -65,5 +70,57 @@ async fn idle_publisher_and_consumer_use_no_cpu() -> anyhow::Result<()> {
     cancel.cancel();
     task.await??;
     publisher.close().await?;
+    Ok(())
+}
+
+/// A deleted durable used to make `consume` re-pull once per round trip, warning each time,
+/// forever. Now: quiet back-off, then `ConsumerNotFound` once the grace period is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_deleted_consumer_ends_consume_with_consumer_not_found_without_spinning()
+-> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    init_tracing();
+    let nats = Nats::start().await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    let stream = unique_name("GONE").replace('-', "_");
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&stream, [format!("{stream}.>")]),
+    )
+    .await?;
+    ensure_consumer(&client, &ConsumerConfig::new(&stream, "gone")).await?;
+    let grace = Duration::from_secs(4);
+    let options = ConsumeOptions::default()
+        .heartbeat(Duration::from_secs(1))
+        .consumer_gone_grace(grace);
+    let consumer = Consumer::new(client.clone(), &stream, "gone", options)?;
+    let task = tokio::spawn(async move {
+        consumer
+            .consume(CancellationToken::new(), |_| async { Ok(()) })
+            .await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let before = cpu_time();
+    let deleted = std::time::Instant::now();
+    delete_consumer(&client, &stream, "gone").await?;
+    let ended = tokio::time::timeout(grace + Duration::from_secs(10), task).await;
+    let waited = deleted.elapsed();
+    let used = cpu_time() - before;
+    eprintln!("consume ended {waited:?} after the delete, using {used:?} of CPU: {ended:?}");
+    let err = match ended {
+        Ok(joined) => joined?.expect_err("consume must fail when its consumer is gone"),
+        Err(_) => panic!("consume still running {waited:?} after its consumer was deleted"),
+    };
+    assert_eq!(err.kind(), ErrorKind::ConsumerNotFound, "{err}");
+    assert!(
+        waited >= grace,
+        "gave up after {waited:?}, before the grace period"
+    );
+    assert!(
+        used <= Duration::from_millis(150),
+        "used {used:?} of CPU in {waited:?} while the consumer was gone"
+    );
     Ok(())
 }

@@ -1,0 +1,204 @@
+//! Is the durable still there? Back-off with jitter and one log line per change of state
+//! (REVIEW.md: hot loops, deleted behind our back).
+
+use std::{
+    hash::{BuildHasher, RandomState},
+    time::Duration,
+};
+
+use async_nats::jetstream::{
+    self,
+    consumer::pull::Config as PullConfig,
+    context::{ConsumerInfoError, ConsumerInfoErrorKind},
+};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::{
+    Error, ErrorKind,
+    admin::get_stream,
+    error::{CONSUMER_NOT_FOUND, server_code},
+};
+
+type Durable = jetstream::consumer::Consumer<PullConfig>;
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Healthy,
+    Stalled,
+    Troubled,
+    Gone,
+}
+
+/// The outcome of looking the durable up.
+pub(super) enum Presence {
+    /// It is there (possibly re-created): its current handle.
+    Here(Box<Durable>),
+    /// Missing or unreachable: look again at this instant.
+    Wait(Instant),
+    /// Missing for longer than the grace period.
+    Gone(Error),
+}
+
+#[derive(Debug)]
+pub(super) struct Health {
+    js: jetstream::Context,
+    stream: String,
+    durable: String,
+    grace: Duration,
+    state: State,
+    backoff: Duration,
+    gone_since: Option<Instant>,
+}
+
+impl Health {
+    pub(super) fn new(
+        js: jetstream::Context,
+        stream: &str,
+        durable: &str,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            js,
+            stream: stream.to_owned(),
+            durable: durable.to_owned(),
+            grace,
+            state: State::Healthy,
+            backoff: BACKOFF_FIRST,
+            gone_since: None,
+        }
+    }
+
+    /// The durable at start: missing is an error at once.
+    pub(super) async fn open(&self) -> Result<Durable, Error> {
+        self.lookup().await
+    }
+
+    /// A pull was answered: all is well again.
+    pub(super) fn healthy(&mut self) {
+        if self.state != State::Healthy {
+            info!(was = ?self.state, "pulling again");
+        }
+        self.state = State::Healthy;
+        self.backoff = BACKOFF_FIRST;
+        self.gone_since = None;
+    }
+
+    /// Two heartbeats missed: the pull is re-issued at once (a stall is rate-limited by the
+    /// heartbeat itself).
+    pub(super) fn stalled(&mut self, silent_for: Duration) {
+        if self.state == State::Stalled {
+            debug!(?silent_for, "pull still stalled: re-issuing");
+        } else {
+            warn!(?silent_for, "pull stalled (no heartbeat): re-issuing it");
+        }
+        self.state = State::Stalled;
+    }
+
+    /// A pull failed or was refused: when to look the durable up (after a back-off).
+    pub(super) fn trouble(&mut self, what: String) -> Instant {
+        if matches!(self.state, State::Healthy | State::Stalled) {
+            warn!(problem = %what, "pull failed: backing off and checking the durable");
+            self.state = State::Troubled;
+        } else {
+            debug!(problem = %what, "pull failed again");
+        }
+        Instant::now() + self.next_backoff()
+    }
+
+    /// Looks the durable up.
+    pub(super) async fn check(&mut self) -> Presence {
+        match self.lookup().await {
+            Ok(durable) => {
+                if self.state == State::Gone {
+                    info!("the durable is back: consuming again");
+                    self.state = State::Troubled;
+                }
+                self.gone_since = None;
+                Presence::Here(Box::new(durable))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConsumerNotFound | ErrorKind::StreamNotFound
+                ) =>
+            {
+                let now = Instant::now();
+                let since = *self.gone_since.get_or_insert(now);
+                if self.state != State::Gone {
+                    warn!(grace = ?self.grace, error = %e, "the durable is gone: waiting for it to be re-created");
+                    self.state = State::Gone;
+                }
+                if now.duration_since(since) >= self.grace {
+                    return Presence::Gone(Error::new(
+                        e.kind(),
+                        format!(
+                            "consuming {:?} on stream {:?}: it was deleted and not re-created \
+                             within {:?}",
+                            self.durable, self.stream, self.grace
+                        ),
+                    ));
+                }
+                Presence::Wait((now + self.next_backoff()).min(since + self.grace))
+            }
+            Err(e) => {
+                debug!(error = %e, "looking up the durable failed");
+                Presence::Wait(Instant::now() + self.next_backoff())
+            }
+        }
+    }
+
+    async fn lookup(&self) -> Result<Durable, Error> {
+        let stream = get_stream(&self.js, &self.stream).await?;
+        stream.get_consumer(&self.durable).await.map_err(|e| {
+            let context = format!(
+                "opening consumer {:?} on stream {:?}",
+                self.durable, self.stream
+            );
+            // async-nats 0.48 maps the server's codes to kinds and drops the code.
+            let info_kind = e
+                .downcast_ref::<ConsumerInfoError>()
+                .map(ConsumerInfoError::kind);
+            let kind = match info_kind {
+                Some(ConsumerInfoErrorKind::NotFound) => ErrorKind::ConsumerNotFound,
+                Some(ConsumerInfoErrorKind::StreamNotFound) => ErrorKind::StreamNotFound,
+                Some(ConsumerInfoErrorKind::TimedOut) => ErrorKind::TimedOut,
+                _ if server_code(&*e) == Some(CONSUMER_NOT_FOUND) => ErrorKind::ConsumerNotFound,
+                _ => ErrorKind::Other,
+            };
+            Error::with_source(kind, context, e)
+        })
+    }
+
+    /// The current back-off with ±20 % jitter; doubles it for next time.
+    fn next_backoff(&mut self) -> Duration {
+        let current = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        jitter(current)
+    }
+}
+
+/// `d` scaled by a random factor in [0.8, 1.2).
+fn jitter(d: Duration) -> Duration {
+    let r = RandomState::new().hash_one(Instant::now()) % 400;
+    d.mul_f64(0.8 + f64::from(u32::try_from(r).unwrap_or(0)) / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_a_fifth() {
+        for _ in 0..1000 {
+            let j = jitter(Duration::from_secs(1));
+            assert!(
+                j >= Duration::from_millis(800) && j < Duration::from_millis(1200),
+                "{j:?}"
+            );
+        }
+    }
+}

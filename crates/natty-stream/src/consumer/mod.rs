@@ -1,0 +1,334 @@
+//! [`Consumer`]: a durable pull consumer driven by a handler (Go natty `Consume`).
+//!
+//! - `options.rs`: [`ConsumeOptions`] and their validation.
+//! - `pull.rs`: one pull request, watched by its heartbeat (natty's pull loop; async-nats'
+//!   `Batch` goes deaf after an idle heartbeat).
+//! - `health.rs`: is the durable still there; back-off with jitter; one warning per change.
+//! - `settle.rs`: the handler on one message, then ack / nak / dead-letter / term.
+//! - `stats.rs`: counters.
+
+mod health;
+mod options;
+mod pull;
+mod settle;
+mod stats;
+
+use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, AckKind, consumer::pull::Config as PullConfig};
+use futures::{StreamExt, stream::FuturesUnordered};
+use natty_core::{Client, names};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+pub use options::ConsumeOptions;
+pub use settle::{Action, ConsumeError};
+pub use stats::ConsumerStats;
+
+use self::{
+    health::{Health, Presence},
+    pull::{Pull, PullEvent},
+    settle::{Settings, Shared},
+    stats::Counters,
+};
+use crate::{Error, HandlerError, Message, error::from_core};
+
+/// Metadata key on the durable holding natty's delivery limit (the server's is unlimited).
+pub(crate) const MAX_DELIVER_METADATA: &str = "natty.max_deliver";
+
+/// A durable consumer to run a handler on. Cheap to clone; clones share counters.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    client: Client,
+    stream: String,
+    durable: String,
+    options: ConsumeOptions,
+    stats: Arc<Counters>,
+}
+
+impl Consumer {
+    /// A consumer of the durable `durable` on `stream` (create it with
+    /// [`ensure_consumer`](crate::ensure_consumer)).
+    pub fn new(
+        client: Client,
+        stream: &str,
+        durable: &str,
+        options: ConsumeOptions,
+    ) -> Result<Self, Error> {
+        names::stream(stream).map_err(from_core)?;
+        names::consumer(durable).map_err(from_core)?;
+        options.validate()?;
+        Ok(Self {
+            client,
+            stream: stream.to_owned(),
+            durable: durable.to_owned(),
+            options,
+            stats: Arc::default(),
+        })
+    }
+
+    /// Counters and last activity.
+    pub fn stats(&self) -> ConsumerStats {
+        self.stats.snapshot()
+    }
+
+    /// Runs `handler` on every message until `cancel` fires (Go `Consume`). `Ok(())` acks,
+    /// a retryable [`HandlerError`] naks with a delay growing with the delivery count, a
+    /// permanent one (or a retry at the delivery limit) dead-letters and terminates. Running
+    /// handlers, and pulled messages waiting for a handler slot, are kept alive with
+    /// in-progress acks every `ack_wait / 3`.
+    ///
+    /// A pull that misses two heartbeats is re-issued. If the durable or its stream is
+    /// deleted, `consume` backs off (with jitter, one warning) and carries on if it is
+    /// re-created within [`ConsumeOptions::consumer_gone_grace`]; otherwise it returns
+    /// `ConsumerNotFound` (or `StreamNotFound`) once running handlers finished.
+    ///
+    /// On cancel it stops pulling, hands back (naks) messages pulled but not started — their
+    /// delivery count goes up by one when they come back —, lets running handlers finish and
+    /// ack, flushes the acks to the server, and returns the counters. Cancel safety: dropping
+    /// the future instead stops every handler at its next await and abandons in-flight
+    /// messages, which the server redelivers after `ack_wait` (at-least-once either way).
+    pub async fn consume<H, Fut>(
+        &self,
+        cancel: CancellationToken,
+        handler: H,
+    ) -> Result<ConsumerStats, Error>
+    where
+        H: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let span =
+            info_span!("natty.stream.consume", stream = %self.stream, durable = %self.durable);
+        self.run(cancel, Arc::new(handler)).instrument(span).await
+    }
+
+    async fn run<H, Fut>(
+        &self,
+        cancel: CancellationToken,
+        handler: Arc<H>,
+    ) -> Result<ConsumerStats, Error>
+    where
+        H: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let mut health = Health::new(
+            self.client.jetstream().clone(),
+            &self.stream,
+            &self.durable,
+            self.options.consumer_gone_grace,
+        );
+        let mut consumer = health.open().await?;
+        let mut settings = settings_of(&consumer, &self.stream, &self.durable);
+        let shared = Arc::new(Shared {
+            js: self.client.jetstream().clone(),
+            options: self.options.clone(),
+            stats: self.stats.clone(),
+        });
+        let o = &self.options;
+        let mut waiting: VecDeque<Waiting> = VecDeque::new();
+        let mut running: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
+            FuturesUnordered::new();
+        let mut pull: Option<Pull> = None;
+        // When set, no pull is issued before this instant (back-off after a problem), and the
+        // durable is looked up first.
+        let mut hold: Option<Instant> = None;
+        info!("consuming");
+        let outcome = loop {
+            while running.len() < o.concurrency
+                && let Some(w) = waiting.pop_front()
+            {
+                let work = shared.clone().process(w.message, handler.clone(), settings);
+                running.push(if o.concurrency == 1 {
+                    // One at a time, in order: polled right here, no task.
+                    Box::pin(work)
+                } else {
+                    let task = AbortOnDrop(tokio::spawn(work));
+                    Box::pin(async move {
+                        if let Err(e) = task.wait().await {
+                            warn!(error = %e, "handler panicked; its message comes back after ack_wait");
+                        }
+                    })
+                });
+            }
+            if pull.is_none() && waiting.len() <= o.batch / 2 && hold.is_none() {
+                match Pull::start(
+                    self.client.nats(),
+                    self.client.jetstream(),
+                    &consumer,
+                    o.batch - waiting.len(),
+                    o.expires,
+                    o.heartbeat,
+                )
+                .await
+                {
+                    Ok(p) => pull = Some(p),
+                    Err(e) => {
+                        hold = Some(health.trouble(format!("pull request failed: {e}")));
+                    }
+                }
+            }
+            let keepalive_at = waiting.front().map(|w| w.touched + settings.keepalive);
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break Ok(()),
+                Some(()) = running.next(), if !running.is_empty() => {}
+                event = next_event(&mut pull) => {
+                    let Some(p) = pull.as_mut() else { continue };
+                    if p.alive() {
+                        health.healthy();
+                    }
+                    match event {
+                        PullEvent::Message(m) => {
+                            self.received(&m);
+                            waiting.push_back(Waiting { message: *m, touched: Instant::now() });
+                        }
+                        PullEvent::Done => pull = None,
+                        PullEvent::Stalled => {
+                            health.stalled(o.heartbeat * 2);
+                            Counters::add(&self.stats.repulls);
+                            for m in p.ready() {
+                                self.received(&m);
+                                waiting.push_back(Waiting { message: m, touched: Instant::now() });
+                            }
+                            pull = None;
+                        }
+                        PullEvent::Refused(status) => {
+                            Counters::add(&self.stats.repulls);
+                            for m in p.ready() {
+                                self.received(&m);
+                                waiting.push_back(Waiting { message: m, touched: Instant::now() });
+                            }
+                            pull = None;
+                            hold = Some(health.trouble(format!("pull ended by the server: {status}")));
+                        }
+                    }
+                }
+                () = sleep_until(keepalive_at.unwrap_or_else(Instant::now)), if keepalive_at.is_some() => {
+                    let now = Instant::now();
+                    for w in waiting.iter_mut().filter(|w| w.touched + settings.keepalive <= now) {
+                        debug!("waiting for a handler slot: in-progress ack");
+                        let _ = w.message.ack_with(AckKind::Progress).await;
+                        w.touched = now;
+                    }
+                }
+                () = sleep_until(hold.unwrap_or_else(Instant::now)), if hold.is_some() => {
+                    let presence = tokio::select! {
+                        presence = health.check() => presence,
+                        () = cancel.cancelled() => break Ok(()),
+                    };
+                    match presence {
+                        Presence::Here(c) => {
+                            consumer = *c;
+                            settings = settings_of(&consumer, &self.stream, &self.durable);
+                            hold = None;
+                        }
+                        Presence::Wait(until) => hold = Some(until),
+                        Presence::Gone(e) => break Err(e),
+                    }
+                }
+            }
+        };
+        // Stop pulling: hand back what arrived but was not started.
+        if let Some(mut p) = pull.take() {
+            waiting.extend(p.ready().into_iter().map(|message| Waiting {
+                message,
+                touched: Instant::now(),
+            }));
+        }
+        info!(
+            running = running.len(),
+            handing_back = waiting.len(),
+            "stopping: letting running handlers finish"
+        );
+        for w in waiting.drain(..) {
+            let _ = w.message.ack_with(AckKind::Nak(None)).await;
+            Counters::add(&self.stats.naked);
+        }
+        while running.next().await.is_some() {}
+        // Acks are fire-and-forget publishes: make sure they left before we report done.
+        if let Err(e) = self.client.nats().flush().await {
+            warn!(error = %e, "flushing acks");
+        }
+        let stats = self.stats();
+        match outcome {
+            Ok(()) => {
+                info!(?stats, "consumer stopped");
+                Ok(stats)
+            }
+            Err(e) => {
+                warn!(error = %e, ?stats, "consumer gone: stopped");
+                Err(e)
+            }
+        }
+    }
+
+    fn received(&self, m: &jetstream::Message) {
+        Counters::add(&self.stats.delivered);
+        self.stats.touch();
+        if m.info().is_ok_and(|i| i.delivered > 1) {
+            Counters::add(&self.stats.redelivered);
+        }
+    }
+}
+
+/// A pulled message waiting for a handler slot, and when it was last kept alive.
+struct Waiting {
+    message: jetstream::Message,
+    touched: Instant,
+}
+
+async fn next_event(pull: &mut Option<Pull>) -> PullEvent {
+    match pull {
+        Some(p) => p.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Keep-alive interval and natty's delivery limit, from the durable's configuration.
+fn settings_of(
+    consumer: &jetstream::consumer::Consumer<PullConfig>,
+    stream: &str,
+    durable: &str,
+) -> Settings {
+    let config = &consumer.cached_info().config;
+    let keepalive = (config.ack_wait / 3).max(Duration::from_millis(10));
+    let ours = config
+        .metadata
+        .get(MAX_DELIVER_METADATA)
+        .and_then(|v| v.parse::<u64>().ok());
+    let max_deliver = match (ours, u64::try_from(config.max_deliver)) {
+        (Some(ours), _) => Some(ours),
+        (None, Ok(server)) if server > 0 => {
+            warn!(
+                stream,
+                durable,
+                max_deliver = server,
+                "the durable has a server-side max_deliver (it was not made by natty's \
+                 ensure_consumer): a message whose dead-letter publish fails on its last \
+                 delivery is dropped by the server; re-run ensure_consumer to fix"
+            );
+            Some(server)
+        }
+        _ => None,
+    };
+    Settings {
+        keepalive,
+        max_deliver,
+    }
+}
+
+/// A spawned handler, aborted if the consume future is dropped (REVIEW.md: drop, not cancel).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn wait(mut self) -> Result<(), tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,200 @@
+//! [`ConsumeOptions`]: how [`Consumer::consume`](super::Consumer::consume) pulls and retries.
+
+use std::time::Duration;
+
+use natty_core::names;
+
+use crate::{ConsumeError, Error, ErrorKind, error::from_core};
+
+/// How [`Consumer::consume`](super::Consumer::consume) behaves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConsumeOptions {
+    /// Messages held at most: pulled and waiting for a handler slot, plus those asked for by
+    /// the pull in flight (default 200). Waiting ones are kept alive with in-progress acks.
+    pub batch: usize,
+    /// Handlers running at once (default 1: messages are handled in order).
+    pub concurrency: usize,
+    /// Nak delay for the first retry, doubled per delivery (default 1 s) ...
+    pub retry_base: Duration,
+    /// ... up to this (default 60 s). Also the delay before a message whose dead-letter
+    /// publish failed comes back.
+    pub retry_max: Duration,
+    /// Where given-up messages go, with the reason in headers (`Natty-Dead-Letter-Reason`,
+    /// `Natty-Original-Subject`, `Natty-Original-Stream`, `Natty-Stream-Sequence`,
+    /// `Natty-Deliveries`) and a `Nats-Msg-Id` of `natty-dl:<stream>:<sequence>`, so a repeat
+    /// within the dead-letter stream's duplicate window is stored once. It must be captured by
+    /// some stream; while it is not, the message stays in its own stream and comes back.
+    pub dead_letter: Option<String>,
+    /// How long one pull request waits for messages (default 30 s).
+    pub expires: Duration,
+    /// Server heartbeat on a waiting pull; when two in a row are missed the pull is re-issued
+    /// (default 5 s).
+    pub heartbeat: Duration,
+    /// How long the durable (or its stream) may be missing before `consume` gives up with
+    /// `ConsumerNotFound` (or `StreamNotFound`); if it is re-created meanwhile, consuming
+    /// carries on (default 30 s).
+    pub consumer_gone_grace: Duration,
+    /// Handler failures are reported here if set; never blocks consumption (a full channel
+    /// drops the report and counts it in [`ConsumerStats::errors_dropped`](super::ConsumerStats)).
+    pub errors: Option<tokio::sync::mpsc::Sender<ConsumeError>>,
+}
+
+impl Default for ConsumeOptions {
+    fn default() -> Self {
+        Self {
+            batch: 200,
+            concurrency: 1,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            dead_letter: None,
+            expires: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+            consumer_gone_grace: Duration::from_secs(30),
+            errors: None,
+        }
+    }
+}
+
+/// Longest `expires`, `heartbeat`, retry delay or grace period accepted.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+impl ConsumeOptions {
+    /// Messages held at most.
+    #[must_use]
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n;
+        self
+    }
+
+    /// Concurrency.
+    #[must_use]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Retry delays.
+    #[must_use]
+    pub fn retry_delay(mut self, base: Duration, max: Duration) -> Self {
+        self.retry_base = base;
+        self.retry_max = max;
+        self
+    }
+
+    /// Dead-letter subject.
+    #[must_use]
+    pub fn dead_letter(mut self, subject: impl Into<String>) -> Self {
+        self.dead_letter = Some(subject.into());
+        self
+    }
+
+    /// Pull expiry.
+    #[must_use]
+    pub fn expires(mut self, expires: Duration) -> Self {
+        self.expires = expires;
+        self
+    }
+
+    /// Heartbeat of a waiting pull (two missed ones re-issue it).
+    #[must_use]
+    pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// How long a deleted durable may stay missing before `consume` gives up.
+    #[must_use]
+    pub fn consumer_gone_grace(mut self, grace: Duration) -> Self {
+        self.consumer_gone_grace = grace;
+        self
+    }
+
+    /// Error channel.
+    #[must_use]
+    pub fn errors(mut self, tx: tokio::sync::mpsc::Sender<ConsumeError>) -> Self {
+        self.errors = Some(tx);
+        self
+    }
+
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        let bad = |what: String| {
+            Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("consume options: {what}"),
+            ))
+        };
+        if self.batch == 0 || self.concurrency == 0 {
+            return bad("batch and concurrency must be at least 1".to_owned());
+        }
+        for (name, d) in [
+            ("expires", self.expires),
+            ("heartbeat", self.heartbeat),
+            ("retry_base", self.retry_base),
+            ("retry_max", self.retry_max),
+            ("consumer_gone_grace", self.consumer_gone_grace),
+        ] {
+            if d > MAX_DURATION {
+                return bad(format!(
+                    "{name} must be at most {MAX_DURATION:?}, got {d:?}"
+                ));
+            }
+        }
+        if self.heartbeat < Duration::from_millis(100) || self.expires <= self.heartbeat * 2 {
+            return bad(format!(
+                "heartbeat must be at least 100ms and expires more than twice the heartbeat, \
+                 got heartbeat {:?} and expires {:?}",
+                self.heartbeat, self.expires
+            ));
+        }
+        if let Some(dl) = &self.dead_letter {
+            names::subject(dl).map_err(from_core)?;
+        }
+        Ok(())
+    }
+
+    /// The nak delay after delivery `delivered` failed: `retry_base` doubled per delivery,
+    /// capped at `retry_max`.
+    pub(super) fn retry_delay_for(&self, delivered: u64) -> Duration {
+        let exp = u32::try_from(delivered.saturating_sub(1).min(20)).unwrap_or(20);
+        self.retry_base
+            .checked_mul(2u32.pow(exp))
+            .unwrap_or(self.retry_max)
+            .min(self.retry_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_up_to_the_cap_and_never_overflow() {
+        let o =
+            ConsumeOptions::default().retry_delay(Duration::from_secs(1), Duration::from_secs(10));
+        let got: Vec<u64> = (1..=6).map(|d| o.retry_delay_for(d).as_secs()).collect();
+        assert_eq!(got, [1, 2, 4, 8, 10, 10]);
+        let huge = ConsumeOptions::default().retry_delay(MAX_DURATION, MAX_DURATION);
+        assert_eq!(huge.retry_delay_for(u64::MAX), MAX_DURATION);
+    }
+
+    #[test]
+    fn nonsense_is_refused_before_the_network() {
+        for o in [
+            ConsumeOptions::default().batch(0),
+            ConsumeOptions::default().concurrency(0),
+            ConsumeOptions::default().heartbeat(Duration::ZERO),
+            ConsumeOptions::default().heartbeat(Duration::from_secs(20)),
+            ConsumeOptions::default().expires(Duration::MAX),
+            ConsumeOptions::default().retry_delay(Duration::MAX, Duration::MAX),
+            ConsumeOptions::default().consumer_gone_grace(Duration::MAX),
+        ] {
+            let kind = o.validate().map_err(|e| e.kind()).err();
+            assert_eq!(kind, Some(ErrorKind::InvalidConfig), "{o:?}");
+        }
+        let bad_subject = ConsumeOptions::default().dead_letter("bad subject");
+        let kind = bad_subject.validate().map_err(|e| e.kind()).err();
+        assert_eq!(kind, Some(ErrorKind::InvalidName));
+        assert!(ConsumeOptions::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,153 @@
+//! One pull request on its own inbox, watched by its heartbeat.
+//!
+//! natty's own pull loop instead of async-nats' `Batch`: in async-nats 0.48 (and still 0.51)
+//! `Batch::poll_next` answers an idle heartbeat with `Poll::Pending` after it has taken the
+//! heartbeat out of the subscription, so nothing wakes the task when the next message lands:
+//! it waits for the batch's client-side timer (`expires` + 5 s). See
+//! `docs/upstream/async-nats-batch-heartbeat.md`. Here every status is read in a loop, and
+//! two missed heartbeats are reported as [`PullEvent::Stalled`].
+//!
+//! One subscription per request: dropping a `Pull` unsubscribes its inbox, and the server
+//! forgets a waiting request whose reply subject has no interest, so a re-issued pull
+//! replaces the old one instead of adding to it.
+
+use std::{pin::Pin, time::Duration};
+
+use async_nats::{
+    StatusCode, Subscriber,
+    jetstream::{self, consumer::pull},
+};
+use futures::{FutureExt, StreamExt};
+use tokio::time::{Instant, Sleep};
+
+/// What a pull produced.
+#[derive(Debug)]
+pub(super) enum PullEvent {
+    /// A message.
+    Message(Box<jetstream::Message>),
+    /// The request is over as it should be: expired (408) or every message asked for came.
+    Done,
+    /// Two heartbeats in a row did not come.
+    Stalled,
+    /// The server ended the request with this status (409 consumer deleted, leadership
+    /// change, limits; 503 no responders: the consumer or stream may be gone).
+    Refused(String),
+}
+
+pub(super) struct Pull {
+    sub: Subscriber,
+    js: jetstream::Context,
+    remaining: usize,
+    heartbeat: Duration,
+    watchdog: Pin<Box<Sleep>>,
+    alive: bool,
+}
+
+impl std::fmt::Debug for Pull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pull")
+            .field("remaining", &self.remaining)
+            .field("alive", &self.alive)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pull {
+    /// Subscribes a fresh inbox and asks `consumer` for up to `n` messages.
+    pub(super) async fn start(
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+        n: usize,
+        expires: Duration,
+        heartbeat: Duration,
+    ) -> Result<Self, async_nats::Error> {
+        let inbox = client.new_inbox();
+        let sub = client.subscribe(inbox.clone()).await?;
+        let request = pull::BatchConfig {
+            batch: n,
+            expires: Some(expires),
+            idle_heartbeat: heartbeat,
+            ..Default::default()
+        };
+        consumer.request_batch(request, inbox.into()).await?;
+        Ok(Self {
+            sub,
+            js: js.clone(),
+            remaining: n,
+            heartbeat,
+            watchdog: Box::pin(tokio::time::sleep(heartbeat * 2)),
+            alive: false,
+        })
+    }
+
+    /// Whether the server has answered this request (a message, heartbeat or expiry).
+    pub(super) fn alive(&self) -> bool {
+        self.alive
+    }
+
+    /// The next event. Cancel safe: nothing is lost when the future is dropped.
+    pub(super) async fn next(&mut self) -> PullEvent {
+        loop {
+            if self.remaining == 0 {
+                return PullEvent::Done;
+            }
+            let message = tokio::select! {
+                biased;
+                message = self.sub.next() => message,
+                () = &mut self.watchdog => return PullEvent::Stalled,
+            };
+            let Some(message) = message else {
+                return PullEvent::Refused("subscription closed".to_owned());
+            };
+            if let Some(e) = self.classify(message) {
+                return e;
+            }
+        }
+    }
+
+    /// Messages that already arrived, without waiting (used before dropping the pull).
+    pub(super) fn ready(&mut self) -> Vec<jetstream::Message> {
+        let mut out = Vec::new();
+        while self.remaining > 0
+            && let Some(Some(message)) = self.sub.next().now_or_never()
+        {
+            if let Some(PullEvent::Message(m)) = self.classify(message) {
+                out.push(*m);
+            }
+        }
+        out
+    }
+
+    fn classify(&mut self, message: async_nats::Message) -> Option<PullEvent> {
+        let status = message.status.unwrap_or(StatusCode::OK);
+        // The server took the request: it delivers, beats or expires it.
+        self.alive |= [
+            StatusCode::OK,
+            StatusCode::IDLE_HEARTBEAT,
+            StatusCode::TIMEOUT,
+        ]
+        .contains(&status);
+        self.watchdog
+            .as_mut()
+            .reset(Instant::now() + self.heartbeat * 2);
+        match status {
+            StatusCode::OK => {
+                self.remaining -= 1;
+                Some(PullEvent::Message(Box::new(jetstream::Message {
+                    message,
+                    context: self.js.clone(),
+                })))
+            }
+            StatusCode::IDLE_HEARTBEAT => None,
+            StatusCode::TIMEOUT | StatusCode::NOT_FOUND => Some(PullEvent::Done),
+            other => Some(PullEvent::Refused(format!(
+                "{other}{}",
+                message
+                    .description
+                    .map(|d| format!(" {d}"))
+                    .unwrap_or_default()
+            ))),
+        }
+    }
+}
