@@ -33,7 +33,10 @@ pub use admin::{
     ConsumerConfig, DeliverFrom, Storage, StreamConfig, delete_consumer, delete_stream,
     ensure_consumer, ensure_stream,
 };
-pub use batch::{BatchConfig, BatchPublisher, BatchStats, CloseReport, FailedMessage, PublishMode};
+pub use batch::{
+    BatchConfig, BatchPublisher, BatchStats, CloseReport, FailedMessage, FlushError, PublishMode,
+    Stored,
+};
 pub use consumer::{ConsumeError, ConsumeOptions, Consumer, ConsumerStats};
 pub use error::{Error, ErrorKind};
 pub use message::{HandlerError, Message};
