@@ -360,3 +360,50 @@ async fn a_fixed_id_prefix_never_reuses_an_id_after_a_restart() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn an_outage_pushes_back_on_senders_instead_of_piling_up_retries() -> anyhow::Result<()> {
+    let (nats, client, name) = setup("OUTAGE").await?;
+    ensure_stream(&client, &StreamConfig::new(&name, [format!("{name}.>")])).await?;
+    let publisher = BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default()
+            .queue_capacity(100)
+            .max_in_flight(100)
+            .ack_timeout(Duration::from_millis(300)),
+    )?;
+    let subject = format!("{name}.x");
+    publisher
+        .send(&subject, 0u64.to_be_bytes().to_vec().into())
+        .await?;
+    publisher.flush().await?;
+    nats.pause().await?;
+    // For 3 s (ten ack timeouts) of outage, queue whatever the publisher takes.
+    let mut accepted = 1u64;
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        match publisher.try_send(&subject, accepted.to_be_bytes().to_vec().into()) {
+            Ok(()) => accepted += 1,
+            Err(e) if e.kind() == ErrorKind::Full => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    nats.unpause().await?;
+    // Held at most: the queue (100) plus in flight and waiting to retry (100), plus the first.
+    assert!(
+        accepted <= 201,
+        "{accepted} messages taken during the outage: retries pile up without bound"
+    );
+    let report = tokio::time::timeout(Duration::from_secs(60), publisher.close()).await??;
+    let stored = stored_numbers(&client, &name).await?;
+    assert_once_each(&stored);
+    assert_eq!(
+        stored.len() as u64 + report.failed.len() as u64,
+        accepted,
+        "every message stored or handed back"
+    );
+    Ok(())
+}

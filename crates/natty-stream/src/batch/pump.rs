@@ -158,6 +158,9 @@ impl Pump {
             }
             let next_retry = self.retries.iter().map(|r| r.at).min();
             let room = self.inflight.len() < self.config.max_in_flight;
+            // New messages wait while retries pile up too (an outage): the queue, and so
+            // `send`, pushes back instead of the retry list growing without bound.
+            let room_for_new = self.room_for_new();
             let fast_open = self.fast.is_some();
             // The select only picks what happened; acting on it (which awaits) comes after,
             // so no borrow of the in-flight queue is held across an await.
@@ -167,7 +170,7 @@ impl Pump {
                     Step::Done(m, result)
                 }
                 () = sleep_until(next_retry), if next_retry.is_some() && room => Step::RetryDue,
-                command = rx.recv(), if open && room => Step::Command(command),
+                command = rx.recv(), if open && room_for_new => Step::Command(command),
                 // A fast batch is committed once nothing came for a moment: that acks its tail
                 // (flushes wait for it), and an idle batch would be timed out by the server.
                 () = tokio::time::sleep(FAST_LINGER), if fast_open => Step::CommitFast,
@@ -181,12 +184,12 @@ impl Pump {
                 }
                 Step::RetryDue => self.retry_due().await,
                 Step::Command(Some(command)) => {
-                    open = self.command(command, &mut rx).await;
+                    self.command(command, &mut rx).await;
                     // Take what else is already queued without going back through the select:
                     // one wake-up per burst, not per message.
-                    while open && self.inflight.len() < self.config.max_in_flight {
+                    while self.room_for_new() {
                         match rx.try_recv() {
-                            Ok(command) => open = self.command(command, &mut rx).await,
+                            Ok(command) => self.command(command, &mut rx).await,
                             Err(_) => break,
                         }
                     }
@@ -196,8 +199,12 @@ impl Pump {
         }
     }
 
-    /// Acts on one command; false once the publisher is closing.
-    async fn command(&mut self, command: Command, rx: &mut mpsc::Receiver<Command>) -> bool {
+    fn room_for_new(&self) -> bool {
+        self.inflight.len() + self.retries.len() < self.config.max_in_flight
+    }
+
+    /// Acts on one command.
+    async fn command(&mut self, command: Command, rx: &mut mpsc::Receiver<Command>) {
         match command {
             Command::Publish(mut m) => {
                 self.received += 1;
@@ -208,17 +215,13 @@ impl Pump {
                 }
                 self.ledger.open(m.seq);
                 self.dispatch(m).await;
-                true
             }
-            Command::Flush(tx) => {
-                self.flushes.push((self.received, tx));
-                true
-            }
+            Command::Flush(tx) => self.flushes.push((self.received, tx)),
             Command::Close(tx) => {
                 self.closes.push(tx);
-                // Whatever is still queued behind the close is taken (and published) first.
+                // Whatever is still queued behind the close is taken (and published) first;
+                // then the queue reports its end and the loop winds down.
                 rx.close();
-                true
             }
         }
     }
