@@ -333,7 +333,7 @@ struct Outgoing {
     payload: Bytes,
     /// Extra headers the caller gave (usually none); `Nats-Msg-Id` is added when sending.
     extra: Vec<(String, String)>,
-    /// The caller's id, or empty until the pump assigns one.
+    /// `Nats-Msg-Id`: the caller's, or `<prefix>-<instance>-<n>`.
     msg_id: String,
     attempts: u32,
     /// When the pump took it (no later than its first send): the duplicate window runs from
@@ -412,6 +412,9 @@ pub struct BatchPublisher {
     /// A placeholder for [`Outgoing::first_seen`] (the pump sets the real value), so `send`
     /// reads no clock.
     created: Instant,
+    /// Generated ids are `<id_base>-<n>`: made by the senders (in parallel), not by the pump.
+    id_base: String,
+    next_id: AtomicU64,
 }
 
 impl BatchPublisher {
@@ -438,9 +441,9 @@ impl BatchPublisher {
             .build(client.nats().clone());
         let span = info_span!("natty.stream.batch_publisher", ids = %id_base);
         let fast_capable = client.server_version().is_some_and(|v| v.at_least(2, 14));
-        let pump = pump::Pump::new(js, config, fast_capable, id_base, failed_tx, stats.clone());
+        let pump = pump::Pump::new(js, config, fast_capable, failed_tx, stats.clone());
         let task = tokio::spawn(pump.run(rx).instrument(span));
-        Ok(Self::from_parts(tx, failed_rx, stats, task))
+        Ok(Self::from_parts(tx, failed_rx, stats, task, id_base))
     }
 
     fn from_parts(
@@ -448,6 +451,7 @@ impl BatchPublisher {
         errors: mpsc::UnboundedReceiver<FailedMessage>,
         stats: Arc<Counters>,
         task: JoinHandle<()>,
+        id_base: String,
     ) -> Self {
         Self {
             tx,
@@ -457,6 +461,8 @@ impl BatchPublisher {
             ended: OnceLock::new(),
             closed: AtomicBool::new(false),
             created: Instant::now(),
+            id_base,
+            next_id: AtomicU64::new(1),
         }
     }
 
@@ -528,7 +534,10 @@ impl BatchPublisher {
             subject: Subject::from(subject),
             payload,
             extra: options.headers,
-            msg_id: options.msg_id.unwrap_or_default(),
+            msg_id: options.msg_id.unwrap_or_else(|| {
+                let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+                format!("{}-{n}", self.id_base)
+            }),
             attempts: 0,
             first_seen: self.created,
             maybe_stored: false,

@@ -99,7 +99,6 @@ pub(super) struct Pump {
     js: jetstream::Context,
     config: BatchConfig,
     routes: Routes,
-    id_base: String,
     failed: mpsc::UnboundedSender<FailedMessage>,
     stats: Arc<Counters>,
     /// Pipelined publishes awaiting their ack, in send order.
@@ -120,7 +119,6 @@ impl Pump {
         js: jetstream::Context,
         config: BatchConfig,
         fast_capable: bool,
-        id_base: String,
         failed: mpsc::UnboundedSender<FailedMessage>,
         stats: Arc<Counters>,
     ) -> Self {
@@ -128,7 +126,6 @@ impl Pump {
             js,
             routes: Routes::new(config.mode, fast_capable),
             config,
-            id_base,
             failed,
             stats,
             inflight: VecDeque::new(),
@@ -210,9 +207,6 @@ impl Pump {
                 self.received += 1;
                 m.seq = self.received;
                 m.first_seen = self.now;
-                if m.msg_id.is_empty() {
-                    m.msg_id = format!("{}-{}", self.id_base, m.seq);
-                }
                 self.ledger.open(m.seq);
                 self.dispatch(m).await;
             }

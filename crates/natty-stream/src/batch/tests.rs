@@ -40,7 +40,7 @@ async fn a_panicked_task_fails_flush_and_close() {
     while !task.is_finished() {
         tokio::task::yield_now().await;
     }
-    let p = BatchPublisher::from_parts(tx, failed_rx, Arc::default(), task);
+    let p = BatchPublisher::from_parts(tx, failed_rx, Arc::default(), task, "p".into());
     let e = p.flush().await.expect_err("flush after a panic");
     assert_eq!(e.kind(), ErrorKind::Panicked, "{e}");
     let e = p.close().await.expect_err("close after a panic");
