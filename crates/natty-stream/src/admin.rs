@@ -120,6 +120,17 @@ impl StreamConfig {
                 &format!("replicas must be 1 to 5, got {}", self.replicas),
             ));
         }
+        for (what, d) in [
+            ("max_age", self.max_age),
+            ("duplicate_window", self.duplicate_window),
+        ] {
+            if !fits_server(d) {
+                return Err(invalid(
+                    &self.name,
+                    &format!("{what} {d:?} is longer than the server can hold (~292 years)"),
+                ));
+            }
+        }
         if !self.max_age.is_zero() && self.duplicate_window > self.max_age {
             return Err(invalid(
                 &self.name,
@@ -151,12 +162,18 @@ impl StreamConfig {
     }
 }
 
+/// Whether a duration fits the server's signed 64-bit nanoseconds.
+fn fits_server(d: Duration) -> bool {
+    d.as_nanos() <= i64::MAX as u128
+}
+
 fn invalid(name: &str, what: &str) -> Error {
     Error::new(ErrorKind::InvalidConfig, format!("stream {name:?}: {what}"))
 }
 
-/// Creates the stream if missing; if it exists, checks that subjects, storage, replicas and
-/// retention match and says what differs (`ConfigMismatch`) otherwise.
+/// Creates the stream if missing; if it exists, checks that subjects, storage, replicas,
+/// retention and the duplicate window match, and that it acknowledges publishes (no `no_ack`),
+/// and says what differs (`ConfigMismatch`) otherwise.
 pub async fn ensure_stream(client: &Client, config: &StreamConfig) -> Result<(), Error> {
     config.validate()?;
     let span = info_span!("natty.stream.ensure_stream", stream = %config.name);
@@ -198,6 +215,18 @@ pub async fn ensure_stream(client: &Client, config: &StreamConfig) -> Result<(),
                         "retention {:?} (asked {:?})",
                         have.retention, want.retention
                     ));
+                }
+                if have.duplicate_window != want.duplicate_window {
+                    diffs.push(format!(
+                        "duplicate_window {:?} (asked {:?})",
+                        have.duplicate_window, want.duplicate_window
+                    ));
+                }
+                if have.no_ack {
+                    diffs.push(
+                        "no_ack true (natty's publishers need every message acknowledged)"
+                            .to_owned(),
+                    );
                 }
                 if config.allow_batched && !have.allow_batch_publish {
                     diffs.push("allow_batched false (asked true)".to_owned());

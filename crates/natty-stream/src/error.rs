@@ -31,6 +31,12 @@ pub enum ErrorKind {
     Full,
     /// The server lacks a feature (fast ingest needs 2.14 and `allow_batched`).
     Unsupported,
+    /// The stream refused this message for what it is (over `max_msg_size`, headers too
+    /// large, a failed `Nats-Expected-*` check, a sealed stream): retrying will not help.
+    Rejected,
+    /// A publisher's background task died (panicked): what it held is neither acknowledged
+    /// nor handed back.
+    Panicked,
     /// Anything else the server or client reported.
     Other,
 }
@@ -48,6 +54,8 @@ impl fmt::Display for ErrorKind {
             Self::Closed => "publisher closed",
             Self::Full => "publisher queue full",
             Self::Unsupported => "not supported by this server or stream",
+            Self::Rejected => "refused by the stream",
+            Self::Panicked => "publisher task died",
             Self::Other => "failed",
         })
     }
@@ -69,12 +77,24 @@ pub(crate) fn from_publish(
     let kind = match err.kind() {
         PublishErrorKind::StreamNotFound => ErrorKind::NoStreamForSubject,
         PublishErrorKind::TimedOut => ErrorKind::TimedOut,
+        PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
+            ErrorKind::Rejected
+        }
+        _ if server_code(&err).is_some_and(permanent_code) => ErrorKind::Rejected,
         _ => ErrorKind::Other,
     };
     Error::with_source(kind, context, err)
 }
 
 pub(crate) use natty_core::error::jetstream_code as server_code;
+
+/// JetStream error codes that refuse a publish for what the message is or expects, so no
+/// retry can succeed: message too big (10054), headers too big (10097), wrong expected
+/// stream (10060), sealed stream (10109), wrong last message id (10070), wrong last sequence
+/// (10071 on R1, 10164 on replicated streams).
+pub(crate) fn permanent_code(code: u64) -> bool {
+    matches!(code, 10054 | 10097 | 10060 | 10109 | 10070 | 10071 | 10164)
+}
 
 pub(crate) const STREAM_NOT_FOUND: u64 = 10059;
 pub(crate) const CONSUMER_NOT_FOUND: u64 = 10014;

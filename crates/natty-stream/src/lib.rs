@@ -4,9 +4,10 @@
 //!   (durable pull consumers with explicit ack only).
 //! - [`Publisher`]: one message, acknowledged by the stream.
 //! - [`BatchPublisher`]: a bounded queue and a background task that pipelines publishes with
-//!   thousands of acks in flight; every message carries a `Nats-Msg-Id`, so a retry after a
-//!   timeout or reconnect is stored once; a message that still fails comes back with its
-//!   payload. `flush()` / `close()` wait for the acks.
+//!   thousands of acks in flight; every message carries a `Nats-Msg-Id`, and retries stay
+//!   inside the stream's duplicate window, so a retry after a timeout or reconnect is stored
+//!   once; a message that still fails comes back with its payload and whether it may be
+//!   stored ([`Stored`]). `flush()` / `close()` wait for the acks.
 //! - [`Consumer::consume`]: blocks until cancelled, calling a handler per message; `Ok` acks,
 //!   a retryable error naks with a delay, a permanent one terminates (and dead-letters).
 //!
@@ -33,7 +34,10 @@ pub use admin::{
     ConsumerConfig, DeliverFrom, Storage, StreamConfig, delete_consumer, delete_stream,
     ensure_consumer, ensure_stream,
 };
-pub use batch::{BatchConfig, BatchPublisher, BatchStats, CloseReport, FailedMessage, PublishMode};
+pub use batch::{
+    BatchConfig, BatchPublisher, BatchStats, CloseReport, FailedMessage, FlushError, PublishMode,
+    Stored,
+};
 pub use consumer::{Action, ConsumeError, ConsumeOptions, Consumer, ConsumerStats};
 pub use error::{Error, ErrorKind};
 pub use message::{BoxError, HandlerError, Message};

@@ -60,6 +60,6 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("keys now: {:?}", natty.keys(&bucket).await?);
     natty.delete_bucket(&bucket).await?;
-    natty.close().await;
+    natty.close().await?;
     Ok(())
 }

@@ -89,6 +89,6 @@ async fn main() -> anyhow::Result<()> {
     );
     anyhow::ensure!(stats.acked == u64::from(N), "acked {} of {N}", stats.acked);
     natty.delete_stream(&stream).await?;
-    natty.close().await;
+    natty.close().await?;
     Ok(())
 }

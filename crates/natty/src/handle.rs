@@ -1,22 +1,24 @@
 //! [`Natty`]: one handle over one connection with the Go `INatty` surface.
 
+use std::fmt;
 #[cfg(any(feature = "stream", feature = "election"))]
 use std::future::Future;
 #[cfg(feature = "stream")]
-use std::{collections::HashMap, sync::Arc};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
 
 #[cfg(any(feature = "kv", feature = "stream"))]
 use bytes::Bytes;
 use natty_core::{Client, ConnectOptions};
-#[cfg(feature = "stream")]
-use tokio::sync::Mutex;
 
 /// One connection and everything natty does on it. Cheap to clone.
 ///
 /// | Go `INatty` | here |
 /// |---|---|
 /// | `Consume` | [`consume`](Self::consume) |
-/// | `Publish` / `DeletePublisher` | [`publish`](Self::publish) / [`delete_publisher`](Self::delete_publisher) |
+/// | `Publish` / `DeletePublisher` | [`publish`](Self::publish) + [`flush`](Self::flush) / [`delete_publisher`](Self::delete_publisher) |
 /// | `CreateStream` / `DeleteStream` | [`create_stream`](Self::create_stream) / [`delete_stream`](Self::delete_stream) |
 /// | `CreateConsumer` / `DeleteConsumer` | [`create_consumer`](Self::create_consumer) / [`delete_consumer`](Self::delete_consumer) |
 /// | `Get` `Create` `Put` `Delete` `Keys` `Refresh` `Status` | same names |
@@ -28,8 +30,104 @@ pub struct Natty {
     client: Client,
     #[cfg(feature = "kv")]
     kv: natty_kv::Kv,
+    /// The one batch publisher behind [`publish`](Self::publish) (started on first use), for
+    /// every subject: it routes per stream itself.
     #[cfg(feature = "stream")]
-    publishers: Arc<Mutex<HashMap<String, Arc<natty_stream::BatchPublisher>>>>,
+    publishing: Arc<Mutex<Option<Arc<Publishing>>>>,
+}
+
+/// The facade's publisher and the failures it handed back, kept for `flush` and `close`.
+#[cfg(feature = "stream")]
+#[derive(Debug)]
+struct Publishing {
+    publisher: Arc<natty_stream::BatchPublisher>,
+    failures: Mutex<tokio::sync::mpsc::UnboundedReceiver<natty_stream::FailedMessage>>,
+    /// Failed messages taken from `failures` so far, by any flush or close.
+    taken: AtomicU64,
+}
+
+#[cfg(feature = "stream")]
+impl Publishing {
+    /// Takes every failure handed back so far.
+    fn take_failures(&self) -> Vec<natty_stream::FailedMessage> {
+        let mut rx = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut failed = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            failed.push(f);
+        }
+        self.taken.fetch_add(failed.len() as u64, Ordering::AcqRel);
+        failed
+    }
+}
+
+/// What [`Natty::close`] did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct CloseReport {
+    /// The publisher's final report (`None`: nothing was published).
+    #[cfg(feature = "stream")]
+    pub publisher: Option<natty_stream::CloseReport>,
+}
+
+/// Why [`Natty::close`] failed. The connection is drained in every case.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CloseError {
+    /// Messages were not stored: the publisher's report, each of them in `failed`.
+    #[cfg(feature = "stream")]
+    NotStored(natty_stream::CloseReport),
+    /// The publisher itself failed (its task panicked); `failed` holds the messages it had
+    /// handed back before.
+    #[cfg(feature = "stream")]
+    Publisher {
+        /// What went wrong.
+        error: natty_stream::Error,
+        /// Messages handed back before it failed.
+        failed: Vec<natty_stream::FailedMessage>,
+    },
+    /// Draining the connection failed.
+    Drain(natty_core::Error),
+}
+
+impl fmt::Display for CloseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            #[cfg(feature = "stream")]
+            Self::NotStored(report) => {
+                write!(
+                    f,
+                    "closing natty: {} message(s) not stored",
+                    report.failed.len()
+                )?;
+                if let Some(first) = report.failed.first() {
+                    write!(f, " (first: {:?}: {})", first.subject, first.error)?;
+                }
+                Ok(())
+            }
+            #[cfg(feature = "stream")]
+            Self::Publisher { error, failed } => write!(
+                f,
+                "closing natty: the publisher failed ({error}); {} message(s) handed back before",
+                failed.len()
+            ),
+            Self::Drain(e) => write!(f, "closing natty: draining the connection: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CloseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            #[cfg(feature = "stream")]
+            Self::NotStored(_) => None,
+            #[cfg(feature = "stream")]
+            Self::Publisher { error, .. } => Some(error),
+            Self::Drain(e) => Some(e),
+        }
+    }
 }
 
 impl Natty {
@@ -45,7 +143,7 @@ impl Natty {
             kv: natty_kv::Kv::new(client.clone()),
             client,
             #[cfg(feature = "stream")]
-            publishers: Arc::default(),
+            publishing: Arc::default(),
         }
     }
 
@@ -54,24 +152,27 @@ impl Natty {
         &self.client
     }
 
-    /// Flushes every publisher, closes them, and drains the connection.
-    pub async fn close(&self) {
+    /// Closes the publisher (waiting for every ack), then drains the connection.
+    ///
+    /// `Err(CloseError::NotStored(report))` when any message published through this handle
+    /// and not yet returned by [`flush`](Self::flush) was not stored: each one is in
+    /// `report.failed`, with its payload and the reason.
+    pub async fn close(&self) -> Result<CloseReport, CloseError> {
         #[cfg(feature = "stream")]
-        {
-            let publishers: Vec<_> = self.publishers.lock().await.drain().collect();
-            for (subject, p) in publishers {
-                match p.close().await {
-                    Ok(report) if !report.failed.is_empty() => tracing::error!(
-                        %subject,
-                        failed = report.failed.len(),
-                        "messages not stored at close (take the publisher's error channel to get them)"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(%subject, error = %e, "closing publisher"),
-                }
+        let publisher = self.close_publisher().await;
+        let drained = self.client.drain().await;
+        #[cfg(feature = "stream")]
+        let report = match publisher {
+            Ok(Some(report)) if !report.failed.is_empty() => {
+                return Err(CloseError::NotStored(report));
             }
-        }
-        let _ = self.client.drain().await;
+            Ok(publisher) => CloseReport { publisher },
+            Err(e) => return Err(e),
+        };
+        #[cfg(not(feature = "stream"))]
+        let report = CloseReport::default();
+        drained.map_err(CloseError::Drain)?;
+        Ok(report)
     }
 }
 
@@ -96,43 +197,109 @@ impl Natty {
             .await
     }
 
-    /// Queues a message on the batched publisher for `subject` (created on first use), like Go
-    /// `Publish`. [`flush`](Self::flush) or [`close`](Self::close) wait for the acks.
+    /// Queues a message on the handle's batch publisher (started on first use; one for every
+    /// subject), like Go `Publish`. [`flush`](Self::flush) or [`close`](Self::close) wait
+    /// for the acks and return every message that was not stored.
     pub async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), natty_stream::Error> {
-        self.publisher(subject).await?.send(subject, payload).await
+        self.publishing()?.publisher.send(subject, payload).await
     }
 
-    /// The batched publisher used for `subject` (take its error channel here).
-    pub async fn publisher(
-        &self,
-        subject: &str,
-    ) -> Result<Arc<natty_stream::BatchPublisher>, natty_stream::Error> {
-        let mut map = self.publishers.lock().await;
-        if let Some(p) = map.get(subject) {
+    /// The batch publisher behind [`publish`](Self::publish) (for `send_with`, `try_send`,
+    /// `stats`). Its failures come back from [`flush`](Self::flush) and
+    /// [`close`](Self::close): its error channel is already taken.
+    pub fn publisher(&self) -> Result<Arc<natty_stream::BatchPublisher>, natty_stream::Error> {
+        Ok(self.publishing()?.publisher.clone())
+    }
+
+    fn publishing(&self) -> Result<Arc<Publishing>, natty_stream::Error> {
+        let mut slot = self
+            .publishing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(p) = slot.as_ref() {
             return Ok(p.clone());
         }
-        let p = Arc::new(natty_stream::BatchPublisher::new(
+        let publisher = natty_stream::BatchPublisher::new(
             self.client.clone(),
             natty_stream::BatchConfig::default(),
-        )?);
-        map.insert(subject.to_owned(), p.clone());
+        )?;
+        let failures = publisher.take_errors().ok_or_else(|| {
+            natty_stream::Error::new(
+                natty_stream::ErrorKind::Other,
+                "starting the publisher: its error channel was already taken",
+            )
+        })?;
+        let p = Arc::new(Publishing {
+            publisher: Arc::new(publisher),
+            failures: Mutex::new(failures),
+            taken: AtomicU64::new(0),
+        });
+        *slot = Some(p.clone());
         Ok(p)
     }
 
-    /// Waits until every queued message of every publisher is acked or handed back.
-    pub async fn flush(&self) -> Result<(), natty_stream::Error> {
-        let publishers: Vec<_> = self.publishers.lock().await.values().cloned().collect();
-        for p in publishers {
-            p.flush().await?;
-        }
-        Ok(())
+    fn current_publishing(&self) -> Option<Arc<Publishing>> {
+        self.publishing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
-    /// Closes and forgets the publisher for `subject` (Go `DeletePublisher`); whether there
-    /// was one. Its messages are flushed first; failures are in the report.
-    pub async fn delete_publisher(&self, subject: &str) -> Option<natty_stream::CloseReport> {
-        let p = self.publishers.lock().await.remove(subject)?;
-        p.close().await.ok()
+    /// Waits until every message published before this call (by any task) is acknowledged,
+    /// and returns an error carrying each one that was not stored (subject, payload, reason).
+    ///
+    /// Each failed message is returned once: when two flushes overlap, the one that finds it
+    /// returns it, and the other says how many it missed (`returned_elsewhere`).
+    pub async fn flush(&self) -> Result<natty_stream::BatchStats, natty_stream::FlushError> {
+        let Some(p) = self.current_publishing() else {
+            return Ok(natty_stream::BatchStats::default());
+        };
+        let taken_before = p.taken.load(Ordering::Acquire);
+        let flushed = p.publisher.flush().await;
+        let failed = p.take_failures();
+        let returned_elsewhere = p
+            .taken
+            .load(Ordering::Acquire)
+            .saturating_sub(taken_before + failed.len() as u64);
+        match flushed {
+            Ok(stats) if failed.is_empty() && returned_elsewhere == 0 => Ok(stats),
+            Ok(_) => Err(natty_stream::FlushError::new(
+                failed,
+                returned_elsewhere,
+                None,
+            )),
+            Err(e) => Err(natty_stream::FlushError::new(
+                failed,
+                returned_elsewhere,
+                Some(e),
+            )),
+        }
+    }
+
+    /// Closes the publisher behind [`publish`](Self::publish) after waiting for its acks
+    /// (Go `DeletePublisher`; there is one publisher for every subject). Its report holds
+    /// every message not stored and not yet returned by a flush; `None` when there was no
+    /// publisher. A later `publish` starts a new one.
+    pub async fn delete_publisher(&self) -> Result<Option<natty_stream::CloseReport>, CloseError> {
+        self.close_publisher().await
+    }
+
+    async fn close_publisher(&self) -> Result<Option<natty_stream::CloseReport>, CloseError> {
+        let taken = self
+            .publishing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(p) = taken else { return Ok(None) };
+        let closed = p.publisher.close().await;
+        let failed = p.take_failures();
+        match closed {
+            Ok(mut report) => {
+                report.failed.extend(failed);
+                Ok(Some(report))
+            }
+            Err(error) => Err(CloseError::Publisher { error, failed }),
+        }
     }
 
     /// Creates the stream, or checks a present one (Go `CreateStream`).

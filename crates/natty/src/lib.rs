@@ -10,7 +10,7 @@
 //! let natty = natty::Natty::connect(natty::ConnectOptions::new(["nats://127.0.0.1:4222"])).await?;
 //! natty.put("config", "feature.x", "on".into()).await?;
 //! assert_eq!(natty.get("config", "feature.x").await?.unwrap().value, "on");
-//! natty.close().await;
+//! natty.close().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -47,4 +47,4 @@ pub use natty_stream::{
     PublishAck, StreamConfig,
 };
 
-pub use handle::Natty;
+pub use handle::{CloseError, CloseReport, Natty};

@@ -57,11 +57,11 @@ async fn every_inatty_method_works() -> anyhow::Result<()> {
     cancel.cancel();
     assert_eq!(consume.await??.acked, 10);
     let report = natty
-        .delete_publisher(&subject)
-        .await
+        .delete_publisher()
+        .await?
         .expect("a publisher existed");
     assert_eq!(report.stats.acked, 10);
-    assert!(natty.delete_publisher(&subject).await.is_none());
+    assert!(natty.delete_publisher().await?.is_none());
 
     // DeleteConsumer / DeleteStream (and no-ops when missing)
     natty.delete_consumer(&stream, "c").await?;
@@ -143,6 +143,6 @@ async fn every_inatty_method_works() -> anyhow::Result<()> {
     leader.await??;
     // Resigned on cancel: nobody leads.
     assert_eq!(natty.get_leader(&ebucket, "job").await?, None);
-    natty.close().await;
+    natty.close().await?;
     Ok(())
 }

@@ -1,0 +1,650 @@
+//! [`BatchPublisher`]: a bounded queue drained by a background task that pipelines publishes,
+//! retries with the same `Nats-Msg-Id`, and hands back every message it could not store.
+//!
+//! What the Go library got wrong, and what this does instead: the queue is bounded (`send`
+//! waits: back-pressure); every ack is checked; a timed-out or failed publish is retried with
+//! the same message id, only while the stream's duplicate window still recognises it, so a
+//! retry never stores a second copy; a message that still fails is returned *with its payload*
+//! and whether it may have been stored (error channel, or `close()`'s report) — never dropped;
+//! `flush()` and `close()` wait for the acks, and fail if the task died; an idle publisher
+//! sleeps.
+//!
+//! Layout: this file is the public face (settings, the handle, what comes back); [`pump`] is
+//! the one background task and owns every piece of publishing state; [`route`] says which
+//! stream takes a subject and how; [`fast`] is an open fast-ingest batch.
+
+mod fast;
+mod pump;
+mod route;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::{HeaderMap, Subject, jetstream};
+use bytes::Bytes;
+use natty_core::{Client, names};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+    time::Instant,
+};
+use tracing::{Instrument, info_span, warn};
+
+use crate::{Error, ErrorKind, PublishOptions, error::from_core};
+
+/// The longest timer a [`BatchConfig`] accepts (a day): beyond it `Instant + Duration` could
+/// overflow, and no publish needs it.
+const MAX_TIMER: Duration = Duration::from_secs(24 * 3600);
+
+/// Settings of a [`BatchPublisher`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchConfig {
+    /// Messages that may wait in the queue (default 10,000); `send` waits beyond that.
+    pub queue_capacity: usize,
+    /// Publishes awaiting their ack at once (default 4096).
+    pub max_in_flight: usize,
+    /// Attempts per message before it is handed back as failed (default 10). A message that
+    /// may already be stored is retried only inside its stream's duplicate window.
+    pub max_attempts: u32,
+    /// First retry delay, doubled per attempt (default 50 ms) ...
+    pub backoff_base: Duration,
+    /// ... up to this (default 2 s).
+    pub backoff_max: Duration,
+    /// How long to wait for one ack (default 5 s).
+    pub ack_timeout: Duration,
+    /// Prefix of generated `Nats-Msg-Id`s (default: random per publisher). Each publisher
+    /// adds a random part of its own, so two publishers (or one restarted) with the same
+    /// prefix never share an id.
+    pub id_prefix: Option<String>,
+    /// How messages are sent (default [`PublishMode::Auto`]).
+    pub mode: PublishMode,
+}
+
+/// How a [`BatchPublisher`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PublishMode {
+    /// Fast ingest to streams that allow it (server 2.14+, `allow_batched`), pipelined
+    /// publishes elsewhere — and to a stream that stops allowing batches.
+    #[default]
+    Auto,
+    /// Always one publish per message, up to `max_in_flight` acks outstanding.
+    Pipelined,
+    /// Fast ingest (ADR-50) only: a message for a stream without `allow_batched` (or on an
+    /// older server) is handed back as `Unsupported`. Messages of a batch that failed are
+    /// still re-sent one by one, each with its own ack.
+    FastIngest,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 10_000,
+            max_in_flight: 4096,
+            max_attempts: 10,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            ack_timeout: Duration::from_secs(5),
+            id_prefix: None,
+            mode: PublishMode::Auto,
+        }
+    }
+}
+
+impl BatchConfig {
+    /// Queue capacity.
+    #[must_use]
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n;
+        self
+    }
+
+    /// Acks in flight.
+    #[must_use]
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// Attempts per message.
+    #[must_use]
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Retry delays: `base`, doubled per attempt, at most `max`.
+    #[must_use]
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_max = max;
+        self
+    }
+
+    /// Ack timeout.
+    #[must_use]
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+
+    /// Publish mode.
+    #[must_use]
+    pub fn mode(mut self, mode: PublishMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Message id prefix.
+    #[must_use]
+    pub fn id_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.id_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Checks the configuration without touching the network.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |what: String| {
+            Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("batch publisher: {what}"),
+            ))
+        };
+        if self.queue_capacity == 0 {
+            return bad("queue_capacity must be at least 1".into());
+        }
+        if self.max_in_flight == 0 {
+            return bad("max_in_flight must be at least 1".into());
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts must be at least 1".into());
+        }
+        if self.ack_timeout.is_zero() || self.ack_timeout > MAX_TIMER {
+            return bad(format!(
+                "ack_timeout must be more than zero and at most {MAX_TIMER:?}, got {:?}",
+                self.ack_timeout
+            ));
+        }
+        if self.backoff_max > MAX_TIMER || self.backoff_base > self.backoff_max {
+            return bad(format!(
+                "backoff must satisfy backoff_base <= backoff_max <= {MAX_TIMER:?}, got {:?} and {:?}",
+                self.backoff_base, self.backoff_max
+            ));
+        }
+        if let Some(prefix) = &self.id_prefix
+            && (prefix.is_empty() || prefix.len() > 64 || prefix.contains(char::is_control))
+        {
+            return bad(format!(
+                "id_prefix {prefix:?} must be 1 to 64 characters without control characters (CR, LF)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a message handed back may be in the stream after all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stored {
+    /// Certainly not stored: every attempt was refused or never sent.
+    No,
+    /// Perhaps stored: an attempt went unanswered (timed out, connection lost). Re-sending it
+    /// with the same `Nats-Msg-Id` inside the stream's duplicate window is safe; after it, it
+    /// may store a second copy.
+    Maybe,
+}
+
+/// A message the publisher could not store, handed back with everything needed to retry it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct FailedMessage {
+    /// The subject.
+    pub subject: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// The headers it was sent with, `Nats-Msg-Id` included.
+    pub headers: Vec<(String, String)>,
+    /// Its `Nats-Msg-Id`.
+    pub msg_id: String,
+    /// How many times it was sent (0: refused before sending).
+    pub attempts: u32,
+    /// Whether it may be in the stream after all.
+    pub stored: Stored,
+    /// Why it failed (the last error).
+    pub error: Error,
+}
+
+/// Counters of a [`BatchPublisher`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchStats {
+    /// Messages accepted by `send`.
+    pub queued: u64,
+    /// Messages acknowledged by the stream (duplicates included).
+    pub acked: u64,
+    /// Acks that reported a duplicate (stored earlier; not stored twice).
+    pub duplicates: u64,
+    /// Publish attempts repeated after a failure.
+    pub retried: u64,
+    /// Messages handed back as failed.
+    pub failed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    queued: AtomicU64,
+    acked: AtomicU64,
+    duplicates: AtomicU64,
+    retried: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> BatchStats {
+        BatchStats {
+            queued: self.queued.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What `close()` reports.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CloseReport {
+    /// Final counters.
+    pub stats: BatchStats,
+    /// Failed messages not already taken from [`BatchPublisher::take_errors`].
+    pub failed: Vec<FailedMessage>,
+}
+
+/// Messages that were not stored, or a publisher that failed: what a flush that must not lose
+/// anything returns (the `natty` facade's `Natty::flush`).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct FlushError {
+    /// The messages not stored, each handed back once.
+    pub failed: Vec<FailedMessage>,
+    /// Failed messages that a concurrent flush or close took in the meantime (returned there,
+    /// not here): this flush cannot tell whether they were queued before it.
+    pub returned_elsewhere: u64,
+    /// The publisher itself failed (closed, or its task panicked).
+    pub error: Option<Error>,
+}
+
+impl FlushError {
+    /// A flush error for `failed` messages (and `returned_elsewhere` taken by others).
+    pub fn new(failed: Vec<FailedMessage>, returned_elsewhere: u64, error: Option<Error>) -> Self {
+        Self {
+            failed,
+            returned_elsewhere,
+            error,
+        }
+    }
+}
+
+impl fmt::Display for FlushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} message(s) not stored", self.failed.len())?;
+        if let Some(first) = self.failed.first() {
+            write!(f, " (first: {:?}: {})", first.subject, first.error)?;
+        }
+        if self.returned_elsewhere > 0 {
+            write!(
+                f,
+                "; {} more failed and were returned to a concurrent flush or close",
+                self.returned_elsewhere
+            )?;
+        }
+        if let Some(e) = &self.error {
+            write!(f, "; the publisher failed: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for FlushError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// One message on its way: everything needed to send it again or hand it back.
+#[derive(Debug)]
+struct Outgoing {
+    /// Order of arrival at the pump (set there): `flush` waits for every lower one.
+    seq: u64,
+    /// Shared bytes: cloning it for each attempt costs a reference count, not a copy.
+    subject: Subject,
+    payload: Bytes,
+    /// Extra headers the caller gave (usually none); `Nats-Msg-Id` is added when sending.
+    extra: Vec<(String, String)>,
+    /// `Nats-Msg-Id`: the caller's, or `<prefix>-<instance>-<n>`.
+    msg_id: String,
+    attempts: u32,
+    /// When the pump took it (no later than its first send): the duplicate window runs from
+    /// at least here.
+    first_seen: Instant,
+    /// An attempt went unanswered: it may be stored.
+    maybe_stored: bool,
+    /// Out of a failed fast batch: sent on its own from now on.
+    pipelined: bool,
+}
+
+impl Outgoing {
+    /// The headers sent: built per attempt, as cheap as a fresh map (cloning one is not).
+    fn headers(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in &self.extra {
+            map.append(k.as_str(), v.as_str());
+        }
+        map.insert("Nats-Msg-Id", self.msg_id.as_str());
+        map
+    }
+
+    fn into_failed(self, error: Error) -> FailedMessage {
+        let mut headers = self.extra;
+        headers.push(("Nats-Msg-Id".to_owned(), self.msg_id.clone()));
+        FailedMessage {
+            subject: self.subject.to_string(),
+            payload: self.payload,
+            headers,
+            msg_id: self.msg_id,
+            attempts: self.attempts,
+            stored: if self.maybe_stored {
+                Stored::Maybe
+            } else {
+                Stored::No
+            },
+            error,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Command {
+    Publish(Outgoing),
+    Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Publishes in the background, pipelined, losing nothing (Go natty `Publish`).
+///
+/// ```no_run
+/// # async fn example(client: natty_core::Client) -> Result<(), natty_stream::Error> {
+/// use natty_stream::{BatchConfig, BatchPublisher};
+/// let publisher = BatchPublisher::new(client, BatchConfig::default())?;
+/// let mut failures = publisher.take_errors().expect("first call");
+/// tokio::spawn(async move {
+///     while let Some(failed) = failures.recv().await {
+///         eprintln!("not stored: {} ({} bytes): {}", failed.subject, failed.payload.len(), failed.error);
+///     }
+/// });
+/// for i in 0..1000u32 {
+///     publisher.send("orders.created", i.to_string().into()).await?;
+/// }
+/// publisher.close().await?; // every message acked or handed back
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct BatchPublisher {
+    tx: mpsc::Sender<Command>,
+    errors: Mutex<Option<mpsc::UnboundedReceiver<FailedMessage>>>,
+    stats: Arc<Counters>,
+    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// How the task ended, once `close()` has seen it end (`Err`: it panicked, and why).
+    ended: OnceLock<Result<(), String>>,
+    closed: AtomicBool,
+    /// A placeholder for [`Outgoing::first_seen`] (the pump sets the real value), so `send`
+    /// reads no clock.
+    created: Instant,
+    /// Generated ids are `<id_base>-<n>`: made by the senders (in parallel), not by the pump.
+    id_base: String,
+    next_id: AtomicU64,
+}
+
+impl BatchPublisher {
+    /// Starts a publisher (its task runs on the current tokio runtime).
+    pub fn new(client: Client, config: BatchConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (failed_tx, failed_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Counters::default());
+        // Random per publisher instance, even under a fixed prefix: a restarted process must
+        // not re-use ids the stream still remembers (it would drop those messages as
+        // duplicates).
+        let instance = client.nats().new_inbox().replace("_INBOX.", "");
+        let id_base = match &config.id_prefix {
+            Some(prefix) => format!("{prefix}-{instance}"),
+            None => instance,
+        };
+        // A context of our own: acks time out after `ack_timeout`, and async-nats' own in-flight
+        // limit sits above ours so it never adds a second, hidden wait.
+        let js = jetstream::ContextBuilder::new()
+            .timeout(client.request_timeout())
+            .ack_timeout(config.ack_timeout)
+            .max_ack_inflight(config.max_in_flight.saturating_mul(2))
+            .build(client.nats().clone());
+        let span = info_span!("natty.stream.batch_publisher", ids = %id_base);
+        let fast_capable = client.server_version().is_some_and(|v| v.at_least(2, 14));
+        let pump = pump::Pump::new(js, config, fast_capable, failed_tx, stats.clone());
+        let task = tokio::spawn(pump.run(rx).instrument(span));
+        Ok(Self::from_parts(tx, failed_rx, stats, task, id_base))
+    }
+
+    fn from_parts(
+        tx: mpsc::Sender<Command>,
+        errors: mpsc::UnboundedReceiver<FailedMessage>,
+        stats: Arc<Counters>,
+        task: JoinHandle<()>,
+        id_base: String,
+    ) -> Self {
+        Self {
+            tx,
+            errors: Mutex::new(Some(errors)),
+            stats,
+            task: tokio::sync::Mutex::new(Some(task)),
+            ended: OnceLock::new(),
+            closed: AtomicBool::new(false),
+            created: Instant::now(),
+            id_base,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// The failed-message channel (once). Messages that fail after it is taken arrive here;
+    /// before that, or if it is never taken, `close()` returns them.
+    pub fn take_errors(&self) -> Option<mpsc::UnboundedReceiver<FailedMessage>> {
+        self.errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Queues a message, waiting for room (back-pressure). It gets a fresh `Nats-Msg-Id`.
+    pub async fn send(&self, subject: &str, payload: Bytes) -> Result<(), Error> {
+        self.send_with(subject, payload, PublishOptions::default())
+            .await
+    }
+
+    /// Queues a message with headers and/or your own `Nats-Msg-Id`.
+    pub async fn send_with(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        options: PublishOptions,
+    ) -> Result<(), Error> {
+        let m = self.outgoing(subject, payload, options)?;
+        self.tx
+            .send(Command::Publish(m))
+            .await
+            .map_err(|_| self.gone(&format!("queueing a message for {subject:?}")))?;
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Queues a message if there is room now; `Full` otherwise (nothing queued).
+    pub fn try_send(&self, subject: &str, payload: Bytes) -> Result<(), Error> {
+        let m = self.outgoing(subject, payload, PublishOptions::default())?;
+        match self.tx.try_send(Command::Publish(m)) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Error::new(
+                ErrorKind::Full,
+                format!(
+                    "queueing a message for {subject:?}: all {} places taken",
+                    self.tx.max_capacity()
+                ),
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(self.gone(&format!("queueing a message for {subject:?}")))
+            }
+        }
+    }
+
+    fn outgoing(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        options: PublishOptions,
+    ) -> Result<Outgoing, Error> {
+        names::subject(subject).map_err(from_core)?;
+        options.validate()?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(self.gone(&format!("queueing a message for {subject:?}")));
+        }
+        Ok(Outgoing {
+            seq: 0,
+            subject: Subject::from(subject),
+            payload,
+            extra: options.headers,
+            msg_id: options.msg_id.unwrap_or_else(|| {
+                let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+                format!("{}-{n}", self.id_base)
+            }),
+            attempts: 0,
+            first_seen: self.created,
+            maybe_stored: false,
+            pipelined: false,
+        })
+    }
+
+    /// Waits until every message queued before this call (by any task) is acknowledged or
+    /// handed back. An error when the publisher is closed or its task died.
+    pub async fn flush(&self) -> Result<BatchStats, Error> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Flush(tx)).await.is_err() || rx.await.is_err() {
+            return Err(self.gone("flushing the batch publisher"));
+        }
+        Ok(self.stats())
+    }
+
+    /// Flushes, then stops the background task. Failed messages not taken through
+    /// [`take_errors`](Self::take_errors) are returned here.
+    ///
+    /// An error (`Panicked`) when the task died: the messages it held are neither acked nor
+    /// handed back; those it had handed back before stay in [`take_errors`](Self::take_errors).
+    pub async fn close(&self) -> Result<CloseReport, Error> {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let (tx, rx) = oneshot::channel();
+            if self.tx.send(Command::Close(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+        if let Some(task) = self.task.lock().await.take() {
+            let ended = match task.await {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_panic() => Err(panic_text(e.into_panic())),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = self.ended.set(ended);
+        }
+        if let Some(Err(why)) = self.ended.get() {
+            return Err(self.died(why, "closing the batch publisher"));
+        }
+        let mut failed = Vec::new();
+        if let Some(mut rx) = self.take_errors() {
+            while let Ok(f) = rx.try_recv() {
+                failed.push(f);
+            }
+        }
+        Ok(CloseReport {
+            stats: self.stats(),
+            failed,
+        })
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> BatchStats {
+        self.stats.snapshot()
+    }
+
+    /// The error for a publisher that no longer takes commands: closed by the caller, or its
+    /// task died.
+    fn gone(&self, what: &str) -> Error {
+        if self.closed.load(Ordering::Acquire) {
+            return Error::new(
+                ErrorKind::Closed,
+                format!("{what}: the publisher is closed"),
+            );
+        }
+        match self.ended.get() {
+            Some(Err(why)) => self.died(why, what),
+            _ => self.died("its task ended", what),
+        }
+    }
+
+    fn died(&self, why: &str, what: &str) -> Error {
+        let s = self.stats();
+        let lost = s.queued.saturating_sub(s.acked + s.failed);
+        Error::new(
+            ErrorKind::Panicked,
+            format!(
+                "{what}: the publisher's background task died ({why}); {lost} queued message(s) \
+                 were neither acknowledged nor handed back"
+            ),
+        )
+    }
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => format!("panicked: {s}"),
+        Err(payload) => match payload.downcast::<&str>() {
+            Ok(s) => format!("panicked: {s}"),
+            Err(_) => "panicked".to_owned(),
+        },
+    }
+}
+
+impl Drop for BatchPublisher {
+    fn drop(&mut self) {
+        if !self.closed.load(Ordering::Acquire) {
+            let s = self.stats();
+            let pending = s.queued.saturating_sub(s.acked + s.failed);
+            if pending > 0 {
+                warn!(
+                    pending,
+                    "BatchPublisher dropped without close(): its task goes on publishing, but nobody \
+                     awaits the acks, and messages die with the process if it exits now"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! The pump: the one background task of a [`BatchPublisher`](super::BatchPublisher). It owns
+//! every piece of publishing state — the acks in flight, the retries, the open fast batch,
+//! the routing table, the ledger of unfinished messages — so none of it needs a lock.
+//!
+//! Order: the pump numbers messages as they arrive, so "everything queued before a flush" is
+//! exactly "every number up to the last one taken before the flush command" (senders race to
+//! the queue; the queue does not reorder).
+
+use std::{
+    collections::VecDeque,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use tracing::{debug, warn};
+
+use super::{
+    BatchConfig, Command, Counters, FailedMessage, Outgoing, PublishMode,
+    fast::{FastBatch, FastFailure},
+    route::{Route, Routes},
+};
+use crate::{
+    Error, ErrorKind,
+    error::{from_publish, permanent_code, server_code},
+};
+
+/// How long an open fast batch waits for more messages before it is committed.
+const FAST_LINGER: Duration = Duration::from_millis(2);
+
+type AckResult = Result<jetstream::publish::PublishAck, Error>;
+type AckFuture = Pin<Box<dyn Future<Output = (Outgoing, AckResult)> + Send>>;
+
+/// A message waiting to be sent again.
+#[derive(Debug)]
+struct Retry {
+    at: Instant,
+    /// After this instant a re-send could store a second copy (`None`: no limit, nothing of
+    /// it may be stored yet).
+    cutoff: Option<Instant>,
+    error: Error,
+    m: Outgoing,
+}
+
+/// Which message numbers are still unfinished: a ring of done-flags from the lowest
+/// unfinished number (O(1) per message, no allocation once grown).
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Every number below this is finished.
+    floor: u64,
+    done: VecDeque<bool>,
+}
+
+impl Ledger {
+    /// Registers the next number (numbers are taken in order, from 1).
+    fn open(&mut self, seq: u64) {
+        if self.done.is_empty() {
+            self.floor = seq;
+        }
+        self.done.push_back(false);
+    }
+
+    fn finish(&mut self, seq: u64) {
+        let Some(i) = seq
+            .checked_sub(self.floor)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return;
+        };
+        if let Some(flag) = self.done.get_mut(i) {
+            *flag = true;
+        }
+        while self.done.front() == Some(&true) {
+            self.done.pop_front();
+            self.floor += 1;
+        }
+    }
+
+    /// Whether every number up to `mark` is finished.
+    fn finished_up_to(&self, mark: u64) -> bool {
+        self.done.is_empty() || self.floor > mark
+    }
+}
+
+enum Step {
+    CommitFast,
+    Done(Outgoing, AckResult),
+    RetryDue,
+    Command(Option<Command>),
+}
+
+pub(super) struct Pump {
+    js: jetstream::Context,
+    config: BatchConfig,
+    routes: Routes,
+    failed: mpsc::UnboundedSender<FailedMessage>,
+    stats: Arc<Counters>,
+    /// Pipelined publishes awaiting their ack, in send order.
+    inflight: VecDeque<AckFuture>,
+    retries: Vec<Retry>,
+    fast: Option<FastBatch>,
+    ledger: Ledger,
+    /// Messages taken from the queue so far (the last number given).
+    received: u64,
+    flushes: Vec<(u64, oneshot::Sender<()>)>,
+    closes: Vec<oneshot::Sender<()>>,
+    /// The time at the top of the current turn of the loop.
+    now: Instant,
+}
+
+impl Pump {
+    pub(super) fn new(
+        js: jetstream::Context,
+        config: BatchConfig,
+        fast_capable: bool,
+        failed: mpsc::UnboundedSender<FailedMessage>,
+        stats: Arc<Counters>,
+    ) -> Self {
+        Self {
+            js,
+            routes: Routes::new(config.mode, fast_capable),
+            config,
+            failed,
+            stats,
+            inflight: VecDeque::new(),
+            retries: Vec::new(),
+            fast: None,
+            ledger: Ledger::default(),
+            received: 0,
+            flushes: Vec::new(),
+            closes: Vec::new(),
+            now: Instant::now(),
+        }
+    }
+
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        // Acks come back in publish order (one connection, one stream leader), so a queue
+        // awaited at its head does what a FuturesUnordered would, without its per-future
+        // bookkeeping: measurably cheaper on the hot path.
+        let mut open = true;
+        loop {
+            self.wake_flushes();
+            if !open && self.inflight.is_empty() && self.retries.is_empty() && self.fast.is_none() {
+                for c in self.closes.drain(..) {
+                    let _ = c.send(());
+                }
+                debug!("batch publisher task done");
+                return;
+            }
+            let next_retry = self.retries.iter().map(|r| r.at).min();
+            let room = self.inflight.len() < self.config.max_in_flight;
+            // New messages wait while retries pile up too (an outage): the queue, and so
+            // `send`, pushes back instead of the retry list growing without bound.
+            let room_for_new = self.room_for_new();
+            let fast_open = self.fast.is_some();
+            // The select only picks what happened; acting on it (which awaits) comes after,
+            // so no borrow of the in-flight queue is held across an await.
+            let step = tokio::select! {
+                biased;
+                (m, result) = head(&mut self.inflight), if !self.inflight.is_empty() => {
+                    Step::Done(m, result)
+                }
+                () = sleep_until(next_retry), if next_retry.is_some() && room => Step::RetryDue,
+                command = rx.recv(), if open && room_for_new => Step::Command(command),
+                // A fast batch is committed once nothing came for a moment: that acks its tail
+                // (flushes wait for it), and an idle batch would be timed out by the server.
+                () = tokio::time::sleep(FAST_LINGER), if fast_open => Step::CommitFast,
+            };
+            self.now = Instant::now();
+            match step {
+                Step::CommitFast => self.commit_fast().await,
+                Step::Done(m, result) => {
+                    self.inflight.pop_front();
+                    self.on_result(m, result).await;
+                }
+                Step::RetryDue => self.retry_due().await,
+                Step::Command(Some(command)) => {
+                    self.command(command, &mut rx).await;
+                    // Take what else is already queued without going back through the select:
+                    // one wake-up per burst, not per message.
+                    while self.room_for_new() {
+                        match rx.try_recv() {
+                            Ok(command) => self.command(command, &mut rx).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Step::Command(None) => open = false,
+            }
+        }
+    }
+
+    fn room_for_new(&self) -> bool {
+        self.inflight.len() + self.retries.len() < self.config.max_in_flight
+    }
+
+    /// Acts on one command.
+    async fn command(&mut self, command: Command, rx: &mut mpsc::Receiver<Command>) {
+        match command {
+            Command::Publish(mut m) => {
+                self.received += 1;
+                m.seq = self.received;
+                m.first_seen = self.now;
+                self.ledger.open(m.seq);
+                self.dispatch(m).await;
+            }
+            Command::Flush(tx) => self.flushes.push((self.received, tx)),
+            Command::Close(tx) => {
+                self.closes.push(tx);
+                // Whatever is still queued behind the close is taken (and published) first;
+                // then the queue reports its end and the loop winds down.
+                rx.close();
+            }
+        }
+    }
+
+    /// Wakes the flushes whose messages are all done.
+    fn wake_flushes(&mut self) {
+        let mut i = 0;
+        while i < self.flushes.len() {
+            if self.ledger.finished_up_to(self.flushes[i].0) {
+                let (_, tx) = self.flushes.swap_remove(i);
+                let _ = tx.send(());
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Sends a message the way its stream takes it.
+    async fn dispatch(&mut self, m: Outgoing) {
+        let route = self.routes.route(&self.js, &m.subject).await;
+        match route {
+            Route::Fast(_) if m.pipelined => self.publish(m).await,
+            Route::Pipelined => self.publish(m).await,
+            Route::Fast(stream) => self.fast_add(stream, m).await,
+            Route::Refused(kind, why) => {
+                let error = Error::new(
+                    kind,
+                    format!(
+                        "publishing {:?} to {:?}: {why}",
+                        m.msg_id,
+                        m.subject.as_str()
+                    ),
+                );
+                self.give_back(m, error);
+            }
+        }
+    }
+
+    /// Sends one message (in queue order) and queues the future of its ack.
+    async fn publish(&mut self, mut m: Outgoing) {
+        m.attempts += 1;
+        let sent = self
+            .js
+            .publish_with_headers(m.subject.clone(), m.headers(), m.payload.clone())
+            .await;
+        // The ack deadline runs from the send, not from when this future is first polled: the
+        // queue is awaited head first, and a node that dies with thousands of acks owed must
+        // cost one ack timeout, not one per message in turn. (`ack_timeout` is at most a day:
+        // no overflow.)
+        let deadline = Instant::now() + self.config.ack_timeout;
+        self.inflight.push_back(Box::pin(async move {
+            // The context is formatted only for a failure: this runs once per message.
+            let context = |m: &Outgoing| {
+                format!(
+                    "publishing {:?} to {:?} (attempt {})",
+                    m.msg_id,
+                    m.subject.as_str(),
+                    m.attempts
+                )
+            };
+            let result = match sent {
+                Ok(ack) => match tokio::time::timeout_at(deadline, ack).await {
+                    Ok(acked) => acked.map_err(|e| from_publish(e, context(&m))),
+                    Err(_) => Err(Error::new(
+                        ErrorKind::TimedOut,
+                        format!("{}: no ack within the ack timeout", context(&m)),
+                    )),
+                },
+                Err(e) => Err(from_publish(e, context(&m))),
+            };
+            (m, result)
+        }));
+    }
+
+    async fn on_result(&mut self, mut m: Outgoing, result: AckResult) {
+        match result {
+            Ok(ack) => {
+                if ack.duplicate {
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                self.done(m);
+            }
+            Err(error) => {
+                if self.judge(&mut m, &error).await {
+                    self.give_back(m, error);
+                } else {
+                    self.retry_or_give_back(m, error).await;
+                }
+            }
+        }
+    }
+
+    /// Reads a failed attempt: marks `m` as possibly stored when the attempt went unanswered,
+    /// and says whether the failure is permanent (no retry can fix it).
+    async fn judge(&mut self, m: &mut Outgoing, error: &Error) -> bool {
+        let publish = error
+            .cause()
+            .and_then(|c| c.downcast_ref::<jetstream::context::PublishError>());
+        let code = error.cause().and_then(|c| server_code(c));
+        match (publish.map(jetstream::context::PublishError::kind), code) {
+            // The stream answered and refused: not stored by this attempt.
+            (
+                Some(PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence),
+                _,
+            ) => true,
+            (_, Some(code)) if permanent_code(code) => {
+                // Refused for what the message is (too big, bad headers): no attempt of it was
+                // ever stored, whatever the attempts before could not tell.
+                if matches!(code, 10054 | 10097) {
+                    m.maybe_stored = false;
+                }
+                true
+            }
+            // Any other answer from the server: refused this time, maybe not next time.
+            (_, Some(_)) => false,
+            (Some(PublishErrorKind::StreamNotFound), _) => {
+                // The server answered the stream-names request: it is up, and if no stream
+                // matches, no retry will help.
+                let found = self.js.stream_by_subject(m.subject.to_string()).await;
+                let none = matches!(&found, Err(e) if e.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound);
+                debug!(subject = %m.subject, ?found, none, "is any stream capturing the subject?");
+                none
+            }
+            // Never sent: the client refused it or had no room.
+            (Some(PublishErrorKind::MaxAckPending), _) => false,
+            // Sent, and no answer (timed out, connection lost): it may be stored.
+            _ => {
+                m.maybe_stored = true;
+                false
+            }
+        }
+    }
+
+    /// Schedules another attempt, unless the attempts are used up or a re-send could come
+    /// after the stream's duplicate window (then it could store a second copy).
+    async fn retry_or_give_back(&mut self, m: Outgoing, error: Error) {
+        if m.attempts >= self.config.max_attempts {
+            return self.give_back(m, error);
+        }
+        let exp = m.attempts.saturating_sub(1).min(16);
+        let delay = self
+            .config
+            .backoff_base
+            .saturating_mul(1 << exp)
+            .min(self.config.backoff_max);
+        let at = self.now + delay;
+        let cutoff = if m.maybe_stored {
+            match self.routes.duplicate_window(&self.js, &m.subject).await {
+                // A margin of a tenth for the clocks and the wire.
+                Some(window) => m.first_seen.checked_add(window - window / 10),
+                // No stream known: nothing says how long a retry stays safe.
+                None => Some(self.now),
+            }
+        } else {
+            None
+        };
+        if cutoff.is_some_and(|c| at >= c) {
+            return self.give_back_outside_window(m, error);
+        }
+        debug!(msg_id = %m.msg_id, attempts = m.attempts, ?delay, error = %error, "publish failed, will retry");
+        self.retries.push(Retry {
+            at,
+            cutoff,
+            error,
+            m,
+        });
+    }
+
+    fn give_back_outside_window(&mut self, m: Outgoing, error: Error) {
+        let error = Error::with_source(
+            error.kind(),
+            format!(
+                "publishing {:?} to {:?}: not retried after {} attempt(s): it may be stored, and \
+                 a retry could come after the stream's duplicate window and store a second copy",
+                m.msg_id,
+                m.subject.as_str(),
+                m.attempts
+            ),
+            error,
+        );
+        self.give_back(m, error);
+    }
+
+    async fn retry_due(&mut self) {
+        let now = self.now;
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.retries.len() && self.inflight.len() + due.len() < self.config.max_in_flight
+        {
+            if self.retries[i].at <= now {
+                due.push(self.retries.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        due.sort_by_key(|r| r.m.seq);
+        for r in due {
+            if r.cutoff.is_some_and(|c| now >= c) {
+                self.give_back_outside_window(r.m, r.error);
+                continue;
+            }
+            self.stats.retried.fetch_add(1, Ordering::Relaxed);
+            self.dispatch(r.m).await;
+        }
+    }
+
+    /// Adds a message to the open fast batch (opening one if needed).
+    async fn fast_add(&mut self, stream: Arc<str>, m: Outgoing) {
+        if self.fast.as_ref().is_some_and(|f| f.stream != stream) {
+            self.commit_fast().await;
+        }
+        let batch = match self.fast.take() {
+            Some(batch) => batch,
+            None => match FastBatch::open(&self.js, stream.clone(), self.config.ack_timeout) {
+                Ok(batch) => batch,
+                Err(error) => {
+                    let mut tail = VecDeque::new();
+                    tail.push_back((0, m));
+                    return self
+                        .fast_failed(FastFailure {
+                            stream,
+                            error,
+                            tail,
+                        })
+                        .await;
+                }
+            },
+        };
+        let mut batch = batch;
+        match batch.add(m).await {
+            Ok(()) => {
+                let (ledger, stats) = (&mut self.ledger, &self.stats);
+                batch.settle(|m| finish(ledger, stats, &m));
+                self.fast = Some(batch);
+            }
+            Err(error) => self.fast_failed(batch.fail(error)).await,
+        }
+    }
+
+    /// Commits the open batch: acks everything in it, or re-sends its tail.
+    async fn commit_fast(&mut self) {
+        let Some(batch) = self.fast.take() else {
+            return;
+        };
+        match batch.commit().await {
+            Ok(stored) => {
+                for (_, m) in stored {
+                    self.done(m);
+                }
+            }
+            Err(failure) => self.fast_failed(failure.maybe_stored()).await,
+        }
+    }
+
+    /// The one re-send path for a failed fast batch: its tail goes out one message at a time
+    /// (each with its own ack, which says stored, duplicate, or refused — and for which
+    /// message), under the usual attempt and duplicate-window limits.
+    async fn fast_failed(&mut self, failure: FastFailure) {
+        let FastFailure {
+            stream,
+            error,
+            tail,
+        } = failure;
+        let stopped = error.kind() == ErrorKind::Unsupported;
+        if stopped {
+            // The stream no longer allows batches: Auto mode sends to it pipelined from now
+            // on; FastIngest mode hands its messages back.
+            self.routes.stop_batching(&stream);
+        }
+        warn!(stream = %stream, unacked = tail.len(), error = %error, "fast batch failed; re-sending its unacknowledged messages one by one");
+        for (_, mut m) in tail {
+            m.pipelined = true;
+            let error = Error::new(error.kind(), error.to_string());
+            if stopped && self.config.mode == PublishMode::FastIngest {
+                self.give_back(m, error);
+            } else {
+                self.retry_or_give_back(m, error).await;
+            }
+        }
+    }
+
+    fn done(&mut self, m: Outgoing) {
+        finish(&mut self.ledger, &self.stats, &m);
+    }
+
+    fn give_back(&mut self, m: Outgoing, error: Error) {
+        warn!(msg_id = %m.msg_id, subject = %m.subject, attempts = m.attempts, maybe_stored = m.maybe_stored, error = %error, "message not stored; handing it back");
+        self.ledger.finish(m.seq);
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        let _ = self.failed.send(m.into_failed(error));
+    }
+}
+
+fn finish(ledger: &mut Ledger, stats: &Counters, m: &Outgoing) {
+    stats.acked.fetch_add(1, Ordering::Relaxed);
+    ledger.finish(m.seq);
+}
+
+/// The head of the in-flight queue, awaited in place (popped by the caller once it is done).
+async fn head(inflight: &mut VecDeque<AckFuture>) -> (Outgoing, AckResult) {
+    match inflight.front_mut() {
+        Some(ack) => ack.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ledger;
+
+    #[test]
+    fn the_ledger_finishes_out_of_order() {
+        let mut l = Ledger::default();
+        for seq in 1..=5 {
+            l.open(seq);
+        }
+        assert!(!l.finished_up_to(1));
+        l.finish(2);
+        l.finish(3);
+        assert!(!l.finished_up_to(1), "1 is still open");
+        l.finish(1);
+        assert!(l.finished_up_to(3));
+        assert!(!l.finished_up_to(4));
+        l.finish(5);
+        l.finish(4);
+        assert!(l.finished_up_to(5));
+        l.open(6);
+        assert!(l.finished_up_to(5) && !l.finished_up_to(6));
+        l.finish(6);
+        assert!(l.finished_up_to(6));
+    }
+}

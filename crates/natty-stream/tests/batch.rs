@@ -1,0 +1,409 @@
+//! `BatchPublisher` at its edges, against a real NATS server: concurrent senders and `flush`,
+//! one bad message in a fast batch, a stream re-configured under the publisher, retries near
+//! the duplicate window, streams that never ack, and message ids across restarts.
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test a panic is the failure report"
+)]
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, stream};
+use futures::StreamExt;
+use natty_core::{Client, ConnectOptions};
+use natty_stream::{
+    BatchConfig, BatchPublisher, ErrorKind, PublishMode, StreamConfig, ensure_stream,
+};
+use natty_testkit::{Nats, init_tracing, unique_name};
+
+fn number(payload: &[u8]) -> u64 {
+    u64::from_be_bytes(payload[..8].try_into().unwrap())
+}
+
+/// Every message in the stream, as numbers.
+async fn stored_numbers(client: &Client, stream: &str) -> anyhow::Result<Vec<u64>> {
+    let stream = client.jetstream().get_stream(stream).await?;
+    let total = stream.cached_info().state.messages;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await?;
+    let mut messages = consumer.messages().await?.take(usize::try_from(total)?);
+    let mut out = Vec::new();
+    while let Some(m) = messages.next().await {
+        out.push(number(&m?.payload));
+    }
+    Ok(out)
+}
+
+async fn stored_count(client: &Client, stream: &str) -> anyhow::Result<u64> {
+    Ok(client
+        .jetstream()
+        .get_stream(stream)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages)
+}
+
+fn assert_once_each(stored: &[u64]) {
+    let distinct: HashSet<u64> = stored.iter().copied().collect();
+    assert_eq!(distinct.len(), stored.len(), "a message was stored twice");
+}
+
+async fn setup(prefix: &str) -> anyhow::Result<(Nats, Client, String)> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    let name = unique_name(prefix).replace('-', "_");
+    Ok((nats, client, name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn flush_waits_for_every_send_made_before_it_by_concurrent_tasks() -> anyhow::Result<()> {
+    let (_nats, client, name) = setup("CONC").await?;
+    // Two streams, one taking fast ingest and one pipelined, so that messages are not all
+    // acknowledged in the order they were queued.
+    let (fast, slow) = (format!("{name}_F"), format!("{name}_P"));
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&fast, [format!("{fast}.>")]).allow_batched(true),
+    )
+    .await?;
+    ensure_stream(&client, &StreamConfig::new(&slow, [format!("{slow}.>")])).await?;
+    let publisher = Arc::new(BatchPublisher::new(client.clone(), BatchConfig::default())?);
+    const TASKS: u64 = 8;
+    const EACH: u64 = 20_000;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let stream = if t % 2 == 0 { &fast } else { &slow };
+        let (publisher, subject) = (publisher.clone(), format!("{stream}.t{t}"));
+        let js_stream = client.jetstream().get_stream(stream).await?;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let n = t * EACH + i;
+                publisher
+                    .send(&subject, n.to_be_bytes().to_vec().into())
+                    .await?;
+                if i % 5_000 == 4_999 {
+                    // Flushed while the other tasks go on sending: this task's messages so far
+                    // must all be stored, the last one included.
+                    publisher.flush().await?;
+                    let last = js_stream.get_last_raw_message_by_subject(&subject).await?;
+                    assert_eq!(
+                        number(&last.payload),
+                        n,
+                        "flush returned before {subject} #{i} was stored"
+                    );
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    publisher.flush().await?;
+    // Read right after flush: everything sent before it must be stored by now.
+    let stored = stored_count(&client, &fast).await? + stored_count(&client, &slow).await?;
+    assert_eq!(
+        stored,
+        TASKS * EACH,
+        "flush returned before its messages were stored"
+    );
+    let report = publisher.close().await?;
+    assert!(report.failed.is_empty(), "{:?}", report.failed.first());
+    Ok(())
+}
+
+/// A fast-ingest stream that refuses messages over 1 KiB.
+async fn small_message_fast_stream(client: &Client, name: &str) -> anyhow::Result<()> {
+    client
+        .jetstream()
+        .create_stream(stream::Config {
+            name: name.to_owned(),
+            subjects: vec![format!("{name}.>")],
+            max_message_size: 1024,
+            allow_batch_publish: true,
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn an_oversized_message_fails_alone_in_a_fast_ingest_batch() -> anyhow::Result<()> {
+    let (_nats, client, name) = setup("BIG").await?;
+    small_message_fast_stream(&client, &name).await?;
+    let publisher = BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default()
+            .mode(PublishMode::FastIngest)
+            .ack_timeout(Duration::from_secs(2)),
+    )?;
+    const N: u64 = 3_000;
+    const BAD: u64 = 1_500;
+    let subject = format!("{name}.x");
+    for i in 0..N {
+        let mut payload = i.to_be_bytes().to_vec();
+        if i == BAD {
+            payload.resize(4096, 0);
+        }
+        publisher.send(&subject, payload.into()).await?;
+    }
+    let report = tokio::time::timeout(Duration::from_secs(60), publisher.close()).await??;
+    eprintln!("{:?}", report.stats);
+    let failed: Vec<u64> = report.failed.iter().map(|f| number(&f.payload)).collect();
+    assert_eq!(
+        failed,
+        [BAD],
+        "only the oversized message fails: {:?}",
+        report.failed.first()
+    );
+    let f = &report.failed[0];
+    assert_eq!(f.error.kind(), ErrorKind::Rejected, "{}", f.error);
+    assert!(
+        f.attempts <= 2,
+        "a refusal is not retried: {} attempts",
+        f.attempts
+    );
+    assert_eq!(f.stored, natty_stream::Stored::No);
+    let stored = stored_numbers(&client, &name).await?;
+    assert_once_each(&stored);
+    assert_eq!(stored.len() as u64, N - 1, "every neighbour stored");
+    assert!(!stored.contains(&BAD));
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn auto_mode_falls_back_to_pipelined_when_a_stream_stops_allowing_batches()
+-> anyhow::Result<()> {
+    let (_nats, client, name) = setup("FALLBACK").await?;
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&name, [format!("{name}.>")]).allow_batched(true),
+    )
+    .await?;
+    let publisher = BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default().ack_timeout(Duration::from_secs(2)),
+    )?;
+    let subject = format!("{name}.x");
+    for i in 0..500u64 {
+        publisher
+            .send(&subject, i.to_be_bytes().to_vec().into())
+            .await?;
+    }
+    publisher.flush().await?;
+    let js = client.jetstream();
+    let mut config = js.get_stream(&name).await?.info().await?.config.clone();
+    config.allow_batch_publish = false;
+    js.update_stream(config).await?;
+    for i in 500..1_000u64 {
+        publisher
+            .send(&subject, i.to_be_bytes().to_vec().into())
+            .await?;
+    }
+    let report = tokio::time::timeout(Duration::from_secs(60), publisher.close()).await??;
+    assert!(
+        report.failed.is_empty(),
+        "{} failed: {:?}",
+        report.failed.len(),
+        report.failed.first()
+    );
+    let stored = stored_numbers(&client, &name).await?;
+    assert_once_each(&stored);
+    assert_eq!(stored.len(), 1_000);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn retries_never_outlive_the_duplicate_window() -> anyhow::Result<()> {
+    let (nats, client, name) = setup("WINDOW").await?;
+    // The outage lasts longer than this window: a message whose ack was lost in the restart
+    // must not be re-sent once the stream would no longer recognise it.
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&name, [format!("{name}.>")]).duplicate_window(Duration::from_secs(1)),
+    )
+    .await?;
+    let publisher = BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default().ack_timeout(Duration::from_millis(500)),
+    )?;
+    const N: u64 = 30_000;
+    let subject = format!("{name}.x");
+    let restart = async {
+        while publisher.stats().acked < N / 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Killed with acks in flight, and down for longer than the window.
+        nats.kill().await?;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        nats.start_again().await
+    };
+    let send = async {
+        for i in 0..N {
+            publisher
+                .send(&subject, i.to_be_bytes().to_vec().into())
+                .await?;
+        }
+        anyhow::Ok(())
+    };
+    let (sent, restarted) = tokio::join!(send, restart);
+    sent?;
+    restarted?;
+    let report = tokio::time::timeout(Duration::from_secs(120), publisher.close()).await??;
+    eprintln!("{:?}, {} handed back", report.stats, report.failed.len());
+    let stored = stored_numbers(&client, &name).await?;
+    assert_once_each(&stored);
+    for f in &report.failed {
+        assert_eq!(f.stored, natty_stream::Stored::Maybe, "{}", f.error);
+    }
+    let accounted: HashSet<u64> = stored
+        .iter()
+        .copied()
+        .chain(report.failed.iter().map(|f| number(&f.payload)))
+        .collect();
+    assert_eq!(
+        accounted.len() as u64,
+        N,
+        "every message stored or handed back"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn ensure_stream_compares_the_duplicate_window() -> anyhow::Result<()> {
+    let (_nats, client, name) = setup("DUPWIN").await?;
+    let config = StreamConfig::new(&name, [format!("{name}.>")]);
+    ensure_stream(&client, &config).await?;
+    let err = ensure_stream(
+        &client,
+        &config.clone().duplicate_window(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConfigMismatch, "{err}");
+    assert!(err.to_string().contains("duplicate_window"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_stream_that_never_acks_is_refused() -> anyhow::Result<()> {
+    let (_nats, client, name) = setup("NOACK").await?;
+    client
+        .jetstream()
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{name}.>")],
+            no_ack: true,
+            ..Default::default()
+        })
+        .await?;
+    let err = ensure_stream(&client, &StreamConfig::new(&name, [format!("{name}.>")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConfigMismatch, "{err}");
+    assert!(err.to_string().contains("no_ack"), "{err}");
+
+    let publisher = BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default().ack_timeout(Duration::from_millis(300)),
+    )?;
+    publisher.send(&format!("{name}.x"), "x".into()).await?;
+    let report = tokio::time::timeout(Duration::from_secs(30), publisher.close()).await??;
+    assert_eq!(report.failed.len(), 1);
+    let f = &report.failed[0];
+    assert_eq!(f.error.kind(), ErrorKind::ConfigMismatch, "{}", f.error);
+    assert!(f.error.to_string().contains("no_ack"), "{}", f.error);
+    assert_eq!(f.stored, natty_stream::Stored::No);
+    assert_eq!(
+        stored_count(&client, &name).await?,
+        0,
+        "refused before sending"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_fixed_id_prefix_never_reuses_an_id_after_a_restart() -> anyhow::Result<()> {
+    let (_nats, client, name) = setup("IDS").await?;
+    ensure_stream(&client, &StreamConfig::new(&name, [format!("{name}.>")])).await?;
+    // The same service, started twice inside the duplicate window.
+    for run in 0..2u64 {
+        let publisher = BatchPublisher::new(
+            client.clone(),
+            BatchConfig::default().id_prefix("orders-service"),
+        )?;
+        publisher
+            .send(&format!("{name}.x"), run.to_be_bytes().to_vec().into())
+            .await?;
+        let report = publisher.close().await?;
+        assert!(report.failed.is_empty());
+        assert_eq!(
+            report.stats.duplicates, 0,
+            "run {run}: taken for a duplicate"
+        );
+    }
+    assert_eq!(
+        stored_count(&client, &name).await?,
+        2,
+        "the second run's message was dropped"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn an_outage_pushes_back_on_senders_instead_of_piling_up_retries() -> anyhow::Result<()> {
+    let (nats, client, name) = setup("OUTAGE").await?;
+    ensure_stream(&client, &StreamConfig::new(&name, [format!("{name}.>")])).await?;
+    let publisher = BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default()
+            .queue_capacity(100)
+            .max_in_flight(100)
+            .ack_timeout(Duration::from_millis(300)),
+    )?;
+    let subject = format!("{name}.x");
+    publisher
+        .send(&subject, 0u64.to_be_bytes().to_vec().into())
+        .await?;
+    publisher.flush().await?;
+    nats.pause().await?;
+    // For 3 s (ten ack timeouts) of outage, queue whatever the publisher takes.
+    let mut accepted = 1u64;
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        match publisher.try_send(&subject, accepted.to_be_bytes().to_vec().into()) {
+            Ok(()) => accepted += 1,
+            Err(e) if e.kind() == ErrorKind::Full => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    nats.unpause().await?;
+    // Held at most: the queue (100) plus in flight and waiting to retry (100), plus the first.
+    assert!(
+        accepted <= 201,
+        "{accepted} messages taken during the outage: retries pile up without bound"
+    );
+    let report = tokio::time::timeout(Duration::from_secs(60), publisher.close()).await??;
+    let stored = stored_numbers(&client, &name).await?;
+    assert_once_each(&stored);
+    assert_eq!(
+        stored.len() as u64 + report.failed.len() as u64,
+        accepted,
+        "every message stored or handed back"
+    );
+    Ok(())
+}
