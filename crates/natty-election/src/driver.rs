@@ -109,10 +109,38 @@ pub struct Election {
     shared: Arc<Shared>,
 }
 
+/// The leader's work task. Dropping it (the `run` future was dropped: `select!`, `timeout`,
+/// an aborted task) fires `lost` and aborts the task at once: work never outlives its `run`.
 struct Job {
     term: u64,
     lost: CancellationToken,
     handle: JoinHandle<()>,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.lost.cancel();
+        self.handle.abort();
+    }
+}
+
+/// Clears the shared "leading" state when `run` ends or its future is dropped, so
+/// `is_leader()` reads false from that moment.
+struct NotLeadingOnDrop<'a>(&'a Shared);
+
+impl Drop for NotLeadingOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set_leading(None);
+    }
+}
+
+impl Shared {
+    fn set_leading(&self, leading: Option<Leading>) {
+        *self
+            .leading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = leading;
+    }
 }
 
 type Op = Pin<Box<dyn Future<Output = Input> + Send>>;
@@ -186,6 +214,14 @@ impl Election {
     /// Returns an error only for a configuration the election cannot run with (a bucket whose
     /// TTL does not fit, bad names); an unreachable or busy server is waited out, and server
     /// trouble later means losing or not gaining leadership, never an error.
+    ///
+    /// # Dropping instead of cancelling
+    ///
+    /// Dropping this future (`select!`, `tokio::time::timeout`, aborting the task that polls
+    /// it) fires `lost` and aborts the work at once, and [`is_leader`](Self::is_leader) reads
+    /// `false` from that moment. But a drop cannot await a request, so it cannot resign: the
+    /// key stays until its TTL runs out and followers take over only then (up to `ttl` later).
+    /// To hand over fast, fire `cancel` and await `run`.
     pub async fn run<F, Fut>(&self, cancel: CancellationToken, mut work: F) -> Result<(), Error>
     where
         F: FnMut(Leadership) -> Fut,
@@ -241,6 +277,7 @@ impl Election {
         let Some((kv, per_key_ttl, watch)) = self.set_up(&cancel).await? else {
             return Ok(()); // cancelled before the election could start
         };
+        let _not_leading = NotLeadingOnDrop(&self.shared);
         let mut watch = Some(watch);
         let mut machine = Machine::new(self.config.machine(), Instant::now().into_std());
         let mut op: Option<Op> = None;
@@ -374,12 +411,12 @@ impl Election {
     }
 
     /// Cancels the work and waits for it, at most the safety margin; then aborts it.
-    async fn stop_work(&self, job: Job) {
+    async fn stop_work(&self, mut job: Job) {
         info!(term = job.term, "stopping work");
         job.lost.cancel();
         let margin = self.config.machine().margin;
-        let mut handle = job.handle;
-        match tokio::time::timeout(margin, &mut handle).await {
+        let handle = &mut job.handle;
+        match tokio::time::timeout(margin, &mut *handle).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) if e.is_panic() => error!(term = job.term, "leader work panicked"),
             Ok(Err(_)) => {}
@@ -402,11 +439,7 @@ impl Election {
             }),
             _ => None,
         };
-        *self
-            .shared
-            .leading
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = leading;
+        self.shared.set_leading(leading);
     }
 
     /// Makes sure the bucket exists and suits the election; returns a `Kv` that re-creates

@@ -361,3 +361,49 @@ async fn a_late_renew_never_overwrites_a_newer_holder() -> anyhow::Result<()> {
     a.stop().await?;
     Ok(())
 }
+
+/// Issue 15, item 1: a `run` future dropped by `select!`/`timeout`/an aborted task must not
+/// leave its work running, and the shared state must read "not leader" at once.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn dropping_the_run_future_stops_the_work_at_once() -> anyhow::Result<()> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    init_tracing();
+    let nats = Nats::start().await?;
+    let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    let election = Election::new(kv, config(&bucket(), "leader", "a"))?;
+    let ticks = Arc::new(AtomicU64::new(0));
+    let lost = Arc::new(AtomicBool::new(false));
+    let (t, l) = (ticks.clone(), lost.clone());
+    let run = election.run(Default::default(), move |lead| {
+        let (t, l) = (t.clone(), l.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    () = lead.lost.cancelled() => { l.store(true, Ordering::SeqCst); return; }
+                    () = tokio::time::sleep(Duration::from_millis(10)) => { t.fetch_add(1, Ordering::SeqCst); }
+                }
+            }
+        }
+    });
+    tokio::select! {
+        r = run => panic!("run returned on its own: {r:?}"),
+        r = wait_for("work ticking", Duration::from_secs(5), || async {
+            (ticks.load(Ordering::SeqCst) >= 5).then_some(())
+        }) => r?,
+    }
+    // The future is dropped here.
+    assert!(!election.is_leader(), "still `leader` after the drop");
+    assert_eq!(election.current_term(), None);
+    let at_drop = ticks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = ticks.load(Ordering::SeqCst);
+    assert!(
+        later <= at_drop + 1,
+        "work kept running after the drop: {at_drop} -> {later} ticks"
+    );
+    Ok(())
+}
