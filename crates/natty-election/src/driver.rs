@@ -209,7 +209,9 @@ impl Election {
     /// `work` is called with a [`Leadership`] and its future is spawned; it is cancelled (its
     /// `lost` token fires, then after the safety margin the task is aborted) the moment
     /// leadership ends. On cancel, a leader stops its work and then resigns (deletes its key,
-    /// conditioned on its revision) so a follower takes over at once.
+    /// conditioned on its revision) so a follower takes over at once. `run` returns within
+    /// `ttl` of `cancel` (plus the time the work takes to stop, at most the margin) even
+    /// when the server never answers: past that the key expires on the server by itself.
     ///
     /// Returns an error only for a configuration the election cannot run with (a bucket whose
     /// TTL does not fit, bad names); an unreachable or busy server is waited out, and server

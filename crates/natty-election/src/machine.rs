@@ -273,6 +273,9 @@ pub struct Machine {
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
     shutdown: bool,
+    /// After a shutdown, the machine stops by this instant whatever is in flight: past the
+    /// lease's TTL a resign is worth nothing (the key expires by itself).
+    stop_by: Option<Instant>,
     /// The holder last reported in a `Following` event (reported again only when it changes).
     known: Option<Option<Holder>>,
     /// The key was seen gone while a request was in flight: contest as soon as it returns.
@@ -292,6 +295,7 @@ impl Machine {
             actions: VecDeque::new(),
             events: VecDeque::new(),
             shutdown: false,
+            stop_by: None,
             known: None,
             contest_asap: false,
         };
@@ -317,10 +321,11 @@ impl Machine {
         }
     }
 
-    /// The instant at which [`handle_timeout`](Self::handle_timeout) must be called.
+    /// The instant at which [`handle_timeout`](Self::handle_timeout) must be called. After
+    /// handling it, the next one is always later (never a busy loop); `None` once stopped.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.state {
+        let own = match self.state {
             State::Leader {
                 deadline, renew_at, ..
             } => Some(if self.pending.is_some() {
@@ -328,8 +333,15 @@ impl Machine {
             } else {
                 deadline.min(renew_at)
             }),
-            State::Follower { next_try, .. } if self.pending.is_none() => Some(next_try),
+            State::Follower { next_try, .. } if self.pending.is_none() && !self.shutdown => {
+                Some(next_try)
+            }
             _ => None,
+        };
+        match (own, self.stop_by) {
+            _ if self.is_stopped() => None,
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -347,6 +359,11 @@ impl Machine {
 
     /// Time has passed: fence past the deadline, renew or contest when due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.stop_by.is_some_and(|t| now >= t) {
+            // Shut down and nothing answered in time: abandon what is in flight.
+            self.stop();
+            return;
+        }
         if let State::Leader { term, deadline, .. } = self.state
             && now >= deadline
         {
@@ -361,7 +378,18 @@ impl Machine {
             State::Leader {
                 revision, renew_at, ..
             } if now >= renew_at => self.request(Op::Renew, Action::Renew { revision }, now),
-            State::Follower { own, next_try } if now >= next_try && !self.shutdown => match own {
+            // Shutting down: resign a key that may still be ours, else stop.
+            State::Follower { own, .. } if self.shutdown => match own {
+                Some(revision) => {
+                    self.state = State::Resigning { revision };
+                    self.request(Op::Resign, Action::Resign { revision }, now);
+                }
+                None => self.stop(),
+            },
+            State::Resigning { revision } => {
+                self.request(Op::Resign, Action::Resign { revision }, now);
+            }
+            State::Follower { own, next_try } if now >= next_try => match own {
                 Some(revision) => self.request(Op::Reclaim, Action::Reclaim { revision }, now),
                 None => self.request(Op::Create, Action::Create, now),
             },
@@ -604,7 +632,11 @@ impl Machine {
     }
 
     fn shutdown(&mut self, now: Instant) {
+        if self.shutdown {
+            return;
+        }
         self.shutdown = true;
+        self.stop_by = Some(now + self.config.ttl);
         match self.state {
             State::Leader { term, revision, .. } => {
                 // Work stops before the key is given up, so the next leader never overlaps.
@@ -619,8 +651,8 @@ impl Machine {
                 }
                 // Otherwise a renew is in flight: resign with the revision it leaves.
             }
-            State::Follower { .. } if self.pending.is_none() => self.stop(),
-            // A create/reclaim is in flight: wait for it (if it wins we resign at once).
+            // Nothing in flight: `handle_timeout` resigns a key that may be ours, or stops.
+            // A create/reclaim in flight: wait for it (if it wins we resign at once).
             State::Follower { .. } | State::Resigning { .. } | State::Stopped => {}
         }
     }

@@ -407,3 +407,48 @@ async fn dropping_the_run_future_stops_the_work_at_once() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+fn cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Issue 15, item 2: cancel with the server paused, right when the leader fenced itself (a
+/// renew in flight past the deadline): `run` returns within TTL + 1 s, without a busy loop.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn cancel_while_the_server_is_paused_returns_within_the_ttl() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let rec = Recorder::default();
+    let a = Candidate::start(&nats.url(), config(&bucket(), "leader", "a"), &rec).await?;
+    wait_for("a leads", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    nats.pause().await?;
+    let lost = wait_for(
+        "the leader fencing itself",
+        Duration::from_secs(5),
+        || async { rec.intervals()[0].end },
+    )
+    .await;
+    let cancelled_at = Instant::now();
+    let cpu_before = cpu_time();
+    a.cancel.cancel();
+    let returned = tokio::time::timeout(Duration::from_secs(3), a.task).await;
+    let (wall, cpu) = (cancelled_at.elapsed(), cpu_time() - cpu_before);
+    nats.unpause().await?;
+    lost?;
+    assert!(
+        returned.is_ok(),
+        "run did not return within TTL + 1 s of cancel (cpu {cpu:?} over {wall:?})"
+    );
+    returned???;
+    eprintln!("run returned {wall:?} after cancel, using {cpu:?} of CPU");
+    assert!(
+        cpu < wall / 2,
+        "busy loop: {cpu:?} of CPU in {wall:?} after cancel"
+    );
+    Ok(())
+}

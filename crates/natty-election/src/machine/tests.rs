@@ -383,6 +383,88 @@ fn shutdown_with_a_renew_in_flight_resigns_with_the_revision_it_leaves() {
     assert!(m.is_stopped());
 }
 
+/// Issue 15, item 2: a renew in flight past the deadline, then a shutdown: whatever the renew's
+/// reply, the machine stops (resigning first if the key may still be ours) and never asks to
+/// be woken in the past.
+#[test]
+fn shutdown_after_a_fence_with_a_renew_in_flight_always_ends() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let replies = [
+        Input::Failed,
+        Input::Updated { revision: 11 },
+        Input::Conflict {
+            holder: Some(holder("b", 12)),
+            ours: None,
+        },
+        Input::Conflict {
+            holder: None,
+            ours: Some(11),
+        },
+    ];
+    for reply in replies {
+        let mut m = leader(t0);
+        let t1 = t0 + c.renew_interval;
+        m.handle_timeout(t1);
+        assert_eq!(drain(&mut m).0, vec![Action::Renew { revision: 10 }]);
+        let deadline = t0 + TTL - c.margin;
+        m.handle_timeout(deadline);
+        let _ = drain(&mut m);
+        let t2 = deadline + Duration::from_millis(10);
+        m.handle(t2, Input::Shutdown);
+        m.handle(t2, reply.clone());
+        let mut now = t2;
+        for _ in 0..10 {
+            if m.is_stopped() {
+                break;
+            }
+            match drain(&mut m).0.as_slice() {
+                [Action::Resign { .. }] => m.handle(now, Input::Resigned),
+                [] => {
+                    let t = m.poll_timeout().expect("not stopped, so it must wake up");
+                    assert!(
+                        t > now,
+                        "after {reply:?}: a timeout in the past ({t:?} <= {now:?}): a busy loop"
+                    );
+                    now = t;
+                    m.handle_timeout(now);
+                }
+                other => panic!("after {reply:?}: unexpected {other:?}"),
+            }
+        }
+        assert!(
+            m.is_stopped(),
+            "after {reply:?}: never stopped: {:?}",
+            m.state()
+        );
+        assert!(
+            now <= t2 + TTL,
+            "after {reply:?}: stopped only at {:?}",
+            now - t2
+        );
+    }
+}
+
+/// A shutdown while the server never answers ends within `ttl`: the request in flight is
+/// abandoned (the lease expires on the server by itself).
+#[test]
+fn shutdown_with_no_answer_ends_within_the_ttl() {
+    let t0 = Instant::now();
+    let mut m = leader(t0);
+    m.handle(t0, Input::Shutdown);
+    assert_eq!(
+        drain(&mut m).0,
+        vec![
+            Action::StopWork { term: 10 },
+            Action::Resign { revision: 10 }
+        ]
+    );
+    assert_eq!(m.poll_timeout(), Some(t0 + TTL));
+    m.handle_timeout(t0 + TTL);
+    assert!(m.is_stopped());
+    assert_eq!(m.poll_timeout(), None);
+}
+
 #[test]
 fn shutdown_while_creating_gives_a_won_key_straight_back() {
     let t0 = Instant::now();
@@ -521,7 +603,8 @@ proptest! {
                         now = t.max(now);
                         m.handle_timeout(now);
                         check(&mut m, now, &mut pending, &mut working, valid_until)?;
-                        if m.poll_timeout() == Some(t) { break; }
+                        let next = m.poll_timeout();
+                        prop_assert!(next.is_none_or(|n| n > t), "handling the timeout {:?} left it at {:?}: a busy loop", t, next);
                     }
                     now = target;
                     m.handle_timeout(now);
@@ -568,5 +651,37 @@ proptest! {
             }
             check(&mut m, now, &mut pending, &mut working, valid_until)?;
         }
+        // Whatever happened, a shutdown ends: the machine stops within `ttl` of it, whether
+        // requests are answered (in turn: failed, conflict, success) or never.
+        let shut_at = now;
+        m.handle(now, Input::Shutdown);
+        check(&mut m, now, &mut pending, &mut working, valid_until)?;
+        for i in 0..50u32 {
+            if m.is_stopped() {
+                break;
+            }
+            if let Some((a, _)) = pending.take() {
+                revision += 1;
+                let input = match (i % 3, a) {
+                    (0, _) => Input::Failed,
+                    (1, _) => Input::Conflict { holder: Some(holder("z", revision)), ours: None },
+                    (_, Action::Create) => Input::Created { revision },
+                    (_, Action::Resign { .. }) => Input::Resigned,
+                    _ => Input::Updated { revision },
+                };
+                m.handle(now, input);
+            } else {
+                let t = m.poll_timeout();
+                prop_assert!(t.is_some(), "not stopped and nothing to wait for: {:?}", m.state());
+                let t = t.unwrap_or(now);
+                prop_assert!(t > now || t == now && i == 0, "timeout in the past: a busy loop");
+                now = t.max(now);
+                m.handle_timeout(now);
+            }
+            check(&mut m, now, &mut pending, &mut working, valid_until)?;
+        }
+        prop_assert!(m.is_stopped(), "never stopped after shutdown: {:?}", m.state());
+        prop_assert!(working.is_none(), "stopped with work running");
+        prop_assert!(now <= shut_at + c.ttl, "stopped {:?} after shutdown", now - shut_at);
     }
 }
