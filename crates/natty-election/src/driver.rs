@@ -115,11 +115,30 @@ struct Job {
     term: u64,
     lost: CancellationToken,
     handle: JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+impl Job {
+    /// Fires `lost`, after the shared state says "not leader": whoever reacts to `lost` and
+    /// asks `is_leader()` gets `false` (one source of truth).
+    fn fire_lost(&self) {
+        {
+            let mut leading = self
+                .shared
+                .leading
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if leading.is_some_and(|l| l.term == self.term) {
+                *leading = None;
+            }
+        }
+        self.lost.cancel();
+    }
 }
 
 impl Drop for Job {
     fn drop(&mut self) {
-        self.lost.cancel();
+        self.fire_lost();
         self.handle.abort();
     }
 }
@@ -302,7 +321,12 @@ impl Election {
                             node: self.config.node_name.clone(),
                             shared: self.shared.clone(),
                         }));
-                        job = Some(Job { term, lost, handle });
+                        job = Some(Job {
+                            term,
+                            lost,
+                            handle,
+                            shared: self.shared.clone(),
+                        });
                     }
                     Action::StopWork { term } => {
                         if let Some(job) = job.take() {
@@ -415,7 +439,7 @@ impl Election {
     /// Cancels the work and waits for it, at most the safety margin; then aborts it.
     async fn stop_work(&self, mut job: Job) {
         info!(term = job.term, "stopping work");
-        job.lost.cancel();
+        job.fire_lost();
         let margin = self.config.machine().margin;
         let handle = &mut job.handle;
         match tokio::time::timeout(margin, &mut *handle).await {

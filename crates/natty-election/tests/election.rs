@@ -452,3 +452,54 @@ async fn cancel_while_the_server_is_paused_returns_within_the_ttl() -> anyhow::R
     );
     Ok(())
 }
+
+/// Issue 15, item 6: once `lost` fired, `is_leader()`/`current_term()` never say "leader".
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn is_leader_is_false_once_lost_fired() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let b = bucket();
+    let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    let election = Election::new(kv.clone(), config(&b, "leader", "a"))?;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (e, s) = (election.clone(), seen.clone());
+    let cancel = natty_election::CancellationToken::new();
+    let task = tokio::spawn({
+        let election = election.clone();
+        let cancel = cancel.clone();
+        async move {
+            election
+                .run(cancel, move |lead| {
+                    let (e, s) = (e.clone(), s.clone());
+                    async move {
+                        lead.lost.cancelled().await;
+                        *s.lock().unwrap() = Some((e.is_leader(), e.current_term()));
+                    }
+                })
+                .await
+        }
+    });
+    wait_for("a leads", Duration::from_secs(5), || async {
+        election.is_leader().then_some(())
+    })
+    .await?;
+    // Someone takes the key by compare-and-set: the next renew conflicts.
+    let current = kv.get(&b, "leader").await?.unwrap();
+    kv.update_with_ttl(
+        &b,
+        "leader",
+        br#"{"node":"usurper","instance":1,"since_ms":0}"#.to_vec().into(),
+        current.revision,
+        Duration::from_secs(2),
+    )
+    .await?;
+    let observed = wait_for("lost to fire", Duration::from_secs(3), || async {
+        *seen.lock().unwrap()
+    })
+    .await?;
+    assert_eq!(observed, (false, None), "leader state right after `lost`");
+    cancel.cancel();
+    task.await??;
+    Ok(())
+}
