@@ -226,10 +226,10 @@ impl Election {
 
     /// Takes part in the election until `cancel` fires. Each time this node becomes leader,
     /// `work` is called with a [`Leadership`] and its future is spawned; it is cancelled (its
-    /// `lost` token fires, then after the safety margin the task is aborted) the moment
-    /// leadership ends. On cancel, a leader stops its work and then resigns (deletes its key,
+    /// `lost` token fires, then after half the safety margin the task is aborted, in any case
+    /// `margin / 2` before the lease could expire) the moment leadership ends. On cancel, a leader stops its work and then resigns (deletes its key,
     /// conditioned on its revision) so a follower takes over at once. `run` returns within
-    /// `ttl` of `cancel` (plus the time the work takes to stop, at most the margin) even
+    /// `ttl` of `cancel` (plus the time the work takes to stop, at most half the margin) even
     /// when the server never answers: past that the key expires on the server by itself.
     ///
     /// Returns an error only for a configuration the election cannot run with (a bucket whose
@@ -328,10 +328,10 @@ impl Election {
                             shared: self.shared.clone(),
                         });
                     }
-                    Action::StopWork { term } => {
+                    Action::StopWork { term, abort_at } => {
                         if let Some(job) = job.take() {
                             debug_assert_eq!(job.term, term);
-                            self.stop_work(job).await;
+                            stop_work(job, Instant::from_std(abort_at)).await;
                         }
                     }
                     kv_action => {
@@ -393,7 +393,8 @@ impl Election {
             }
         }
         if let Some(job) = job.take() {
-            self.stop_work(job).await;
+            // Only when the machine stopped without stopping the work first (it never does).
+            stop_work(job, Instant::now()).await;
         }
         self.publish_state(&machine);
         info!("election stopped");
@@ -432,27 +433,6 @@ impl Election {
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Cancels the work and waits for it, at most the safety margin; then aborts it.
-    async fn stop_work(&self, mut job: Job) {
-        info!(term = job.term, "stopping work");
-        job.fire_lost();
-        let margin = self.config.machine().margin;
-        let handle = &mut job.handle;
-        match tokio::time::timeout(margin, &mut *handle).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if e.is_panic() => error!(term = job.term, "leader work panicked"),
-            Ok(Err(_)) => {}
-            Err(_) => {
-                error!(
-                    term = job.term,
-                    ?margin,
-                    "leader work ignored `lost` for longer than the safety margin: aborting it"
-                );
-                handle.abort();
             }
         }
     }
@@ -648,5 +628,24 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(Instant::from_std(d)).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Fires the work's `lost` and waits for it to end until `abort_at`; then aborts it.
+async fn stop_work(mut job: Job, abort_at: Instant) {
+    info!(term = job.term, "stopping work");
+    job.fire_lost();
+    let term = job.term;
+    match tokio::time::timeout_at(abort_at, &mut job.handle).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_panic() => error!(term, "leader work panicked"),
+        Ok(Err(_)) => {}
+        Err(_) => {
+            error!(
+                term,
+                "leader work ignored `lost` until half the margin before the lease could expire: aborting it"
+            );
+            job.handle.abort();
+        }
     }
 }

@@ -181,10 +181,13 @@ pub enum Action {
         /// The term (fencing token).
         term: u64,
     },
-    /// Stop the work of `term` now.
+    /// Stop the work of `term` now: fire its `lost`, and abort it if it has not ended by
+    /// `abort_at` (at the latest `margin / 2` before the lease could expire on the server).
     StopWork {
         /// The term.
         term: u64,
+        /// Abort work that ignores `lost` at this instant.
+        abort_at: Instant,
     },
 }
 
@@ -593,8 +596,21 @@ impl Machine {
         self.events.push_back(Event::Elected { term });
     }
 
+    /// Work stops now; work that ignores `lost` is aborted half the margin later, and in any
+    /// case half the margin before the lease could expire (`sent + ttl - margin / 2`).
+    fn stop_work(&mut self, term: u64, now: Instant) {
+        let deadline = match self.state {
+            State::Leader { deadline, .. } => deadline.min(now),
+            _ => now,
+        };
+        self.actions.push_back(Action::StopWork {
+            term,
+            abort_at: deadline + self.config.margin / 2,
+        });
+    }
+
     fn lose(&mut self, term: u64, reason: LostReason, own: Option<u64>, now: Instant) {
-        self.actions.push_back(Action::StopWork { term });
+        self.stop_work(term, now);
         self.events.push_back(Event::Lost { term, reason });
         self.state = State::Follower { own, next_try: now };
     }
@@ -640,7 +656,7 @@ impl Machine {
         match self.state {
             State::Leader { term, revision, .. } => {
                 // Work stops before the key is given up, so the next leader never overlaps.
-                self.actions.push_back(Action::StopWork { term });
+                self.stop_work(term, now);
                 self.events.push_back(Event::Lost {
                     term,
                     reason: LostReason::Resigned,

@@ -10,8 +10,24 @@ fn cfg() -> MachineConfig {
     MachineConfig::new(TTL)
 }
 
+/// A stand-in for `StopWork::abort_at` in expected action lists (`drain` writes it there;
+/// the abort instant has its own tests).
+static ANY: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn stop(term: u64) -> Action {
+    Action::StopWork {
+        term,
+        abort_at: *ANY,
+    }
+}
+
 fn drain(m: &mut Machine) -> (Vec<Action>, Vec<Event>) {
-    let actions = std::iter::from_fn(|| m.poll_action()).collect();
+    let actions = std::iter::from_fn(|| m.poll_action())
+        .map(|a| match a {
+            Action::StopWork { term, .. } => stop(term),
+            other => other,
+        })
+        .collect();
     let events = std::iter::from_fn(|| m.poll_event()).collect();
     (actions, events)
 }
@@ -151,7 +167,7 @@ fn renew_conflict_stops_work_at_once() {
         },
     );
     let (actions, events) = drain(&mut m);
-    assert_eq!(actions, vec![Action::StopWork { term: 10 }]);
+    assert_eq!(actions, vec![stop(10)]);
     assert_eq!(
         events,
         vec![
@@ -187,13 +203,7 @@ fn renew_timeout_retries_and_keeps_leading_until_the_deadline() {
         let (actions, events) = drain(&mut m);
         if t >= deadline {
             // ...until the deadline: self-fence, then try to reclaim our own key.
-            assert_eq!(
-                actions,
-                vec![
-                    Action::StopWork { term: 10 },
-                    Action::Reclaim { revision: 10 }
-                ]
-            );
+            assert_eq!(actions, vec![stop(10), Action::Reclaim { revision: 10 }]);
             assert_eq!(
                 events,
                 vec![Event::Lost {
@@ -211,6 +221,45 @@ fn renew_timeout_retries_and_keeps_leading_until_the_deadline() {
     assert!(!m.is_leader(t));
 }
 
+/// Issue 15, item 7: work that ignores `lost` is aborted `margin / 2` before the lease could
+/// expire on the server (`sent + ttl`), not at it; later losses abort no later.
+#[test]
+fn work_is_aborted_half_the_margin_before_the_lease_expires() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let mut m = leader(t0);
+    m.handle_timeout(t0 + c.renew_interval);
+    let _ = drain(&mut m);
+    let deadline = t0 + TTL - c.margin;
+    m.handle_timeout(deadline);
+    assert_eq!(
+        m.poll_action(),
+        Some(Action::StopWork {
+            term: 10,
+            abort_at: t0 + TTL - c.margin / 2
+        })
+    );
+    // A conflict long before the deadline: abort half a margin after the loss.
+    let mut m = leader(t0);
+    let t1 = t0 + c.renew_interval;
+    m.handle_timeout(t1);
+    let _ = drain(&mut m);
+    m.handle(
+        t1,
+        Input::Conflict {
+            holder: None,
+            ours: None,
+        },
+    );
+    assert_eq!(
+        m.poll_action(),
+        Some(Action::StopWork {
+            term: 10,
+            abort_at: t1 + c.margin / 2
+        })
+    );
+}
+
 #[test]
 fn deadline_self_fence_without_any_reply() {
     let t0 = Instant::now();
@@ -223,7 +272,7 @@ fn deadline_self_fence_without_any_reply() {
     let deadline = t0 + TTL - c.margin;
     assert_eq!(m.poll_timeout(), Some(deadline));
     m.handle_timeout(deadline);
-    assert_eq!(drain(&mut m).0, vec![Action::StopWork { term: 10 }]);
+    assert_eq!(drain(&mut m).0, vec![stop(10)]);
     assert!(!m.is_leader(deadline));
     // The renew finally lands: the key is ours again at 11; reclaim it (new term), do not
     // resume the old one.
@@ -245,7 +294,7 @@ fn transient_error_then_reclaim_with_a_new_term() {
     let deadline = t0 + TTL - c.margin;
     // The renew fails at the deadline: fence now, try to reclaim after the retry interval.
     m.handle(deadline, Input::Failed);
-    assert_eq!(drain(&mut m).0, vec![Action::StopWork { term: 10 }]);
+    assert_eq!(drain(&mut m).0, vec![stop(10)]);
     let retry = deadline + c.retry_interval;
     assert_eq!(m.poll_timeout(), Some(retry));
     m.handle_timeout(retry);
@@ -266,10 +315,7 @@ fn transient_error_then_reclaim_with_a_new_term() {
     m.handle_timeout(retry);
     assert_eq!(
         drain(&mut m).0,
-        vec![
-            Action::StopWork { term: 10 },
-            Action::Reclaim { revision: 10 }
-        ]
+        vec![stop(10), Action::Reclaim { revision: 10 }]
     );
     m.handle(
         retry,
@@ -348,13 +394,7 @@ fn resign_on_shutdown_stops_work_first() {
     let mut m = leader(t0);
     m.handle(t0, Input::Shutdown);
     let (actions, events) = drain(&mut m);
-    assert_eq!(
-        actions,
-        vec![
-            Action::StopWork { term: 10 },
-            Action::Resign { revision: 10 }
-        ]
-    );
+    assert_eq!(actions, vec![stop(10), Action::Resign { revision: 10 }]);
     assert_eq!(
         events,
         vec![Event::Lost {
@@ -376,7 +416,7 @@ fn shutdown_with_a_renew_in_flight_resigns_with_the_revision_it_leaves() {
     m.handle_timeout(t1);
     let _ = drain(&mut m);
     m.handle(t1, Input::Shutdown);
-    assert_eq!(drain(&mut m).0, vec![Action::StopWork { term: 10 }]);
+    assert_eq!(drain(&mut m).0, vec![stop(10)]);
     m.handle(t1, Input::Updated { revision: 11 });
     assert_eq!(drain(&mut m).0, vec![Action::Resign { revision: 11 }]);
     m.handle(t1, Input::Resigned);
@@ -454,10 +494,7 @@ fn shutdown_with_no_answer_ends_within_the_ttl() {
     m.handle(t0, Input::Shutdown);
     assert_eq!(
         drain(&mut m).0,
-        vec![
-            Action::StopWork { term: 10 },
-            Action::Resign { revision: 10 }
-        ]
+        vec![stop(10), Action::Resign { revision: 10 }]
     );
     assert_eq!(m.poll_timeout(), Some(t0 + TTL));
     m.handle_timeout(t0 + TTL);
@@ -502,7 +539,7 @@ fn key_deleted_under_the_leader_stops_work() {
     assert!(m.is_leader(t0));
     m.handle(t0, Input::KeyGone { revision: 12 });
     let (actions, events) = drain(&mut m);
-    assert_eq!(actions, vec![Action::StopWork { term: 10 }, Action::Create]);
+    assert_eq!(actions, vec![stop(10), Action::Create]);
     assert_eq!(
         events,
         vec![Event::Lost {
@@ -577,8 +614,12 @@ proptest! {
                         prop_assert!(working.is_none(), "work started twice");
                         *working = Some(term);
                     }
-                    Action::StopWork { term } => {
+                    Action::StopWork { term, abort_at } => {
                         prop_assert_eq!(*working, Some(term), "stopping work not running");
+                        // Work that ignores `lost` is aborted half the margin before the
+                        // lease could expire on the server.
+                        let until = valid_until.expect("work ran without a successful request");
+                        prop_assert!(abort_at <= until + c.margin / 2, "abort at {:?} past the bound", abort_at - until);
                         *working = None;
                     }
                     other => {
