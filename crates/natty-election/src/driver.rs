@@ -295,12 +295,19 @@ impl Election {
         F: FnMut(Leadership) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Some((kv, per_key_ttl, watch)) = self.set_up(&cancel).await? else {
+        let Some((kv, per_key_ttl, created, watch)) = self.set_up(&cancel).await? else {
             return Ok(()); // cancelled before the election could start
         };
         let _not_leading = NotLeadingOnDrop(&self.shared);
         let mut watch = Some(watch);
-        let mut machine = Machine::new(self.config.machine(), Instant::now().into_std());
+        let now = Instant::now().into_std();
+        let mut machine = if created {
+            // We created the bucket: if it was deleted under a leader elsewhere, that leader
+            // may work until a TTL from now.
+            Machine::contesting_at(self.config.machine(), now, now + self.config.ttl)
+        } else {
+            Machine::new(self.config.machine(), now)
+        };
         let mut op: Option<Op> = None;
         let mut job: Option<Job> = None;
         let mut term_since_ms = now_ms();
@@ -407,16 +414,16 @@ impl Election {
     async fn set_up(
         &self,
         cancel: &CancellationToken,
-    ) -> Result<Option<(Kv, bool, natty_kv::Watch)>, Error> {
+    ) -> Result<Option<(Kv, bool, bool, natty_kv::Watch)>, Error> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let attempt = async {
-                let (kv, per_key_ttl) = self.prepare_bucket().await?;
+                let (kv, per_key_ttl, created) = self.prepare_bucket().await?;
                 let watch = kv
                     .watch_key(&self.config.bucket, &self.config.key)
                     .await
                     .map_err(from_kv)?;
-                Ok::<_, Error>((kv, per_key_ttl, watch))
+                Ok::<_, Error>((kv, per_key_ttl, created, watch))
             };
             let result = tokio::select! {
                 () = cancel.cancelled() => return Ok(None),
@@ -450,8 +457,8 @@ impl Election {
 
     /// Makes sure the bucket exists and suits the election; returns a `Kv` that re-creates
     /// the bucket with that configuration if it vanishes, and whether per-key TTL is used
-    /// (server 2.11+; else the bucket's own TTL is the lease TTL).
-    async fn prepare_bucket(&self) -> Result<(Kv, bool), Error> {
+    /// (server 2.11+; else the bucket's own TTL is the lease TTL), and whether we created it.
+    async fn prepare_bucket(&self) -> Result<(Kv, bool, bool), Error> {
         let c = &self.config;
         let per_key_ttl = self
             .kv
@@ -467,12 +474,14 @@ impl Election {
         } else {
             wanted.ttl(c.ttl)
         };
+        let mut created = false;
         let status = match self.kv.status(&c.bucket).await {
             Ok(status) => status,
             Err(e) if e.kind() == natty_kv::ErrorKind::BucketNotFound => {
-                if let Err(e) = self.kv.create_bucket(wanted.clone()).await {
+                match self.kv.create_bucket(wanted.clone()).await {
+                    Ok(()) => created = true,
                     // Another candidate may have created it first; the status below tells.
-                    debug!(error = %e, "creating the election bucket");
+                    Err(e) => debug!(error = %e, "creating the election bucket"),
                 }
                 self.kv.status(&c.bucket).await.map_err(from_kv)?
             }
@@ -507,6 +516,7 @@ impl Election {
         Ok((
             Kv::with_defaults(self.kv.client().clone(), wanted),
             per_key_ttl,
+            created,
         ))
     }
 
@@ -537,7 +547,21 @@ impl Election {
             };
             let request = async {
                 match action {
-                    Action::Create => {
+                    Action::Create { make_bucket } => {
+                        // Never let the create re-create a deleted bucket by itself: a
+                        // follower doing that could lead while the old leader still works.
+                        if bucket_epoch(&kv, &c.bucket).await?.is_none() {
+                            if !make_bucket {
+                                return Ok(Input::BucketGone);
+                            }
+                            info!("re-creating the election bucket after a TTL without it");
+                            match kv.create_bucket(kv.defaults().with_name(&c.bucket)).await {
+                                Err(e) if e.kind() != natty_kv::ErrorKind::BucketExists => {
+                                    return Err(e);
+                                }
+                                _ => {}
+                            }
+                        }
                         let value = lease(None, now_ms()).encode();
                         let created = if per_key_ttl {
                             kv.create_with_ttl(&c.bucket, &c.key, value, c.ttl).await
@@ -584,6 +608,10 @@ impl Election {
             };
             match tokio::time::timeout(limit, request).await {
                 Ok(Ok(input)) => input,
+                Ok(Err(e)) if e.kind() == natty_kv::ErrorKind::BucketNotFound => {
+                    warn!(error = %e, ?action, "the election bucket is gone");
+                    Input::BucketGone
+                }
                 Ok(Err(e))
                     if matches!(
                         e.kind(),
@@ -605,6 +633,30 @@ impl Election {
         })
     }
 }
+
+/// The bucket's epoch: its stream's creation time (ns since the Unix epoch, the server's
+/// clock); `None` when the bucket does not exist.
+async fn bucket_epoch(kv: &Kv, bucket: &str) -> Result<Option<u64>, natty_kv::Error> {
+    match kv
+        .client()
+        .jetstream()
+        .get_stream(format!("KV_{bucket}"))
+        .await
+    {
+        Ok(stream) => Ok(Some(
+            u64::try_from(stream.cached_info().created.unix_timestamp_nanos()).unwrap_or(0),
+        )),
+        Err(e) if natty_core::error::jetstream_code(&e) == Some(STREAM_NOT_FOUND) => Ok(None),
+        Err(e) => Err(natty_kv::Error::with_source(
+            natty_kv::ErrorKind::Other,
+            format!("reading the stream of bucket {bucket:?}"),
+            e,
+        )),
+    }
+}
+
+/// JetStream's "stream not found".
+const STREAM_NOT_FOUND: u64 = 10059;
 
 /// Who holds the key now, and its revision if it is this instance's own write.
 async fn read_holder(kv: &Kv, c: &ElectionConfig, instance: u64) -> (Option<Holder>, Option<u64>) {

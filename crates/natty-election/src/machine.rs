@@ -20,7 +20,7 @@
 //!
 //! let t0 = Instant::now();
 //! let mut m = Machine::new(MachineConfig::new(Duration::from_secs(3)), t0);
-//! assert_eq!(m.poll_action(), Some(Action::Create));
+//! assert_eq!(m.poll_action(), Some(Action::Create { make_bucket: false }));
 //! m.handle(t0, Input::Created { revision: 7 });
 //! assert_eq!(m.poll_action(), Some(Action::StartWork { term: 7 }));
 //! assert!(m.is_leader(t0));
@@ -139,6 +139,8 @@ pub enum Input {
     },
     /// The request failed without an answer (timeout, connection loss): its effect is unknown.
     Failed,
+    /// The request found the bucket missing (deleted): the lease is gone with it.
+    BucketGone,
     /// The resign finished (deleted, or the key was no longer ours).
     Resigned,
     /// The watch saw the key deleted, purged or expired at `revision`.
@@ -160,7 +162,12 @@ pub enum Input {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Create the key (only if absent).
-    Create,
+    Create {
+        /// Create the bucket first if it is missing. Unset, a missing bucket is reported as
+        /// [`Input::BucketGone`] and nothing is created: only after a full TTL without a
+        /// bucket may a candidate re-create it, when no old leader can still be working.
+        make_bucket: bool,
+    },
     /// Re-write the key conditioned on `revision` (we lead with it).
     Renew {
         /// The revision we hold.
@@ -203,6 +210,8 @@ pub enum LostReason {
     KeyGone,
     /// We resigned (shutdown).
     Resigned,
+    /// The bucket was deleted (a renew found it missing).
+    BucketDeleted,
 }
 
 /// What happened, for subscribers.
@@ -283,16 +292,24 @@ pub struct Machine {
     known: Option<Option<Holder>>,
     /// The key was seen gone while a request was in flight: contest as soon as it returns.
     contest_asap: bool,
+    /// The bucket was found missing: the next create may re-create it (a TTL later).
+    make_bucket: bool,
 }
 
 impl Machine {
     /// A new follower that contests at once (its first action is [`Action::Create`]).
     pub fn new(config: MachineConfig, now: Instant) -> Self {
+        Self::contesting_at(config, now, now)
+    }
+
+    /// A follower that contests first at `first_try` (a candidate that had to create the
+    /// bucket waits a TTL: the bucket may have been deleted under a leader that still works).
+    pub fn contesting_at(config: MachineConfig, now: Instant, first_try: Instant) -> Self {
         let mut machine = Self {
             config,
             state: State::Follower {
                 own: None,
-                next_try: now,
+                next_try: first_try,
             },
             pending: None,
             actions: VecDeque::new(),
@@ -301,6 +318,7 @@ impl Machine {
             stop_by: None,
             known: None,
             contest_asap: false,
+            make_bucket: false,
         };
         machine.handle_timeout(now);
         machine
@@ -394,7 +412,10 @@ impl Machine {
             }
             State::Follower { own, next_try } if now >= next_try => match own {
                 Some(revision) => self.request(Op::Reclaim, Action::Reclaim { revision }, now),
-                None => self.request(Op::Create, Action::Create, now),
+                None => {
+                    let make_bucket = std::mem::take(&mut self.make_bucket);
+                    self.request(Op::Create, Action::Create { make_bucket }, now);
+                }
             },
             _ => {}
         }
@@ -516,6 +537,28 @@ impl Machine {
                 Some((Op::Resign, _)) => self.stop(),
                 None => {}
             },
+            Input::BucketGone => match self.pending.take() {
+                Some((Op::Resign, _)) => self.stop(),
+                Some(_) if self.shutdown => self.stop(),
+                Some(_) => {
+                    if let State::Leader { term, .. } = self.state {
+                        self.lose(term, LostReason::BucketDeleted, None, now);
+                    }
+                    if let State::Resigning { .. } = self.state {
+                        self.stop();
+                    } else {
+                        // Whoever led may work until its last `sent + ttl - margin`: nobody
+                        // contests (and re-creates the bucket) before a TTL from now.
+                        self.make_bucket = true;
+                        self.contest_asap = false;
+                        self.state = State::Follower {
+                            own: None,
+                            next_try: now + self.config.ttl,
+                        };
+                    }
+                }
+                None => {}
+            },
             Input::Resigned => {
                 if let Some((Op::Resign, _)) = self.pending {
                     self.pending = None;
@@ -528,6 +571,8 @@ impl Machine {
                     self.lose(term, LostReason::KeyGone, None, now);
                     self.contest_now(now);
                 }
+                // After a missing bucket, the TTL wait is not shortened.
+                State::Follower { .. } if self.make_bucket => {}
                 State::Follower { .. } => {
                     self.forget_own(now);
                     self.contest_now(now);

@@ -503,3 +503,58 @@ async fn is_leader_is_false_once_lost_fired() -> anyhow::Result<()> {
     task.await??;
     Ok(())
 }
+
+/// Issue 15, item 3: a bucket deleted under a leader is an immediate loss (at its next renew,
+/// not at its deadline), and no follower leads while the old leader may still work.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_deleted_bucket_is_an_immediate_loss_and_nobody_overlaps() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let rec = Recorder::default();
+    let b = bucket();
+    let mut cands = Vec::new();
+    for n in ["a", "b"] {
+        cands.push(Candidate::start(&nats.url(), config(&b, "leader", n), &rec).await?);
+    }
+    let first = wait_for("a leader", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    // Delete it right after a renew, so the deadline is as far away as it gets.
+    let renewed = kv.get(&b, "leader").await?.unwrap().revision;
+    wait_for("a renew", Duration::from_secs(3), || async {
+        let now = kv.get(&b, "leader").await.ok()??.revision;
+        (now > renewed).then_some(())
+    })
+    .await?;
+    let deleted_at = Instant::now();
+    kv.delete_bucket(&b).await?;
+    let lost = wait_for("the leader noticing", Duration::from_secs(3), || async {
+        rec.intervals()[0].end
+    })
+    .await?;
+    // Renew interval 667 ms + the retry: well before the 1.8 s deadline.
+    assert!(
+        lost - deleted_at < Duration::from_millis(1200),
+        "lost only {:?} after the bucket was deleted",
+        lost - deleted_at
+    );
+    let second = wait_for("a leader again", Duration::from_secs(8), || async {
+        rec.intervals().get(1).cloned()
+    })
+    .await?;
+    eprintln!(
+        "{} lost {:?} after the delete; {} leads {:?} after it",
+        first.node,
+        lost - deleted_at,
+        second.node,
+        second.start - deleted_at
+    );
+    rec.assert_no_overlap_open_last();
+    for c in cands {
+        c.stop().await?;
+    }
+    Ok(())
+}

@@ -14,6 +14,8 @@ fn cfg() -> MachineConfig {
 /// the abort instant has its own tests).
 static ANY: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
 
+const CREATE: Action = Action::Create { make_bucket: false };
+
 fn stop(term: u64) -> Action {
     Action::StopWork {
         term,
@@ -42,7 +44,7 @@ fn holder(node: &str, term: u64) -> Holder {
 /// A leader at `t0` with term 10.
 fn leader(t0: Instant) -> Machine {
     let mut m = Machine::new(cfg(), t0);
-    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    assert_eq!(drain(&mut m).0, vec![CREATE]);
     m.handle(t0, Input::Created { revision: 10 });
     assert_eq!(
         drain(&mut m),
@@ -70,7 +72,7 @@ fn win() {
 fn lose_the_race_then_contest_on_poll_and_on_key_gone() {
     let t0 = Instant::now();
     let mut m = Machine::new(cfg(), t0);
-    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    assert_eq!(drain(&mut m).0, vec![CREATE]);
     m.handle(
         t0,
         Input::Conflict {
@@ -94,7 +96,7 @@ fn lose_the_race_then_contest_on_poll_and_on_key_gone() {
     assert_eq!(drain(&mut m).0, vec![]);
     // ...then it contests again; the same holder is not reported twice.
     m.handle_timeout(poll);
-    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    assert_eq!(drain(&mut m).0, vec![CREATE]);
     m.handle(
         poll,
         Input::Conflict {
@@ -106,7 +108,7 @@ fn lose_the_race_then_contest_on_poll_and_on_key_gone() {
     // The key expires: contest at once, not on the next poll.
     let t1 = poll + Duration::from_millis(10);
     m.handle(t1, Input::KeyGone { revision: 20 });
-    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    assert_eq!(drain(&mut m).0, vec![CREATE]);
     m.handle(t1, Input::Created { revision: 21 });
     assert_eq!(drain(&mut m).1, vec![Event::Elected { term: 21 }]);
 }
@@ -115,7 +117,7 @@ fn lose_the_race_then_contest_on_poll_and_on_key_gone() {
 fn key_gone_while_a_create_is_in_flight_contests_right_after() {
     let t0 = Instant::now();
     let mut m = Machine::new(cfg(), t0);
-    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    assert_eq!(drain(&mut m).0, vec![CREATE]);
     m.handle(t0, Input::KeyGone { revision: 3 });
     assert_eq!(drain(&mut m).0, vec![], "one request at a time");
     m.handle(
@@ -127,7 +129,7 @@ fn key_gone_while_a_create_is_in_flight_contests_right_after() {
     );
     assert_eq!(
         drain(&mut m).0,
-        vec![Action::Create],
+        vec![CREATE],
         "the gone key is contested at once"
     );
 }
@@ -366,7 +368,7 @@ fn a_renew_that_landed_despite_a_lost_reply_keeps_leadership() {
     let _ = drain(&mut f);
     f.handle(t0, Input::Failed);
     f.handle_timeout(t0 + c.retry_interval);
-    assert_eq!(drain(&mut f).0, vec![Action::Create]);
+    assert_eq!(drain(&mut f).0, vec![CREATE]);
     f.handle(
         t0 + c.retry_interval,
         Input::Conflict {
@@ -539,7 +541,7 @@ fn key_deleted_under_the_leader_stops_work() {
     assert!(m.is_leader(t0));
     m.handle(t0, Input::KeyGone { revision: 12 });
     let (actions, events) = drain(&mut m);
-    assert_eq!(actions, vec![stop(10), Action::Create]);
+    assert_eq!(actions, vec![stop(10), CREATE]);
     assert_eq!(
         events,
         vec![Event::Lost {
@@ -547,6 +549,53 @@ fn key_deleted_under_the_leader_stops_work() {
             reason: LostReason::KeyGone
         }]
     );
+}
+
+/// Issue 15, item 3: a request that finds the bucket gone is an immediate loss, and nobody
+/// contests (re-creating the bucket) before a full TTL has passed: any old leader's lease has
+/// run out by then, whatever it last sent.
+#[test]
+fn a_missing_bucket_is_an_immediate_loss_and_everyone_waits_a_ttl() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let mut m = leader(t0);
+    let t1 = t0 + c.renew_interval;
+    m.handle_timeout(t1);
+    assert_eq!(drain(&mut m).0, vec![Action::Renew { revision: 10 }]);
+    m.handle(t1, Input::BucketGone);
+    assert_eq!(
+        drain(&mut m),
+        (
+            vec![stop(10)],
+            vec![Event::Lost {
+                term: 10,
+                reason: LostReason::BucketDeleted
+            }]
+        )
+    );
+    assert!(!m.is_leader(t1));
+    assert_eq!(m.poll_timeout(), Some(t1 + TTL));
+    m.handle_timeout(t1 + TTL - Duration::from_millis(1));
+    assert_eq!(drain(&mut m).0, vec![]);
+    m.handle_timeout(t1 + TTL);
+    assert_eq!(drain(&mut m).0, vec![Action::Create { make_bucket: true }]);
+    m.handle(t1 + TTL, Input::Created { revision: 1 });
+    assert_eq!(drain(&mut m).1, vec![Event::Elected { term: 1 }]);
+    // A follower whose create finds no bucket waits a TTL too, and even a watch saying the
+    // key is gone does not make it contest sooner.
+    let mut f = Machine::new(cfg(), t0);
+    assert_eq!(drain(&mut f).0, vec![CREATE]);
+    f.handle(t0, Input::BucketGone);
+    f.handle(t0, Input::KeyGone { revision: 1 });
+    assert_eq!(drain(&mut f).0, vec![]);
+    assert_eq!(f.poll_timeout(), Some(t0 + TTL));
+    // A shutdown meanwhile just stops.
+    f.handle(t0, Input::Shutdown);
+    assert!(f.is_stopped());
+    // A candidate that had to create the bucket waits a TTL before its first contest.
+    let mut m = Machine::contesting_at(cfg(), t0, t0 + TTL);
+    assert_eq!(drain(&mut m).0, vec![]);
+    assert_eq!(m.poll_timeout(), Some(t0 + TTL));
 }
 
 #[test]
@@ -570,6 +619,7 @@ enum Step {
     Conflict,
     ConflictOurs,
     Fail,
+    BucketGone,
     KeyGone,
     KeyWritten,
     Shutdown,
@@ -582,6 +632,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Conflict),
         1 => Just(Step::ConflictOurs),
         2 => Just(Step::Fail),
+        1 => Just(Step::BucketGone),
         1 => Just(Step::KeyGone),
         1 => Just(Step::KeyWritten),
         1 => (0u8..20).prop_map(|n| if n == 0 { Step::Shutdown } else { Step::Wait(10) }),
@@ -654,7 +705,7 @@ proptest! {
                     if let Some((a, sent)) = pending.take() {
                         revision += 1;
                         let input = match a {
-                            Action::Create => Input::Created { revision },
+                            Action::Create { .. } => Input::Created { revision },
                             Action::Renew { .. } | Action::Reclaim { .. } => Input::Updated { revision },
                             _ => Input::Resigned,
                         };
@@ -683,6 +734,11 @@ proptest! {
                         m.handle(now, Input::Failed);
                     }
                 }
+                Step::BucketGone => {
+                    if pending.take().is_some() {
+                        m.handle(now, Input::BucketGone);
+                    }
+                }
                 Step::KeyGone => {
                     revision += 1;
                     m.handle(now, Input::KeyGone { revision });
@@ -706,7 +762,7 @@ proptest! {
                 let input = match (i % 3, a) {
                     (0, _) => Input::Failed,
                     (1, _) => Input::Conflict { holder: Some(holder("z", revision)), ours: None },
-                    (_, Action::Create) => Input::Created { revision },
+                    (_, Action::Create { .. }) => Input::Created { revision },
                     (_, Action::Resign { .. }) => Input::Resigned,
                     _ => Input::Updated { revision },
                 };
