@@ -11,7 +11,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use natty_kv::{BucketConfig, EventKind, Kv};
 use tokio::{sync::broadcast, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -225,9 +225,12 @@ impl Election {
     }
 
     /// Takes part in the election until `cancel` fires. Each time this node becomes leader,
-    /// `work` is called with a [`Leadership`] and its future is spawned; it is cancelled (its
-    /// `lost` token fires, then after half the safety margin the task is aborted, in any case
-    /// `margin / 2` before the lease could expire) the moment leadership ends. On cancel, a leader stops its work and then resigns (deletes its key,
+    /// `work` is called with a [`Leadership`] and its future is spawned. If that future
+    /// panics or returns while this node leads, the node resigns so that another can lead
+    /// (an [`ElectionEvent::Lost`] with reason `WorkPanicked` / `WorkEnded`), then takes part
+    /// again. The moment leadership ends, the work's `lost` token fires; work that ignores it
+    /// is aborted half the safety margin later (in any case `margin / 2` before the lease
+    /// could expire). On cancel, a leader stops its work and then resigns (deletes its key,
     /// conditioned on its revision) so a follower takes over at once. `run` returns within
     /// `ttl` of `cancel` (plus the time the work takes to stop, at most half the margin) even
     /// when the server never answers: past that the key expires on the server by itself.
@@ -258,7 +261,8 @@ impl Election {
     }
 
     /// The Go `AsLeader` form: while this node leads, call `f(term)` now and then every
-    /// `interval`; a call in progress is dropped the moment leadership is lost.
+    /// `interval`; a call in progress is dropped the moment leadership is lost. A call that
+    /// panics is logged and the next one comes on schedule, as in Go.
     pub async fn run_every<F, Fut>(
         &self,
         cancel: CancellationToken,
@@ -276,9 +280,12 @@ impl Election {
                     if !lead.is_valid() {
                         return;
                     }
+                    let call = std::panic::AssertUnwindSafe(f(lead.term)).catch_unwind();
                     tokio::select! {
                         () = lead.lost.cancelled() => return,
-                        () = f(lead.term) => {}
+                        result = call => if result.is_err() {
+                            error!(term = lead.term, "run_every: a call panicked; calling again on schedule");
+                        }
                     }
                     tokio::select! {
                         () = lead.lost.cancelled() => return,
@@ -393,6 +400,17 @@ impl Election {
                             watch = None;
                         }
                     }
+                }
+                ended = async { (&mut job.as_mut().expect("guarded").handle).await }, if job.is_some() => {
+                    // The work ended by itself while we lead: resign so another node can.
+                    let term = job.take().map_or(0, |j| j.term);
+                    let panicked = matches!(&ended, Err(e) if e.is_panic());
+                    if panicked {
+                        error!(term, "leader work panicked: resigning");
+                    } else {
+                        warn!(term, "leader work returned while leading: resigning");
+                    }
+                    machine.handle(Instant::now().into_std(), Input::WorkEnded { term, panicked });
                 }
                 () = sleep_until(timeout), if timeout.is_some() => {
                     machine.handle_timeout(Instant::now().into_std());

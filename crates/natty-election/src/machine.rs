@@ -153,6 +153,13 @@ pub enum Input {
         /// Who wrote it.
         holder: Holder,
     },
+    /// The work of `term` ended by itself (returned, or `panicked`): resign, then follow.
+    WorkEnded {
+        /// The term whose work ended.
+        term: u64,
+        /// Whether it panicked.
+        panicked: bool,
+    },
     /// Stop: resign if leading, then end.
     Shutdown,
 }
@@ -212,6 +219,10 @@ pub enum LostReason {
     Resigned,
     /// The bucket was deleted (a renew found it missing).
     BucketDeleted,
+    /// The work panicked: we resigned so that another node can lead.
+    WorkPanicked,
+    /// The work returned while we led: we resigned so that another node can lead.
+    WorkEnded,
 }
 
 /// What happened, for subscribers.
@@ -494,7 +505,7 @@ impl Machine {
                         self.follow(holder, now);
                     }
                     // Not ours any more: nothing to resign.
-                    State::Resigning { .. } => self.stop(),
+                    State::Resigning { .. } => self.resigned(now),
                     _ => {
                         self.forget_own(now);
                         self.follow(holder, now);
@@ -505,7 +516,7 @@ impl Machine {
                     self.forget_own(now);
                     self.follow(holder, now);
                 }
-                Some((Op::Resign, _)) => self.stop(),
+                Some((Op::Resign, _)) => self.resigned(now),
                 None => {}
             },
             Input::Failed => match self.pending.take() {
@@ -534,35 +545,51 @@ impl Machine {
                 Some((Op::Create | Op::Reclaim, _)) if self.shutdown => self.stop(),
                 Some((Op::Create | Op::Reclaim, _)) => self.retry_soon(now),
                 // The resign's effect is unknown; the lease expires by itself at worst.
-                Some((Op::Resign, _)) => self.stop(),
+                Some((Op::Resign, _)) => self.resigned(now),
                 None => {}
             },
             Input::BucketGone => match self.pending.take() {
-                Some((Op::Resign, _)) => self.stop(),
                 Some(_) if self.shutdown => self.stop(),
                 Some(_) => {
                     if let State::Leader { term, .. } = self.state {
                         self.lose(term, LostReason::BucketDeleted, None, now);
                     }
-                    if let State::Resigning { .. } = self.state {
-                        self.stop();
-                    } else {
-                        // Whoever led may work until its last `sent + ttl - margin`: nobody
-                        // contests (and re-creates the bucket) before a TTL from now.
-                        self.make_bucket = true;
-                        self.contest_asap = false;
-                        self.state = State::Follower {
-                            own: None,
-                            next_try: now + self.config.ttl,
-                        };
-                    }
+                    // Whoever led may work until its last `sent + ttl - margin`: nobody
+                    // contests (and re-creates the bucket) before a TTL from now.
+                    self.make_bucket = true;
+                    self.contest_asap = false;
+                    self.state = State::Follower {
+                        own: None,
+                        next_try: now + self.config.ttl,
+                    };
                 }
                 None => {}
             },
+            Input::WorkEnded {
+                term: ended,
+                panicked,
+            } => {
+                if let State::Leader { term, revision, .. } = self.state
+                    && term == ended
+                {
+                    // Leading without working starves everyone: hand the key back.
+                    self.stop_work(term, now);
+                    self.events.push_back(Event::Lost {
+                        term,
+                        reason: if panicked {
+                            LostReason::WorkPanicked
+                        } else {
+                            LostReason::WorkEnded
+                        },
+                    });
+                    self.state = State::Resigning { revision };
+                    // With a renew in flight, the resign follows its reply.
+                }
+            }
             Input::Resigned => {
                 if let Some((Op::Resign, _)) = self.pending {
                     self.pending = None;
-                    self.stop();
+                    self.resigned(now);
                 }
             }
             Input::KeyGone { revision } => match self.state {
@@ -715,6 +742,20 @@ impl Machine {
             // Nothing in flight: `handle_timeout` resigns a key that may be ours, or stops.
             // A create/reclaim in flight: wait for it (if it wins we resign at once).
             State::Follower { .. } | State::Resigning { .. } | State::Stopped => {}
+        }
+    }
+
+    /// The resign is over (done, or its effect unknown): stop if shutting down, else follow
+    /// and contest again after the poll interval (others, watching, contest at once).
+    fn resigned(&mut self, now: Instant) {
+        if self.shutdown {
+            self.stop();
+        } else {
+            self.pending = None;
+            self.state = State::Follower {
+                own: None,
+                next_try: now + self.config.poll_interval,
+            };
         }
     }
 

@@ -558,3 +558,130 @@ async fn a_deleted_bucket_is_an_immediate_loss_and_nobody_overlaps() -> anyhow::
     }
     Ok(())
 }
+
+/// Issue 15, item 5: `run_every` keeps calling `f` after a call panics (Go's `AsLeader`).
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn run_every_keeps_calling_after_a_panic() -> anyhow::Result<()> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    init_tracing();
+    let nats = Nats::start().await?;
+    let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    let election = Election::new(kv, config(&bucket(), "cron", "a"))?;
+    let calls = Arc::new(AtomicU64::new(0));
+    let cancel = natty_election::CancellationToken::new();
+    let task = tokio::spawn({
+        let (e, c, calls) = (election.clone(), cancel.clone(), calls.clone());
+        async move {
+            e.run_every(c, Duration::from_millis(20), move |_term| {
+                let calls = calls.clone();
+                async move {
+                    assert!(
+                        calls.fetch_add(1, Ordering::SeqCst) != 0,
+                        "the first call panics"
+                    );
+                }
+            })
+            .await
+        }
+    });
+    wait_for("calls after the panic", Duration::from_secs(5), || async {
+        (calls.load(Ordering::SeqCst) >= 5).then_some(())
+    })
+    .await?;
+    assert!(election.is_leader());
+    cancel.cancel();
+    task.await??;
+    Ok(())
+}
+
+/// Issue 15, item 5: a `run` work future that panics makes its node resign at once (reported
+/// as an event), so another node leads long before the TTL.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn panicking_work_resigns_and_another_node_leads() -> anyhow::Result<()> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    init_tracing();
+    let nats = Nats::start().await?;
+    let b = bucket();
+    let panicked = Arc::new(AtomicBool::new(false));
+    let rec = Recorder::default();
+    let mut runs = Vec::new();
+    let mut subscriptions = Vec::new();
+    for n in ["a", "b"] {
+        let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+        let election = Election::new(kv, config(&b, "leader", n))?;
+        subscriptions.push(election.subscribe());
+        let cancel = natty_election::CancellationToken::new();
+        let (p, r, e, c) = (
+            panicked.clone(),
+            rec.clone(),
+            election.clone(),
+            cancel.clone(),
+        );
+        let task = tokio::spawn(async move {
+            e.run(c, move |lead| {
+                let (p, r) = (p.clone(), r.clone());
+                async move {
+                    if !p.swap(true, Ordering::SeqCst) {
+                        panic!("the first leader's work panics");
+                    }
+                    r.0.lock().unwrap().push(common::Interval {
+                        node: n.to_owned(),
+                        term: lead.term,
+                        start: Instant::now(),
+                        end: None,
+                    });
+                    lead.lost.cancelled().await;
+                }
+            })
+            .await
+        });
+        runs.push((cancel, task));
+    }
+    wait_for(
+        "the first leader's panic",
+        Duration::from_secs(5),
+        || async { panicked.load(Ordering::SeqCst).then_some(()) },
+    )
+    .await?;
+    let panic_at = Instant::now();
+    let next = wait_for("a working leader", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    eprintln!(
+        "{} leads {:?} after the panic",
+        next.node,
+        next.start - panic_at
+    );
+    assert!(
+        next.start - panic_at < Duration::from_secs(1),
+        "the next working leader came only {:?} after the panic (TTL 2 s)",
+        next.start - panic_at
+    );
+    let mut reported = false;
+    for s in &mut subscriptions {
+        while let Ok(e) = s.try_recv() {
+            reported |= matches!(
+                e,
+                ElectionEvent::Lost {
+                    reason: natty_election::LostReason::WorkPanicked,
+                    ..
+                }
+            );
+        }
+    }
+    assert!(reported, "the panic was not reported as an event");
+    for (cancel, task) in runs {
+        cancel.cancel();
+        task.await??;
+    }
+    Ok(())
+}

@@ -598,6 +598,37 @@ fn a_missing_bucket_is_an_immediate_loss_and_everyone_waits_a_ttl() {
     assert_eq!(m.poll_timeout(), Some(t0 + TTL));
 }
 
+/// Issue 15, item 5: work that panics (or returns) while leading hands the key back: resign,
+/// report why, then follow (and contest again after the poll interval).
+#[test]
+fn work_that_ends_hands_leadership_back() {
+    let t0 = Instant::now();
+    let c = cfg();
+    for (panicked, reason) in [
+        (true, LostReason::WorkPanicked),
+        (false, LostReason::WorkEnded),
+    ] {
+        let mut m = leader(t0);
+        // A stale report about another term changes nothing.
+        m.handle(t0, Input::WorkEnded { term: 9, panicked });
+        assert!(m.is_leader(t0));
+        m.handle(t0, Input::WorkEnded { term: 10, panicked });
+        assert_eq!(
+            drain(&mut m),
+            (
+                vec![stop(10), Action::Resign { revision: 10 }],
+                vec![Event::Lost { term: 10, reason }]
+            )
+        );
+        assert!(!m.is_leader(t0));
+        m.handle(t0, Input::Resigned);
+        assert!(!m.is_stopped());
+        assert_eq!(m.poll_timeout(), Some(t0 + c.poll_interval));
+        m.handle_timeout(t0 + c.poll_interval);
+        assert_eq!(drain(&mut m).0, vec![CREATE]);
+    }
+}
+
 #[test]
 fn config_checks() {
     assert!(cfg().check().is_ok());
@@ -622,6 +653,7 @@ enum Step {
     BucketGone,
     KeyGone,
     KeyWritten,
+    WorkEnded,
     Shutdown,
 }
 
@@ -635,6 +667,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::BucketGone),
         1 => Just(Step::KeyGone),
         1 => Just(Step::KeyWritten),
+        1 => Just(Step::WorkEnded),
         1 => (0u8..20).prop_map(|n| if n == 0 { Step::Shutdown } else { Step::Wait(10) }),
     ]
 }
@@ -744,6 +777,11 @@ proptest! {
                     m.handle(now, Input::KeyGone { revision });
                 }
                 Step::KeyWritten => m.handle(now, Input::KeyWritten { holder: holder("y", revision) }),
+                Step::WorkEnded => {
+                    if let Some(term) = working {
+                        m.handle(now, Input::WorkEnded { term, panicked: true });
+                    }
+                }
                 Step::Shutdown => m.handle(now, Input::Shutdown),
             }
             check(&mut m, now, &mut pending, &mut working, valid_until)?;
