@@ -78,6 +78,8 @@ struct Leading {
 #[derive(Debug)]
 pub(crate) struct Shared {
     leading: Mutex<Option<Leading>>,
+    /// Set while a `run` of this `Election` (or a clone) is in progress.
+    running: std::sync::atomic::AtomicBool,
     events: broadcast::Sender<ElectionEvent>,
 }
 
@@ -143,6 +145,28 @@ impl Drop for Job {
     }
 }
 
+/// Marks the election as running; cleared when `run` ends or its future is dropped.
+struct Running<'a>(&'a Shared);
+
+impl<'a> Running<'a> {
+    fn claim(shared: &'a Shared) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        shared
+            .running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            .then_some(Self(shared))
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Clears the shared "leading" state when `run` ends or its future is dropped, so
 /// `is_leader()` reads false from that moment.
 struct NotLeadingOnDrop<'a>(&'a Shared);
@@ -176,6 +200,7 @@ impl Election {
             instance: instance_id(),
             shared: Arc::new(Shared {
                 leading: Mutex::new(None),
+                running: std::sync::atomic::AtomicBool::new(false),
                 events,
             }),
         })
@@ -236,7 +261,8 @@ impl Election {
     /// when the server never answers: past that the key expires on the server by itself.
     ///
     /// Returns an error only for a configuration the election cannot run with (a bucket whose
-    /// TTL does not fit, bad names); an unreachable or busy server is waited out, and server
+    /// TTL does not fit, bad names) and `AlreadyRunning` when this `Election` or a clone of
+    /// it is already running (clones are one candidate: two runs would both lead); an unreachable or busy server is waited out, and server
     /// trouble later means losing or not gaining leadership, never an error.
     ///
     /// # Dropping instead of cancelling
@@ -257,6 +283,17 @@ impl Election {
             key = %self.config.key,
             node = %self.config.node_name
         );
+        let _running = Running::claim(&self.shared).ok_or_else(|| {
+            Error::new(
+                ErrorKind::AlreadyRunning,
+                format!(
+                    "electing on key {:?} in bucket {:?}: this election (or a clone of it) is \
+                     already running; clones share one candidacy, so run it once (use another \
+                     `Election` for a second candidate)",
+                    self.config.key, self.config.bucket
+                ),
+            )
+        })?;
         self.drive(cancel, &mut work).instrument(span).await
     }
 

@@ -685,3 +685,39 @@ async fn panicking_work_resigns_and_another_node_leads() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Issue 15, item 9: two concurrent `run`s on clones of one `Election` must not both lead:
+/// the second is refused.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_second_concurrent_run_on_a_clone_is_refused() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let rec = Recorder::default();
+    let a = Candidate::start(&nats.url(), config(&bucket(), "leader", "a"), &rec).await?;
+    wait_for("a leads", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    let clone = a.election.clone();
+    let second = tokio::time::timeout(
+        Duration::from_secs(3),
+        clone.run(Default::default(), |_| async {
+            panic!("the second run led");
+        }),
+    )
+    .await;
+    let Ok(result) = second else {
+        panic!("the second run was not refused (still running after 3 s)");
+    };
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyRunning, "{err}");
+    // The first run is unharmed and still leads; once it ended, a new run may start.
+    assert!(a.election.is_leader());
+    let election = a.election.clone();
+    a.stop().await?;
+    let cancel = natty_election::CancellationToken::new();
+    cancel.cancel();
+    election.run(cancel, |_| async {}).await?;
+    Ok(())
+}
