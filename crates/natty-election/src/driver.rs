@@ -253,7 +253,7 @@ impl Election {
     /// `work` is called with a [`Leadership`] and its future is spawned. If that future
     /// panics or returns while this node leads, the node resigns so that another can lead
     /// (an [`ElectionEvent::Lost`] with reason `WorkPanicked` / `WorkEnded`), then takes part
-    /// again. The moment leadership ends, the work's `lost` token fires; work that ignores it
+    /// again a TTL later (work that keeps failing never makes the election spin). The moment leadership ends, the work's `lost` token fires; work that ignores it
     /// is aborted half the safety margin later (in any case `margin / 2` before the lease
     /// could expire). On cancel, a leader stops its work and then resigns (deletes its key,
     /// conditioned on its revision) so a follower takes over at once. `run` returns within

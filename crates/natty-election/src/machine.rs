@@ -305,6 +305,9 @@ pub struct Machine {
     contest_asap: bool,
     /// The bucket was found missing: the next create may re-create it (a TTL later).
     make_bucket: bool,
+    /// No contest before this instant, whatever the watch says (after a missing bucket, or
+    /// after resigning because the work ended).
+    hold_off: Option<Instant>,
 }
 
 impl Machine {
@@ -330,6 +333,7 @@ impl Machine {
             known: None,
             contest_asap: false,
             make_bucket: false,
+            hold_off: None,
         };
         machine.handle_timeout(now);
         machine
@@ -557,11 +561,7 @@ impl Machine {
                     // Whoever led may work until its last `sent + ttl - margin`: nobody
                     // contests (and re-creates the bucket) before a TTL from now.
                     self.make_bucket = true;
-                    self.contest_asap = false;
-                    self.state = State::Follower {
-                        own: None,
-                        next_try: now + self.config.ttl,
-                    };
+                    self.hold_off_for_a_ttl(now);
                 }
                 None => {}
             },
@@ -598,8 +598,8 @@ impl Machine {
                     self.lose(term, LostReason::KeyGone, None, now);
                     self.contest_now(now);
                 }
-                // After a missing bucket, the TTL wait is not shortened.
-                State::Follower { .. } if self.make_bucket => {}
+                // After a missing bucket or failed work, the TTL wait is not shortened.
+                State::Follower { .. } if self.hold_off.is_some_and(|t| now < t) => {}
                 State::Follower { .. } => {
                     self.forget_own(now);
                     self.contest_now(now);
@@ -745,18 +745,26 @@ impl Machine {
         }
     }
 
-    /// The resign is over (done, or its effect unknown): stop if shutting down, else follow
-    /// and contest again after the poll interval (others, watching, contest at once).
+    /// The resign is over (done, or its effect unknown): stop if shutting down. Otherwise
+    /// the work ended by itself: follow, and contest again only a TTL later (others,
+    /// watching, contest at once), so work that keeps failing never makes a hot loop.
     fn resigned(&mut self, now: Instant) {
         if self.shutdown {
             self.stop();
         } else {
             self.pending = None;
-            self.state = State::Follower {
-                own: None,
-                next_try: now + self.config.poll_interval,
-            };
+            self.hold_off_for_a_ttl(now);
         }
+    }
+
+    fn hold_off_for_a_ttl(&mut self, now: Instant) {
+        let until = now + self.config.ttl;
+        self.hold_off = Some(until);
+        self.contest_asap = false;
+        self.state = State::Follower {
+            own: None,
+            next_try: until,
+        };
     }
 
     fn stop(&mut self) {

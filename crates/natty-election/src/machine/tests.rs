@@ -623,8 +623,12 @@ fn work_that_ends_hands_leadership_back() {
         assert!(!m.is_leader(t0));
         m.handle(t0, Input::Resigned);
         assert!(!m.is_stopped());
-        assert_eq!(m.poll_timeout(), Some(t0 + c.poll_interval));
-        m.handle_timeout(t0 + c.poll_interval);
+        // It holds off for a TTL, even when the key is seen gone again (another node's work
+        // panicking too): failing work never makes an election hot loop.
+        m.handle(t0, Input::KeyGone { revision: 12 });
+        assert_eq!(drain(&mut m).0, vec![]);
+        assert_eq!(m.poll_timeout(), Some(t0 + c.ttl));
+        m.handle_timeout(t0 + c.ttl);
         assert_eq!(drain(&mut m).0, vec![CREATE]);
     }
 }
