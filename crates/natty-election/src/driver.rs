@@ -11,7 +11,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use natty_kv::{BucketConfig, EventKind, Kv};
 use tokio::{sync::broadcast, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -78,6 +78,8 @@ struct Leading {
 #[derive(Debug)]
 pub(crate) struct Shared {
     leading: Mutex<Option<Leading>>,
+    /// Set while a `run` of this `Election` (or a clone) is in progress.
+    running: std::sync::atomic::AtomicBool,
     events: broadcast::Sender<ElectionEvent>,
 }
 
@@ -109,10 +111,79 @@ pub struct Election {
     shared: Arc<Shared>,
 }
 
+/// The leader's work task. Dropping it (the `run` future was dropped: `select!`, `timeout`,
+/// an aborted task) fires `lost` and aborts the task at once: work never outlives its `run`.
 struct Job {
     term: u64,
     lost: CancellationToken,
     handle: JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+impl Job {
+    /// Fires `lost`, after the shared state says "not leader": whoever reacts to `lost` and
+    /// asks `is_leader()` gets `false` (one source of truth).
+    fn fire_lost(&self) {
+        {
+            let mut leading = self
+                .shared
+                .leading
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if leading.is_some_and(|l| l.term == self.term) {
+                *leading = None;
+            }
+        }
+        self.lost.cancel();
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.fire_lost();
+        self.handle.abort();
+    }
+}
+
+/// Marks the election as running; cleared when `run` ends or its future is dropped.
+struct Running<'a>(&'a Shared);
+
+impl<'a> Running<'a> {
+    fn claim(shared: &'a Shared) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        shared
+            .running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            .then_some(Self(shared))
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Clears the shared "leading" state when `run` ends or its future is dropped, so
+/// `is_leader()` reads false from that moment.
+struct NotLeadingOnDrop<'a>(&'a Shared);
+
+impl Drop for NotLeadingOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set_leading(None);
+    }
+}
+
+impl Shared {
+    fn set_leading(&self, leading: Option<Leading>) {
+        *self
+            .leading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = leading;
+    }
 }
 
 type Op = Pin<Box<dyn Future<Output = Input> + Send>>;
@@ -129,6 +200,7 @@ impl Election {
             instance: instance_id(),
             shared: Arc::new(Shared {
                 leading: Mutex::new(None),
+                running: std::sync::atomic::AtomicBool::new(false),
                 events,
             }),
         })
@@ -178,14 +250,28 @@ impl Election {
     }
 
     /// Takes part in the election until `cancel` fires. Each time this node becomes leader,
-    /// `work` is called with a [`Leadership`] and its future is spawned; it is cancelled (its
-    /// `lost` token fires, then after the safety margin the task is aborted) the moment
-    /// leadership ends. On cancel, a leader stops its work and then resigns (deletes its key,
-    /// conditioned on its revision) so a follower takes over at once.
+    /// `work` is called with a [`Leadership`] and its future is spawned. If that future
+    /// panics or returns while this node leads, the node resigns so that another can lead
+    /// (an [`ElectionEvent::Lost`] with reason `WorkPanicked` / `WorkEnded`), then takes part
+    /// again a TTL later (work that keeps failing never makes the election spin). The moment leadership ends, the work's `lost` token fires; work that ignores it
+    /// is aborted half the safety margin later (in any case `margin / 2` before the lease
+    /// could expire). On cancel, a leader stops its work and then resigns (deletes its key,
+    /// conditioned on its revision) so a follower takes over at once. `run` returns within
+    /// `ttl` of `cancel` (plus the time the work takes to stop, at most half the margin) even
+    /// when the server never answers: past that the key expires on the server by itself.
     ///
     /// Returns an error only for a configuration the election cannot run with (a bucket whose
-    /// TTL does not fit, bad names); an unreachable or busy server is waited out, and server
+    /// TTL does not fit, bad names) and `AlreadyRunning` when this `Election` or a clone of
+    /// it is already running (clones are one candidate: two runs would both lead); an unreachable or busy server is waited out, and server
     /// trouble later means losing or not gaining leadership, never an error.
+    ///
+    /// # Dropping instead of cancelling
+    ///
+    /// Dropping this future (`select!`, `tokio::time::timeout`, aborting the task that polls
+    /// it) fires `lost` and aborts the work at once, and [`is_leader`](Self::is_leader) reads
+    /// `false` from that moment. But a drop cannot await a request, so it cannot resign: the
+    /// key stays until its TTL runs out and followers take over only then (up to `ttl` later).
+    /// To hand over fast, fire `cancel` and await `run`.
     pub async fn run<F, Fut>(&self, cancel: CancellationToken, mut work: F) -> Result<(), Error>
     where
         F: FnMut(Leadership) -> Fut,
@@ -197,11 +283,23 @@ impl Election {
             key = %self.config.key,
             node = %self.config.node_name
         );
+        let _running = Running::claim(&self.shared).ok_or_else(|| {
+            Error::new(
+                ErrorKind::AlreadyRunning,
+                format!(
+                    "electing on key {:?} in bucket {:?}: this election (or a clone of it) is \
+                     already running; clones share one candidacy, so run it once (use another \
+                     `Election` for a second candidate)",
+                    self.config.key, self.config.bucket
+                ),
+            )
+        })?;
         self.drive(cancel, &mut work).instrument(span).await
     }
 
     /// The Go `AsLeader` form: while this node leads, call `f(term)` now and then every
-    /// `interval`; a call in progress is dropped the moment leadership is lost.
+    /// `interval`; a call in progress is dropped the moment leadership is lost. A call that
+    /// panics is logged and the next one comes on schedule, as in Go.
     pub async fn run_every<F, Fut>(
         &self,
         cancel: CancellationToken,
@@ -219,9 +317,12 @@ impl Election {
                     if !lead.is_valid() {
                         return;
                     }
+                    let call = std::panic::AssertUnwindSafe(f(lead.term)).catch_unwind();
                     tokio::select! {
                         () = lead.lost.cancelled() => return,
-                        () = f(lead.term) => {}
+                        result = call => if result.is_err() {
+                            error!(term = lead.term, "run_every: a call panicked; calling again on schedule");
+                        }
                     }
                     tokio::select! {
                         () = lead.lost.cancelled() => return,
@@ -238,11 +339,19 @@ impl Election {
         F: FnMut(Leadership) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Some((kv, per_key_ttl, watch)) = self.set_up(&cancel).await? else {
+        let Some((kv, per_key_ttl, created, watch)) = self.set_up(&cancel).await? else {
             return Ok(()); // cancelled before the election could start
         };
+        let _not_leading = NotLeadingOnDrop(&self.shared);
         let mut watch = Some(watch);
-        let mut machine = Machine::new(self.config.machine(), Instant::now().into_std());
+        let now = Instant::now().into_std();
+        let mut machine = if created {
+            // We created the bucket: if it was deleted under a leader elsewhere, that leader
+            // may work until a TTL from now.
+            Machine::contesting_at(self.config.machine(), now, now + self.config.ttl)
+        } else {
+            Machine::new(self.config.machine(), now)
+        };
         let mut op: Option<Op> = None;
         let mut job: Option<Job> = None;
         let mut term_since_ms = now_ms();
@@ -263,12 +372,17 @@ impl Election {
                             node: self.config.node_name.clone(),
                             shared: self.shared.clone(),
                         }));
-                        job = Some(Job { term, lost, handle });
+                        job = Some(Job {
+                            term,
+                            lost,
+                            handle,
+                            shared: self.shared.clone(),
+                        });
                     }
-                    Action::StopWork { term } => {
+                    Action::StopWork { term, abort_at } => {
                         if let Some(job) = job.take() {
                             debug_assert_eq!(job.term, term);
-                            self.stop_work(job).await;
+                            stop_work(job, Instant::from_std(abort_at)).await;
                         }
                     }
                     kv_action => {
@@ -324,13 +438,25 @@ impl Election {
                         }
                     }
                 }
+                ended = async { (&mut job.as_mut().expect("guarded").handle).await }, if job.is_some() => {
+                    // The work ended by itself while we lead: resign so another node can.
+                    let term = job.take().map_or(0, |j| j.term);
+                    let panicked = matches!(&ended, Err(e) if e.is_panic());
+                    if panicked {
+                        error!(term, "leader work panicked: resigning");
+                    } else {
+                        warn!(term, "leader work returned while leading: resigning");
+                    }
+                    machine.handle(Instant::now().into_std(), Input::WorkEnded { term, panicked });
+                }
                 () = sleep_until(timeout), if timeout.is_some() => {
                     machine.handle_timeout(Instant::now().into_std());
                 }
             }
         }
         if let Some(job) = job.take() {
-            self.stop_work(job).await;
+            // Only when the machine stopped without stopping the work first (it never does).
+            stop_work(job, Instant::now()).await;
         }
         self.publish_state(&machine);
         info!("election stopped");
@@ -343,16 +469,16 @@ impl Election {
     async fn set_up(
         &self,
         cancel: &CancellationToken,
-    ) -> Result<Option<(Kv, bool, natty_kv::Watch)>, Error> {
+    ) -> Result<Option<(Kv, bool, bool, natty_kv::Watch)>, Error> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let attempt = async {
-                let (kv, per_key_ttl) = self.prepare_bucket().await?;
+                let (kv, per_key_ttl, created) = self.prepare_bucket().await?;
                 let watch = kv
                     .watch_key(&self.config.bucket, &self.config.key)
                     .await
                     .map_err(from_kv)?;
-                Ok::<_, Error>((kv, per_key_ttl, watch))
+                Ok::<_, Error>((kv, per_key_ttl, created, watch))
             };
             let result = tokio::select! {
                 () = cancel.cancelled() => return Ok(None),
@@ -373,27 +499,6 @@ impl Election {
         }
     }
 
-    /// Cancels the work and waits for it, at most the safety margin; then aborts it.
-    async fn stop_work(&self, job: Job) {
-        info!(term = job.term, "stopping work");
-        job.lost.cancel();
-        let margin = self.config.machine().margin;
-        let mut handle = job.handle;
-        match tokio::time::timeout(margin, &mut handle).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if e.is_panic() => error!(term = job.term, "leader work panicked"),
-            Ok(Err(_)) => {}
-            Err(_) => {
-                error!(
-                    term = job.term,
-                    ?margin,
-                    "leader work ignored `lost` for longer than the safety margin: aborting it"
-                );
-                handle.abort();
-            }
-        }
-    }
-
     fn publish_state(&self, machine: &Machine) {
         let leading = match machine.state() {
             State::Leader { term, deadline, .. } => Some(Leading {
@@ -402,17 +507,13 @@ impl Election {
             }),
             _ => None,
         };
-        *self
-            .shared
-            .leading
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = leading;
+        self.shared.set_leading(leading);
     }
 
     /// Makes sure the bucket exists and suits the election; returns a `Kv` that re-creates
     /// the bucket with that configuration if it vanishes, and whether per-key TTL is used
-    /// (server 2.11+; else the bucket's own TTL is the lease TTL).
-    async fn prepare_bucket(&self) -> Result<(Kv, bool), Error> {
+    /// (server 2.11+; else the bucket's own TTL is the lease TTL), and whether we created it.
+    async fn prepare_bucket(&self) -> Result<(Kv, bool, bool), Error> {
         let c = &self.config;
         let per_key_ttl = self
             .kv
@@ -428,12 +529,14 @@ impl Election {
         } else {
             wanted.ttl(c.ttl)
         };
+        let mut created = false;
         let status = match self.kv.status(&c.bucket).await {
             Ok(status) => status,
             Err(e) if e.kind() == natty_kv::ErrorKind::BucketNotFound => {
-                if let Err(e) = self.kv.create_bucket(wanted.clone()).await {
+                match self.kv.create_bucket(wanted.clone()).await {
+                    Ok(()) => created = true,
                     // Another candidate may have created it first; the status below tells.
-                    debug!(error = %e, "creating the election bucket");
+                    Err(e) => debug!(error = %e, "creating the election bucket"),
                 }
                 self.kv.status(&c.bucket).await.map_err(from_kv)?
             }
@@ -468,6 +571,7 @@ impl Election {
         Ok((
             Kv::with_defaults(self.kv.client().clone(), wanted),
             per_key_ttl,
+            created,
         ))
     }
 
@@ -498,7 +602,21 @@ impl Election {
             };
             let request = async {
                 match action {
-                    Action::Create => {
+                    Action::Create { make_bucket } => {
+                        // Never let the create re-create a deleted bucket by itself: a
+                        // follower doing that could lead while the old leader still works.
+                        if bucket_epoch(&kv, &c.bucket).await?.is_none() {
+                            if !make_bucket {
+                                return Ok(Input::BucketGone);
+                            }
+                            info!("re-creating the election bucket after a TTL without it");
+                            match kv.create_bucket(kv.defaults().with_name(&c.bucket)).await {
+                                Err(e) if e.kind() != natty_kv::ErrorKind::BucketExists => {
+                                    return Err(e);
+                                }
+                                _ => {}
+                            }
+                        }
                         let value = lease(None, now_ms()).encode();
                         let created = if per_key_ttl {
                             kv.create_with_ttl(&c.bucket, &c.key, value, c.ttl).await
@@ -545,6 +663,10 @@ impl Election {
             };
             match tokio::time::timeout(limit, request).await {
                 Ok(Ok(input)) => input,
+                Ok(Err(e)) if e.kind() == natty_kv::ErrorKind::BucketNotFound => {
+                    warn!(error = %e, ?action, "the election bucket is gone");
+                    Input::BucketGone
+                }
                 Ok(Err(e))
                     if matches!(
                         e.kind(),
@@ -566,6 +688,30 @@ impl Election {
         })
     }
 }
+
+/// The bucket's epoch: its stream's creation time (ns since the Unix epoch, the server's
+/// clock); `None` when the bucket does not exist.
+async fn bucket_epoch(kv: &Kv, bucket: &str) -> Result<Option<u64>, natty_kv::Error> {
+    match kv
+        .client()
+        .jetstream()
+        .get_stream(format!("KV_{bucket}"))
+        .await
+    {
+        Ok(stream) => Ok(Some(
+            u64::try_from(stream.cached_info().created.unix_timestamp_nanos()).unwrap_or(0),
+        )),
+        Err(e) if natty_core::error::jetstream_code(&e) == Some(STREAM_NOT_FOUND) => Ok(None),
+        Err(e) => Err(natty_kv::Error::with_source(
+            natty_kv::ErrorKind::Other,
+            format!("reading the stream of bucket {bucket:?}"),
+            e,
+        )),
+    }
+}
+
+/// JetStream's "stream not found".
+const STREAM_NOT_FOUND: u64 = 10059;
 
 /// Who holds the key now, and its revision if it is this instance's own write.
 async fn read_holder(kv: &Kv, c: &ElectionConfig, instance: u64) -> (Option<Holder>, Option<u64>) {
@@ -589,5 +735,24 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(Instant::from_std(d)).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Fires the work's `lost` and waits for it to end until `abort_at`; then aborts it.
+async fn stop_work(mut job: Job, abort_at: Instant) {
+    info!(term = job.term, "stopping work");
+    job.fire_lost();
+    let term = job.term;
+    match tokio::time::timeout_at(abort_at, &mut job.handle).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_panic() => error!(term, "leader work panicked"),
+        Ok(Err(_)) => {}
+        Err(_) => {
+            error!(
+                term,
+                "leader work ignored `lost` until half the margin before the lease could expire: aborting it"
+            );
+            job.handle.abort();
+        }
     }
 }

@@ -17,6 +17,8 @@ pub enum ErrorKind {
     /// The bucket exists with an entry TTL different from the election's, and the server
     /// lacks per-key TTL (Go natty's `ErrBucketTTLMismatch`).
     BucketTtlMismatch,
+    /// `run` was called while this `Election` (or a clone of it) was already running.
+    AlreadyRunning,
     /// The server did not answer in time while setting up.
     TimedOut,
     /// Anything else the KV layer reported while setting up.
@@ -29,6 +31,7 @@ impl fmt::Display for ErrorKind {
             Self::InvalidConfig => "invalid election configuration",
             Self::InvalidName => "invalid name",
             Self::BucketTtlMismatch => "bucket TTL does not match the election TTL",
+            Self::AlreadyRunning => "election already running",
             Self::TimedOut => "timed out",
             Self::Other => "failed",
         })

@@ -14,8 +14,11 @@
 //! - **Sans-IO core.** [`machine`] is a pure state machine; [`Election`] drives it on tokio.
 //!
 //! Limits, honestly: safety relies on the local monotonic clock running at about the server's
-//! rate during one TTL, and on the work honouring `lost` within the margin (it is then
-//! aborted, which only takes effect at its next `.await`). A process paused past its lease
+//! rate during one TTL, and on the work honouring `lost` within half the margin (it is then
+//! aborted — at the latest `margin / 2` before the lease could expire on the server — which
+//! only takes effect at its next `.await`). The deadlines use tokio's clock (`CLOCK_MONOTONIC`
+//! on Linux), which **stops while the machine is suspended** (laptop sleep, some VM pauses)
+//! while the server's TTL keeps running: do not run a leader on a host that may suspend. A process paused past its lease
 //! (SIGSTOP, GC) resumes with `lost` already firing, but code that was mid-write to another
 //! system may still complete that write: that is what the fencing token is for.
 //!

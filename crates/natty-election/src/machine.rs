@@ -20,7 +20,7 @@
 //!
 //! let t0 = Instant::now();
 //! let mut m = Machine::new(MachineConfig::new(Duration::from_secs(3)), t0);
-//! assert_eq!(m.poll_action(), Some(Action::Create));
+//! assert_eq!(m.poll_action(), Some(Action::Create { make_bucket: false }));
 //! m.handle(t0, Input::Created { revision: 7 });
 //! assert_eq!(m.poll_action(), Some(Action::StartWork { term: 7 }));
 //! assert!(m.is_leader(t0));
@@ -139,6 +139,8 @@ pub enum Input {
     },
     /// The request failed without an answer (timeout, connection loss): its effect is unknown.
     Failed,
+    /// The request found the bucket missing (deleted): the lease is gone with it.
+    BucketGone,
     /// The resign finished (deleted, or the key was no longer ours).
     Resigned,
     /// The watch saw the key deleted, purged or expired at `revision`.
@@ -151,6 +153,13 @@ pub enum Input {
         /// Who wrote it.
         holder: Holder,
     },
+    /// The work of `term` ended by itself (returned, or `panicked`): resign, then follow.
+    WorkEnded {
+        /// The term whose work ended.
+        term: u64,
+        /// Whether it panicked.
+        panicked: bool,
+    },
     /// Stop: resign if leading, then end.
     Shutdown,
 }
@@ -160,7 +169,12 @@ pub enum Input {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Create the key (only if absent).
-    Create,
+    Create {
+        /// Create the bucket first if it is missing. Unset, a missing bucket is reported as
+        /// [`Input::BucketGone`] and nothing is created: only after a full TTL without a
+        /// bucket may a candidate re-create it, when no old leader can still be working.
+        make_bucket: bool,
+    },
     /// Re-write the key conditioned on `revision` (we lead with it).
     Renew {
         /// The revision we hold.
@@ -181,10 +195,13 @@ pub enum Action {
         /// The term (fencing token).
         term: u64,
     },
-    /// Stop the work of `term` now.
+    /// Stop the work of `term` now: fire its `lost`, and abort it if it has not ended by
+    /// `abort_at` (at the latest `margin / 2` before the lease could expire on the server).
     StopWork {
         /// The term.
         term: u64,
+        /// Abort work that ignores `lost` at this instant.
+        abort_at: Instant,
     },
 }
 
@@ -200,6 +217,12 @@ pub enum LostReason {
     KeyGone,
     /// We resigned (shutdown).
     Resigned,
+    /// The bucket was deleted (a renew found it missing).
+    BucketDeleted,
+    /// The work panicked: we resigned so that another node can lead.
+    WorkPanicked,
+    /// The work returned while we led: we resigned so that another node can lead.
+    WorkEnded,
 }
 
 /// What happened, for subscribers.
@@ -273,27 +296,44 @@ pub struct Machine {
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
     shutdown: bool,
+    /// After a shutdown, the machine stops by this instant whatever is in flight: past the
+    /// lease's TTL a resign is worth nothing (the key expires by itself).
+    stop_by: Option<Instant>,
     /// The holder last reported in a `Following` event (reported again only when it changes).
     known: Option<Option<Holder>>,
     /// The key was seen gone while a request was in flight: contest as soon as it returns.
     contest_asap: bool,
+    /// The bucket was found missing: the next create may re-create it (a TTL later).
+    make_bucket: bool,
+    /// No contest before this instant, whatever the watch says (after a missing bucket, or
+    /// after resigning because the work ended).
+    hold_off: Option<Instant>,
 }
 
 impl Machine {
     /// A new follower that contests at once (its first action is [`Action::Create`]).
     pub fn new(config: MachineConfig, now: Instant) -> Self {
+        Self::contesting_at(config, now, now)
+    }
+
+    /// A follower that contests first at `first_try` (a candidate that had to create the
+    /// bucket waits a TTL: the bucket may have been deleted under a leader that still works).
+    pub fn contesting_at(config: MachineConfig, now: Instant, first_try: Instant) -> Self {
         let mut machine = Self {
             config,
             state: State::Follower {
                 own: None,
-                next_try: now,
+                next_try: first_try,
             },
             pending: None,
             actions: VecDeque::new(),
             events: VecDeque::new(),
             shutdown: false,
+            stop_by: None,
             known: None,
             contest_asap: false,
+            make_bucket: false,
+            hold_off: None,
         };
         machine.handle_timeout(now);
         machine
@@ -317,10 +357,11 @@ impl Machine {
         }
     }
 
-    /// The instant at which [`handle_timeout`](Self::handle_timeout) must be called.
+    /// The instant at which [`handle_timeout`](Self::handle_timeout) must be called. After
+    /// handling it, the next one is always later (never a busy loop); `None` once stopped.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.state {
+        let own = match self.state {
             State::Leader {
                 deadline, renew_at, ..
             } => Some(if self.pending.is_some() {
@@ -328,8 +369,15 @@ impl Machine {
             } else {
                 deadline.min(renew_at)
             }),
-            State::Follower { next_try, .. } if self.pending.is_none() => Some(next_try),
+            State::Follower { next_try, .. } if self.pending.is_none() && !self.shutdown => {
+                Some(next_try)
+            }
             _ => None,
+        };
+        match (own, self.stop_by) {
+            _ if self.is_stopped() => None,
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -347,6 +395,11 @@ impl Machine {
 
     /// Time has passed: fence past the deadline, renew or contest when due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.stop_by.is_some_and(|t| now >= t) {
+            // Shut down and nothing answered in time: abandon what is in flight.
+            self.stop();
+            return;
+        }
         if let State::Leader { term, deadline, .. } = self.state
             && now >= deadline
         {
@@ -361,9 +414,23 @@ impl Machine {
             State::Leader {
                 revision, renew_at, ..
             } if now >= renew_at => self.request(Op::Renew, Action::Renew { revision }, now),
-            State::Follower { own, next_try } if now >= next_try && !self.shutdown => match own {
+            // Shutting down: resign a key that may still be ours, else stop.
+            State::Follower { own, .. } if self.shutdown => match own {
+                Some(revision) => {
+                    self.state = State::Resigning { revision };
+                    self.request(Op::Resign, Action::Resign { revision }, now);
+                }
+                None => self.stop(),
+            },
+            State::Resigning { revision } => {
+                self.request(Op::Resign, Action::Resign { revision }, now);
+            }
+            State::Follower { own, next_try } if now >= next_try => match own {
                 Some(revision) => self.request(Op::Reclaim, Action::Reclaim { revision }, now),
-                None => self.request(Op::Create, Action::Create, now),
+                None => {
+                    let make_bucket = std::mem::take(&mut self.make_bucket);
+                    self.request(Op::Create, Action::Create { make_bucket }, now);
+                }
             },
             _ => {}
         }
@@ -442,7 +509,7 @@ impl Machine {
                         self.follow(holder, now);
                     }
                     // Not ours any more: nothing to resign.
-                    State::Resigning { .. } => self.stop(),
+                    State::Resigning { .. } => self.resigned(now),
                     _ => {
                         self.forget_own(now);
                         self.follow(holder, now);
@@ -453,7 +520,7 @@ impl Machine {
                     self.forget_own(now);
                     self.follow(holder, now);
                 }
-                Some((Op::Resign, _)) => self.stop(),
+                Some((Op::Resign, _)) => self.resigned(now),
                 None => {}
             },
             Input::Failed => match self.pending.take() {
@@ -482,13 +549,47 @@ impl Machine {
                 Some((Op::Create | Op::Reclaim, _)) if self.shutdown => self.stop(),
                 Some((Op::Create | Op::Reclaim, _)) => self.retry_soon(now),
                 // The resign's effect is unknown; the lease expires by itself at worst.
-                Some((Op::Resign, _)) => self.stop(),
+                Some((Op::Resign, _)) => self.resigned(now),
                 None => {}
             },
+            Input::BucketGone => match self.pending.take() {
+                Some(_) if self.shutdown => self.stop(),
+                Some(_) => {
+                    if let State::Leader { term, .. } = self.state {
+                        self.lose(term, LostReason::BucketDeleted, None, now);
+                    }
+                    // Whoever led may work until its last `sent + ttl - margin`: nobody
+                    // contests (and re-creates the bucket) before a TTL from now.
+                    self.make_bucket = true;
+                    self.hold_off_for_a_ttl(now);
+                }
+                None => {}
+            },
+            Input::WorkEnded {
+                term: ended,
+                panicked,
+            } => {
+                if let State::Leader { term, revision, .. } = self.state
+                    && term == ended
+                {
+                    // Leading without working starves everyone: hand the key back.
+                    self.stop_work(term, now);
+                    self.events.push_back(Event::Lost {
+                        term,
+                        reason: if panicked {
+                            LostReason::WorkPanicked
+                        } else {
+                            LostReason::WorkEnded
+                        },
+                    });
+                    self.state = State::Resigning { revision };
+                    // With a renew in flight, the resign follows its reply.
+                }
+            }
             Input::Resigned => {
                 if let Some((Op::Resign, _)) = self.pending {
                     self.pending = None;
-                    self.stop();
+                    self.resigned(now);
                 }
             }
             Input::KeyGone { revision } => match self.state {
@@ -497,6 +598,8 @@ impl Machine {
                     self.lose(term, LostReason::KeyGone, None, now);
                     self.contest_now(now);
                 }
+                // After a missing bucket or failed work, the TTL wait is not shortened.
+                State::Follower { .. } if self.hold_off.is_some_and(|t| now < t) => {}
                 State::Follower { .. } => {
                     self.forget_own(now);
                     self.contest_now(now);
@@ -565,8 +668,21 @@ impl Machine {
         self.events.push_back(Event::Elected { term });
     }
 
+    /// Work stops now; work that ignores `lost` is aborted half the margin later, and in any
+    /// case half the margin before the lease could expire (`sent + ttl - margin / 2`).
+    fn stop_work(&mut self, term: u64, now: Instant) {
+        let deadline = match self.state {
+            State::Leader { deadline, .. } => deadline.min(now),
+            _ => now,
+        };
+        self.actions.push_back(Action::StopWork {
+            term,
+            abort_at: deadline + self.config.margin / 2,
+        });
+    }
+
     fn lose(&mut self, term: u64, reason: LostReason, own: Option<u64>, now: Instant) {
-        self.actions.push_back(Action::StopWork { term });
+        self.stop_work(term, now);
         self.events.push_back(Event::Lost { term, reason });
         self.state = State::Follower { own, next_try: now };
     }
@@ -604,11 +720,15 @@ impl Machine {
     }
 
     fn shutdown(&mut self, now: Instant) {
+        if self.shutdown {
+            return;
+        }
         self.shutdown = true;
+        self.stop_by = Some(now + self.config.ttl);
         match self.state {
             State::Leader { term, revision, .. } => {
                 // Work stops before the key is given up, so the next leader never overlaps.
-                self.actions.push_back(Action::StopWork { term });
+                self.stop_work(term, now);
                 self.events.push_back(Event::Lost {
                     term,
                     reason: LostReason::Resigned,
@@ -619,10 +739,32 @@ impl Machine {
                 }
                 // Otherwise a renew is in flight: resign with the revision it leaves.
             }
-            State::Follower { .. } if self.pending.is_none() => self.stop(),
-            // A create/reclaim is in flight: wait for it (if it wins we resign at once).
+            // Nothing in flight: `handle_timeout` resigns a key that may be ours, or stops.
+            // A create/reclaim in flight: wait for it (if it wins we resign at once).
             State::Follower { .. } | State::Resigning { .. } | State::Stopped => {}
         }
+    }
+
+    /// The resign is over (done, or its effect unknown): stop if shutting down. Otherwise
+    /// the work ended by itself: follow, and contest again only a TTL later (others,
+    /// watching, contest at once), so work that keeps failing never makes a hot loop.
+    fn resigned(&mut self, now: Instant) {
+        if self.shutdown {
+            self.stop();
+        } else {
+            self.pending = None;
+            self.hold_off_for_a_ttl(now);
+        }
+    }
+
+    fn hold_off_for_a_ttl(&mut self, now: Instant) {
+        let until = now + self.config.ttl;
+        self.hold_off = Some(until);
+        self.contest_asap = false;
+        self.state = State::Follower {
+            own: None,
+            next_try: until,
+        };
     }
 
     fn stop(&mut self) {

@@ -361,3 +361,363 @@ async fn a_late_renew_never_overwrites_a_newer_holder() -> anyhow::Result<()> {
     a.stop().await?;
     Ok(())
 }
+
+/// Issue 15, item 1: a `run` future dropped by `select!`/`timeout`/an aborted task must not
+/// leave its work running, and the shared state must read "not leader" at once.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn dropping_the_run_future_stops_the_work_at_once() -> anyhow::Result<()> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    init_tracing();
+    let nats = Nats::start().await?;
+    let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    let election = Election::new(kv, config(&bucket(), "leader", "a"))?;
+    let ticks = Arc::new(AtomicU64::new(0));
+    let lost = Arc::new(AtomicBool::new(false));
+    let (t, l) = (ticks.clone(), lost.clone());
+    let run = election.run(Default::default(), move |lead| {
+        let (t, l) = (t.clone(), l.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    () = lead.lost.cancelled() => { l.store(true, Ordering::SeqCst); return; }
+                    () = tokio::time::sleep(Duration::from_millis(10)) => { t.fetch_add(1, Ordering::SeqCst); }
+                }
+            }
+        }
+    });
+    tokio::select! {
+        r = run => panic!("run returned on its own: {r:?}"),
+        r = wait_for("work ticking", Duration::from_secs(5), || async {
+            (ticks.load(Ordering::SeqCst) >= 5).then_some(())
+        }) => r?,
+    }
+    // The future is dropped here.
+    assert!(!election.is_leader(), "still `leader` after the drop");
+    assert_eq!(election.current_term(), None);
+    let at_drop = ticks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = ticks.load(Ordering::SeqCst);
+    assert!(
+        later <= at_drop + 1,
+        "work kept running after the drop: {at_drop} -> {later} ticks"
+    );
+    Ok(())
+}
+
+fn cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Issue 15, item 2: cancel with the server paused, right when the leader fenced itself (a
+/// renew in flight past the deadline): `run` returns within TTL + 1 s, without a busy loop.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn cancel_while_the_server_is_paused_returns_within_the_ttl() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let rec = Recorder::default();
+    let a = Candidate::start(&nats.url(), config(&bucket(), "leader", "a"), &rec).await?;
+    wait_for("a leads", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    nats.pause().await?;
+    let lost = wait_for(
+        "the leader fencing itself",
+        Duration::from_secs(5),
+        || async { rec.intervals()[0].end },
+    )
+    .await;
+    let cancelled_at = Instant::now();
+    let cpu_before = cpu_time();
+    a.cancel.cancel();
+    let returned = tokio::time::timeout(Duration::from_secs(3), a.task).await;
+    let (wall, cpu) = (cancelled_at.elapsed(), cpu_time() - cpu_before);
+    nats.unpause().await?;
+    lost?;
+    assert!(
+        returned.is_ok(),
+        "run did not return within TTL + 1 s of cancel (cpu {cpu:?} over {wall:?})"
+    );
+    returned???;
+    eprintln!("run returned {wall:?} after cancel, using {cpu:?} of CPU");
+    assert!(
+        cpu < wall / 2,
+        "busy loop: {cpu:?} of CPU in {wall:?} after cancel"
+    );
+    Ok(())
+}
+
+/// Issue 15, item 6: once `lost` fired, `is_leader()`/`current_term()` never say "leader".
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn is_leader_is_false_once_lost_fired() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let b = bucket();
+    let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    let election = Election::new(kv.clone(), config(&b, "leader", "a"))?;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (e, s) = (election.clone(), seen.clone());
+    let cancel = natty_election::CancellationToken::new();
+    let task = tokio::spawn({
+        let election = election.clone();
+        let cancel = cancel.clone();
+        async move {
+            election
+                .run(cancel, move |lead| {
+                    let (e, s) = (e.clone(), s.clone());
+                    async move {
+                        lead.lost.cancelled().await;
+                        *s.lock().unwrap() = Some((e.is_leader(), e.current_term()));
+                    }
+                })
+                .await
+        }
+    });
+    wait_for("a leads", Duration::from_secs(5), || async {
+        election.is_leader().then_some(())
+    })
+    .await?;
+    // Someone takes the key by compare-and-set: the next renew conflicts.
+    let current = kv.get(&b, "leader").await?.unwrap();
+    kv.update_with_ttl(
+        &b,
+        "leader",
+        br#"{"node":"usurper","instance":1,"since_ms":0}"#.to_vec().into(),
+        current.revision,
+        Duration::from_secs(2),
+    )
+    .await?;
+    let observed = wait_for("lost to fire", Duration::from_secs(3), || async {
+        *seen.lock().unwrap()
+    })
+    .await?;
+    assert_eq!(observed, (false, None), "leader state right after `lost`");
+    cancel.cancel();
+    task.await??;
+    Ok(())
+}
+
+/// Issue 15, item 3: a bucket deleted under a leader is an immediate loss (at its next renew,
+/// not at its deadline), and no follower leads while the old leader may still work.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_deleted_bucket_is_an_immediate_loss_and_nobody_overlaps() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let rec = Recorder::default();
+    let b = bucket();
+    let mut cands = Vec::new();
+    for n in ["a", "b"] {
+        cands.push(Candidate::start(&nats.url(), config(&b, "leader", n), &rec).await?);
+    }
+    let first = wait_for("a leader", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    // Delete it right after a renew, so the deadline is as far away as it gets.
+    let renewed = kv.get(&b, "leader").await?.unwrap().revision;
+    wait_for("a renew", Duration::from_secs(3), || async {
+        let now = kv.get(&b, "leader").await.ok()??.revision;
+        (now > renewed).then_some(())
+    })
+    .await?;
+    let deleted_at = Instant::now();
+    kv.delete_bucket(&b).await?;
+    let lost = wait_for("the leader noticing", Duration::from_secs(3), || async {
+        rec.intervals()[0].end
+    })
+    .await?;
+    // Renew interval 667 ms + the retry: well before the 1.8 s deadline.
+    assert!(
+        lost - deleted_at < Duration::from_millis(1200),
+        "lost only {:?} after the bucket was deleted",
+        lost - deleted_at
+    );
+    let second = wait_for("a leader again", Duration::from_secs(8), || async {
+        rec.intervals().get(1).cloned()
+    })
+    .await?;
+    eprintln!(
+        "{} lost {:?} after the delete; {} leads {:?} after it",
+        first.node,
+        lost - deleted_at,
+        second.node,
+        second.start - deleted_at
+    );
+    rec.assert_no_overlap_open_last();
+    for c in cands {
+        c.stop().await?;
+    }
+    Ok(())
+}
+
+/// Issue 15, item 5: `run_every` keeps calling `f` after a call panics (Go's `AsLeader`).
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn run_every_keeps_calling_after_a_panic() -> anyhow::Result<()> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    init_tracing();
+    let nats = Nats::start().await?;
+    let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    let election = Election::new(kv, config(&bucket(), "cron", "a"))?;
+    let calls = Arc::new(AtomicU64::new(0));
+    let cancel = natty_election::CancellationToken::new();
+    let task = tokio::spawn({
+        let (e, c, calls) = (election.clone(), cancel.clone(), calls.clone());
+        async move {
+            e.run_every(c, Duration::from_millis(20), move |_term| {
+                let calls = calls.clone();
+                async move {
+                    assert!(
+                        calls.fetch_add(1, Ordering::SeqCst) != 0,
+                        "the first call panics"
+                    );
+                }
+            })
+            .await
+        }
+    });
+    wait_for("calls after the panic", Duration::from_secs(5), || async {
+        (calls.load(Ordering::SeqCst) >= 5).then_some(())
+    })
+    .await?;
+    assert!(election.is_leader());
+    cancel.cancel();
+    task.await??;
+    Ok(())
+}
+
+/// Issue 15, item 5: a `run` work future that panics makes its node resign at once (reported
+/// as an event), so another node leads long before the TTL.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn panicking_work_resigns_and_another_node_leads() -> anyhow::Result<()> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    init_tracing();
+    let nats = Nats::start().await?;
+    let b = bucket();
+    let panicked = Arc::new(AtomicBool::new(false));
+    let rec = Recorder::default();
+    let mut runs = Vec::new();
+    let mut subscriptions = Vec::new();
+    for n in ["a", "b"] {
+        let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+        let election = Election::new(kv, config(&b, "leader", n))?;
+        subscriptions.push(election.subscribe());
+        let cancel = natty_election::CancellationToken::new();
+        let (p, r, e, c) = (
+            panicked.clone(),
+            rec.clone(),
+            election.clone(),
+            cancel.clone(),
+        );
+        let task = tokio::spawn(async move {
+            e.run(c, move |lead| {
+                let (p, r) = (p.clone(), r.clone());
+                async move {
+                    if !p.swap(true, Ordering::SeqCst) {
+                        panic!("the first leader's work panics");
+                    }
+                    r.0.lock().unwrap().push(common::Interval {
+                        node: n.to_owned(),
+                        term: lead.term,
+                        start: Instant::now(),
+                        end: None,
+                    });
+                    lead.lost.cancelled().await;
+                }
+            })
+            .await
+        });
+        runs.push((cancel, task));
+    }
+    wait_for(
+        "the first leader's panic",
+        Duration::from_secs(5),
+        || async { panicked.load(Ordering::SeqCst).then_some(()) },
+    )
+    .await?;
+    let panic_at = Instant::now();
+    let next = wait_for("a working leader", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    eprintln!(
+        "{} leads {:?} after the panic",
+        next.node,
+        next.start - panic_at
+    );
+    assert!(
+        next.start - panic_at < Duration::from_secs(1),
+        "the next working leader came only {:?} after the panic (TTL 2 s)",
+        next.start - panic_at
+    );
+    let mut reported = false;
+    for s in &mut subscriptions {
+        while let Ok(e) = s.try_recv() {
+            reported |= matches!(
+                e,
+                ElectionEvent::Lost {
+                    reason: natty_election::LostReason::WorkPanicked,
+                    ..
+                }
+            );
+        }
+    }
+    assert!(reported, "the panic was not reported as an event");
+    for (cancel, task) in runs {
+        cancel.cancel();
+        task.await??;
+    }
+    Ok(())
+}
+
+/// Issue 15, item 9: two concurrent `run`s on clones of one `Election` must not both lead:
+/// the second is refused.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_second_concurrent_run_on_a_clone_is_refused() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let rec = Recorder::default();
+    let a = Candidate::start(&nats.url(), config(&bucket(), "leader", "a"), &rec).await?;
+    wait_for("a leads", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    let clone = a.election.clone();
+    let second = tokio::time::timeout(
+        Duration::from_secs(3),
+        clone.run(Default::default(), |_| async {
+            panic!("the second run led");
+        }),
+    )
+    .await;
+    let Ok(result) = second else {
+        panic!("the second run was not refused (still running after 3 s)");
+    };
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyRunning, "{err}");
+    // The first run is unharmed and still leads; once it ended, a new run may start.
+    assert!(a.election.is_leader());
+    let election = a.election.clone();
+    a.stop().await?;
+    let cancel = natty_election::CancellationToken::new();
+    cancel.cancel();
+    election.run(cancel, |_| async {}).await?;
+    Ok(())
+}

@@ -10,8 +10,26 @@ fn cfg() -> MachineConfig {
     MachineConfig::new(TTL)
 }
 
+/// A stand-in for `StopWork::abort_at` in expected action lists (`drain` writes it there;
+/// the abort instant has its own tests).
+static ANY: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+const CREATE: Action = Action::Create { make_bucket: false };
+
+fn stop(term: u64) -> Action {
+    Action::StopWork {
+        term,
+        abort_at: *ANY,
+    }
+}
+
 fn drain(m: &mut Machine) -> (Vec<Action>, Vec<Event>) {
-    let actions = std::iter::from_fn(|| m.poll_action()).collect();
+    let actions = std::iter::from_fn(|| m.poll_action())
+        .map(|a| match a {
+            Action::StopWork { term, .. } => stop(term),
+            other => other,
+        })
+        .collect();
     let events = std::iter::from_fn(|| m.poll_event()).collect();
     (actions, events)
 }
@@ -26,7 +44,7 @@ fn holder(node: &str, term: u64) -> Holder {
 /// A leader at `t0` with term 10.
 fn leader(t0: Instant) -> Machine {
     let mut m = Machine::new(cfg(), t0);
-    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    assert_eq!(drain(&mut m).0, vec![CREATE]);
     m.handle(t0, Input::Created { revision: 10 });
     assert_eq!(
         drain(&mut m),
@@ -54,7 +72,7 @@ fn win() {
 fn lose_the_race_then_contest_on_poll_and_on_key_gone() {
     let t0 = Instant::now();
     let mut m = Machine::new(cfg(), t0);
-    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    assert_eq!(drain(&mut m).0, vec![CREATE]);
     m.handle(
         t0,
         Input::Conflict {
@@ -78,7 +96,7 @@ fn lose_the_race_then_contest_on_poll_and_on_key_gone() {
     assert_eq!(drain(&mut m).0, vec![]);
     // ...then it contests again; the same holder is not reported twice.
     m.handle_timeout(poll);
-    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    assert_eq!(drain(&mut m).0, vec![CREATE]);
     m.handle(
         poll,
         Input::Conflict {
@@ -90,7 +108,7 @@ fn lose_the_race_then_contest_on_poll_and_on_key_gone() {
     // The key expires: contest at once, not on the next poll.
     let t1 = poll + Duration::from_millis(10);
     m.handle(t1, Input::KeyGone { revision: 20 });
-    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    assert_eq!(drain(&mut m).0, vec![CREATE]);
     m.handle(t1, Input::Created { revision: 21 });
     assert_eq!(drain(&mut m).1, vec![Event::Elected { term: 21 }]);
 }
@@ -99,7 +117,7 @@ fn lose_the_race_then_contest_on_poll_and_on_key_gone() {
 fn key_gone_while_a_create_is_in_flight_contests_right_after() {
     let t0 = Instant::now();
     let mut m = Machine::new(cfg(), t0);
-    assert_eq!(drain(&mut m).0, vec![Action::Create]);
+    assert_eq!(drain(&mut m).0, vec![CREATE]);
     m.handle(t0, Input::KeyGone { revision: 3 });
     assert_eq!(drain(&mut m).0, vec![], "one request at a time");
     m.handle(
@@ -111,7 +129,7 @@ fn key_gone_while_a_create_is_in_flight_contests_right_after() {
     );
     assert_eq!(
         drain(&mut m).0,
-        vec![Action::Create],
+        vec![CREATE],
         "the gone key is contested at once"
     );
 }
@@ -151,7 +169,7 @@ fn renew_conflict_stops_work_at_once() {
         },
     );
     let (actions, events) = drain(&mut m);
-    assert_eq!(actions, vec![Action::StopWork { term: 10 }]);
+    assert_eq!(actions, vec![stop(10)]);
     assert_eq!(
         events,
         vec![
@@ -187,13 +205,7 @@ fn renew_timeout_retries_and_keeps_leading_until_the_deadline() {
         let (actions, events) = drain(&mut m);
         if t >= deadline {
             // ...until the deadline: self-fence, then try to reclaim our own key.
-            assert_eq!(
-                actions,
-                vec![
-                    Action::StopWork { term: 10 },
-                    Action::Reclaim { revision: 10 }
-                ]
-            );
+            assert_eq!(actions, vec![stop(10), Action::Reclaim { revision: 10 }]);
             assert_eq!(
                 events,
                 vec![Event::Lost {
@@ -211,6 +223,45 @@ fn renew_timeout_retries_and_keeps_leading_until_the_deadline() {
     assert!(!m.is_leader(t));
 }
 
+/// Issue 15, item 7: work that ignores `lost` is aborted `margin / 2` before the lease could
+/// expire on the server (`sent + ttl`), not at it; later losses abort no later.
+#[test]
+fn work_is_aborted_half_the_margin_before_the_lease_expires() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let mut m = leader(t0);
+    m.handle_timeout(t0 + c.renew_interval);
+    let _ = drain(&mut m);
+    let deadline = t0 + TTL - c.margin;
+    m.handle_timeout(deadline);
+    assert_eq!(
+        m.poll_action(),
+        Some(Action::StopWork {
+            term: 10,
+            abort_at: t0 + TTL - c.margin / 2
+        })
+    );
+    // A conflict long before the deadline: abort half a margin after the loss.
+    let mut m = leader(t0);
+    let t1 = t0 + c.renew_interval;
+    m.handle_timeout(t1);
+    let _ = drain(&mut m);
+    m.handle(
+        t1,
+        Input::Conflict {
+            holder: None,
+            ours: None,
+        },
+    );
+    assert_eq!(
+        m.poll_action(),
+        Some(Action::StopWork {
+            term: 10,
+            abort_at: t1 + c.margin / 2
+        })
+    );
+}
+
 #[test]
 fn deadline_self_fence_without_any_reply() {
     let t0 = Instant::now();
@@ -223,7 +274,7 @@ fn deadline_self_fence_without_any_reply() {
     let deadline = t0 + TTL - c.margin;
     assert_eq!(m.poll_timeout(), Some(deadline));
     m.handle_timeout(deadline);
-    assert_eq!(drain(&mut m).0, vec![Action::StopWork { term: 10 }]);
+    assert_eq!(drain(&mut m).0, vec![stop(10)]);
     assert!(!m.is_leader(deadline));
     // The renew finally lands: the key is ours again at 11; reclaim it (new term), do not
     // resume the old one.
@@ -245,7 +296,7 @@ fn transient_error_then_reclaim_with_a_new_term() {
     let deadline = t0 + TTL - c.margin;
     // The renew fails at the deadline: fence now, try to reclaim after the retry interval.
     m.handle(deadline, Input::Failed);
-    assert_eq!(drain(&mut m).0, vec![Action::StopWork { term: 10 }]);
+    assert_eq!(drain(&mut m).0, vec![stop(10)]);
     let retry = deadline + c.retry_interval;
     assert_eq!(m.poll_timeout(), Some(retry));
     m.handle_timeout(retry);
@@ -266,10 +317,7 @@ fn transient_error_then_reclaim_with_a_new_term() {
     m.handle_timeout(retry);
     assert_eq!(
         drain(&mut m).0,
-        vec![
-            Action::StopWork { term: 10 },
-            Action::Reclaim { revision: 10 }
-        ]
+        vec![stop(10), Action::Reclaim { revision: 10 }]
     );
     m.handle(
         retry,
@@ -320,7 +368,7 @@ fn a_renew_that_landed_despite_a_lost_reply_keeps_leadership() {
     let _ = drain(&mut f);
     f.handle(t0, Input::Failed);
     f.handle_timeout(t0 + c.retry_interval);
-    assert_eq!(drain(&mut f).0, vec![Action::Create]);
+    assert_eq!(drain(&mut f).0, vec![CREATE]);
     f.handle(
         t0 + c.retry_interval,
         Input::Conflict {
@@ -348,13 +396,7 @@ fn resign_on_shutdown_stops_work_first() {
     let mut m = leader(t0);
     m.handle(t0, Input::Shutdown);
     let (actions, events) = drain(&mut m);
-    assert_eq!(
-        actions,
-        vec![
-            Action::StopWork { term: 10 },
-            Action::Resign { revision: 10 }
-        ]
-    );
+    assert_eq!(actions, vec![stop(10), Action::Resign { revision: 10 }]);
     assert_eq!(
         events,
         vec![Event::Lost {
@@ -376,11 +418,90 @@ fn shutdown_with_a_renew_in_flight_resigns_with_the_revision_it_leaves() {
     m.handle_timeout(t1);
     let _ = drain(&mut m);
     m.handle(t1, Input::Shutdown);
-    assert_eq!(drain(&mut m).0, vec![Action::StopWork { term: 10 }]);
+    assert_eq!(drain(&mut m).0, vec![stop(10)]);
     m.handle(t1, Input::Updated { revision: 11 });
     assert_eq!(drain(&mut m).0, vec![Action::Resign { revision: 11 }]);
     m.handle(t1, Input::Resigned);
     assert!(m.is_stopped());
+}
+
+/// Issue 15, item 2: a renew in flight past the deadline, then a shutdown: whatever the renew's
+/// reply, the machine stops (resigning first if the key may still be ours) and never asks to
+/// be woken in the past.
+#[test]
+fn shutdown_after_a_fence_with_a_renew_in_flight_always_ends() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let replies = [
+        Input::Failed,
+        Input::Updated { revision: 11 },
+        Input::Conflict {
+            holder: Some(holder("b", 12)),
+            ours: None,
+        },
+        Input::Conflict {
+            holder: None,
+            ours: Some(11),
+        },
+    ];
+    for reply in replies {
+        let mut m = leader(t0);
+        let t1 = t0 + c.renew_interval;
+        m.handle_timeout(t1);
+        assert_eq!(drain(&mut m).0, vec![Action::Renew { revision: 10 }]);
+        let deadline = t0 + TTL - c.margin;
+        m.handle_timeout(deadline);
+        let _ = drain(&mut m);
+        let t2 = deadline + Duration::from_millis(10);
+        m.handle(t2, Input::Shutdown);
+        m.handle(t2, reply.clone());
+        let mut now = t2;
+        for _ in 0..10 {
+            if m.is_stopped() {
+                break;
+            }
+            match drain(&mut m).0.as_slice() {
+                [Action::Resign { .. }] => m.handle(now, Input::Resigned),
+                [] => {
+                    let t = m.poll_timeout().expect("not stopped, so it must wake up");
+                    assert!(
+                        t > now,
+                        "after {reply:?}: a timeout in the past ({t:?} <= {now:?}): a busy loop"
+                    );
+                    now = t;
+                    m.handle_timeout(now);
+                }
+                other => panic!("after {reply:?}: unexpected {other:?}"),
+            }
+        }
+        assert!(
+            m.is_stopped(),
+            "after {reply:?}: never stopped: {:?}",
+            m.state()
+        );
+        assert!(
+            now <= t2 + TTL,
+            "after {reply:?}: stopped only at {:?}",
+            now - t2
+        );
+    }
+}
+
+/// A shutdown while the server never answers ends within `ttl`: the request in flight is
+/// abandoned (the lease expires on the server by itself).
+#[test]
+fn shutdown_with_no_answer_ends_within_the_ttl() {
+    let t0 = Instant::now();
+    let mut m = leader(t0);
+    m.handle(t0, Input::Shutdown);
+    assert_eq!(
+        drain(&mut m).0,
+        vec![stop(10), Action::Resign { revision: 10 }]
+    );
+    assert_eq!(m.poll_timeout(), Some(t0 + TTL));
+    m.handle_timeout(t0 + TTL);
+    assert!(m.is_stopped());
+    assert_eq!(m.poll_timeout(), None);
 }
 
 #[test]
@@ -420,7 +541,7 @@ fn key_deleted_under_the_leader_stops_work() {
     assert!(m.is_leader(t0));
     m.handle(t0, Input::KeyGone { revision: 12 });
     let (actions, events) = drain(&mut m);
-    assert_eq!(actions, vec![Action::StopWork { term: 10 }, Action::Create]);
+    assert_eq!(actions, vec![stop(10), CREATE]);
     assert_eq!(
         events,
         vec![Event::Lost {
@@ -428,6 +549,88 @@ fn key_deleted_under_the_leader_stops_work() {
             reason: LostReason::KeyGone
         }]
     );
+}
+
+/// Issue 15, item 3: a request that finds the bucket gone is an immediate loss, and nobody
+/// contests (re-creating the bucket) before a full TTL has passed: any old leader's lease has
+/// run out by then, whatever it last sent.
+#[test]
+fn a_missing_bucket_is_an_immediate_loss_and_everyone_waits_a_ttl() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let mut m = leader(t0);
+    let t1 = t0 + c.renew_interval;
+    m.handle_timeout(t1);
+    assert_eq!(drain(&mut m).0, vec![Action::Renew { revision: 10 }]);
+    m.handle(t1, Input::BucketGone);
+    assert_eq!(
+        drain(&mut m),
+        (
+            vec![stop(10)],
+            vec![Event::Lost {
+                term: 10,
+                reason: LostReason::BucketDeleted
+            }]
+        )
+    );
+    assert!(!m.is_leader(t1));
+    assert_eq!(m.poll_timeout(), Some(t1 + TTL));
+    m.handle_timeout(t1 + TTL - Duration::from_millis(1));
+    assert_eq!(drain(&mut m).0, vec![]);
+    m.handle_timeout(t1 + TTL);
+    assert_eq!(drain(&mut m).0, vec![Action::Create { make_bucket: true }]);
+    m.handle(t1 + TTL, Input::Created { revision: 1 });
+    assert_eq!(drain(&mut m).1, vec![Event::Elected { term: 1 }]);
+    // A follower whose create finds no bucket waits a TTL too, and even a watch saying the
+    // key is gone does not make it contest sooner.
+    let mut f = Machine::new(cfg(), t0);
+    assert_eq!(drain(&mut f).0, vec![CREATE]);
+    f.handle(t0, Input::BucketGone);
+    f.handle(t0, Input::KeyGone { revision: 1 });
+    assert_eq!(drain(&mut f).0, vec![]);
+    assert_eq!(f.poll_timeout(), Some(t0 + TTL));
+    // A shutdown meanwhile just stops.
+    f.handle(t0, Input::Shutdown);
+    assert!(f.is_stopped());
+    // A candidate that had to create the bucket waits a TTL before its first contest.
+    let mut m = Machine::contesting_at(cfg(), t0, t0 + TTL);
+    assert_eq!(drain(&mut m).0, vec![]);
+    assert_eq!(m.poll_timeout(), Some(t0 + TTL));
+}
+
+/// Issue 15, item 5: work that panics (or returns) while leading hands the key back: resign,
+/// report why, then follow (and contest again after the poll interval).
+#[test]
+fn work_that_ends_hands_leadership_back() {
+    let t0 = Instant::now();
+    let c = cfg();
+    for (panicked, reason) in [
+        (true, LostReason::WorkPanicked),
+        (false, LostReason::WorkEnded),
+    ] {
+        let mut m = leader(t0);
+        // A stale report about another term changes nothing.
+        m.handle(t0, Input::WorkEnded { term: 9, panicked });
+        assert!(m.is_leader(t0));
+        m.handle(t0, Input::WorkEnded { term: 10, panicked });
+        assert_eq!(
+            drain(&mut m),
+            (
+                vec![stop(10), Action::Resign { revision: 10 }],
+                vec![Event::Lost { term: 10, reason }]
+            )
+        );
+        assert!(!m.is_leader(t0));
+        m.handle(t0, Input::Resigned);
+        assert!(!m.is_stopped());
+        // It holds off for a TTL, even when the key is seen gone again (another node's work
+        // panicking too): failing work never makes an election hot loop.
+        m.handle(t0, Input::KeyGone { revision: 12 });
+        assert_eq!(drain(&mut m).0, vec![]);
+        assert_eq!(m.poll_timeout(), Some(t0 + c.ttl));
+        m.handle_timeout(t0 + c.ttl);
+        assert_eq!(drain(&mut m).0, vec![CREATE]);
+    }
 }
 
 #[test]
@@ -451,8 +654,10 @@ enum Step {
     Conflict,
     ConflictOurs,
     Fail,
+    BucketGone,
     KeyGone,
     KeyWritten,
+    WorkEnded,
     Shutdown,
 }
 
@@ -463,8 +668,10 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Conflict),
         1 => Just(Step::ConflictOurs),
         2 => Just(Step::Fail),
+        1 => Just(Step::BucketGone),
         1 => Just(Step::KeyGone),
         1 => Just(Step::KeyWritten),
+        1 => Just(Step::WorkEnded),
         1 => (0u8..20).prop_map(|n| if n == 0 { Step::Shutdown } else { Step::Wait(10) }),
     ]
 }
@@ -495,8 +702,12 @@ proptest! {
                         prop_assert!(working.is_none(), "work started twice");
                         *working = Some(term);
                     }
-                    Action::StopWork { term } => {
+                    Action::StopWork { term, abort_at } => {
                         prop_assert_eq!(*working, Some(term), "stopping work not running");
+                        // Work that ignores `lost` is aborted half the margin before the
+                        // lease could expire on the server.
+                        let until = valid_until.expect("work ran without a successful request");
+                        prop_assert!(abort_at <= until + c.margin / 2, "abort at {:?} past the bound", abort_at - until);
                         *working = None;
                     }
                     other => {
@@ -521,7 +732,8 @@ proptest! {
                         now = t.max(now);
                         m.handle_timeout(now);
                         check(&mut m, now, &mut pending, &mut working, valid_until)?;
-                        if m.poll_timeout() == Some(t) { break; }
+                        let next = m.poll_timeout();
+                        prop_assert!(next.is_none_or(|n| n > t), "handling the timeout {:?} left it at {:?}: a busy loop", t, next);
                     }
                     now = target;
                     m.handle_timeout(now);
@@ -530,7 +742,7 @@ proptest! {
                     if let Some((a, sent)) = pending.take() {
                         revision += 1;
                         let input = match a {
-                            Action::Create => Input::Created { revision },
+                            Action::Create { .. } => Input::Created { revision },
                             Action::Renew { .. } | Action::Reclaim { .. } => Input::Updated { revision },
                             _ => Input::Resigned,
                         };
@@ -559,14 +771,56 @@ proptest! {
                         m.handle(now, Input::Failed);
                     }
                 }
+                Step::BucketGone => {
+                    if pending.take().is_some() {
+                        m.handle(now, Input::BucketGone);
+                    }
+                }
                 Step::KeyGone => {
                     revision += 1;
                     m.handle(now, Input::KeyGone { revision });
                 }
                 Step::KeyWritten => m.handle(now, Input::KeyWritten { holder: holder("y", revision) }),
+                Step::WorkEnded => {
+                    if let Some(term) = working {
+                        m.handle(now, Input::WorkEnded { term, panicked: true });
+                    }
+                }
                 Step::Shutdown => m.handle(now, Input::Shutdown),
             }
             check(&mut m, now, &mut pending, &mut working, valid_until)?;
         }
+        // Whatever happened, a shutdown ends: the machine stops within `ttl` of it, whether
+        // requests are answered (in turn: failed, conflict, success) or never.
+        let shut_at = now;
+        m.handle(now, Input::Shutdown);
+        check(&mut m, now, &mut pending, &mut working, valid_until)?;
+        for i in 0..50u32 {
+            if m.is_stopped() {
+                break;
+            }
+            if let Some((a, _)) = pending.take() {
+                revision += 1;
+                let input = match (i % 3, a) {
+                    (0, _) => Input::Failed,
+                    (1, _) => Input::Conflict { holder: Some(holder("z", revision)), ours: None },
+                    (_, Action::Create { .. }) => Input::Created { revision },
+                    (_, Action::Resign { .. }) => Input::Resigned,
+                    _ => Input::Updated { revision },
+                };
+                m.handle(now, input);
+            } else {
+                let t = m.poll_timeout();
+                prop_assert!(t.is_some(), "not stopped and nothing to wait for: {:?}", m.state());
+                let t = t.unwrap_or(now);
+                prop_assert!(t > now || t == now && i == 0, "timeout in the past: a busy loop");
+                now = t.max(now);
+                m.handle_timeout(now);
+            }
+            check(&mut m, now, &mut pending, &mut working, valid_until)?;
+        }
+        prop_assert!(m.is_stopped(), "never stopped after shutdown: {:?}", m.state());
+        prop_assert!(working.is_none(), "stopped with work running");
+        prop_assert!(now <= shut_at + c.ttl, "stopped {:?} after shutdown", now - shut_at);
     }
 }

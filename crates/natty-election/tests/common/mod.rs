@@ -21,7 +21,7 @@ pub struct Interval {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Recorder(Arc<Mutex<Vec<Interval>>>);
+pub struct Recorder(pub Arc<Mutex<Vec<Interval>>>);
 
 impl Recorder {
     pub fn intervals(&self) -> Vec<Interval> {
