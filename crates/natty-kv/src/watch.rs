@@ -8,7 +8,7 @@
 use std::{
     pin::Pin,
     task::{Context, Poll},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use async_nats::jetstream::{
@@ -22,9 +22,9 @@ use tracing::{Instrument, debug, warn};
 
 use crate::{
     Error, ErrorKind,
+    bucket::Bucket,
     entry::{self, Event},
-    error::{codes, from_request, server_code},
-    kv::Bucket,
+    error::{from_request, server_code},
 };
 
 /// How many events may wait for the reader before the watch task waits too.
@@ -114,7 +114,7 @@ impl Watcher {
             .await
             .map_err(|e| {
                 let mut err = from_request(e, context());
-                if server_code(&err) == Some(codes::STREAM_NOT_FOUND) {
+                if server_code(&err) == Some(natty_core::error::codes::STREAM_NOT_FOUND) {
                     err = Error::new(ErrorKind::BucketNotFound, context());
                 }
                 err
@@ -159,7 +159,7 @@ impl Watcher {
                 };
                 match next {
                     Some(Ok(message)) => {
-                        let Some(event) = self.decode(&message) else {
+                        let Some(event) = entry::event_of(&message, &self.bucket.name) else {
                             continue;
                         };
                         self.last_revision = Some(event.revision);
@@ -178,17 +178,5 @@ impl Watcher {
                 }
             }
         }
-    }
-
-    fn decode(&self, message: &jetstream::Message) -> Option<Event> {
-        let info = message.info().ok()?;
-        let headers = message.headers.as_ref();
-        Some(Event {
-            key: entry::key_of(message.subject.as_str(), &self.bucket.name).to_owned(),
-            kind: entry::kind_of(headers),
-            value: message.payload.clone(),
-            revision: info.stream_sequence,
-            created: SystemTime::from(info.published),
-        })
     }
 }
