@@ -26,10 +26,6 @@ use crate::{
 /// stream-leader election) by default.
 pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(10);
 
-/// How many times `create` re-reads a key whose last message changed under it (a delete
-/// marker written or removed at the same moment) before it reports what it last saw.
-const CREATE_ROUNDS: usize = 5;
-
 /// Key/value operations on JetStream KV buckets. Cheap to clone (clones share the bucket cache).
 ///
 /// Buckets are created on demand by `put`/`create` with the `Kv`'s default configuration;
@@ -318,8 +314,9 @@ impl Kv {
         ttl: Option<KeyTtl>,
     ) -> Result<u64, Error> {
         let write = Write::new(Op::Create, bucket, key, value).ttl(ttl);
+        let deadline = tokio::time::Instant::now() + self.retry_for;
         let mut expected = 0;
-        for _ in 0..CREATE_ROUNDS {
+        loop {
             match self
                 .write(&write.clone().expect(expected), IfMissing::CreateBucket)
                 .await
@@ -341,9 +338,19 @@ impl Kv {
                 }
                 None => expected = 0,
             }
+            if tokio::time::Instant::now() >= deadline {
+                // The key's last message changed under us every round: markers keep coming
+                // and going. No value was seen, so this is not a `KeyExists`.
+                return Err(Error::new(
+                    ErrorKind::TimedOut,
+                    format!(
+                        "creating key {key:?} in bucket {bucket:?}: its delete markers kept \
+                         changing for {:?}",
+                        self.retry_for
+                    ),
+                ));
+            }
         }
-        // The key's last message changed under us every round: someone keeps writing it.
-        Err(key_exists(bucket, key))
     }
 
     /// Writes `value` only if the key's revision is still `expected_revision`;
