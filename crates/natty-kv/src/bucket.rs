@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use async_nats::jetstream::{self, context::GetStreamErrorKind, kv};
@@ -37,6 +37,8 @@ pub(crate) struct Bucket {
     pub(crate) stream: jetstream::stream::Stream,
     pub(crate) per_key_ttl: bool,
     pub(crate) allow_direct: bool,
+    /// When the bucket's stream was created: a bucket deleted and created again has another.
+    pub(crate) created: SystemTime,
 }
 
 impl Bucket {
@@ -46,6 +48,7 @@ impl Bucket {
             name: name.to_owned(),
             per_key_ttl: info.config.allow_message_ttl,
             allow_direct: info.config.allow_direct,
+            created: SystemTime::from(info.created),
             stream,
         }
     }

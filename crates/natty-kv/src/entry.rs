@@ -71,6 +71,14 @@ pub enum EventKind {
     /// The key expired (its per-key TTL or the bucket's TTL ran out). Seen only on buckets
     /// with per-key TTL / limit markers (server 2.11+).
     Expired,
+    /// Not about a key (empty key, revision 0): the bucket was deleted and created again
+    /// behind the watch. Every key of the old bucket is gone; the new bucket's current values
+    /// follow.
+    BucketRecreated,
+    /// Not about a key (empty key): the values that existed when the watch started (or the
+    /// bucket was re-created) have all been delivered; `revision` is the last one's. Only
+    /// from a watch made with [`Watch::with_caught_up_events`](crate::Watch::with_caught_up_events).
+    CaughtUp,
 }
 
 /// A change seen by a watch.

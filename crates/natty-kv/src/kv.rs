@@ -18,7 +18,7 @@ use crate::{
     read::{ReadFrom, key_not_found},
     retry::Deadline,
     scan,
-    watch::Watch,
+    watch::{Start, Watch},
     write::{IfMissing, Op, Write},
 };
 
@@ -244,25 +244,56 @@ impl Kv {
     }
 
     /// Watches every key of the bucket: first the current value of each key, then every change.
-    /// The watch resumes by itself after a reconnect or server restart.
+    /// The watch resumes by itself after a reconnect or server restart; see [`Watch`] for what
+    /// it guarantees.
     pub async fn watch_bucket(&self, bucket: &str) -> Result<Watch, Error> {
         names::bucket(bucket).map_err(from_core)?;
-        let b = self
-            .buckets
-            .require(bucket, "watching", &self.deadline())
-            .await?;
-        Watch::start(self.client.clone(), b, format!("$KV.{bucket}.>")).await
+        self.watch(bucket, format!("$KV.{bucket}.>"), Start::Current)
+            .await
     }
 
     /// Watches one key (or a pattern like `users.*`): its current value, then every change.
     pub async fn watch_key(&self, bucket: &str, key: &str) -> Result<Watch, Error> {
         names::bucket(bucket).map_err(from_core)?;
         names::key_filter(key).map_err(from_core)?;
-        let b = self
-            .buckets
-            .require(bucket, "watching", &self.deadline())
-            .await?;
-        Watch::start(self.client.clone(), b, format!("$KV.{bucket}.{key}")).await
+        self.watch(bucket, format!("$KV.{bucket}.{key}"), Start::Current)
+            .await
+    }
+
+    /// Watches every key of the bucket from `revision` on (inclusive): every change stored at
+    /// that revision or later, in order, then every new change. To resume after the last
+    /// revision you processed, pass it plus one. Changes older than the bucket's history (or a
+    /// marker removed after its marker TTL) are not replayed.
+    pub async fn watch_bucket_from(&self, bucket: &str, revision: u64) -> Result<Watch, Error> {
+        names::bucket(bucket).map_err(from_core)?;
+        self.watch(bucket, format!("$KV.{bucket}.>"), Start::From(revision))
+            .await
+    }
+
+    /// Like [`watch_bucket_from`](Self::watch_bucket_from), for one key or pattern.
+    pub async fn watch_key_from(
+        &self,
+        bucket: &str,
+        key: &str,
+        revision: u64,
+    ) -> Result<Watch, Error> {
+        names::bucket(bucket).map_err(from_core)?;
+        names::key_filter(key).map_err(from_core)?;
+        self.watch(bucket, format!("$KV.{bucket}.{key}"), Start::From(revision))
+            .await
+    }
+
+    async fn watch(&self, bucket: &str, filter: String, start: Start) -> Result<Watch, Error> {
+        let span = info_span!("natty.kv.watch_start", bucket, filter = %filter);
+        async {
+            let b = self
+                .buckets
+                .require(bucket, "watching", &self.deadline())
+                .await?;
+            Watch::start(self.client.clone(), self.buckets.clone(), b, filter, start).await
+        }
+        .instrument(span)
+        .await
     }
 
     // Writes.
