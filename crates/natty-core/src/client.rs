@@ -58,6 +58,12 @@ impl Client {
         ServerVersion::parse(&self.nats.server_info().version)
     }
 
+    /// Whether the server this client is connected to now has `feature` (by its version; a
+    /// server of unknown version is assumed to lack every optional feature).
+    pub fn supports(&self, feature: Feature) -> bool {
+        self.server_version().is_some_and(|v| v >= feature.since())
+    }
+
     /// Flushes what is buffered and closes the connection after in-flight requests end.
     pub async fn drain(&self) -> Result<(), Error> {
         tracing::debug!("draining NATS connection");
@@ -65,6 +71,45 @@ impl Client {
             .drain()
             .await
             .map_err(|e| Error::with_source(ErrorKind::Other, "draining the NATS connection", e))
+    }
+}
+
+/// An optional server feature natty uses, for [`Client::supports`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Feature {
+    /// Per-message TTL (`Nats-TTL`) and KV limit markers (ADR-43/48): server 2.11.
+    PerKeyTtl,
+    /// Atomic batch publish (`allow_atomic`): server 2.12.
+    AtomicBatch,
+    /// Fast-ingest batch publish (ADR-50, `allow_batched`): server 2.14.
+    FastIngest,
+}
+
+impl Feature {
+    /// The first server version that has the feature.
+    pub fn since(self) -> ServerVersion {
+        let minor = match self {
+            Self::PerKeyTtl => 11,
+            Self::AtomicBatch => 12,
+            Self::FastIngest => 14,
+        };
+        ServerVersion {
+            major: 2,
+            minor,
+            patch: 0,
+        }
+    }
+}
+
+impl fmt::Display for Feature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Self::PerKeyTtl => "per-key TTL",
+            Self::AtomicBatch => "atomic batch publish",
+            Self::FastIngest => "fast-ingest batch publish",
+        };
+        write!(f, "{name} (server {}+)", self.since())
     }
 }
 
@@ -124,5 +169,26 @@ mod tests {
         }
         let v = ServerVersion::parse("2.11.0").unwrap();
         assert!(v.at_least(2, 11) && v.at_least(2, 10) && !v.at_least(2, 12));
+    }
+
+    #[test]
+    fn features_need_their_version() {
+        use super::Feature;
+        let v = |s| ServerVersion::parse(s).unwrap();
+        let cases = [
+            (Feature::PerKeyTtl, "2.10.9", false),
+            (Feature::PerKeyTtl, "2.11.0", true),
+            (Feature::AtomicBatch, "2.11.4", false),
+            (Feature::AtomicBatch, "2.12.1", true),
+            (Feature::FastIngest, "2.13.0", false),
+            (Feature::FastIngest, "2.15.1", true),
+        ];
+        for (feature, version, want) in cases {
+            assert_eq!(
+                v(version) >= feature.since(),
+                want,
+                "{feature} on {version}"
+            );
+        }
     }
 }

@@ -105,6 +105,55 @@ pub fn jetstream_code(err: &(dyn std::error::Error + 'static)) -> Option<u64> {
     code_in_text(&err.to_string())
 }
 
+/// JetStream API error codes the natty crates branch on.
+pub mod codes {
+    /// Stream not found (HTTP-like code 404).
+    pub const STREAM_NOT_FOUND: u64 = 10059;
+    /// No message found (a message get by sequence or subject; code 404).
+    pub const NO_MESSAGE_FOUND: u64 = 10037;
+    /// Wrong last sequence, on an R1 stream.
+    pub const WRONG_LAST_SEQUENCE: u64 = 10071;
+    /// Wrong last sequence, on a replicated stream (checked before the raft proposal).
+    pub const WRONG_LAST_SEQUENCE_REPLICATED: u64 = 10164;
+    /// Invalid per-message TTL.
+    pub const MESSAGE_TTL_INVALID: u64 = 10165;
+    /// Per-message TTL is disabled on this stream.
+    pub const MESSAGE_TTL_DISABLED: u64 = 10166;
+    /// JetStream temporarily unavailable (code 503): no leader yet, try again.
+    pub const TEMPORARILY_UNAVAILABLE: u64 = 10008;
+}
+
+/// Whether an async-nats error says the server could not serve the request *right now*: no
+/// responders (status 503, e.g. a replicated stream between two leaders), a request timeout,
+/// or a JetStream API error with code 503. Such a failure says nothing about whether the
+/// stream exists: ask the stream info API before concluding it is gone.
+pub fn is_transient(err: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::context::RequestErrorKind as JsRequest;
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if let Some(e) = cause.downcast_ref::<async_nats::jetstream::context::RequestError>()
+            && matches!(e.kind(), JsRequest::NoResponders | JsRequest::TimedOut)
+        {
+            return true;
+        }
+        if let Some(e) = cause.downcast_ref::<async_nats::RequestError>()
+            && matches!(
+                e.kind(),
+                async_nats::RequestErrorKind::NoResponders | async_nats::RequestErrorKind::TimedOut
+            )
+        {
+            return true;
+        }
+        if let Some(js) = cause.downcast_ref::<async_nats::jetstream::Error>()
+            && (js.code() == 503 || js.error_code().0 == codes::TEMPORARILY_UNAVAILABLE)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 fn code_in_text(text: &str) -> Option<u64> {
     let (_, rest) = text.split_once("error code ")?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();

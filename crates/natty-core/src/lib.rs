@@ -26,7 +26,7 @@ mod tls;
 /// The async-nats client natty is built on: the escape hatch for anything natty does not wrap.
 /// Re-exported so that upgrading it is not a natty breaking change for code that avoids it.
 pub use async_nats;
-pub use client::{Client, ServerVersion};
+pub use client::{Client, Feature, ServerVersion};
 pub use connect::{ConnectFailure, ServerAttempt};
 pub use error::ErrorKind;
 pub use options::{

@@ -18,7 +18,16 @@ pub enum Storage {
 /// The most history a bucket may keep per key (a server limit).
 pub const MAX_HISTORY: u8 = 64;
 
+/// The largest per-key TTL the server accepts (a Go `time.Duration` holds ~292 years).
+pub const MAX_KEY_TTL: Duration = Duration::from_secs(9_223_372_036);
+
+/// How long delete/expiry markers stay by default in a bucket with per-key TTL.
+pub const DEFAULT_MARKER_TTL: Duration = Duration::from_secs(60);
+
 /// A bucket's configuration. Required: the name; everything else has a default.
+///
+/// The defaults for buckets that `Kv` creates on demand are a `BucketConfig` too, without a
+/// name: `Kv::with_defaults(client, BucketConfig::default().replicas(3))`.
 ///
 /// ```
 /// use std::time::Duration;
@@ -45,6 +54,19 @@ pub struct BucketConfig {
     /// expiry as an event and `create_with_ttl` works. On an older server an auto-created
     /// bucket is made without it, and `create_with_ttl` then fails with `Unsupported`.
     pub per_key_ttl: bool,
+    /// How long delete, purge and expiry markers stay in a bucket with per-key TTL (default
+    /// 60 s, at least 1 s). They tell watchers and `create` that a key is gone; after this they
+    /// are removed too, so a watch disconnected for longer may miss an `Expired` event (it
+    /// then sees the key's next write only).
+    pub marker_ttl: Duration,
+}
+
+impl Default for BucketConfig {
+    /// The defaults with no name: for [`Kv::with_defaults`](crate::Kv::with_defaults), which
+    /// names each bucket it creates.
+    fn default() -> Self {
+        Self::new(String::new())
+    }
 }
 
 impl BucketConfig {
@@ -58,7 +80,15 @@ impl BucketConfig {
             replicas: 1,
             storage: Storage::File,
             per_key_ttl: true,
+            marker_ttl: DEFAULT_MARKER_TTL,
         }
+    }
+
+    /// How long delete, purge and expiry markers stay (bucket with per-key TTL only).
+    #[must_use]
+    pub fn marker_ttl(mut self, ttl: Duration) -> Self {
+        self.marker_ttl = ttl;
+        self
     }
 
     /// Entries expire `ttl` after their last write.
@@ -140,17 +170,27 @@ impl BucketConfig {
                 "ttl must be at least 100ms (or None for no expiry), got {ttl:?}"
             ));
         }
+        if self.marker_ttl < Duration::from_secs(1) || self.marker_ttl > MAX_KEY_TTL {
+            return invalid(format!(
+                "marker_ttl must be 1s to {MAX_KEY_TTL:?}, got {:?}",
+                self.marker_ttl
+            ));
+        }
         Ok(())
     }
 }
 
 /// Checks a per-key TTL: the server takes whole seconds, and async-nats would truncate a
-/// sub-second TTL to 0, which the server ignores (the key would never expire).
+/// sub-second TTL to 0, which the server ignores (the key would never expire); the server
+/// refuses TTLs above [`MAX_KEY_TTL`].
 pub fn validate_key_ttl(ttl: Duration) -> Result<u64, Error> {
-    if ttl < Duration::from_secs(1) || ttl.subsec_nanos() != 0 {
+    if ttl < Duration::from_secs(1) || ttl.subsec_nanos() != 0 || ttl > MAX_KEY_TTL {
         return Err(Error::new(
             ErrorKind::InvalidConfig,
-            format!("a per-key TTL must be a whole number of seconds, at least 1s; got {ttl:?}"),
+            format!(
+                "a per-key TTL must be a whole number of seconds, 1s to {}s; got {ttl:?}",
+                MAX_KEY_TTL.as_secs()
+            ),
         ));
     }
     Ok(ttl.as_secs())
@@ -190,7 +230,7 @@ pub(crate) fn parse_ttl_header(value: &str) -> Option<Option<Duration>> {
             _ => return None,
         };
         rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(number * unit).ok()?;
+        total = total.checked_add(Duration::try_from_secs_f64(number * unit).ok()?)?;
     }
     Some(Some(total))
 }
@@ -279,5 +319,29 @@ mod tests {
         assert_eq!(parse_ttl_header("soon"), None);
         assert_eq!(parse_ttl_header("5x"), None);
         assert_eq!(parse_ttl_header(""), None);
+    }
+
+    #[test]
+    fn ttl_header_sums_never_overflow() {
+        // Each part fits a Duration; their sum does not.
+        let long = "5000000000000000000s".repeat(8);
+        assert_eq!(parse_ttl_header(&long), None);
+        let hours = "99999999999999h".repeat(300);
+        assert_eq!(parse_ttl_header(&hours), None);
+    }
+
+    #[test]
+    fn key_ttl_has_the_servers_upper_bound() {
+        assert_eq!(
+            validate_key_ttl(MAX_KEY_TTL).unwrap(),
+            MAX_KEY_TTL.as_secs()
+        );
+        let err = validate_key_ttl(MAX_KEY_TTL + Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
+        let err = BucketConfig::new("b")
+            .marker_ttl(Duration::from_millis(10))
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
     }
 }

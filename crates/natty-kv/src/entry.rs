@@ -9,6 +9,7 @@ use crate::config::parse_ttl_header;
 
 /// A key's current value.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Entry {
     /// The key.
     pub key: String,
@@ -20,6 +21,41 @@ pub struct Entry {
     pub created: SystemTime,
     /// The per-key TTL this revision was written with, if any.
     pub ttl: Option<Duration>,
+    /// Whether this revision was written with `Nats-TTL: never`: it does not expire, not even
+    /// with the bucket's TTL ([`Kv::refresh`](crate::Kv::refresh) keeps it so).
+    pub never_expires: bool,
+}
+
+impl Entry {
+    /// The per-key TTL to write again when this entry is refreshed.
+    pub(crate) fn key_ttl(&self) -> Option<KeyTtl> {
+        if self.never_expires {
+            return Some(KeyTtl::Never);
+        }
+        self.ttl.map(|t| {
+            // A TTL written by another client may have a fraction of a second: round up.
+            let secs = t.as_secs().saturating_add(u64::from(t.subsec_nanos() > 0));
+            KeyTtl::Secs(secs.max(1))
+        })
+    }
+}
+
+/// A per-key TTL as written in the `Nats-TTL` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyTtl {
+    /// Expires this many seconds after the write.
+    Secs(u64),
+    /// Never expires (not even with the bucket's TTL).
+    Never,
+}
+
+impl KeyTtl {
+    pub(crate) fn header_value(self) -> String {
+        match self {
+            Self::Secs(secs) => secs.to_string(),
+            Self::Never => "never".to_owned(),
+        }
+    }
 }
 
 /// What happened to a key.
@@ -35,10 +71,19 @@ pub enum EventKind {
     /// The key expired (its per-key TTL or the bucket's TTL ran out). Seen only on buckets
     /// with per-key TTL / limit markers (server 2.11+).
     Expired,
+    /// Not about a key (empty key, revision 0): the bucket was deleted and created again
+    /// behind the watch. Every key of the old bucket is gone; the new bucket's current values
+    /// follow.
+    BucketRecreated,
+    /// Not about a key (empty key): the values that existed when the watch started (or the
+    /// bucket was re-created) have all been delivered; `revision` is the last one's. Only
+    /// from a watch made with [`Watch::with_caught_up_events`](crate::Watch::with_caught_up_events).
+    CaughtUp,
 }
 
 /// A change seen by a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Event {
     /// The key.
     pub key: String,
@@ -56,6 +101,8 @@ pub(crate) const KV_OPERATION: &str = "KV-Operation";
 pub(crate) const MARKER_REASON: &str = "Nats-Marker-Reason";
 pub(crate) const TTL: &str = "Nats-TTL";
 pub(crate) const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+pub(crate) const ROLLUP: &str = "Nats-Rollup";
+pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
 
 /// The kind of a stored KV message, from its headers: the KV operation header written by
 /// clients, or the marker reason the server writes for TTL removals (limit markers).
@@ -84,6 +131,42 @@ pub(crate) fn ttl_of(headers: Option<&HeaderMap>) -> Option<Duration> {
         .and_then(|h| h.get(TTL))
         .and_then(|v| parse_ttl_header(v.as_str()))
         .flatten()
+}
+
+/// Whether a message was written with `Nats-TTL: never`.
+pub(crate) fn never_expires(headers: Option<&HeaderMap>) -> bool {
+    headers
+        .and_then(|h| h.get(TTL))
+        .and_then(|v| parse_ttl_header(v.as_str()))
+        .is_some_and(|ttl| ttl.is_none())
+}
+
+/// The entry a stored message holds, if it is a value (not a marker).
+pub(crate) fn decode(key: &str, m: async_nats::jetstream::message::StreamMessage) -> Option<Entry> {
+    if kind_of(Some(&m.headers)) != EventKind::Put {
+        return None;
+    }
+    Some(Entry {
+        key: key.to_owned(),
+        ttl: ttl_of(Some(&m.headers)),
+        never_expires: never_expires(Some(&m.headers)),
+        revision: m.sequence,
+        created: SystemTime::from(m.time),
+        value: m.payload,
+    })
+}
+
+/// The event a message delivered by a consumer on the bucket's stream stands for.
+pub(crate) fn event_of(message: &async_nats::jetstream::Message, bucket: &str) -> Option<Event> {
+    let info = message.info().ok()?;
+    let headers = message.headers.as_ref();
+    Some(Event {
+        key: key_of(message.subject.as_str(), bucket).to_owned(),
+        kind: kind_of(headers),
+        value: message.payload.clone(),
+        revision: info.stream_sequence,
+        created: SystemTime::from(info.published),
+    })
 }
 
 /// The key of a KV subject `$KV.<bucket>.<key>`.

@@ -5,6 +5,7 @@ use std::fmt;
 pub(crate) use natty_core::error::jetstream_code as server_code;
 
 use async_nats::jetstream::{self, context::PublishErrorKind};
+use natty_core::error::codes;
 
 /// natty-kv's error: branch on [`Error::kind`](natty_core::error::Error::kind).
 pub type Error = natty_core::error::Error<ErrorKind>;
@@ -57,20 +58,6 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// Server error codes natty-kv branches on.
-pub(crate) mod codes {
-    /// Wrong last sequence, on an R1 stream.
-    pub(crate) const WRONG_LAST_SEQUENCE: u64 = 10071;
-    /// Wrong last sequence, on a replicated stream (raft path).
-    pub(crate) const WRONG_LAST_SEQUENCE_REPLICATED: u64 = 10164;
-    /// Stream not found.
-    pub(crate) const STREAM_NOT_FOUND: u64 = 10059;
-    /// Per-message TTL is disabled on this stream.
-    pub(crate) const MESSAGE_TTL_DISABLED: u64 = 10166;
-    /// Invalid per-message TTL.
-    pub(crate) const MESSAGE_TTL_INVALID: u64 = 10165;
-}
-
 /// Our kind for a core error (name and config validation, mostly).
 pub(crate) fn from_core(err: natty_core::Error) -> Error {
     err.map_kind(|k| match k {
@@ -82,20 +69,20 @@ pub(crate) fn from_core(err: natty_core::Error) -> Error {
 }
 
 /// Maps a publish (write) error. Both CAS codes are `RevisionMismatch`: async-nats maps only
-/// 10071 to `WrongLastSequence` and returns 10164 as `Other`.
+/// 10071 to `WrongLastSequence` and returns 10164 as `Other`. async-nats' `StreamNotFound` is
+/// a 503 / no responders, which does not say the bucket is gone (the write path asks the
+/// stream info API); only the server's 10059 does.
 pub(crate) fn from_publish(err: jetstream::context::PublishError, context: String) -> Error {
     let kind = match err.kind() {
         PublishErrorKind::WrongLastSequence => ErrorKind::RevisionMismatch,
-        PublishErrorKind::StreamNotFound => ErrorKind::BucketNotFound,
         PublishErrorKind::TimedOut => ErrorKind::TimedOut,
         _ => match server_code(&err) {
             Some(codes::WRONG_LAST_SEQUENCE | codes::WRONG_LAST_SEQUENCE_REPLICATED) => {
                 ErrorKind::RevisionMismatch
             }
             Some(codes::STREAM_NOT_FOUND) => ErrorKind::BucketNotFound,
-            Some(codes::MESSAGE_TTL_DISABLED | codes::MESSAGE_TTL_INVALID) => {
-                ErrorKind::Unsupported
-            }
+            Some(codes::MESSAGE_TTL_DISABLED) => ErrorKind::Unsupported,
+            Some(codes::MESSAGE_TTL_INVALID) => ErrorKind::InvalidConfig,
             _ => ErrorKind::Other,
         },
     };

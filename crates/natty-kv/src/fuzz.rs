@@ -42,8 +42,8 @@ proptest! {
     }
 
     #[test]
-    // Header values as a server can send them (no CR/LF); anything else in them.
-    fn stored_messages_decode(op in "[^\r\n]{0,12}", reason in "[^\r\n]{0,12}", ttl in "[^\r\n]{0,12}", subject in ".{0,60}", bucket in "[a-z]{1,8}") {
+    // Header values as a server can send them (no CR/LF); anything else in them, long too.
+    fn stored_messages_decode(op in "[^\r\n]{0,40}", reason in "[^\r\n]{0,40}", ttl in "[^\r\n]{0,400}", subject in ".{0,200}", bucket in "[a-z]{1,8}") {
         let mut h = HeaderMap::new();
         if !op.is_empty() { h.insert("KV-Operation", op.as_str()); }
         if !reason.is_empty() { h.insert("Nats-Marker-Reason", reason.as_str()); }
@@ -52,5 +52,11 @@ proptest! {
         let _ = ttl_of(Some(&h));
         let _ = parse_ttl_header(&ttl);
         let _ = key_of(&subject, &bucket);
+    }
+
+    #[test]
+    // Long TTL headers made of valid-looking parts: huge numbers, many units, fractions.
+    fn ttl_headers_of_many_parts(ttl in "([0-9]{1,22}(\\.[0-9]{0,6})?(h|m|s|ms|us|µs|ns)){1,60}") {
+        let _ = parse_ttl_header(&ttl);
     }
 }

@@ -1,80 +1,30 @@
-//! [`Kv`]: the key/value operations, over a cache of bucket handles.
+//! [`Kv`]: the public key/value operations. Buckets and their cache live in
+//! [`bucket`](crate::bucket), the write path in [`write`](crate::write), reads in
+//! [`read`](crate::read).
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
-};
+use std::time::Duration;
 
-use async_nats::{
-    HeaderMap,
-    jetstream::{self, context::GetStreamErrorKind, kv, stream::DirectGetErrorKind},
-};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::Stream;
 use natty_core::{Client, names};
 use tracing::{Instrument, debug, info_span};
 
 use crate::{
-    BucketConfig, Error, ErrorKind, Storage,
+    BucketConfig, BucketStatus, Error, ErrorKind,
+    bucket::{Buckets, not_found},
     config::validate_key_ttl,
-    entry::{self, Entry, EventKind},
-    error::{codes, from_core, from_publish, from_request, server_code},
-    watch::Watch,
+    entry::{self, Entry, Event, EventKind, KeyTtl},
+    error::{from_core, from_request, server_code},
+    read::{ReadFrom, key_not_found},
+    retry::Deadline,
+    scan,
+    watch::{Start, Watch},
+    write::{IfMissing, Op, Write},
 };
 
-/// How long delete/expiry markers stay in a bucket with per-key TTL (they tell watchers and
-/// `create` that a key is gone; after this they are removed too).
-const MARKER_TTL: Duration = Duration::from_secs(60);
-
-/// What natty caches about a bucket.
-#[derive(Debug, Clone)]
-pub(crate) struct Bucket {
-    pub(crate) name: String,
-    pub(crate) stream: jetstream::stream::Stream,
-    pub(crate) per_key_ttl: bool,
-    pub(crate) allow_direct: bool,
-}
-
-impl Bucket {
-    fn from_stream(name: &str, stream: jetstream::stream::Stream) -> Self {
-        let info = stream.cached_info();
-        Self {
-            name: name.to_owned(),
-            per_key_ttl: info.config.allow_message_ttl,
-            allow_direct: info.config.allow_direct,
-            stream,
-        }
-    }
-
-    fn subject(&self, key: &str) -> String {
-        format!("$KV.{}.{key}", self.name)
-    }
-}
-
-/// A bucket's configuration and state as the server reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct BucketStatus {
-    /// Bucket name.
-    pub bucket: String,
-    /// Description.
-    pub description: String,
-    /// Entry TTL (`None`: entries never expire).
-    pub ttl: Option<Duration>,
-    /// Revisions kept per key.
-    pub history: i64,
-    /// Replicas.
-    pub replicas: usize,
-    /// Storage.
-    pub storage: Storage,
-    /// Whether per-key TTL (and expiry markers) is enabled.
-    pub per_key_ttl: bool,
-    /// Stored messages (values, including history and markers).
-    pub values: u64,
-    /// Stored bytes.
-    pub bytes: u64,
-}
+/// How long an operation keeps retrying answers that say nothing (timeouts, 503 during a
+/// stream-leader election) by default.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// Key/value operations on JetStream KV buckets. Cheap to clone (clones share the bucket cache).
 ///
@@ -82,10 +32,18 @@ pub struct BucketStatus {
 /// reads never create one. Handles are cached, and a bucket deleted behind our back is
 /// noticed: the next write re-creates it, the next read reports it missing.
 ///
+/// On a replicated bucket, answers that say nothing — 503 / no responders while the bucket's
+/// stream elects a leader, timeouts while a node is down — are retried for
+/// [`retry_for`](Self::retry_for) (10 s by default), then reported as `TimedOut`; a bucket is
+/// reported missing only when the stream info API says so. [`get`](Self::get) may be answered
+/// by any replica (fast, but a follower can lag a write by a few milliseconds); every read that
+/// a write is based on (`delete`, `refresh`, `create` over a deleted key) asks the stream
+/// leader.
+///
 /// ```no_run
 /// # async fn example(client: natty_core::Client) -> Result<(), natty_kv::Error> {
 /// use natty_kv::{BucketConfig, Kv};
-/// let kv = Kv::with_defaults(client, BucketConfig::new("-").history(5));
+/// let kv = Kv::with_defaults(client, BucketConfig::default().history(5));
 /// let rev = kv.put("config", "feature.x", "on".into()).await?;
 /// let entry = kv.get("config", "feature.x").await?.expect("just written");
 /// assert_eq!(entry.revision, rev);
@@ -95,24 +53,36 @@ pub struct BucketStatus {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Kv {
-    client: Client,
-    defaults: BucketConfig,
-    buckets: Arc<Mutex<HashMap<String, Bucket>>>,
+    pub(crate) client: Client,
+    pub(crate) defaults: BucketConfig,
+    pub(crate) buckets: Buckets,
+    pub(crate) retry_for: Duration,
 }
 
 impl Kv {
-    /// A `Kv` whose auto-created buckets use [`BucketConfig::new`]'s defaults.
+    /// A `Kv` whose auto-created buckets use [`BucketConfig::default`].
     pub fn new(client: Client) -> Self {
-        Self::with_defaults(client, BucketConfig::new("-"))
+        Self::with_defaults(client, BucketConfig::default())
     }
 
-    /// A `Kv` whose auto-created buckets use `defaults` (its name is replaced by the bucket's).
+    /// A `Kv` whose auto-created buckets use `defaults` (its name, if any, is replaced by the
+    /// bucket's).
     pub fn with_defaults(client: Client, defaults: BucketConfig) -> Self {
         Self {
+            buckets: Buckets::new(client.clone()),
             client,
             defaults,
-            buckets: Arc::default(),
+            retry_for: DEFAULT_RETRY_FOR,
         }
+    }
+
+    /// How long each operation retries answers that say nothing (timeouts, no responders
+    /// during a stream-leader election) before it fails with `TimedOut`. Default 10 s; a
+    /// leader election after a node loss takes a few seconds.
+    #[must_use]
+    pub fn retry_for(mut self, patience: Duration) -> Self {
+        self.retry_for = patience;
+        self
     }
 
     /// The connection this `Kv` uses.
@@ -125,86 +95,136 @@ impl Kv {
         &self.defaults
     }
 
-    // ---- reads -------------------------------------------------------------------------
+    fn deadline(&self) -> Deadline {
+        Deadline::after(self.retry_for)
+    }
+
+    // Reads.
 
     /// The key's current value; `None` when the key or the bucket does not exist (a missing
     /// bucket is not created), or the key was deleted, purged or expired.
+    ///
+    /// Answered by any replica of a replicated bucket: it can miss a write acknowledged a few
+    /// milliseconds ago. Base conditional writes on [`refresh`](Self::refresh),
+    /// [`update`](Self::update) and [`delete_if`](Self::delete_if), which are checked by the
+    /// stream leader.
     pub async fn get(&self, bucket: &str, key: &str) -> Result<Option<Entry>, Error> {
         validate(bucket, key)?;
         let span = info_span!("natty.kv.get", bucket, key);
         async {
-            let Some(b) = self.bucket(bucket, false).await? else {
+            let Some(b) = self.buckets.find(bucket, &self.deadline()).await? else {
                 return Ok(None);
             };
-            match self.last_message(&b, key).await {
-                Err(e) if e.kind() == ErrorKind::BucketNotFound => {
-                    self.evict(bucket);
-                    Ok(None)
-                }
-                other => other.map(|m| m.and_then(|m| decode_entry(key, m))),
+            match self.last_message(&b, key, ReadFrom::AnyReplica).await {
+                Err(e) if e.kind() == ErrorKind::BucketNotFound => Ok(None),
+                other => other.map(|m| m.and_then(|m| entry::decode(key, m))),
             }
         }
         .instrument(span)
         .await
     }
 
-    /// The last stored message of a key (a value or a delete/purge/expiry marker).
-    async fn last_message(
+    /// The value of one revision of a key; `None` when that revision is not stored (never
+    /// written, or dropped from the history) or is a delete/purge/expiry marker, or belongs to
+    /// another key. Answered by the stream leader.
+    pub async fn get_revision(
         &self,
-        b: &Bucket,
+        bucket: &str,
         key: &str,
-    ) -> Result<Option<jetstream::message::StreamMessage>, Error> {
-        let subject = b.subject(key);
-        let context = || format!("reading key {key:?} in bucket {:?}", b.name);
-        if b.allow_direct {
-            match b.stream.direct_get_last_for_subject(subject).await {
-                Ok(m) => Ok(Some(m)),
-                Err(e) => match e.kind() {
-                    DirectGetErrorKind::NotFound => Ok(None),
-                    DirectGetErrorKind::TimedOut => Err(from_request(e, context())),
-                    DirectGetErrorKind::ErrorResponse(status, _) if status.as_u16() == 503 => {
-                        // No responders: the stream is gone.
-                        Err(Error::with_source(ErrorKind::BucketNotFound, context(), e))
-                    }
-                    _ => Err(from_request(e, context())),
-                },
-            }
-        } else {
-            match b.stream.get_last_raw_message_by_subject(&subject).await {
-                Ok(m) => Ok(Some(m)),
-                Err(e) => {
-                    use jetstream::stream::LastRawMessageErrorKind as K;
-                    match e.kind() {
-                        K::NoMessageFound => Ok(None),
-                        K::JetStream(js) if js.code() == 404 => Ok(None),
-                        _ => Err(from_request(e, context())),
-                    }
-                }
+        revision: u64,
+    ) -> Result<Option<Entry>, Error> {
+        validate(bucket, key)?;
+        let span = info_span!("natty.kv.get_revision", bucket, key, revision);
+        async {
+            let Some(b) = self.buckets.find(bucket, &self.deadline()).await? else {
+                return Ok(None);
+            };
+            match self.message_at(&b, revision).await {
+                Ok(Some(m)) if m.subject.as_str() == b.subject(key) => Ok(entry::decode(key, m)),
+                Ok(_) => Ok(None),
+                Err(e) if e.kind() == ErrorKind::BucketNotFound => Ok(None),
+                Err(e) => Err(e),
             }
         }
+        .instrument(span)
+        .await
     }
 
-    /// Every live key in the bucket (sorted); empty for an empty bucket; `BucketNotFound` when
-    /// the bucket does not exist.
+    /// Every stored revision of a key, oldest first: values and delete/purge/expiry markers
+    /// (as many as the bucket's `history` keeps). Empty when the key or the bucket does not
+    /// exist.
+    pub async fn history(&self, bucket: &str, key: &str) -> Result<Vec<Event>, Error> {
+        validate(bucket, key)?;
+        let span = info_span!("natty.kv.history", bucket, key);
+        async {
+            let Some(b) = self.buckets.find(bucket, &self.deadline()).await? else {
+                return Ok(Vec::new());
+            };
+            let last = match self.last_message(&b, key, ReadFrom::Leader).await {
+                Err(e) if e.kind() == ErrorKind::BucketNotFound => return Ok(Vec::new()),
+                other => other?,
+            };
+            if last.is_none() {
+                return Ok(Vec::new());
+            }
+            scan::history(self, &b, key, self.deadline()).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Every live key in the bucket, sorted and de-duplicated; empty for an empty bucket;
+    /// `BucketNotFound` when the bucket does not exist; `TimedOut` when the listing does not
+    /// finish within [`retry_for`](Self::retry_for). For large buckets see
+    /// [`keys_stream`](Self::keys_stream).
     pub async fn keys(&self, bucket: &str) -> Result<Vec<String>, Error> {
         names::bucket(bucket).map_err(from_core)?;
         let span = info_span!("natty.kv.keys", bucket);
         async {
-            let b = self.require_bucket(bucket).await?;
-            let context = || format!("listing keys of bucket {bucket:?}");
-            let mut keys: Vec<String> = self
-                .store(&b)
-                .keys()
-                .await
-                .map_err(|e| from_request(e, context()))?
-                .try_collect()
-                .await
-                .map_err(|e| from_request(e, context()))?;
-            keys.sort();
-            Ok(keys)
+            let mut keys = std::collections::BTreeSet::new();
+            let listing = self.keys_stream(bucket).await?;
+            futures::pin_mut!(listing);
+            let deadline = tokio::time::Instant::now() + self.retry_for;
+            loop {
+                let next = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut listing))
+                    .await
+                    .map_err(|_| {
+                        Error::new(
+                            ErrorKind::TimedOut,
+                            format!(
+                                "listing keys of bucket {bucket:?}: not finished after {:?} ({} keys so far)",
+                                self.retry_for,
+                                keys.len()
+                            ),
+                        )
+                    })?;
+                match next {
+                    Some(key) => {
+                        keys.insert(key?);
+                    }
+                    None => return Ok(keys.into_iter().collect()),
+                }
+            }
         }
         .instrument(span)
         .await
+    }
+
+    /// Every live key in the bucket, as a stream (for buckets too large to list at once).
+    /// Each key is yielded once; the order is the order of the keys' last writes. The stream
+    /// ends when the keys that existed when it started have been listed; it has no deadline of
+    /// its own (wrap it in a timeout). It remembers the keys it yielded, to skip duplicates.
+    pub async fn keys_stream(
+        &self,
+        bucket: &str,
+    ) -> Result<impl Stream<Item = Result<String, Error>> + use<>, Error> {
+        names::bucket(bucket).map_err(from_core)?;
+        let b = self
+            .buckets
+            .lookup(bucket, &self.deadline())
+            .await?
+            .ok_or_else(|| not_found(bucket, "listing keys"))?;
+        scan::keys(self, b).await
     }
 
     /// The bucket's configuration and state; `BucketNotFound` when it does not exist.
@@ -212,59 +232,81 @@ impl Kv {
         names::bucket(bucket).map_err(from_core)?;
         let span = info_span!("natty.kv.status", bucket);
         async {
-            let b = self.require_bucket(bucket).await?;
-            let mut stream = b.stream.clone();
-            let info = stream.info().await.map_err(|e| {
-                let err = from_request(e, format!("reading the status of bucket {bucket:?}"));
-                if err.kind() == ErrorKind::BucketNotFound {
-                    self.evict(bucket);
-                }
-                err
-            })?;
-            let c = &info.config;
-            Ok(BucketStatus {
-                bucket: bucket.to_owned(),
-                description: c.description.clone().unwrap_or_default(),
-                ttl: (!c.max_age.is_zero()).then_some(c.max_age),
-                history: c.max_messages_per_subject,
-                replicas: c.num_replicas,
-                storage: match c.storage {
-                    jetstream::stream::StorageType::Memory => Storage::Memory,
-                    jetstream::stream::StorageType::File => Storage::File,
-                },
-                per_key_ttl: c.allow_message_ttl,
-                values: info.state.messages,
-                bytes: info.state.bytes,
-            })
+            let b = self
+                .buckets
+                .lookup(bucket, &self.deadline())
+                .await?
+                .ok_or_else(|| not_found(bucket, "reading the status"))?;
+            Ok(BucketStatus::from_info(bucket, b.stream.cached_info()))
         }
         .instrument(span)
         .await
     }
 
     /// Watches every key of the bucket: first the current value of each key, then every change.
-    /// The watch resumes by itself after a reconnect or server restart.
+    /// The watch resumes by itself after a reconnect or server restart; see [`Watch`] for what
+    /// it guarantees.
     pub async fn watch_bucket(&self, bucket: &str) -> Result<Watch, Error> {
         names::bucket(bucket).map_err(from_core)?;
-        let b = self.require_bucket(bucket).await?;
-        Watch::start(self.client.clone(), b, format!("$KV.{bucket}.>")).await
+        self.watch(bucket, format!("$KV.{bucket}.>"), Start::Current)
+            .await
     }
 
     /// Watches one key (or a pattern like `users.*`): its current value, then every change.
     pub async fn watch_key(&self, bucket: &str, key: &str) -> Result<Watch, Error> {
         names::bucket(bucket).map_err(from_core)?;
         names::key_filter(key).map_err(from_core)?;
-        let b = self.require_bucket(bucket).await?;
-        Watch::start(self.client.clone(), b, format!("$KV.{bucket}.{key}")).await
+        self.watch(bucket, format!("$KV.{bucket}.{key}"), Start::Current)
+            .await
     }
 
-    // ---- writes ------------------------------------------------------------------------
+    /// Watches every key of the bucket from `revision` on (inclusive): every change stored at
+    /// that revision or later, in order, then every new change. To resume after the last
+    /// revision you processed, pass it plus one. Changes older than the bucket's history (or a
+    /// marker removed after its marker TTL) are not replayed.
+    pub async fn watch_bucket_from(&self, bucket: &str, revision: u64) -> Result<Watch, Error> {
+        names::bucket(bucket).map_err(from_core)?;
+        self.watch(bucket, format!("$KV.{bucket}.>"), Start::From(revision))
+            .await
+    }
+
+    /// Like [`watch_bucket_from`](Self::watch_bucket_from), for one key or pattern.
+    pub async fn watch_key_from(
+        &self,
+        bucket: &str,
+        key: &str,
+        revision: u64,
+    ) -> Result<Watch, Error> {
+        names::bucket(bucket).map_err(from_core)?;
+        names::key_filter(key).map_err(from_core)?;
+        self.watch(bucket, format!("$KV.{bucket}.{key}"), Start::From(revision))
+            .await
+    }
+
+    async fn watch(&self, bucket: &str, filter: String, start: Start) -> Result<Watch, Error> {
+        let span = info_span!("natty.kv.watch_start", bucket, filter = %filter);
+        async {
+            let b = self
+                .buckets
+                .require(bucket, "watching", &self.deadline())
+                .await?;
+            Watch::start(self.client.clone(), self.buckets.clone(), b, filter, start).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    // Writes.
 
     /// Writes `value` whatever the key holds; creates the bucket if missing. Returns the new
     /// revision.
     pub async fn put(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64, Error> {
         validate(bucket, key)?;
-        self.write(Write::new("put", bucket, key, value), true)
-            .await
+        self.write(
+            &Write::new(Op::Put, bucket, key, value),
+            IfMissing::CreateBucket,
+        )
+        .await
     }
 
     /// Writes `value` only if the key does not exist (or was deleted/expired); creates the
@@ -287,34 +329,58 @@ impl Kv {
     ) -> Result<u64, Error> {
         validate(bucket, key)?;
         let secs = validate_key_ttl(ttl)?;
-        self.create_inner(bucket, key, value, Some(secs)).await
+        self.create_inner(bucket, key, value, Some(KeyTtl::Secs(secs)))
+            .await
     }
 
+    /// `create` is a write expecting "no message" (revision 0), or, over a delete marker, a
+    /// write expecting the marker's revision. Markers come and go (written by deletes, removed
+    /// after the marker TTL), so a lost compare-and-set is re-examined at the stream leader
+    /// before it is reported: `KeyExists` only when a value is really there.
     async fn create_inner(
         &self,
         bucket: &str,
         key: &str,
         value: Bytes,
-        ttl: Option<u64>,
+        ttl: Option<KeyTtl>,
     ) -> Result<u64, Error> {
-        let write = Write::new("create", bucket, key, value).expect(0).ttl(ttl);
-        match self.write(write.clone(), true).await {
-            Err(e) if e.kind() == ErrorKind::RevisionMismatch => {
-                // The subject has messages: a live value (exists) or a tombstone we may replace.
-                let b = self.require_bucket(bucket).await?;
-                match self.last_message(&b, key).await? {
-                    Some(m) if entry::kind_of(Some(&m.headers)) != EventKind::Put => {
-                        debug!(revision = m.sequence, "re-creating over a tombstone");
-                        self.write(write.expect(m.sequence), false)
-                            .await
-                            .map_err(|e| key_exists_on_conflict(e, bucket, key))
-                    }
-                    Some(_) => Err(key_exists(bucket, key)),
-                    // Gone between the two calls: let the caller retry.
-                    None => Err(e),
-                }
+        let write = Write::new(Op::Create, bucket, key, value).ttl(ttl);
+        let deadline = tokio::time::Instant::now() + self.retry_for;
+        let mut expected = 0;
+        loop {
+            match self
+                .write(&write.clone().expect(expected), IfMissing::CreateBucket)
+                .await
+            {
+                Err(e) if e.kind() == ErrorKind::RevisionMismatch => {}
+                other => return other,
             }
-            other => other,
+            let b = self
+                .buckets
+                .require(bucket, "creating a key", &self.deadline())
+                .await?;
+            match self.last_message(&b, key, ReadFrom::Leader).await? {
+                Some(m) if entry::kind_of(Some(&m.headers)) == EventKind::Put => {
+                    return Err(key_exists(bucket, key));
+                }
+                Some(m) => {
+                    debug!(revision = m.sequence, "re-creating over a delete marker");
+                    expected = m.sequence;
+                }
+                None => expected = 0,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // The key's last message changed under us every round: markers keep coming
+                // and going. No value was seen, so this is not a `KeyExists`.
+                return Err(Error::new(
+                    ErrorKind::TimedOut,
+                    format!(
+                        "creating key {key:?} in bucket {bucket:?}: its delete markers kept \
+                         changing for {:?}",
+                        self.retry_for
+                    ),
+                ));
+            }
         }
     }
 
@@ -329,8 +395,8 @@ impl Kv {
     ) -> Result<u64, Error> {
         validate(bucket, key)?;
         self.write(
-            Write::new("update", bucket, key, value).expect(expected_revision),
-            false,
+            &Write::new(Op::Update, bucket, key, value).expect(expected_revision),
+            IfMissing::Fail,
         )
         .await
     }
@@ -347,31 +413,31 @@ impl Kv {
         validate(bucket, key)?;
         let secs = validate_key_ttl(ttl)?;
         self.write(
-            Write::new("update", bucket, key, value)
+            &Write::new(Op::Update, bucket, key, value)
                 .expect(expected_revision)
-                .ttl(Some(secs)),
-            false,
+                .ttl(Some(KeyTtl::Secs(secs))),
+            IfMissing::Fail,
         )
         .await
     }
 
-    /// Re-writes the key's current value, conditioned on the revision just read, keeping its
-    /// per-key TTL: the TTL (per-key or bucket) starts again. Never overwrites a newer write
-    /// (`RevisionMismatch`) and never resurrects a deleted or expired key (`KeyNotFound`).
+    /// Re-writes the key's current value, conditioned on the revision just read (from the
+    /// stream leader), keeping its per-key TTL (`never` included): the TTL (per-key or bucket)
+    /// starts again. Never overwrites a newer write (`RevisionMismatch`) and never resurrects a
+    /// deleted or expired key (`KeyNotFound`).
     pub async fn refresh(&self, bucket: &str, key: &str) -> Result<u64, Error> {
         validate(bucket, key)?;
         let span = info_span!("natty.kv.refresh", bucket, key);
         async {
+            let b = self
+                .buckets
+                .require(bucket, "refreshing a key", &self.deadline())
+                .await?;
             let entry = self
-                .get(bucket, key)
+                .last_message(&b, key, ReadFrom::Leader)
                 .await?
-                .ok_or_else(|| match self.cached(bucket) {
-                    Some(_) => Error::new(
-                        ErrorKind::KeyNotFound,
-                        format!("refreshing key {key:?} in bucket {bucket:?}"),
-                    ),
-                    None => bucket_not_found(bucket, "refreshing a key"),
-                })?;
+                .and_then(|m| entry::decode(key, m))
+                .ok_or_else(|| key_not_found(bucket, key, "refreshing"))?;
             self.refresh_entry(bucket, &entry).await
         }
         .instrument(span)
@@ -382,39 +448,58 @@ impl Kv {
     /// TTL. `RevisionMismatch` if the key was written, deleted or expired since.
     pub async fn refresh_entry(&self, bucket: &str, entry: &Entry) -> Result<u64, Error> {
         validate(bucket, &entry.key)?;
-        let ttl = entry.ttl.map(|t| t.as_secs().max(1));
         self.write(
-            Write::new("refresh", bucket, &entry.key, entry.value.clone())
+            &Write::new(Op::Refresh, bucket, &entry.key, entry.value.clone())
                 .expect(entry.revision)
-                .ttl(ttl),
-            false,
+                .ttl(entry.key_ttl()),
+            IfMissing::Fail,
         )
         .await
     }
 
     /// Deletes the key. A no-op when the bucket or the key does not exist (nothing is
-    /// created, no marker written).
+    /// created, no marker written). Whether the key is live is asked of the stream leader, so
+    /// a key written just before is deleted even on a replicated bucket.
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), Error> {
         validate(bucket, key)?;
         let span = info_span!("natty.kv.delete", bucket, key);
-        async {
-            let Some(b) = self.bucket(bucket, false).await? else {
-                return Ok(());
-            };
-            let live = self
-                .last_message(&b, key)
-                .await?
-                .is_some_and(|m| entry::kind_of(Some(&m.headers)) == EventKind::Put);
-            if !live {
-                return Ok(());
-            }
-            match self.write(Write::delete(bucket, key, None), false).await {
-                Err(e) if e.kind() == ErrorKind::BucketNotFound => Ok(()),
-                other => other.map(drop),
-            }
+        async { self.remove(Write::delete(bucket, key)).await }
+            .instrument(span)
+            .await
+    }
+
+    /// Purges the key: writes a purge marker and removes the key's earlier revisions (its
+    /// history). A no-op when the bucket or the key does not exist.
+    pub async fn purge(&self, bucket: &str, key: &str) -> Result<(), Error> {
+        validate(bucket, key)?;
+        let span = info_span!("natty.kv.purge", bucket, key);
+        async { self.remove(Write::purge(bucket, key)).await }
+            .instrument(span)
+            .await
+    }
+
+    /// Writes a delete or purge marker if the key has any message (a purge also clears the
+    /// history behind a delete marker) and a value is live or history remains.
+    async fn remove(&self, marker: Write) -> Result<(), Error> {
+        let Some(b) = self.buckets.find(&marker.bucket, &self.deadline()).await? else {
+            return Ok(());
+        };
+        let last = match self.last_message(&b, &marker.key, ReadFrom::Leader).await {
+            Err(e) if e.kind() == ErrorKind::BucketNotFound => return Ok(()),
+            other => other?,
+        };
+        let needed = match (&last, marker.op) {
+            (None, _) => false,
+            (Some(m), Op::Purge) => entry::kind_of(Some(&m.headers)) != EventKind::Purge,
+            (Some(m), _) => entry::kind_of(Some(&m.headers)) == EventKind::Put,
+        };
+        if !needed {
+            return Ok(());
         }
-        .instrument(span)
-        .await
+        match self.write(&marker, IfMissing::Fail).await {
+            Err(e) if e.kind() == ErrorKind::BucketNotFound => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     /// Deletes the key only if its revision is still `expected_revision` (a safe delete:
@@ -427,109 +512,33 @@ impl Kv {
         expected_revision: u64,
     ) -> Result<(), Error> {
         validate(bucket, key)?;
-        self.write(Write::delete(bucket, key, Some(expected_revision)), false)
-            .await
-            .map(drop)
-    }
-
-    async fn write(&self, w: Write, auto_create: bool) -> Result<u64, Error> {
-        let span = info_span!(
-            "natty.kv.write",
-            op = w.op,
-            bucket = %w.bucket,
-            key = %w.key,
-            expected = w.expected,
-            ttl = w.ttl
-        );
-        async {
-            let b = self.write_bucket(&w, auto_create).await?;
-            match self.publish(&b, &w).await {
-                Err(e) if e.kind() == ErrorKind::BucketNotFound => {
-                    // Deleted behind our back: forget it; a write that may create buckets
-                    // creates it again and retries once.
-                    self.evict(&w.bucket);
-                    if !auto_create {
-                        return Err(e);
-                    }
-                    debug!("bucket vanished, re-creating it");
-                    let b = self.write_bucket(&w, true).await?;
-                    self.publish(&b, &w).await
-                }
-                other => other,
-            }
-        }
-        .instrument(span)
+        self.write(
+            &Write::delete(bucket, key).expect(expected_revision),
+            IfMissing::Fail,
+        )
         .await
+        .map(drop)
     }
 
-    async fn write_bucket(&self, w: &Write, auto_create: bool) -> Result<Bucket, Error> {
-        let Some(b) = self.bucket(&w.bucket, auto_create).await? else {
-            return Err(bucket_not_found(&w.bucket, w.op));
-        };
-        if w.ttl.is_some() && !b.per_key_ttl {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "{} key {:?} with a per-key TTL: bucket {:?} has no per-key TTL (needs server 2.11+ \
-                     and a bucket created with per_key_ttl; this server is {})",
-                    w.op,
-                    w.key,
-                    w.bucket,
-                    self.client
-                        .server_version()
-                        .map_or_else(|| "of unknown version".to_owned(), |v| v.to_string())
-                ),
-            ));
-        }
-        Ok(b)
-    }
-
-    async fn publish(&self, b: &Bucket, w: &Write) -> Result<u64, Error> {
-        let mut headers = HeaderMap::new();
-        if let Some(expected) = w.expected {
-            headers.insert(
-                entry::EXPECTED_LAST_SUBJECT_SEQUENCE,
-                expected.to_string().as_str(),
-            );
-        }
-        if let Some(ttl) = w.ttl {
-            headers.insert(entry::TTL, ttl.to_string().as_str());
-        }
-        if w.delete {
-            headers.insert(entry::KV_OPERATION, "DEL");
-        }
-        let context = || {
-            let cond = w
-                .expected
-                .map_or(String::new(), |r| format!(" expecting revision {r}"));
-            format!("{} key {:?} in bucket {:?}{cond}", w.op, w.key, w.bucket)
-        };
-        let ack = self
-            .client
-            .jetstream()
-            .publish_with_headers(b.subject(&w.key), headers, w.value.clone())
-            .await
-            .map_err(|e| from_publish(e, context()))?
-            .await
-            .map_err(|e| from_publish(e, context()))?;
-        debug!(revision = ack.sequence, "written");
-        Ok(ack.sequence)
-    }
-
-    // ---- buckets -----------------------------------------------------------------------
+    // Buckets.
 
     /// Creates a bucket; `BucketExists` if it exists already (whatever its configuration).
     pub async fn create_bucket(&self, config: BucketConfig) -> Result<(), Error> {
         config.validate()?;
         let span = info_span!("natty.kv.create_bucket", bucket = %config.name);
         async {
-            if self.lookup(&config.name).await?.is_some() {
+            if self
+                .buckets
+                .lookup(&config.name, &self.deadline())
+                .await?
+                .is_some()
+            {
                 return Err(Error::new(
                     ErrorKind::BucketExists,
                     format!("creating bucket {:?}", config.name),
                 ));
             }
-            self.create_stream(&config).await.map(drop)
+            self.buckets.create(&config).await.map(drop)
         }
         .instrument(span)
         .await
@@ -541,11 +550,17 @@ impl Kv {
         config.validate()?;
         let span = info_span!("natty.kv.ensure_bucket", bucket = %config.name);
         async {
-            if self.lookup(&config.name).await?.is_none() {
-                self.create_stream(&config).await?;
+            let deadline = self.deadline();
+            if self
+                .buckets
+                .lookup(&config.name, &deadline)
+                .await?
+                .is_none()
+            {
+                self.buckets.find_or_create(&config, &deadline).await?;
             }
             let status = self.status(&config.name).await?;
-            let supported = self.per_key_ttl_supported();
+            let supported = self.client.supports(natty_core::Feature::PerKeyTtl);
             let mismatches = [
                 (
                     "ttl",
@@ -590,139 +605,17 @@ impl Kv {
         names::bucket(bucket).map_err(from_core)?;
         let span = info_span!("natty.kv.delete_bucket", bucket);
         async {
-            self.evict(bucket);
+            self.buckets.evict(bucket);
             match self.client.jetstream().delete_key_value(bucket).await {
                 Ok(_) => Ok(()),
-                Err(e) if server_code(&e) == Some(codes::STREAM_NOT_FOUND) => Ok(()),
+                Err(e) if server_code(&e) == Some(natty_core::error::codes::STREAM_NOT_FOUND) => {
+                    Ok(())
+                }
                 Err(e) => Err(from_request(e, format!("deleting bucket {bucket:?}"))),
             }
         }
         .instrument(span)
         .await
-    }
-
-    fn per_key_ttl_supported(&self) -> bool {
-        self.client
-            .server_version()
-            .is_some_and(|v| v.at_least(2, 11))
-    }
-
-    /// The bucket, from the cache or the server; created with the defaults when missing and
-    /// `create` is set.
-    pub(crate) async fn bucket(&self, name: &str, create: bool) -> Result<Option<Bucket>, Error> {
-        if let Some(b) = self.cached(name) {
-            return Ok(Some(b));
-        }
-        if let Some(b) = self.lookup(name).await? {
-            return Ok(Some(b));
-        }
-        if !create {
-            return Ok(None);
-        }
-        debug!(bucket = name, "auto-creating bucket");
-        match self.create_stream(&self.defaults.with_name(name)).await {
-            Ok(b) => Ok(Some(b)),
-            // Someone else created it at the same moment, perhaps with another configuration.
-            Err(e) => match self.lookup(name).await? {
-                Some(b) => Ok(Some(b)),
-                None => Err(e),
-            },
-        }
-    }
-
-    async fn require_bucket(&self, name: &str) -> Result<Bucket, Error> {
-        self.bucket(name, false)
-            .await?
-            .ok_or_else(|| bucket_not_found(name, "using"))
-    }
-
-    fn cached(&self, name: &str) -> Option<Bucket> {
-        self.buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(name)
-            .cloned()
-    }
-
-    fn remember(&self, b: &Bucket) {
-        self.buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(b.name.clone(), b.clone());
-    }
-
-    pub(crate) fn evict(&self, name: &str) {
-        self.buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(name);
-    }
-
-    /// Asks the server for the bucket's stream.
-    async fn lookup(&self, name: &str) -> Result<Option<Bucket>, Error> {
-        match self
-            .client
-            .jetstream()
-            .get_stream(format!("KV_{name}"))
-            .await
-        {
-            Ok(stream) => {
-                let b = Bucket::from_stream(name, stream);
-                self.remember(&b);
-                Ok(Some(b))
-            }
-            Err(e) => match e.kind() {
-                GetStreamErrorKind::JetStream(js)
-                    if js.error_code().0 == codes::STREAM_NOT_FOUND =>
-                {
-                    self.evict(name);
-                    Ok(None)
-                }
-                _ => Err(from_request(e, format!("looking up bucket {name:?}"))),
-            },
-        }
-    }
-
-    async fn create_stream(&self, config: &BucketConfig) -> Result<Bucket, Error> {
-        let per_key_ttl = config.per_key_ttl && self.per_key_ttl_supported();
-        if config.per_key_ttl && !per_key_ttl {
-            tracing::warn!(
-                bucket = %config.name,
-                "server older than 2.11: bucket created without per-key TTL or expiry markers"
-            );
-        }
-        let store = self
-            .client
-            .jetstream()
-            .create_key_value(kv::Config {
-                bucket: config.name.clone(),
-                description: config.description.clone(),
-                history: i64::from(config.history),
-                max_age: config.ttl.unwrap_or_default(),
-                storage: match config.storage {
-                    Storage::File => jetstream::stream::StorageType::File,
-                    Storage::Memory => jetstream::stream::StorageType::Memory,
-                },
-                num_replicas: config.replicas,
-                limit_markers: per_key_ttl.then_some(MARKER_TTL),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| from_request(e, format!("creating bucket {:?}", config.name)))?;
-        let b = Bucket::from_stream(&config.name, store.stream);
-        self.remember(&b);
-        Ok(b)
-    }
-
-    fn store(&self, b: &Bucket) -> kv::Store {
-        kv::Store {
-            name: b.name.clone(),
-            stream_name: format!("KV_{}", b.name),
-            prefix: format!("$KV.{}.", b.name),
-            put_prefix: None,
-            use_jetstream_prefix: false,
-            stream: b.stream.clone(),
-        }
     }
 }
 
@@ -732,81 +625,9 @@ fn validate(bucket: &str, key: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn bucket_not_found(bucket: &str, op: &str) -> Error {
-    Error::new(
-        ErrorKind::BucketNotFound,
-        format!("{op} in bucket {bucket:?}"),
-    )
-}
-
 fn key_exists(bucket: &str, key: &str) -> Error {
     Error::new(
         ErrorKind::KeyExists,
-        format!("creating key {key:?} in bucket {bucket:?} (wrong last sequence)"),
+        format!("creating key {key:?} in bucket {bucket:?} (wrong last sequence: it has a value)"),
     )
-}
-
-fn key_exists_on_conflict(e: Error, bucket: &str, key: &str) -> Error {
-    if e.kind() == ErrorKind::RevisionMismatch {
-        key_exists(bucket, key)
-    } else {
-        e
-    }
-}
-
-fn decode_entry(key: &str, m: jetstream::message::StreamMessage) -> Option<Entry> {
-    if entry::kind_of(Some(&m.headers)) != EventKind::Put {
-        return None;
-    }
-    Some(Entry {
-        key: key.to_owned(),
-        ttl: entry::ttl_of(Some(&m.headers)),
-        revision: m.sequence,
-        created: SystemTime::from(m.time),
-        value: m.payload,
-    })
-}
-
-/// One write to a key, described once so a retry repeats it exactly.
-#[derive(Debug, Clone)]
-struct Write {
-    op: &'static str,
-    bucket: String,
-    key: String,
-    value: Bytes,
-    expected: Option<u64>,
-    ttl: Option<u64>,
-    delete: bool,
-}
-
-impl Write {
-    fn new(op: &'static str, bucket: &str, key: &str, value: Bytes) -> Self {
-        Self {
-            op,
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-            value,
-            expected: None,
-            ttl: None,
-            delete: false,
-        }
-    }
-
-    fn delete(bucket: &str, key: &str, expected: Option<u64>) -> Self {
-        Self {
-            delete: true,
-            expected,
-            ..Self::new("delete", bucket, key, Bytes::new())
-        }
-    }
-
-    fn expect(mut self, revision: u64) -> Self {
-        self.expected = Some(revision);
-        self
-    }
-
-    fn ttl(mut self, ttl: Option<u64>) -> Self {
-        self.ttl = ttl;
-        self
-    }
 }

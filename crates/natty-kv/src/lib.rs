@@ -32,17 +32,25 @@
 //! # Feature flags
 //! None.
 
+mod bucket;
 mod config;
 mod entry;
 mod error;
 mod kv;
+mod read;
+mod retry;
+mod scan;
 mod watch;
+mod write;
 
 #[cfg(test)]
 mod fuzz;
 
-pub use config::{BucketConfig, MAX_HISTORY, Storage, validate_key_ttl};
+pub use bucket::BucketStatus;
+pub use config::{
+    BucketConfig, DEFAULT_MARKER_TTL, MAX_HISTORY, MAX_KEY_TTL, Storage, validate_key_ttl,
+};
 pub use entry::{Entry, Event, EventKind};
 pub use error::{Error, ErrorKind};
-pub use kv::{BucketStatus, Kv};
+pub use kv::{DEFAULT_RETRY_FOR, Kv};
 pub use watch::Watch;

@@ -1,0 +1,273 @@
+//! Bucket naming, the bucket's stream, and the cache of bucket handles.
+//!
+//! Whether a bucket exists is decided here and only here, from the stream info API: a 503 or a
+//! timeout from a publish or a direct get says nothing about it (a replicated stream answers
+//! so while it elects a leader).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime},
+};
+
+use async_nats::jetstream::{self, context::GetStreamErrorKind, kv};
+use natty_core::{Client, Feature, error::codes};
+use tracing::debug;
+
+use crate::{
+    BucketConfig, Error, ErrorKind, Storage,
+    error::from_request,
+    retry::{Deadline, Outcome},
+};
+
+/// The stream behind a bucket.
+pub(crate) fn stream_name(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// The subject a key is stored under.
+pub(crate) fn subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
+
+/// What natty caches about a bucket.
+#[derive(Debug, Clone)]
+pub(crate) struct Bucket {
+    pub(crate) name: String,
+    pub(crate) stream: jetstream::stream::Stream,
+    pub(crate) per_key_ttl: bool,
+    pub(crate) allow_direct: bool,
+    /// When the bucket's stream was created: a bucket deleted and created again has another.
+    pub(crate) created: SystemTime,
+}
+
+impl Bucket {
+    fn from_stream(name: &str, stream: jetstream::stream::Stream) -> Self {
+        let info = stream.cached_info();
+        Self {
+            name: name.to_owned(),
+            per_key_ttl: info.config.allow_message_ttl,
+            allow_direct: info.config.allow_direct,
+            created: SystemTime::from(info.created),
+            stream,
+        }
+    }
+
+    pub(crate) fn subject(&self, key: &str) -> String {
+        subject(&self.name, key)
+    }
+}
+
+/// A bucket's configuration and state as the server reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BucketStatus {
+    /// Bucket name.
+    pub bucket: String,
+    /// Description.
+    pub description: String,
+    /// Entry TTL (`None`: entries never expire).
+    pub ttl: Option<Duration>,
+    /// Revisions kept per key.
+    pub history: i64,
+    /// Replicas.
+    pub replicas: usize,
+    /// Storage.
+    pub storage: Storage,
+    /// Whether per-key TTL (and expiry markers) is enabled.
+    pub per_key_ttl: bool,
+    /// Stored messages (values, including history and markers).
+    pub values: u64,
+    /// Stored bytes.
+    pub bytes: u64,
+}
+
+impl BucketStatus {
+    pub(crate) fn from_info(bucket: &str, info: &jetstream::stream::Info) -> Self {
+        let c = &info.config;
+        Self {
+            bucket: bucket.to_owned(),
+            description: c.description.clone().unwrap_or_default(),
+            ttl: (!c.max_age.is_zero()).then_some(c.max_age),
+            history: c.max_messages_per_subject,
+            replicas: c.num_replicas,
+            storage: match c.storage {
+                jetstream::stream::StorageType::Memory => Storage::Memory,
+                jetstream::stream::StorageType::File => Storage::File,
+            },
+            per_key_ttl: c.allow_message_ttl,
+            values: info.state.messages,
+            bytes: info.state.bytes,
+        }
+    }
+}
+
+/// The bucket handles a `Kv` (and its clones) knows, and how it asks the server about others.
+#[derive(Debug, Clone)]
+pub(crate) struct Buckets {
+    client: Client,
+    cache: Arc<Mutex<HashMap<String, Bucket>>>,
+}
+
+impl Buckets {
+    pub(crate) fn new(client: Client) -> Self {
+        Self {
+            client,
+            cache: Arc::default(),
+        }
+    }
+
+    pub(crate) fn cached(&self, name: &str) -> Option<Bucket> {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    fn remember(&self, b: &Bucket) {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(b.name.clone(), b.clone());
+    }
+
+    pub(crate) fn evict(&self, name: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+    }
+
+    /// The bucket from the cache, or else from the server; `None` when it does not exist.
+    pub(crate) async fn find(
+        &self,
+        name: &str,
+        deadline: &Deadline,
+    ) -> Result<Option<Bucket>, Error> {
+        match self.cached(name) {
+            Some(b) => Ok(Some(b)),
+            None => self.lookup(name, deadline).await,
+        }
+    }
+
+    /// The bucket; `BucketNotFound` (saying what `op` was) when it does not exist.
+    pub(crate) async fn require(
+        &self,
+        name: &str,
+        op: &str,
+        deadline: &Deadline,
+    ) -> Result<Bucket, Error> {
+        self.find(name, deadline)
+            .await?
+            .ok_or_else(|| not_found(name, op))
+    }
+
+    /// The bucket, created with `config` when it does not exist.
+    pub(crate) async fn find_or_create(
+        &self,
+        config: &BucketConfig,
+        deadline: &Deadline,
+    ) -> Result<Bucket, Error> {
+        if let Some(b) = self.find(&config.name, deadline).await? {
+            return Ok(b);
+        }
+        debug!(bucket = %config.name, "auto-creating bucket");
+        match self.create(config).await {
+            Ok(b) => Ok(b),
+            // Someone else created it at the same moment, perhaps with another configuration.
+            Err(e) => match self.lookup(&config.name, deadline).await? {
+                Some(b) => Ok(b),
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Asks the server (the stream info API) whether the bucket exists, retrying answers that
+    /// say nothing (timeouts, no leader yet) until `deadline`. The only place that decides a
+    /// bucket is gone; it then forgets it.
+    pub(crate) async fn lookup(
+        &self,
+        name: &str,
+        deadline: &Deadline,
+    ) -> Result<Option<Bucket>, Error> {
+        let mut attempt = deadline.attempts();
+        loop {
+            match self.lookup_once(name).await {
+                Outcome::Done(found) => return found,
+                Outcome::Retry(e) | Outcome::Unavailable(e) => {
+                    if !attempt.pause(&e).await {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One stream info request.
+    pub(crate) async fn lookup_once(&self, name: &str) -> Outcome<Option<Bucket>> {
+        let context = || format!("looking up bucket {name:?}");
+        match self.client.jetstream().get_stream(stream_name(name)).await {
+            Ok(stream) => {
+                let b = Bucket::from_stream(name, stream);
+                self.remember(&b);
+                Outcome::Done(Ok(Some(b)))
+            }
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(js)
+                    if js.error_code().0 == codes::STREAM_NOT_FOUND =>
+                {
+                    self.evict(name);
+                    Outcome::Done(Ok(None))
+                }
+                GetStreamErrorKind::JetStream(js) if js.code() == 503 => {
+                    Outcome::Retry(from_request(e, context()))
+                }
+                _ if natty_core::error::is_transient(&e) => {
+                    Outcome::Retry(from_request(e, context()))
+                }
+                _ => Outcome::Done(Err(from_request(e, context()))),
+            },
+        }
+    }
+
+    /// Creates the bucket's stream (`create_bucket` checked first that it does not exist).
+    pub(crate) async fn create(&self, config: &BucketConfig) -> Result<Bucket, Error> {
+        let per_key_ttl = config.per_key_ttl && self.client.supports(Feature::PerKeyTtl);
+        if config.per_key_ttl && !per_key_ttl {
+            tracing::warn!(
+                bucket = %config.name,
+                "server older than 2.11: bucket created without per-key TTL or expiry markers"
+            );
+        }
+        let store = self
+            .client
+            .jetstream()
+            .create_key_value(kv::Config {
+                bucket: config.name.clone(),
+                description: config.description.clone(),
+                history: i64::from(config.history),
+                max_age: config.ttl.unwrap_or_default(),
+                storage: match config.storage {
+                    Storage::File => jetstream::stream::StorageType::File,
+                    Storage::Memory => jetstream::stream::StorageType::Memory,
+                },
+                num_replicas: config.replicas,
+                limit_markers: per_key_ttl.then_some(config.marker_ttl),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| from_request(e, format!("creating bucket {:?}", config.name)))?;
+        let b = Bucket::from_stream(&config.name, store.stream);
+        self.remember(&b);
+        Ok(b)
+    }
+}
+
+/// `BucketNotFound`, saying what was attempted.
+pub(crate) fn not_found(bucket: &str, op: &str) -> Error {
+    Error::new(
+        ErrorKind::BucketNotFound,
+        format!("{op} in bucket {bucket:?}"),
+    )
+}

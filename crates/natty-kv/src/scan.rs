@@ -1,0 +1,148 @@
+//! Reading many messages of a bucket with an ordered consumer: a key's history, the key list.
+
+use std::collections::HashSet;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+use futures::{Stream, StreamExt};
+
+use crate::{
+    Error, ErrorKind, Kv,
+    bucket::Bucket,
+    entry::{self, Event, EventKind},
+    error::from_request,
+    retry::Deadline,
+};
+
+/// An ordered push consumer on the bucket's stream.
+async fn consumer(
+    kv: &Kv,
+    b: &Bucket,
+    filter: String,
+    deliver_policy: DeliverPolicy,
+    headers_only: bool,
+    context: &str,
+) -> Result<push::Ordered, Error> {
+    let consumer = b
+        .stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: kv.client.nats().new_inbox(),
+            filter_subject: filter,
+            deliver_policy,
+            replay_policy: ReplayPolicy::Instant,
+            headers_only,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| from_request(e, context.to_owned()))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| from_request(e, context.to_owned()))
+}
+
+/// Every stored message of a key, oldest first (the key is known to have at least one).
+pub(crate) async fn history(
+    kv: &Kv,
+    b: &Bucket,
+    key: &str,
+    deadline: Deadline,
+) -> Result<Vec<Event>, Error> {
+    let context = format!("reading the history of key {key:?} in bucket {:?}", b.name);
+    let mut messages = consumer(kv, b, b.subject(key), DeliverPolicy::All, false, &context).await?;
+    let mut events = Vec::new();
+    loop {
+        let next = tokio::time::timeout_at(deadline.at(), messages.next())
+            .await
+            .map_err(|_| timed_out(&context, kv))?;
+        let message = match next {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(from_request(e, context)),
+            None => {
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    format!("{context}: consumer ended"),
+                ));
+            }
+        };
+        let pending = message.info().map(|i| i.pending).unwrap_or_default();
+        if let Some(event) = entry::event_of(&message, &b.name) {
+            events.push(event);
+        }
+        if pending == 0 {
+            return Ok(events);
+        }
+    }
+}
+
+/// The live keys of a bucket whose `b` was just looked up (its cached info is fresh).
+pub(crate) async fn keys(
+    kv: &Kv,
+    b: Bucket,
+) -> Result<impl Stream<Item = Result<String, Error>> + use<>, Error> {
+    let context = format!("listing keys of bucket {:?}", b.name);
+    let empty = b.stream.cached_info().state.messages == 0;
+    let messages = if empty {
+        None
+    } else {
+        Some(
+            consumer(
+                kv,
+                &b,
+                format!("$KV.{}.>", b.name),
+                DeliverPolicy::LastPerSubject,
+                true,
+                &context,
+            )
+            .await?,
+        )
+    };
+    struct State {
+        messages: Option<push::Ordered>,
+        seen: HashSet<String>,
+        bucket: String,
+        context: String,
+    }
+    let state = State {
+        messages,
+        seen: HashSet::new(),
+        bucket: b.name,
+        context,
+    };
+    Ok(futures::stream::unfold(state, |mut state| async move {
+        loop {
+            let messages = state.messages.as_mut()?;
+            let message = match messages.next().await {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    state.messages = None;
+                    return Some((Err(from_request(e, state.context.clone())), state));
+                }
+                None => {
+                    state.messages = None;
+                    let err = Error::new(
+                        ErrorKind::Other,
+                        format!("{}: consumer ended", state.context),
+                    );
+                    return Some((Err(err), state));
+                }
+            };
+            if message.info().map(|i| i.pending).unwrap_or_default() == 0 {
+                // The last one: stop after it.
+                state.messages = None;
+            }
+            let live = entry::kind_of(message.headers.as_ref()) == EventKind::Put;
+            let key = entry::key_of(message.subject.as_str(), &state.bucket).to_owned();
+            if live && state.seen.insert(key.clone()) {
+                return Some((Ok(key), state));
+            }
+            state.messages.as_ref()?;
+        }
+    }))
+}
+
+fn timed_out(context: &str, kv: &Kv) -> Error {
+    Error::new(
+        ErrorKind::TimedOut,
+        format!("{context}: not finished after {:?}", kv.retry_for),
+    )
+}
