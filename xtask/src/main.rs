@@ -173,7 +173,22 @@ fn check_a_la_carte() -> anyhow::Result<()> {
         }
         eprintln!("{krate}: {} crates, no natty-stream", tree.lines().count());
     }
-    Ok(())
+    // The README's quick start needs nothing but the `stream` feature.
+    run(
+        "cargo",
+        &[
+            "build",
+            "--quiet",
+            "-p",
+            "natty",
+            "--no-default-features",
+            "--features",
+            "stream",
+            "--example",
+            "quickstart",
+        ],
+        &[],
+    )
 }
 
 /// Runs the facade's examples end to end and says what happened.
