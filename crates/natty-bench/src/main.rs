@@ -41,27 +41,55 @@ const QUICK: Sizes = Sizes {
 };
 const CRASH_TTL: Duration = Duration::from_secs(2);
 
+/// natty and raw async-nats side by side (run it through `cargo xtask bench [--quick]`).
+#[derive(Debug, clap::Parser)]
+#[command(name = "natty-bench")]
+struct Args {
+    /// Small N, one pair, targets not judged (CI).
+    #[arg(long)]
+    quick: bool,
+    /// Where report.md, report.svg and results.json go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Run one part only (for investigating).
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+    #[command(subcommand)]
+    child: Option<Child>,
+}
+
+/// The parts `--only` can pick.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Part {
+    Publish,
+    Fast,
+    Consume,
+    Kv,
+    Election,
+    Memory,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Child {
+    /// The child process of the memory workload.
+    #[command(hide = true)]
+    Memory { url: String, n: u64 },
+}
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = <Args as clap::Parser>::parse();
     let runtime = tokio::runtime::Runtime::new()?;
-    if args.first().map(String::as_str) == Some("memory") {
-        // The child process of the memory workload: `memory <url> <n>`.
-        let (url, n) = (
-            args.get(1).cloned().unwrap_or_default(),
-            args.get(2)
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(1_000_000),
-        );
+    if let Some(Child::Memory { url, n }) = args.child {
         let result = runtime.block_on(memory::run(&url, n))?;
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .map_or_else(|| PathBuf::from("target/bench"), PathBuf::from);
+    let (quick, out) = (args.quick, args.out);
+    let only = args.only.map(|p| {
+        clap::ValueEnum::to_possible_value(&p)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    });
     runtime.block_on(async {
         let server = match std::env::var("NATS_URL") {
             Ok(url) => (None, url),
@@ -71,11 +99,6 @@ fn main() -> anyhow::Result<()> {
                 (Some(nats), url)
             }
         };
-        let only = args
-            .iter()
-            .position(|a| a == "--only")
-            .and_then(|i| args.get(i + 1))
-            .cloned();
         let results = run(&server.1, quick, only.as_deref()).await?;
         let md = report::write(&out, &results)?;
         println!("{md}");

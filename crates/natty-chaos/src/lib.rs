@@ -39,16 +39,5 @@ pub fn arg(name: &str) -> Option<String> {
 
 /// A token cancelled when the process gets SIGTERM (a graceful stop: resign, ack, exit).
 pub fn cancel_on_sigterm() -> natty::CancellationToken {
-    let cancel = natty::CancellationToken::new();
-    let on_term = cancel.clone();
-    tokio::spawn(async move {
-        // Without a handler SIGTERM keeps its default (exit), so there is nothing to wait for.
-        if let Ok(mut sig) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            sig.recv().await;
-            on_term.cancel();
-        }
-    });
-    cancel
+    natty::cancel_on_shutdown_signal().unwrap_or_default() // no handler: SIGTERM exits as before
 }

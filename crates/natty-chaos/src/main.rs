@@ -15,7 +15,7 @@ use std::{
 
 use futures::StreamExt;
 use natty::{BatchConfig, BatchPublisher, ConsumerConfig, StreamConfig};
-use natty_chaos::{arg, init_logs, mono_ns};
+use natty_chaos::{init_logs, mono_ns};
 use natty_testkit::NatsCluster;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::Value;
@@ -172,11 +172,24 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// Faults on a 3-node cluster, then checks (run it through `cargo xtask chaos`).
+#[derive(Debug, clap::Parser)]
+#[command(name = "natty-chaos")]
+struct Args {
+    /// How long the fault schedule runs.
+    #[arg(long, default_value_t = 1.0)]
+    minutes: f64,
+    /// Seed of the fault schedule.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where report.md goes.
+    #[arg(long, default_value = "target/chaos")]
+    out: PathBuf,
+}
+
 fn main() -> anyhow::Result<()> {
+    let Args { minutes, seed, out } = <Args as clap::Parser>::parse();
     init_logs();
-    let minutes: f64 = arg("--minutes").and_then(|m| m.parse().ok()).unwrap_or(1.0);
-    let seed: u64 = arg("--seed").and_then(|s| s.parse().ok()).unwrap_or(1);
-    let out = PathBuf::from(arg("--out").unwrap_or_else(|| "target/chaos".into()));
     let runtime = tokio::runtime::Runtime::new()?;
     let passed = runtime.block_on(run(minutes, seed, &out))?;
     anyhow::ensure!(

@@ -30,44 +30,35 @@ fn emit(value: serde_json::Value) {
     }
 }
 
+/// One election candidate as a process.
+#[derive(Debug, clap::Parser)]
+#[command(name = "candidate")]
 struct Args {
+    /// Server URLs, comma-separated.
+    #[arg(
+        long = "server",
+        value_delimiter = ',',
+        default_value = "nats://127.0.0.1:4222"
+    )]
     servers: Vec<String>,
+    /// KV bucket of the election.
+    #[arg(long, default_value = "elections")]
     bucket: String,
+    /// Key of the election.
+    #[arg(long, default_value = "leader")]
     key: String,
+    /// This candidate's name.
+    #[arg(long, default_value_t = format!("node-{}", std::process::id()))]
     node: String,
+    /// Lease TTL in seconds.
+    #[arg(long, default_value_t = 2)]
     ttl: u64,
-    work_interval: Duration,
+    /// How often the leader works, in ms.
+    #[arg(long = "work-interval-ms", default_value_t = 50)]
+    work_interval_ms: u64,
+    /// Bucket replicas.
+    #[arg(long, default_value_t = 1)]
     replicas: usize,
-}
-
-fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        servers: vec!["nats://127.0.0.1:4222".into()],
-        bucket: "elections".into(),
-        key: "leader".into(),
-        node: format!("node-{}", std::process::id()),
-        ttl: 2,
-        work_interval: Duration::from_millis(50),
-        replicas: 1,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "--server" => args.servers = value()?.split(',').map(str::to_owned).collect(),
-            "--bucket" => args.bucket = value()?,
-            "--key" => args.key = value()?,
-            "--node" => args.node = value()?,
-            "--ttl" => args.ttl = value()?.parse()?,
-            "--work-interval-ms" => args.work_interval = Duration::from_millis(value()?.parse()?),
-            "--replicas" => args.replicas = value()?.parse()?,
-            other => anyhow::bail!("unknown option {other}"),
-        }
-    }
-    Ok(args)
 }
 
 #[tokio::main]
@@ -79,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let client = natty_core::ConnectOptions::new(args.servers.clone())
         .name(args.node.clone())
         .request_timeout(Duration::from_secs(2))
@@ -106,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
 
     emit(json!({"node": args.node, "event": "ready", "mono_ns": mono_ns() as u64}));
     let node = args.node.clone();
-    let interval = args.work_interval;
+    let interval = Duration::from_millis(args.work_interval_ms);
     election
         .run(cancel, move |lead| {
             let node = node.clone();

@@ -6,19 +6,33 @@
 //! - Fault hooks on every server: stop, kill, start again (same storage and port), pause,
 //!   unpause, and for cluster nodes disconnect/reconnect from the cluster network.
 //!
-//! The image is built locally from a `nats-server` binary (see [`image`]); containers are
-//! removed when their handle drops. Integration tests are `#[ignore]`d so a plain `cargo test`
-//! passes without Docker; `cargo xtask integration` runs them.
+//! The image is found or built by [`setup`] (see [`image`]); containers are removed when their
+//! handle drops. Integration tests are `#[ignore]`d so a plain `cargo test` passes without
+//! Docker; `cargo xtask integration` runs them.
+//!
+//! # Feature flags
+//! - `containers` (default): everything above. Without it only [`setup`] is built — finding,
+//!   installing and starting a NATS server with nothing but `std` — which is all `cargo xtask`
+//!   needs, so `cargo xtask help` compiles a handful of crates, not testcontainers.
 
+#[cfg(feature = "containers")]
 pub mod certs;
+#[cfg(feature = "containers")]
 mod cluster;
+#[cfg(feature = "containers")]
 pub mod image;
+#[cfg(feature = "containers")]
 mod server;
+pub mod setup;
 
+#[cfg(feature = "containers")]
 pub use certs::TestCerts;
+#[cfg(feature = "containers")]
 pub use cluster::NatsCluster;
+#[cfg(feature = "containers")]
 pub use server::{Nats, ServerAuth, ServerOptions, TlsFiles, TlsMode, unique_name};
 
+#[cfg(feature = "containers")]
 /// Sets up `tracing` output for a test once (`RUST_LOG` filters; off by default).
 pub fn init_tracing() {
     use std::sync::Once;
@@ -34,6 +48,7 @@ pub fn init_tracing() {
     });
 }
 
+#[cfg(feature = "containers")]
 /// Waits until `check` returns `Some`, polling every 20 ms, or fails after `timeout` saying
 /// what was awaited.
 pub async fn wait_for<T, F, Fut>(

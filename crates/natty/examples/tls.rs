@@ -12,6 +12,12 @@ use natty::ConnectOptions;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "tls://127.0.0.1:4222".into());
     let mut options = ConnectOptions::new([url.clone()]).require_tls();
     if let Ok(ca) = std::env::var("NATS_CA") {

@@ -18,6 +18,9 @@
 //! - `stream` (default): [`stream`] — publish/consume.
 //! - `kv` (default): [`kv`] — key/value.
 //! - `election` (default, implies `kv`): [`election`] — leader election.
+//!
+//! [`CancellationToken`], [`shutdown_signal`] and [`cancel_on_shutdown_signal`] are there
+//! with any set of features.
 
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
@@ -32,7 +35,7 @@ pub use natty_core::{Client, ConnectOptions, async_nats};
 #[doc(inline)]
 pub use natty_election as election;
 #[cfg(feature = "election")]
-pub use natty_election::{CancellationToken, Election, ElectionConfig, LeaderInfo, Leadership};
+pub use natty_election::{Election, ElectionConfig, LeaderInfo, Leadership};
 #[cfg(feature = "kv")]
 #[doc(inline)]
 pub use natty_kv as kv;
@@ -47,4 +50,100 @@ pub use natty_stream::{
     PublishAck, StreamConfig,
 };
 
+<<<<<<< HEAD
 pub use handle::{CloseError, CloseReport, Natty};
+=======
+pub use handle::Natty;
+/// Stops `consume`, `run` and `as_leader` loops gracefully (tokio-util's token, the same type
+/// every natty crate takes).
+pub use tokio_util::sync::CancellationToken;
+
+/// Waits until the process is asked to stop: Ctrl-C (SIGINT) or, on Unix, SIGTERM (what
+/// `docker stop`, systemd and Kubernetes send).
+///
+/// The handlers are installed when the future is first polled; a signal that arrives before
+/// that still ends the process the default way. Use [`cancel_on_shutdown_signal`] to install
+/// them at once. Errors only if a handler cannot be installed.
+///
+/// ```no_run
+/// # async fn example() -> std::io::Result<()> {
+/// natty::shutdown_signal().await?;
+/// // ... cancel work, flush, close ...
+/// # Ok(()) }
+/// ```
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    wait_for_signal(ShutdownSignals::install()?).await;
+    Ok(())
+}
+
+/// A token cancelled on the first Ctrl-C (SIGINT) or SIGTERM, with the handlers installed
+/// before this returns: pass it (or child tokens) to `consume`, `run` and `as_leader` for a
+/// graceful stop — running handlers finish, acks are flushed, a leader resigns.
+///
+/// Must be called inside a tokio runtime (it spawns the task that waits for the signal).
+/// Errors only if a handler cannot be installed.
+///
+/// ```no_run
+/// # async fn example() -> std::io::Result<()> {
+/// let cancel = natty::cancel_on_shutdown_signal()?;
+/// // natty.consume(cancel.clone(), ...).await?;
+/// # let _ = cancel; Ok(()) }
+/// ```
+pub fn cancel_on_shutdown_signal() -> std::io::Result<CancellationToken> {
+    let signals = ShutdownSignals::install()?;
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        wait_for_signal(signals).await;
+        on_signal.cancel();
+    });
+    Ok(cancel)
+}
+
+/// The installed signal handlers.
+struct ShutdownSignals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+}
+
+async fn wait_for_signal(mut signals: ShutdownSignals) {
+    #[cfg(unix)]
+    {
+        let name = tokio::select! {
+            _ = signals.terminate.recv() => "SIGTERM",
+            _ = signals.interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutdown requested");
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = &mut signals;
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => tracing::info!(signal = "Ctrl-C", "shutdown requested"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot wait for Ctrl-C; never signalling shutdown");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+>>>>>>> setup
