@@ -50,10 +50,7 @@ pub use natty_stream::{
     PublishAck, StreamConfig,
 };
 
-<<<<<<< HEAD
 pub use handle::{CloseError, CloseReport, Natty};
-=======
-pub use handle::Natty;
 /// Stops `consume`, `run` and `as_leader` loops gracefully (tokio-util's token, the same type
 /// every natty crate takes).
 pub use tokio_util::sync::CancellationToken;
@@ -146,4 +143,3 @@ async fn wait_for_signal(mut signals: ShutdownSignals) {
         }
     }
 }
->>>>>>> setup
