@@ -561,3 +561,79 @@ async fn a_nak_delay_is_honoured_on_a_consumer_with_server_backoff() -> anyhow::
     task.await??;
     Ok(())
 }
+
+/// Dropping the `consume` future (not cancelling) stops its handlers, also those running on
+/// their own tasks (concurrency > 1): nothing works on after the caller moved on.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn dropping_consume_stops_its_handlers() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers")).await?;
+    publish_n(&s, 4).await?;
+    let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let finished = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let consumer = Consumer::new(
+        s.client.clone(),
+        &s.stream,
+        "workers",
+        ConsumeOptions::default().concurrency(4),
+    )?;
+    let (st, fi) = (started.clone(), finished.clone());
+    let run = consumer.consume(CancellationToken::new(), move |_| {
+        let (st, fi) = (st.clone(), fi.clone());
+        async move {
+            st.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            fi.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    let dropped = tokio::time::timeout(Duration::from_secs(1), run).await;
+    assert!(dropped.is_err(), "consume returned on its own: {dropped:?}");
+    assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 4);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        finished.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a handler ran on after consume was dropped"
+    );
+    Ok(())
+}
+
+/// A durable made by an earlier natty (server-side `max_deliver`) is moved to natty's limit by
+/// `ensure_consumer`, so the last-delivery guarantee holds after an upgrade.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn ensure_consumer_moves_the_delivery_limit_from_the_server_to_natty() -> anyhow::Result<()> {
+    use natty_core::async_nats::jetstream::consumer::{AckPolicy, pull};
+    let s = setup(|st| ConsumerConfig::new(st, "other")).await?;
+    let js = s.client.jetstream();
+    js.get_stream(&s.stream)
+        .await?
+        .create_consumer(pull::Config {
+            durable_name: Some("workers".into()),
+            name: Some("workers".into()),
+            ack_policy: AckPolicy::Explicit,
+            max_deliver: 5,
+            ..Default::default()
+        })
+        .await?;
+    ensure_consumer(
+        &s.client,
+        &ConsumerConfig::new(&s.stream, "workers").max_deliver(Some(3)),
+    )
+    .await?;
+    let info = js
+        .get_stream(&s.stream)
+        .await?
+        .consumer_info("workers")
+        .await?;
+    assert_eq!(info.config.max_deliver, -1);
+    assert_eq!(
+        info.config
+            .metadata
+            .get("natty.max_deliver")
+            .map(String::as_str),
+        Some("3")
+    );
+    Ok(())
+}

@@ -139,6 +139,46 @@ async fn after_the_server_was_frozen_a_message_arrives_within_two_heartbeats() -
     Ok(())
 }
 
+/// A restarted server has forgotten the waiting pull; after the reconnect the consumer must
+/// notice (missed heartbeats) and pull again.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn after_a_server_restart_a_message_arrives_within_two_heartbeats() -> anyhow::Result<()> {
+    let heartbeat = Duration::from_secs(1);
+    let r = start(ConsumeOptions::default().heartbeat(heartbeat)).await?;
+    r.latency("warm-up", Duration::from_secs(10)).await?;
+    r.nats.restart().await?;
+    r.nats.wait_accepting().await?;
+    // Publish once the client is back (the publish waits for the reconnect), then time the
+    // delivery from the moment the message is stored.
+    let p = Publisher::new(r.client.clone());
+    p.publish(&format!("{}.m", r.stream), "reconnect".into())
+        .await?;
+    let stored = Instant::now();
+    let seen = r.seen.clone();
+    let at = wait_for(
+        "the message after the restart",
+        Duration::from_secs(30),
+        || async {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .find(|(t, _)| t == "reconnect")
+                .map(|(_, at)| *at)
+        },
+    )
+    .await?;
+    let latency = at.saturating_duration_since(stored);
+    eprintln!("after a restart: handled {latency:?} after it was stored");
+    assert!(
+        latency <= heartbeat * 2 + Duration::from_millis(500),
+        "handled {latency:?} after it was stored"
+    );
+    r.cancel.cancel();
+    r.task.await??;
+    Ok(())
+}
+
 /// Deleted and re-created behind the consumer's back, within the grace period: it carries on.
 #[tokio::test]
 #[ignore = "integration: needs Docker; run `cargo xtask integration`"]

@@ -13,10 +13,16 @@ mod pull;
 mod settle;
 mod stats;
 
-use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    future::Future,
+    pin::{Pin, pin},
+    sync::Arc,
+    time::Duration,
+};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull::Config as PullConfig};
-use futures::{StreamExt, stream::FuturesUnordered};
+use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use natty_core::{Client, names};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -120,6 +126,7 @@ impl Consumer {
         );
         let mut consumer = health.open().await?;
         let mut settings = settings_of(&consumer, &self.stream, &self.durable);
+        let mut keepalive = keepalive_ticker(settings.keepalive);
         let shared = Arc::new(Shared {
             js: self.client.jetstream().clone(),
             options: self.options.clone(),
@@ -129,27 +136,39 @@ impl Consumer {
         let mut waiting: VecDeque<Waiting> = VecDeque::new();
         let mut running: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
             FuturesUnordered::new();
+        let mut inline = pin!(None);
         let mut pull: Option<Pull> = None;
         // When set, no pull is issued before this instant (back-off after a problem), and the
         // durable is looked up first.
         let mut hold: Option<Instant> = None;
         info!("consuming");
         let outcome = loop {
-            while running.len() < o.concurrency
-                && let Some(w) = waiting.pop_front()
+            // Start handlers while there are free slots. One at a time (concurrency 1) the
+            // handler is polled right here, in order, without a task or an allocation, and
+            // most handlers finish on their first poll.
+            while let Some(w) = (if o.concurrency == 1 {
+                inline.is_none()
+            } else {
+                running.len() < o.concurrency
+            })
+            .then(|| waiting.pop_front())
+            .flatten()
             {
                 let work = shared.clone().process(w.message, handler.clone(), settings);
-                running.push(if o.concurrency == 1 {
-                    // One at a time, in order: polled right here, no task.
-                    Box::pin(work)
+                if o.concurrency == 1 {
+                    inline.set(Some(work));
+                    if run_slot(inline.as_mut()).now_or_never().is_none() {
+                        break;
+                    }
+                    inline.set(None);
                 } else {
                     let task = AbortOnDrop(tokio::spawn(work));
-                    Box::pin(async move {
+                    running.push(Box::pin(async move {
                         if let Err(e) = task.wait().await {
                             warn!(error = %e, "handler panicked; its message comes back after ack_wait");
                         }
-                    })
-                });
+                    }));
+                }
             }
             if pull.is_none() && waiting.len() <= o.batch / 2 && hold.is_none() {
                 match Pull::start(
@@ -168,11 +187,11 @@ impl Consumer {
                     }
                 }
             }
-            let keepalive_at = waiting.front().map(|w| w.touched + settings.keepalive);
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break Ok(()),
                 Some(()) = running.next(), if !running.is_empty() => {}
+                () = run_slot(inline.as_mut()), if inline.is_some() => inline.set(None),
                 event = next_event(&mut pull) => {
                     let Some(p) = pull.as_mut() else { continue };
                     if p.alive() {
@@ -181,9 +200,14 @@ impl Consumer {
                     match event {
                         PullEvent::Message(m) => {
                             self.received(&m);
-                            waiting.push_back(Waiting { message: *m, touched: Instant::now() });
+                            waiting.push_back(Waiting { message: m, touched: Instant::now() });
                         }
-                        PullEvent::Done => pull = None,
+                        PullEvent::Done => {
+                            if p.ended_early(o.expires) {
+                                hold = Some(health.trouble("pull ended at once, empty".to_owned()));
+                            }
+                            pull = None;
+                        }
                         PullEvent::Stalled => {
                             health.stalled(o.heartbeat * 2);
                             Counters::add(&self.stats.repulls);
@@ -204,9 +228,12 @@ impl Consumer {
                         }
                     }
                 }
-                () = sleep_until(keepalive_at.unwrap_or_else(Instant::now)), if keepalive_at.is_some() => {
+                _ = keepalive.tick(), if !waiting.is_empty() => {
+                    // Ticks every keepalive / 2: a waiting message is touched at most
+                    // `keepalive` (ack_wait / 3) after it arrived or was last touched.
                     let now = Instant::now();
-                    for w in waiting.iter_mut().filter(|w| w.touched + settings.keepalive <= now) {
+                    let due = settings.keepalive / 2;
+                    for w in waiting.iter_mut().filter(|w| w.touched + due <= now) {
                         debug!("waiting for a handler slot: in-progress ack");
                         let _ = w.message.ack_with(AckKind::Progress).await;
                         w.touched = now;
@@ -221,6 +248,7 @@ impl Consumer {
                         Presence::Here(c) => {
                             consumer = *c;
                             settings = settings_of(&consumer, &self.stream, &self.durable);
+                            keepalive = keepalive_ticker(settings.keepalive);
                             hold = None;
                         }
                         Presence::Wait(until) => hold = Some(until),
@@ -237,7 +265,7 @@ impl Consumer {
             }));
         }
         info!(
-            running = running.len(),
+            running = running.len() + usize::from(inline.is_some()),
             handing_back = waiting.len(),
             "stopping: letting running handlers finish"
         );
@@ -245,6 +273,7 @@ impl Consumer {
             let _ = w.message.ack_with(AckKind::Nak(None)).await;
             Counters::add(&self.stats.naked);
         }
+        run_slot(inline.as_mut()).await;
         while running.next().await.is_some() {}
         // Acks are fire-and-forget publishes: make sure they left before we report done.
         if let Err(e) = self.client.nats().flush().await {
@@ -276,6 +305,19 @@ impl Consumer {
 struct Waiting {
     message: jetstream::Message,
     touched: Instant,
+}
+
+/// Runs the handler in the slot to completion; pending forever when the slot is empty.
+async fn run_slot<F: Future<Output = ()>>(slot: Pin<&mut Option<F>>) {
+    if let Some(work) = slot.as_pin_mut() {
+        work.await;
+    }
+}
+
+fn keepalive_ticker(keepalive: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(keepalive / 2);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
 }
 
 async fn next_event(pull: &mut Option<Pull>) -> PullEvent {

@@ -22,9 +22,13 @@ use tokio::time::{Instant, Sleep};
 
 /// What a pull produced.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "moved once per message; boxing would cost an allocation per message"
+)]
 pub(super) enum PullEvent {
     /// A message.
-    Message(Box<jetstream::Message>),
+    Message(jetstream::Message),
     /// The request is over as it should be: expired (408) or every message asked for came.
     Done,
     /// Two heartbeats in a row did not come.
@@ -38,7 +42,12 @@ pub(super) struct Pull {
     sub: Subscriber,
     js: jetstream::Context,
     remaining: usize,
+    delivered: usize,
     heartbeat: Duration,
+    started: Instant,
+    /// When anything last came on the inbox; the watchdog is moved up to it lazily, when it
+    /// fires, so a busy pull costs no timer update per message.
+    last_seen: Instant,
     watchdog: Pin<Box<Sleep>>,
     alive: bool,
 }
@@ -71,12 +80,16 @@ impl Pull {
             ..Default::default()
         };
         consumer.request_batch(request, inbox.into()).await?;
+        let now = Instant::now();
         Ok(Self {
             sub,
             js: js.clone(),
             remaining: n,
+            delivered: 0,
             heartbeat,
-            watchdog: Box::pin(tokio::time::sleep(heartbeat * 2)),
+            started: now,
+            last_seen: now,
+            watchdog: Box::pin(tokio::time::sleep_until(now + heartbeat * 2)),
             alive: false,
         })
     }
@@ -84,6 +97,12 @@ impl Pull {
     /// Whether the server has answered this request (a message, heartbeat or expiry).
     pub(super) fn alive(&self) -> bool {
         self.alive
+    }
+
+    /// Whether the request ended empty well before its expiry: something is off (a server
+    /// that answers every pull at once must not make a hot loop).
+    pub(super) fn ended_early(&self, expires: Duration) -> bool {
+        self.delivered == 0 && self.started.elapsed() < expires / 2
     }
 
     /// The next event. Cancel safe: nothing is lost when the future is dropped.
@@ -95,7 +114,14 @@ impl Pull {
             let message = tokio::select! {
                 biased;
                 message = self.sub.next() => message,
-                () = &mut self.watchdog => return PullEvent::Stalled,
+                () = &mut self.watchdog => {
+                    let deadline = self.last_seen + self.heartbeat * 2;
+                    if deadline <= Instant::now() {
+                        return PullEvent::Stalled;
+                    }
+                    self.watchdog.as_mut().reset(deadline);
+                    continue;
+                }
             };
             let Some(message) = message else {
                 return PullEvent::Refused("subscription closed".to_owned());
@@ -113,7 +139,7 @@ impl Pull {
             && let Some(Some(message)) = self.sub.next().now_or_never()
         {
             if let Some(PullEvent::Message(m)) = self.classify(message) {
-                out.push(*m);
+                out.push(m);
             }
         }
         out
@@ -128,16 +154,15 @@ impl Pull {
             StatusCode::TIMEOUT,
         ]
         .contains(&status);
-        self.watchdog
-            .as_mut()
-            .reset(Instant::now() + self.heartbeat * 2);
+        self.last_seen = Instant::now();
         match status {
             StatusCode::OK => {
                 self.remaining -= 1;
-                Some(PullEvent::Message(Box::new(jetstream::Message {
+                self.delivered += 1;
+                Some(PullEvent::Message(jetstream::Message {
                     message,
                     context: self.js.clone(),
-                })))
+                }))
             }
             StatusCode::IDLE_HEARTBEAT => None,
             StatusCode::TIMEOUT | StatusCode::NOT_FOUND => Some(PullEvent::Done),
