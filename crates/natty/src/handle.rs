@@ -285,14 +285,22 @@ impl Natty {
     }
 
     async fn close_publisher(&self) -> Result<Option<natty_stream::CloseReport>, CloseError> {
-        let taken = self
-            .publishing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let Some(p) = taken else { return Ok(None) };
+        let Some(p) = self.current_publishing() else {
+            return Ok(None);
+        };
+        // Forgotten only once closed: a close that is dropped half-way leaves the (closing)
+        // publisher and its failures in place for the next flush or close.
         let closed = p.publisher.close().await;
         let failed = p.take_failures();
+        {
+            let mut slot = self
+                .publishing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slot.as_ref().is_some_and(|q| Arc::ptr_eq(q, &p)) {
+                *slot = None;
+            }
+        }
         match closed {
             Ok(mut report) => {
                 report.failed.extend(failed);

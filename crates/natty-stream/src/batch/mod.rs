@@ -567,13 +567,19 @@ impl BatchPublisher {
                 let _ = rx.await;
             }
         }
-        if let Some(task) = self.task.lock().await.take() {
-            let ended = match task.await {
-                Ok(()) => Ok(()),
-                Err(e) if e.is_panic() => Err(panic_text(e.into_panic())),
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = self.ended.set(ended);
+        {
+            // The handle stays in place while awaited: a close() that is dropped half-way
+            // leaves it for the next close() to await.
+            let mut task = self.task.lock().await;
+            if let Some(handle) = task.as_mut() {
+                let ended = match handle.await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.is_panic() => Err(panic_text(e.into_panic())),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = self.ended.set(ended);
+                *task = None;
+            }
         }
         if let Some(Err(why)) = self.ended.get() {
             return Err(self.died(why, "closing the batch publisher"));

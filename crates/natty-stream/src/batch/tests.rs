@@ -73,3 +73,25 @@ fn overflowing_durations_and_crlf_are_config_errors() {
     }
     assert!(BatchConfig::default().validate().is_ok());
 }
+
+#[tokio::test]
+async fn a_close_dropped_half_way_leaves_the_outcome_to_the_next_close() {
+    let (tx, mut rx) = mpsc::channel::<Command>(8);
+    let (_failed_tx, failed_rx) = mpsc::unbounded_channel();
+    // A task that acknowledges the close, then dies.
+    let task = tokio::spawn(async move {
+        if let Some(Command::Close(done)) = rx.recv().await {
+            let _ = done.send(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        panic!("late boom");
+    });
+    let p = BatchPublisher::from_parts(tx, failed_rx, Arc::default(), task, "p".into());
+    let dropped = tokio::time::timeout(Duration::from_millis(50), p.close()).await;
+    assert!(
+        dropped.is_err(),
+        "the first close is dropped while it waits for the task"
+    );
+    let e = p.close().await.expect_err("the task panicked after all");
+    assert_eq!(e.kind(), ErrorKind::Panicked, "{e}");
+}
