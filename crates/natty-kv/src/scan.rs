@@ -1,8 +1,11 @@
 //! Reading many messages of a bucket with an ordered consumer: a key's history, the key list.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
-use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, ReplayPolicy, push},
+};
 use futures::{Stream, StreamExt};
 
 use crate::{
@@ -12,6 +15,9 @@ use crate::{
     error::from_request,
     retry::Deadline,
 };
+
+/// How long a key listing waits for more after the server said "nothing pending" early.
+const GRACE: Duration = Duration::from_millis(500);
 
 /// An ordered push consumer on the bucket's stream.
 async fn consumer(
@@ -101,17 +107,33 @@ pub(crate) async fn keys(
         seen: HashSet<String>,
         bucket: String,
         context: String,
+        stream: jetstream::stream::Stream,
+        /// Deliver up to this revision (the stream's last one when the consumer said
+        /// "nothing pending"), waiting at most [`GRACE`] for each message.
+        upto: Option<u64>,
+        grace: bool,
     }
     let state = State {
         messages,
         seen: HashSet::new(),
         bucket: b.name,
         context,
+        stream: b.stream,
+        upto: None,
+        grace: false,
     };
     Ok(futures::stream::unfold(state, |mut state| async move {
         loop {
             let messages = state.messages.as_mut()?;
-            let message = match messages.next().await {
+            let next = if state.grace {
+                match tokio::time::timeout(GRACE, messages.next()).await {
+                    Ok(next) => next,
+                    Err(_) => return None,
+                }
+            } else {
+                messages.next().await
+            };
+            let message = match next {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
                     state.messages = None;
@@ -126,8 +148,24 @@ pub(crate) async fn keys(
                     return Some((Err(err), state));
                 }
             };
-            if message.info().map(|i| i.pending).unwrap_or_default() == 0 {
-                // The last one: stop after it.
+            let info = message.info().ok();
+            let pending = info.as_ref().map(|i| i.pending).unwrap_or_default();
+            let revision = info.as_ref().map(|i| i.stream_sequence).unwrap_or_default();
+            if pending == 0 && state.upto.is_none() {
+                // Values that replaced the skipped last values of keys rewritten during the
+                // listing come after the point where the server says "nothing pending": go on
+                // to the stream's last revision now. Every such value is stored by then.
+                let last = match state.stream.info().await {
+                    Ok(info) => info.state.last_sequence,
+                    Err(e) => {
+                        state.messages = None;
+                        return Some((Err(from_request(e, state.context.clone())), state));
+                    }
+                };
+                state.upto = Some(last);
+                state.grace = true;
+            }
+            if state.upto.is_some_and(|upto| revision >= upto) {
                 state.messages = None;
             }
             let live = entry::kind_of(message.headers.as_ref()) == EventKind::Put;

@@ -142,3 +142,53 @@ async fn create_over_markers_that_come_and_go_never_reports_a_false_conflict() -
     );
     Ok(())
 }
+
+/// Item 6 of issue 16: `keys` lists each live key once, also while other clients keep
+/// rewriting keys during the listing.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn keys_are_listed_once_while_they_are_being_rewritten() -> anyhow::Result<()> {
+    let (_nats, kv, js) = setup().await?;
+    let b = bucket();
+    kv.create_bucket(BucketConfig::new(&b)).await?;
+    let mut acks = Vec::new();
+    for i in 0..3000 {
+        acks.push(js.publish(format!("$KV.{b}.k{i:04}"), "v".into()).await?);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, b, js) = (stop.clone(), b.clone(), js.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                js.publish(format!("$KV.{b}.k{:04}", 2999 - i % 3000), "w".into())
+                    .await?
+                    .await?;
+                i += 1;
+            }
+            anyhow::Ok(i)
+        })
+    };
+    let mut worst = 0;
+    for _ in 0..5 {
+        let keys = kv.keys(&b).await?;
+        let mut unique = keys.clone();
+        unique.dedup();
+        worst = worst.max(keys.len() - unique.len());
+        let missing: Vec<String> = (0..3000)
+            .map(|i| format!("k{i:04}"))
+            .filter(|k| unique.binary_search(k).is_err())
+            .collect();
+        assert!(missing.is_empty(), "keys not listed: {missing:?}");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let writes = writer.await??;
+    assert_eq!(
+        worst, 0,
+        "keys listed twice in one listing ({writes} writes meanwhile)"
+    );
+    Ok(())
+}
