@@ -626,8 +626,10 @@ fn selftest_in(exe: &Path, scratch: &Path) -> anyhow::Result<()> {
     );
     let version = setup::server_version(&binary.path)?;
     let pulled = format!("natty-selftest-official:{}", std::process::id());
+    let mut compose_image = None;
     if setup::docker_available() && version == setup::NATS_VERSION {
         let local = setup::image_from_binary(&binary)?;
+        compose_image = Some(local.reference.clone());
         // Local image: no binary, no python3, no private install; only docker on PATH.
         scenarios.push(Scenario {
             name: "local image",
@@ -714,6 +716,20 @@ fn selftest_in(exe: &Path, scratch: &Path) -> anyhow::Result<()> {
         );
     }
     let mut failures = Vec::new();
+    if let Some(image) = &compose_image {
+        let started = Instant::now();
+        match check_compose(image) {
+            Ok(what) => eprintln!(
+                "selftest-setup: {:<20} ok     in {:>5.1} s: {what}",
+                "docker compose",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => {
+                eprintln!("selftest-setup: docker compose FAILED: {e:#}");
+                failures.push("docker compose");
+            }
+        }
+    }
     for scenario in &scenarios {
         let started = Instant::now();
         let mut command = Command::new(exe);
@@ -752,6 +768,79 @@ fn selftest_in(exe: &Path, scratch: &Path) -> anyhow::Result<()> {
         scenarios.len()
     );
     Ok(())
+}
+
+/// `docker compose up` serves a plain listener with JetStream and a TLS one (checked on free
+/// ports with `image`), then `down -v`.
+fn check_compose(image: &str) -> anyhow::Result<String> {
+    let compose: Vec<&str> = if quiet(Command::new("docker").args(["compose", "version"])) {
+        vec!["docker", "compose"]
+    } else if quiet(Command::new("docker-compose").arg("version")) {
+        vec!["docker-compose"]
+    } else if std::env::var_os("CI").is_some() {
+        bail!("neither `docker compose` nor `docker-compose` is installed");
+    } else {
+        return Ok("SKIPPED (no docker compose here)".into());
+    };
+    let project = format!("natty-selftest-{}", std::process::id());
+    let (plain, tls, monitor) = (
+        setup::free_port()?,
+        setup::free_port()?,
+        setup::free_port()?,
+    );
+    let envs = [
+        ("NATS_IMAGE", image.to_owned()),
+        ("NATS_PORT", plain.to_string()),
+        ("NATS_TLS_PORT", tls.to_string()),
+        ("NATS_MONITOR_PORT", monitor.to_string()),
+    ];
+    let compose_cmd = |args: &[&str]| {
+        let mut c = Command::new(compose[0]);
+        c.args(&compose[1..])
+            .args(["-p", &project])
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    };
+    let result = (|| {
+        anyhow::ensure!(
+            compose_cmd(&["up", "-d"]).status()?.success(),
+            "{} up -d failed",
+            compose.join(" ")
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (info, tls_info) = loop {
+            if let (Ok(a), Ok(b)) = (setup::info_line(plain), setup::info_line(tls)) {
+                break (a, b);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "compose servers did not answer in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        anyhow::ensure!(info.contains("\"jetstream\":true"), "plain: {info}");
+        anyhow::ensure!(
+            tls_info.contains("\"tls_required\":true") && tls_info.contains("\"jetstream\":true"),
+            "tls: {tls_info}"
+        );
+        Ok(format!(
+            "`{} up`: JetStream on the plain listener, TLS + JetStream on the TLS one",
+            compose.join(" ")
+        ))
+    })();
+    let _ = compose_cmd(&["down", "-v"]).status();
+    result
+}
+
+fn quiet(command: &mut Command) -> bool {
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A python3 whose scripts directory has no nats-server (so the PyPI path is really taken).

@@ -43,14 +43,7 @@ async fn main() -> anyhow::Result<()> {
     println!("published 3 orders");
 
     // Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send) cancels the consumer.
-    let cancel = CancellationToken::new();
-    tokio::spawn({
-        let cancel = cancel.clone();
-        async move {
-            let _ = natty::shutdown_signal().await;
-            cancel.cancel();
-        }
-    });
+    let cancel: CancellationToken = natty::cancel_on_shutdown_signal()?;
 
     println!("consuming; press Ctrl-C to stop");
     let stats = natty
