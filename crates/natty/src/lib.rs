@@ -23,11 +23,13 @@
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
+mod builder;
+mod error;
 mod handle;
 
 #[doc(inline)]
 pub use natty_core as core;
-pub use natty_core::{Client, ConnectOptions, async_nats};
+pub use natty_core::{Client, ConnectOptions, ConnectionEvent, async_nats};
 #[cfg(feature = "election")]
 #[doc(inline)]
 pub use natty_election as election;
@@ -47,4 +49,8 @@ pub use natty_stream::{
     PublishAck, StreamConfig,
 };
 
+pub use builder::NattyBuilder;
+pub use error::Error;
+#[cfg(feature = "stream")]
+pub use handle::Consume;
 pub use handle::{CloseError, CloseReport, Natty};
