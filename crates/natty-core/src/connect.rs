@@ -138,7 +138,7 @@ impl ConnectOptions {
             .ping_interval(self.ping_interval)
             .event_callback(move |event| {
                 let hook = hook.clone();
-                async move { on_event(event.into(), hook.as_ref()) }
+                async move { on_event(ConnectionEvent::from_nats(event), hook.as_ref()) }
             });
         if self.retry_on_initial_connect && with_hook {
             options = options.retry_on_initial_connect();
@@ -262,16 +262,8 @@ fn classify(err: &async_nats::ConnectError) -> ErrorKind {
         }
         source = cause.source();
     }
-    // A server that closes the socket during the TLS/INFO exchange is a TLS mismatch in practice
-    // (e.g. a plain client against a TLS-only server, or a missing client certificate).
-    let text = describe(err).to_ascii_lowercase();
-    if text.contains("tls") || text.contains("certificate") || text.contains("handshake") {
-        ErrorKind::Tls
-    } else if text.contains("authorization") {
-        ErrorKind::Auth
-    } else {
-        ErrorKind::Connect
-    }
+    tracing::debug!(error = %describe(err), "connect error not classified");
+    ErrorKind::Connect
 }
 
 fn describe(err: &async_nats::ConnectError) -> String {
@@ -319,7 +311,7 @@ mod tests {
             async_nats::Event::Disconnected,
         ];
         for e in events {
-            on_event(e.into(), Some(&hook));
+            on_event(ConnectionEvent::from_nats(e), Some(&hook));
         }
         assert_eq!(
             *seen.lock().unwrap(),

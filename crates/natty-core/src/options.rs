@@ -60,8 +60,10 @@ pub enum ConnectionEvent {
     ClientError(String),
 }
 
-impl From<async_nats::Event> for ConnectionEvent {
-    fn from(event: async_nats::Event) -> Self {
+impl ConnectionEvent {
+    /// Ours for async-nats' event (kept out of the public API: an async-nats upgrade must not
+    /// change natty's).
+    pub(crate) fn from_nats(event: async_nats::Event) -> Self {
         match event {
             async_nats::Event::Connected => Self::Connected,
             async_nats::Event::Disconnected => Self::Disconnected,
