@@ -27,9 +27,21 @@ impl fmt::Debug for Client {
 impl Client {
     /// Wraps a connection made elsewhere; JetStream API calls time out after `request_timeout`.
     pub fn new(nats: async_nats::Client, request_timeout: Duration) -> Self {
-        let jetstream = jetstream::ContextBuilder::new()
-            .timeout(request_timeout)
-            .build(nats.clone());
+        Self::with_api_prefix(nats, request_timeout, None)
+    }
+
+    /// Like [`new`](Self::new), with the JetStream API under `api_prefix` (default `$JS.API`;
+    /// `$JS.<domain>.API` for a domain).
+    pub fn with_api_prefix(
+        nats: async_nats::Client,
+        request_timeout: Duration,
+        api_prefix: Option<String>,
+    ) -> Self {
+        let builder = jetstream::ContextBuilder::new().timeout(request_timeout);
+        let jetstream = match api_prefix {
+            Some(prefix) => builder.api_prefix(prefix).build(nats.clone()),
+            None => builder.build(nats.clone()),
+        };
         Self {
             nats,
             jetstream,

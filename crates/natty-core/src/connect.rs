@@ -6,7 +6,10 @@ use std::{fmt, io};
 use async_nats::{ConnectErrorKind, ServerAddr};
 use tracing::Instrument;
 
-use crate::{Client, ConnectOptions, Error, ErrorKind, options::Auth};
+use crate::{
+    Client, ConnectOptions, Error, ErrorKind,
+    options::{Auth, ConnectionEvent, EventHook},
+};
 
 /// One server tried while connecting, and why it failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,11 +63,20 @@ impl ConnectOptions {
         let span = tracing::info_span!("natty.connect", servers = ?self.servers);
         async move {
             let addrs = self.addrs()?;
-            let options = self.nats_options().await?;
+            let options = self.nats_options(true).await?;
             match options.connect(addrs.clone()).await {
                 Ok(nats) => {
-                    tracing::info!(server = ?nats.server_info().server_name, "connected");
-                    Ok(Client::new(nats, self.request_timeout))
+                    if self.retry_on_initial_connect {
+                        tracing::info!("connecting in the background (retry_on_initial_connect)");
+                    } else {
+                        tracing::info!(server = ?nats.server_info().server_name, "connected");
+                    }
+                    let api_prefix = self.jetstream_api.as_ref().map(|api| api.prefix());
+                    Ok(Client::with_api_prefix(
+                        nats,
+                        self.request_timeout,
+                        api_prefix,
+                    ))
                 }
                 Err(err) => {
                     tracing::debug!(error = %err, "connect failed, asking each server why");
@@ -88,8 +100,12 @@ impl ConnectOptions {
     }
 
     /// The async-nats options for these settings. Built afresh for each use: async-nats'
-    /// options are not `Clone`.
-    pub(crate) async fn nats_options(&self) -> Result<async_nats::ConnectOptions, Error> {
+    /// options are not `Clone`. `with_hook`: pass events on to the user's hook (not for the
+    /// throw-away connections that diagnose a failure).
+    pub(crate) async fn nats_options(
+        &self,
+        with_hook: bool,
+    ) -> Result<async_nats::ConnectOptions, Error> {
         let mut options = match &self.auth {
             Auth::None => async_nats::ConnectOptions::new(),
             Auth::CredentialsFile(path) => async_nats::ConnectOptions::with_credentials_file(path)
@@ -111,21 +127,22 @@ impl ConnectOptions {
                 async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
             }
         };
+        let hook = if with_hook {
+            self.on_event.clone()
+        } else {
+            None
+        };
         options = options
             .connection_timeout(self.connect_timeout)
             .request_timeout(Some(self.request_timeout))
             .ping_interval(self.ping_interval)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        tracing::info!("NATS connection (re)established")
-                    }
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("NATS connection lost, reconnecting")
-                    }
-                    other => tracing::debug!(event = %other, "NATS client event"),
-                }
+            .event_callback(move |event| {
+                let hook = hook.clone();
+                async move { on_event(ConnectionEvent::from_nats(event), hook.as_ref()) }
             });
+        if self.retry_on_initial_connect && with_hook {
+            options = options.retry_on_initial_connect();
+        }
         if let Some(name) = &self.name {
             options = options.name(name);
         }
@@ -145,7 +162,7 @@ impl ConnectOptions {
     async fn diagnose(&self, addrs: Vec<ServerAddr>) -> Error {
         let mut attempts = Vec::with_capacity(addrs.len());
         for (server, addr) in self.servers.iter().zip(addrs) {
-            let options = match self.nats_options().await {
+            let options = match self.nats_options(false).await {
                 Ok(options) => options,
                 Err(err) => return err,
             };
@@ -189,6 +206,31 @@ impl ConnectOptions {
     }
 }
 
+/// Logs a connection event (errors at `warn`: a permissions violation is otherwise invisible)
+/// and passes it to the user's hook. A panicking hook is logged, not propagated: the event
+/// task must survive it.
+pub(crate) fn on_event(event: ConnectionEvent, hook: Option<&EventHook>) {
+    match &event {
+        ConnectionEvent::Connected => tracing::info!("NATS connection (re)established"),
+        ConnectionEvent::Disconnected => tracing::warn!("NATS connection lost, reconnecting"),
+        ConnectionEvent::LameDuckMode => {
+            tracing::warn!("NATS server entered lame duck mode: moving to another server")
+        }
+        ConnectionEvent::Draining | ConnectionEvent::Closed => {
+            tracing::debug!(%event, "NATS client event")
+        }
+        ConnectionEvent::SlowConsumer(_)
+        | ConnectionEvent::AuthorizationViolation
+        | ConnectionEvent::ServerError(_)
+        | ConnectionEvent::ClientError(_) => tracing::warn!(%event, "NATS connection error"),
+    }
+    if let Some(EventHook(hook)) = hook
+        && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(event))).is_err()
+    {
+        tracing::error!("the connection event hook panicked");
+    }
+}
+
 /// Maps an async-nats connect error to our kind, looking through I/O errors for the TLS or
 /// socket error underneath.
 fn classify(err: &async_nats::ConnectError) -> ErrorKind {
@@ -220,16 +262,8 @@ fn classify(err: &async_nats::ConnectError) -> ErrorKind {
         }
         source = cause.source();
     }
-    // A server that closes the socket during the TLS/INFO exchange is a TLS mismatch in practice
-    // (e.g. a plain client against a TLS-only server, or a missing client certificate).
-    let text = describe(err).to_ascii_lowercase();
-    if text.contains("tls") || text.contains("certificate") || text.contains("handshake") {
-        ErrorKind::Tls
-    } else if text.contains("authorization") {
-        ErrorKind::Auth
-    } else {
-        ErrorKind::Connect
-    }
+    tracing::debug!(error = %describe(err), "connect error not classified");
+    ErrorKind::Connect
 }
 
 fn describe(err: &async_nats::ConnectError) -> String {
@@ -244,4 +278,83 @@ fn describe(err: &async_nats::ConnectError) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::on_event;
+    use crate::{
+        ConnectOptions, ConnectionEvent, ErrorKind,
+        options::{EventHook, JetStreamApi},
+    };
+
+    #[test]
+    fn every_event_reaches_the_hook_and_a_panicking_hook_is_contained() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let hook = EventHook(Arc::new(move |e: ConnectionEvent| {
+            sink.lock().unwrap().push(e.clone());
+            if e == ConnectionEvent::Closed {
+                panic!("user hook panics");
+            }
+        }));
+        let events = [
+            async_nats::Event::Connected,
+            async_nats::Event::ServerError(async_nats::ServerError::Other(
+                "Permissions Violation for Publish to \"x\"".into(),
+            )),
+            async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation),
+            async_nats::Event::SlowConsumer(7),
+            async_nats::Event::Closed,
+            async_nats::Event::Disconnected,
+        ];
+        for e in events {
+            on_event(ConnectionEvent::from_nats(e), Some(&hook));
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                ConnectionEvent::Connected,
+                ConnectionEvent::ServerError("Permissions Violation for Publish to \"x\"".into()),
+                ConnectionEvent::AuthorizationViolation,
+                ConnectionEvent::SlowConsumer(7),
+                ConnectionEvent::Closed,
+                ConnectionEvent::Disconnected,
+            ]
+        );
+    }
+
+    #[test]
+    fn jetstream_api_options_are_checked() {
+        let base = || ConnectOptions::new(["nats://127.0.0.1:4222"]);
+        for bad in ["", "a.b", "hub*", "a b"] {
+            let err = base().jetstream_domain(bad).validate().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{bad:?}");
+        }
+        let err = base().jetstream_api_prefix("a.>").validate().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+        let o = base().jetstream_domain("hub");
+        o.validate().unwrap();
+        assert_eq!(
+            o.jetstream_api
+                .as_ref()
+                .map(JetStreamApi::prefix)
+                .as_deref(),
+            Some("$JS.hub.API")
+        );
+        let o = base()
+            .jetstream_domain("hub")
+            .jetstream_api_prefix("JS.acc.API");
+        o.validate().unwrap();
+        assert_eq!(
+            o.jetstream_api
+                .as_ref()
+                .map(JetStreamApi::prefix)
+                .as_deref(),
+            Some("JS.acc.API")
+        );
+        assert!(base().retry_on_initial_connect().retry_on_initial_connect);
+    }
 }

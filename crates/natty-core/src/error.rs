@@ -92,13 +92,14 @@ impl<K: fmt::Debug + fmt::Display> std::error::Error for Error<K> {
 /// The JetStream API error code (e.g. 10071) in an async-nats error, if the server sent one.
 ///
 /// async-nats carries it either as a `jetstream::Error` in the source chain or inside the
-/// error's kind (e.g. `DeleteStreamErrorKind::JetStream(..)`), which no generic code can reach;
-/// both print `error code NNNNN`, so the text is the fallback.
+/// error's kind (e.g. `GetStreamErrorKind::JetStream(..)`): both are looked for, by type, on
+/// every error in the chain. Only for an async-nats error type not listed here is the code
+/// read from the error's text (`error code NNNNN`), the last resort.
 pub fn jetstream_code(err: &(dyn std::error::Error + 'static)) -> Option<u64> {
     let mut source = Some(err);
     while let Some(cause) = source {
-        if let Some(js) = cause.downcast_ref::<async_nats::jetstream::Error>() {
-            return Some(js.error_code().0);
+        if let Some(code) = code_of(cause) {
+            return Some(code);
         }
         source = cause.source();
     }
@@ -154,10 +155,86 @@ pub fn is_transient(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The code of one error (not its causes), by type.
+fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    use async_nats::jetstream::{context as c, stream as s};
+    if let Some(js) = e.downcast_ref::<async_nats::jetstream::Error>() {
+        return Some(js.error_code().0);
+    }
+    macro_rules! in_kind {
+        ($($ty:ty => $kind:path),* $(,)?) => {$(
+            if let Some(err) = e.downcast_ref::<$ty>() {
+                return match err.kind() {
+                    $kind(js) => Some(js.error_code().0),
+                    _ => None,
+                };
+            }
+        )*};
+    }
+    in_kind!(
+        c::GetStreamError => c::GetStreamErrorKind::JetStream,
+        c::GetStreamByNameError => c::GetStreamByNameErrorKind::JetStream,
+        c::CreateStreamError => c::CreateStreamErrorKind::JetStream,
+        c::ConsumerInfoError => c::ConsumerInfoErrorKind::JetStream,
+        c::AccountError => c::AccountErrorKind::JetStream,
+        s::ConsumerError => s::ConsumerErrorKind::JetStream,
+        s::ConsumerUpdateError => s::ConsumerUpdateErrorKind::JetStream,
+        s::ConsumerCreateStrictError => s::ConsumerCreateStrictErrorKind::JetStream,
+        s::DeleteMessageError => s::DeleteMessageErrorKind::JetStream,
+        s::PurgeError => s::PurgeErrorKind::JetStream,
+        s::LastRawMessageError => s::LastRawMessageErrorKind::JetStream,
+    );
+    None
+}
+
 fn code_in_text(text: &str) -> Option<u64> {
     let (_, rest) = text.split_once("error code ")?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+/// Whether an async-nats error is, anywhere in its chain, a request that timed out: decided on
+/// the error kinds (`TimedOut`), never on the text.
+pub fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if is_timeout(e) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::{context as c, stream as s};
+    macro_rules! timed_out_kind {
+        ($($ty:ty => $kind:path),* $(,)?) => {$(
+            if let Some(err) = e.downcast_ref::<$ty>() {
+                return matches!(err.kind(), $kind);
+            }
+        )*};
+    }
+    timed_out_kind!(
+        async_nats::RequestError => async_nats::RequestErrorKind::TimedOut,
+        async_nats::ConnectError => async_nats::ConnectErrorKind::TimedOut,
+        c::RequestError => c::RequestErrorKind::TimedOut,
+        c::PublishError => c::PublishErrorKind::TimedOut,
+        c::CreateStreamError => c::CreateStreamErrorKind::TimedOut,
+        c::ConsumerInfoError => c::ConsumerInfoErrorKind::TimedOut,
+        c::AccountError => c::AccountErrorKind::TimedOut,
+        c::CreateKeyValueError => c::CreateKeyValueErrorKind::TimedOut,
+        s::ConsumerError => s::ConsumerErrorKind::TimedOut,
+        s::ConsumerUpdateError => s::ConsumerUpdateErrorKind::TimedOut,
+        s::ConsumerCreateStrictError => s::ConsumerCreateStrictErrorKind::TimedOut,
+        s::DirectGetError => s::DirectGetErrorKind::TimedOut,
+        s::DeleteMessageError => s::DeleteMessageErrorKind::TimedOut,
+        s::PurgeError => s::PurgeErrorKind::TimedOut,
+    );
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        return io.kind() == std::io::ErrorKind::TimedOut;
+    }
+    false
 }
 
 /// What went wrong in natty-core.
@@ -202,7 +279,60 @@ impl fmt::Display for ErrorKind {
 
 #[cfg(test)]
 mod tests {
-    use super::code_in_text;
+    use async_nats::jetstream::{context as c, stream as s};
+
+    use super::{code_in_text, jetstream_code, timed_out};
+
+    /// A JetStream API error as the server sends it.
+    fn server_error(code: u64, description: &str) -> async_nats::jetstream::Error {
+        let json = format!(r#"{{"code":400,"err_code":{code},"description":"{description}"}}"#);
+        serde_json::from_str(&json).expect("a JetStream error")
+    }
+
+    #[test]
+    fn timeouts_are_found_by_kind_not_by_text() {
+        let timeouts: Vec<Box<dyn std::error::Error + Send + Sync>> = vec![
+            Box::new(s::ConsumerError::new(s::ConsumerErrorKind::TimedOut)),
+            Box::new(c::CreateStreamError::new(
+                c::CreateStreamErrorKind::TimedOut,
+            )),
+            Box::new(c::GetStreamError::with_source(
+                c::GetStreamErrorKind::Request,
+                c::RequestError::new(c::RequestErrorKind::TimedOut),
+            )),
+            Box::new(c::PublishError::new(c::PublishErrorKind::TimedOut)),
+        ];
+        for e in &timeouts {
+            assert!(timed_out(e.as_ref()), "{e}");
+        }
+        // A server error that merely says "timed out" is not a timeout of ours.
+        let said = s::ConsumerError::new(s::ConsumerErrorKind::JetStream(server_error(
+            10012,
+            "timed out waiting for the meta leader",
+        )));
+        assert!(!timed_out(&said), "{said}");
+        let other = c::GetStreamError::with_source(
+            c::GetStreamErrorKind::Request,
+            std::io::Error::other("request timed out"),
+        );
+        assert!(!timed_out(&other), "{other}");
+    }
+
+    #[test]
+    fn codes_are_read_from_the_error_kind() {
+        let e = s::ConsumerError::new(s::ConsumerErrorKind::JetStream(server_error(
+            10148,
+            "consumer already exists",
+        )));
+        assert_eq!(jetstream_code(&e), Some(10148));
+        let e = c::GetStreamError::new(c::GetStreamErrorKind::JetStream(server_error(
+            10059,
+            "stream not found",
+        )));
+        assert_eq!(jetstream_code(&e), Some(10059));
+        let e = s::ConsumerError::new(s::ConsumerErrorKind::TimedOut);
+        assert_eq!(jetstream_code(&e), None);
+    }
 
     #[test]
     fn error_codes_are_found_in_text() {

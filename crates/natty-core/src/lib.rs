@@ -30,7 +30,8 @@ pub use client::{Client, Feature, ServerVersion};
 pub use connect::{ConnectFailure, ServerAttempt};
 pub use error::ErrorKind;
 pub use options::{
-    ConnectOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PING_INTERVAL, DEFAULT_REQUEST_TIMEOUT,
+    ConnectOptions, ConnectionEvent, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PING_INTERVAL,
+    DEFAULT_REQUEST_TIMEOUT,
 };
 pub use tls::Pem;
 

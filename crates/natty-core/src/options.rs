@@ -1,7 +1,7 @@
 //! [`ConnectOptions`]: servers, TLS, auth and timeouts, as a consuming builder (async-nats'
 //! `options.rs` shape).
 
-use std::{path::PathBuf, time::Duration};
+use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{
     Error, ErrorKind,
@@ -20,8 +20,8 @@ pub(crate) enum Auth {
     UserPassword(String, String),
 }
 
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Secrets are never printed.
         match self {
             Self::None => f.write_str("None"),
@@ -30,6 +30,103 @@ impl std::fmt::Debug for Auth {
             Self::NkeySeed(_) => f.write_str("NkeySeed(..)"),
             Self::Token(_) => f.write_str("Token(..)"),
             Self::UserPassword(user, _) => f.debug_tuple("UserPassword").field(user).finish(),
+        }
+    }
+}
+
+/// Something that happened to the connection, handed to the hook set with
+/// [`ConnectOptions::on_event`] (and logged by natty in any case).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// Connected, or reconnected after a loss.
+    Connected,
+    /// The connection was lost; the client is reconnecting.
+    Disconnected,
+    /// The server is shutting down (lame duck mode): the client will move to another one.
+    LameDuckMode,
+    /// The connection is draining.
+    Draining,
+    /// The connection is closed for good.
+    Closed,
+    /// A subscription fell behind and messages for it were dropped (its id).
+    SlowConsumer(u64),
+    /// The server refused the credentials or an operation (authorization violation).
+    AuthorizationViolation,
+    /// The server reported an error (`-ERR`), e.g. a permissions violation: the publish or
+    /// subscribe it names did not happen. The server's text, as sent.
+    ServerError(String),
+    /// The client reported an error (e.g. it gave up reconnecting).
+    ClientError(String),
+}
+
+impl ConnectionEvent {
+    /// Ours for async-nats' event (kept out of the public API: an async-nats upgrade must not
+    /// change natty's).
+    pub(crate) fn from_nats(event: async_nats::Event) -> Self {
+        match event {
+            async_nats::Event::Connected => Self::Connected,
+            async_nats::Event::Disconnected => Self::Disconnected,
+            async_nats::Event::LameDuckMode => Self::LameDuckMode,
+            async_nats::Event::Draining => Self::Draining,
+            async_nats::Event::Closed => Self::Closed,
+            async_nats::Event::SlowConsumer(sid)
+            | async_nats::Event::ServerError(async_nats::ServerError::SlowConsumer(sid)) => {
+                Self::SlowConsumer(sid)
+            }
+            async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
+                Self::AuthorizationViolation
+            }
+            async_nats::Event::ServerError(async_nats::ServerError::Other(text)) => {
+                Self::ServerError(text)
+            }
+            async_nats::Event::ClientError(e) => Self::ClientError(e.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for ConnectionEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connected => f.write_str("connected"),
+            Self::Disconnected => f.write_str("disconnected"),
+            Self::LameDuckMode => f.write_str("server entered lame duck mode"),
+            Self::Draining => f.write_str("draining"),
+            Self::Closed => f.write_str("closed"),
+            Self::SlowConsumer(sid) => {
+                write!(f, "slow consumer: subscription {sid} dropped messages")
+            }
+            Self::AuthorizationViolation => f.write_str("server error: authorization violation"),
+            Self::ServerError(text) => write!(f, "server error: {text}"),
+            Self::ClientError(text) => write!(f, "client error: {text}"),
+        }
+    }
+}
+
+/// The user's connection-event hook.
+#[derive(Clone)]
+pub(crate) struct EventHook(pub(crate) Arc<dyn Fn(ConnectionEvent) + Send + Sync>);
+
+impl fmt::Debug for EventHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EventHook(..)")
+    }
+}
+
+/// Where the JetStream API is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum JetStreamApi {
+    /// `$JS.<domain>.API`.
+    Domain(String),
+    /// Any prefix (for accounts that import the API under another name).
+    Prefix(String),
+}
+
+impl JetStreamApi {
+    pub(crate) fn prefix(&self) -> String {
+        match self {
+            Self::Domain(domain) => format!("$JS.{domain}.API"),
+            Self::Prefix(prefix) => prefix.clone(),
         }
     }
 }
@@ -57,6 +154,9 @@ pub struct ConnectOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) ping_interval: Duration,
+    pub(crate) retry_on_initial_connect: bool,
+    pub(crate) on_event: Option<EventHook>,
+    pub(crate) jetstream_api: Option<JetStreamApi>,
 }
 
 /// The default time to wait for one server to accept a connection.
@@ -80,6 +180,9 @@ impl ConnectOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             ping_interval: DEFAULT_PING_INTERVAL,
+            retry_on_initial_connect: false,
+            on_event: None,
+            jetstream_api: None,
         }
     }
 
@@ -181,6 +284,43 @@ impl ConnectOptions {
         self
     }
 
+    /// Return from [`connect`](Self::connect) at once, even if no server answers yet, and
+    /// keep trying in the background (async-nats' `retry_on_initial_connect`). Operations
+    /// wait for the connection (and time out after the request timeout); a misconfigured
+    /// server list then shows only in the logs and in the [`on_event`](Self::on_event) hook,
+    /// never as a connect error.
+    pub fn retry_on_initial_connect(mut self) -> Self {
+        self.retry_on_initial_connect = true;
+        self
+    }
+
+    /// Calls `hook` on every connection event: connected, disconnected, lame duck mode,
+    /// slow consumer, and errors the server reports on the connection, such as a permissions
+    /// violation (which fails the operation silently otherwise: the server answers a denied
+    /// publish with nothing but this event). natty logs every event as well (server and
+    /// client errors at `warn`).
+    ///
+    /// The hook runs on the client's event task: keep it short and non-blocking (send on a
+    /// channel). A hook that panics is logged; later events still reach it.
+    pub fn on_event(mut self, hook: impl Fn(ConnectionEvent) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(EventHook(Arc::new(hook)));
+        self
+    }
+
+    /// Use the JetStream API of this domain (`$JS.<domain>.API`), e.g. a hub's JetStream seen
+    /// from a leaf node. Replaces [`jetstream_api_prefix`](Self::jetstream_api_prefix).
+    pub fn jetstream_domain(mut self, domain: impl Into<String>) -> Self {
+        self.jetstream_api = Some(JetStreamApi::Domain(domain.into()));
+        self
+    }
+
+    /// Use the JetStream API under this prefix (default `$JS.API`), for an account that
+    /// imports another account's JetStream. Replaces [`jetstream_domain`](Self::jetstream_domain).
+    pub fn jetstream_api_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.jetstream_api = Some(JetStreamApi::Prefix(prefix.into()));
+        self
+    }
+
     /// The configured servers.
     pub fn servers(&self) -> &[String] {
         &self.servers
@@ -214,6 +354,33 @@ impl ConnectOptions {
                     format!("{what} must be greater than zero"),
                 ));
             }
+        }
+        match &self.jetstream_api {
+            Some(JetStreamApi::Domain(domain))
+                if domain.is_empty()
+                    || domain.chars().any(|c| {
+                        matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control()
+                    }) =>
+            {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "JetStream domain {domain:?} must be one subject token (no dots, wildcards or spaces)"
+                    ),
+                ));
+            }
+            Some(JetStreamApi::Prefix(prefix)) => {
+                crate::names::subject(prefix).map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::InvalidConfig,
+                        format!(
+                            "JetStream API prefix {prefix:?} must be a subject without wildcards"
+                        ),
+                        e,
+                    )
+                })?;
+            }
+            Some(JetStreamApi::Domain(_)) | None => {}
         }
         if self.tls.client_cert.is_some() && self.tls.skip_verify {
             tracing::debug!("client certificate presented to a server that is not verified");

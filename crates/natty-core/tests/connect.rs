@@ -84,6 +84,23 @@ async fn tls_with_the_wrong_ca_fails_with_the_tls_kind_naming_the_server() -> an
 
 #[tokio::test]
 #[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_plain_client_against_a_tls_only_server_fails_with_the_tls_kind() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start_tls(TlsMode::ServerVerified).await?;
+    // No CA given: the server's test certificate is unknown to the system roots. Classified by
+    // the error's types, not its text.
+    let url = nats.url().replace("tls://", "nats://");
+    let err = ConnectOptions::new([url])
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .expect_err("an unverifiable server must be refused");
+    assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
 async fn mutual_tls_needs_the_client_certificate() -> anyhow::Result<()> {
     init_tracing();
     let nats = Nats::start_tls(TlsMode::Mutual).await?;

@@ -472,14 +472,11 @@ pub async fn ensure_consumer(client: &Client, config: &ConsumerConfig) -> Result
                     "creating consumer {:?} on stream {:?}",
                     config.durable, config.stream
                 );
-                let msg = e.to_string();
-                if msg.contains("already exists")
-                    || msg.contains("can not be updated")
-                    || msg.contains("cannot be updated")
-                {
-                    Error::with_source(ErrorKind::ConfigMismatch, context, e)
-                } else {
-                    other(e, &context)
+                match server_code(&e) {
+                    Some(code) if CONSUMER_EXISTS_ELSEWISE.contains(&code) => {
+                        Error::with_source(ErrorKind::ConfigMismatch, context, e)
+                    }
+                    _ => other(e, &context),
                 }
             })?;
         Ok(())
@@ -524,8 +521,13 @@ pub(crate) async fn get_stream(
     })
 }
 
+/// Server codes for "this durable exists and cannot become what was asked": the create/update
+/// was refused (10012: `ack policy can not be updated` and the like), consumer already exists
+/// (10148), name already in use (10013), exists and is active (10105).
+const CONSUMER_EXISTS_ELSEWISE: [u64; 4] = [10012, 10148, 10013, 10105];
+
 pub(crate) fn other<E: std::error::Error + Send + Sync + 'static>(e: E, context: &str) -> Error {
-    let timed_out = e.to_string().contains("timed out");
+    let timed_out = natty_core::error::timed_out(&e);
     Error::with_source(
         if timed_out {
             ErrorKind::TimedOut
@@ -535,4 +537,26 @@ pub(crate) fn other<E: std::error::Error + Send + Sync + 'static>(e: E, context:
         context.to_owned(),
         e,
     )
+}
+
+#[cfg(test)]
+mod code_tests {
+    use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
+
+    use super::{ErrorKind, other};
+
+    #[test]
+    fn a_timeout_is_judged_by_kind_not_text() {
+        // A failure whose text happens to say "timed out" is not a timeout.
+        let e = other(
+            ConsumerError::with_source(
+                ConsumerErrorKind::Request,
+                std::io::Error::other("the peer timed out the TLS session"),
+            ),
+            "x",
+        );
+        assert_eq!(e.kind(), ErrorKind::Other, "{e}");
+        let e = other(ConsumerError::new(ConsumerErrorKind::TimedOut), "x");
+        assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    }
 }

@@ -10,9 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use natty::{
-    CancellationToken, ConnectOptions, ConsumeOptions, ConsumerConfig, Natty, StreamConfig,
-};
+use natty::{CancellationToken, ConnectOptions, Consume, ConsumerConfig, Natty, StreamConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -27,10 +25,10 @@ async fn main() -> anyhow::Result<()> {
     let stream = format!("DEMO_{}", std::process::id());
     let subject = format!("{stream}.orders");
     natty
-        .create_stream(&StreamConfig::new(&stream, [format!("{stream}.>")]))
+        .create_stream(StreamConfig::new(&stream, [format!("{stream}.>")]))
         .await?;
     natty
-        .create_consumer(&ConsumerConfig::new(&stream, "billing"))
+        .create_consumer(ConsumerConfig::new(&stream, "billing"))
         .await?;
 
     const N: u32 = 1000;
@@ -51,21 +49,15 @@ async fn main() -> anyhow::Result<()> {
             (natty.clone(), seen.clone(), cancel.clone(), stream.clone());
         tokio::spawn(async move {
             natty
-                .consume(
-                    cancel,
-                    &stream,
-                    "billing",
-                    ConsumeOptions::default(),
-                    move |m| {
-                        let seen = seen.clone();
-                        async move {
-                            seen.lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .insert(m.payload);
-                            Ok(())
-                        }
-                    },
-                )
+                .consume(cancel, Consume::new(stream, "billing"), move |m| {
+                    let seen = seen.clone();
+                    async move {
+                        seen.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(m.payload);
+                        Ok(())
+                    }
+                })
                 .await
         })
     };

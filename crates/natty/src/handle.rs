@@ -17,14 +17,19 @@ use natty_core::{Client, ConnectOptions};
 ///
 /// | Go `INatty` | here |
 /// |---|---|
-/// | `Consume` | [`consume`](Self::consume) |
+/// | `Consume` | [`consume`](Self::consume)`(cancel, Consume::new(stream, durable), handler)` |
 /// | `Publish` / `DeletePublisher` | [`publish`](Self::publish) + [`flush`](Self::flush) / [`delete_publisher`](Self::delete_publisher) |
 /// | `CreateStream` / `DeleteStream` | [`create_stream`](Self::create_stream) / [`delete_stream`](Self::delete_stream) |
 /// | `CreateConsumer` / `DeleteConsumer` | [`create_consumer`](Self::create_consumer) / [`delete_consumer`](Self::delete_consumer) |
 /// | `Get` `Create` `Put` `Delete` `Keys` `Refresh` `Status` | same names |
 /// | `CreateBucket` / `DeleteBucket` | same names |
 /// | `WatchBucket` / `WatchKey` | same names |
-/// | `AsLeader` / `HaveLeader` / `GetLeader` | [`as_leader`](Self::as_leader) / [`have_leader`](Self::have_leader) / [`get_leader`](Self::get_leader) |
+/// | `AsLeader` / `HaveLeader` / `GetLeader` | [`as_leader`](Self::as_leader) / [`have_leader`](Self::have_leader)`(bucket, key, node)` / [`get_leader`](Self::get_leader)`(bucket, key)` |
+///
+/// Configurations are passed by value everywhere (`StreamConfig`, `ConsumerConfig`,
+/// `BucketConfig`, `ElectionConfig`, `ConsumeOptions`), as built by their builders.
+/// [`Natty::builder`] sets what a handle does beyond connecting (bucket defaults, the
+/// publisher's configuration, a JetStream domain, a connection-event hook).
 #[derive(Debug, Clone)]
 pub struct Natty {
     client: Client,
@@ -34,6 +39,50 @@ pub struct Natty {
     /// every subject: it routes per stream itself.
     #[cfg(feature = "stream")]
     publishing: Arc<Mutex<Option<Arc<Publishing>>>>,
+    /// The configuration of that publisher.
+    #[cfg(feature = "stream")]
+    publisher_config: natty_stream::BatchConfig,
+}
+
+/// Which durable consumer [`Natty::consume`] reads, and how (Go `Consume`'s consumer
+/// configuration).
+///
+/// ```
+/// # #[cfg(feature = "stream")] {
+/// use natty::{Consume, ConsumeOptions};
+/// let what = Consume::new("ORDERS", "billing")
+///     .options(ConsumeOptions::default().concurrency(8).dead_letter("dlq.orders"));
+/// # let _ = what; }
+/// ```
+#[cfg(feature = "stream")]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+#[must_use]
+pub struct Consume {
+    /// The stream.
+    pub stream: String,
+    /// The durable consumer (created with [`Natty::create_consumer`]).
+    pub durable: String,
+    /// Batch, concurrency, retry delays, dead-letter subject, error channel.
+    pub options: natty_stream::ConsumeOptions,
+}
+
+#[cfg(feature = "stream")]
+impl Consume {
+    /// The durable consumer `durable` on `stream`, with the default options.
+    pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
+        Self {
+            stream: stream.into(),
+            durable: durable.into(),
+            options: natty_stream::ConsumeOptions::default(),
+        }
+    }
+
+    /// How to consume.
+    pub fn options(mut self, options: natty_stream::ConsumeOptions) -> Self {
+        self.options = options;
+        self
+    }
 }
 
 /// The facade's publisher and the failures it handed back, kept for `flush` and `close`.
@@ -131,19 +180,43 @@ impl std::error::Error for CloseError {
 }
 
 impl Natty {
-    /// Connects (see [`ConnectOptions`]).
+    /// Connects (see [`ConnectOptions`]) with the default settings; [`builder`](Self::builder)
+    /// for more.
     pub async fn connect(options: ConnectOptions) -> Result<Self, natty_core::Error> {
         Ok(Self::new(options.connect().await?))
     }
 
-    /// A handle over an existing connection.
+    /// Settings beyond the connection: bucket defaults, the publisher's configuration, a
+    /// JetStream domain, a connection-event hook. Finish with
+    /// [`connect`](crate::NattyBuilder::connect).
+    pub fn builder(options: ConnectOptions) -> crate::NattyBuilder {
+        crate::NattyBuilder::new(options)
+    }
+
+    /// A handle over an existing connection, with the default settings.
     pub fn new(client: Client) -> Self {
+        Self::from_parts(
+            client,
+            #[cfg(feature = "kv")]
+            natty_kv::BucketConfig::new("bucket-defaults"),
+            #[cfg(feature = "stream")]
+            natty_stream::BatchConfig::default(),
+        )
+    }
+
+    pub(crate) fn from_parts(
+        client: Client,
+        #[cfg(feature = "kv")] bucket_defaults: natty_kv::BucketConfig,
+        #[cfg(feature = "stream")] publisher_config: natty_stream::BatchConfig,
+    ) -> Self {
         Self {
             #[cfg(feature = "kv")]
-            kv: natty_kv::Kv::new(client.clone()),
+            kv: natty_kv::Kv::with_defaults(client.clone(), bucket_defaults),
             client,
             #[cfg(feature = "stream")]
             publishing: Arc::default(),
+            #[cfg(feature = "stream")]
+            publisher_config,
         }
     }
 
@@ -183,18 +256,21 @@ impl Natty {
     pub async fn consume<H, Fut>(
         &self,
         cancel: natty_stream::CancellationToken,
-        stream: &str,
-        durable: &str,
-        options: natty_stream::ConsumeOptions,
+        consumer: Consume,
         handler: H,
     ) -> Result<natty_stream::ConsumerStats, natty_stream::Error>
     where
         H: Fn(natty_stream::Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), natty_stream::HandlerError>> + Send + 'static,
     {
-        natty_stream::Consumer::new(self.client.clone(), stream, durable, options)?
-            .consume(cancel, handler)
-            .await
+        natty_stream::Consumer::new(
+            self.client.clone(),
+            &consumer.stream,
+            &consumer.durable,
+            consumer.options,
+        )?
+        .consume(cancel, handler)
+        .await
     }
 
     /// Queues a message on the handle's batch publisher (started on first use; one for every
@@ -219,10 +295,8 @@ impl Natty {
         if let Some(p) = slot.as_ref() {
             return Ok(p.clone());
         }
-        let publisher = natty_stream::BatchPublisher::new(
-            self.client.clone(),
-            natty_stream::BatchConfig::default(),
-        )?;
+        let publisher =
+            natty_stream::BatchPublisher::new(self.client.clone(), self.publisher_config.clone())?;
         let failures = publisher.take_errors().ok_or_else(|| {
             natty_stream::Error::new(
                 natty_stream::ErrorKind::Other,
@@ -313,9 +387,9 @@ impl Natty {
     /// Creates the stream, or checks a present one (Go `CreateStream`).
     pub async fn create_stream(
         &self,
-        config: &natty_stream::StreamConfig,
+        config: natty_stream::StreamConfig,
     ) -> Result<(), natty_stream::Error> {
-        natty_stream::ensure_stream(&self.client, config).await
+        natty_stream::ensure_stream(&self.client, &config).await
     }
 
     /// Deletes a stream; a no-op when missing.
@@ -326,9 +400,9 @@ impl Natty {
     /// Creates or updates a durable consumer (Go `CreateConsumer`).
     pub async fn create_consumer(
         &self,
-        config: &natty_stream::ConsumerConfig,
+        config: natty_stream::ConsumerConfig,
     ) -> Result<(), natty_stream::Error> {
-        natty_stream::ensure_consumer(&self.client, config).await
+        natty_stream::ensure_consumer(&self.client, &config).await
     }
 
     /// Deletes a durable consumer; a no-op when missing.
@@ -466,12 +540,13 @@ impl Natty {
         self.election(config)?.run_every(cancel, interval, f).await
     }
 
-    /// Whether `node` holds the lease `bucket`/`key` now (Go `HaveLeader`).
+    /// Whether `node` holds the lease `bucket`/`key` now (Go `HaveLeader`). The arguments
+    /// come in [`get_leader`](Self::get_leader)'s order, then the node.
     pub async fn have_leader(
         &self,
-        node: &str,
         bucket: &str,
         key: &str,
+        node: &str,
     ) -> Result<bool, natty_election::Error> {
         Ok(self
             .get_leader(bucket, key)

@@ -26,11 +26,13 @@
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
+mod builder;
+mod error;
 mod handle;
 
 #[doc(inline)]
 pub use natty_core as core;
-pub use natty_core::{Client, ConnectOptions, async_nats};
+pub use natty_core::{Client, ConnectOptions, ConnectionEvent, async_nats};
 #[cfg(feature = "election")]
 #[doc(inline)]
 pub use natty_election as election;
@@ -50,6 +52,10 @@ pub use natty_stream::{
     PublishAck, StreamConfig,
 };
 
+pub use builder::NattyBuilder;
+pub use error::Error;
+#[cfg(feature = "stream")]
+pub use handle::Consume;
 pub use handle::{CloseError, CloseReport, Natty};
 /// Stops `consume`, `run` and `as_leader` loops gracefully (tokio-util's token, the same type
 /// every natty crate takes).

@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use natty::stream::DeliverFrom;
 use natty::{
-    BucketConfig, CancellationToken, ConnectOptions, ConsumeOptions, ConsumerConfig,
-    ElectionConfig, EventKind, Natty, StreamConfig,
+    BucketConfig, CancellationToken, ConnectOptions, Consume, ConsumerConfig, ElectionConfig,
+    EventKind, Natty, StreamConfig,
 };
 use natty_testkit::{Nats, init_tracing, unique_name, wait_for};
 
@@ -26,11 +27,22 @@ async fn every_inatty_method_works() -> anyhow::Result<()> {
     let stream = format!("S_{id}");
     let subject = format!("{stream}.x");
     natty
-        .create_stream(&StreamConfig::new(&stream, [format!("{stream}.>")]))
+        .create_stream(StreamConfig::new(&stream, [format!("{stream}.>")]))
         .await?;
     natty
-        .create_consumer(&ConsumerConfig::new(&stream, "c"))
+        .create_consumer(ConsumerConfig::new(&stream, "c"))
         .await?;
+    // The same durable asked to start elsewhere: refused by the server (error code 10012),
+    // reported as a mismatch.
+    let err = natty
+        .create_consumer(ConsumerConfig::new(&stream, "c").deliver_from(DeliverFrom::New))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        natty::stream::ErrorKind::ConfigMismatch,
+        "{err}"
+    );
     for i in 0..10 {
         natty.publish(&subject, i.to_string().into()).await?;
     }
@@ -40,7 +52,7 @@ async fn every_inatty_method_works() -> anyhow::Result<()> {
     let consume = {
         let (n, g, c, s) = (natty.clone(), got.clone(), cancel.clone(), stream.clone());
         tokio::spawn(async move {
-            n.consume(c, &s, "c", ConsumeOptions::default(), move |m| {
+            n.consume(c, Consume::new(s, "c"), move |m| {
                 let g = g.clone();
                 async move {
                     g.lock().unwrap().push(m.payload);
@@ -136,8 +148,8 @@ async fn every_inatty_method_works() -> anyhow::Result<()> {
         (calls.load(std::sync::atomic::Ordering::Relaxed) >= 3).then_some(())
     })
     .await?;
-    assert!(natty.have_leader("me", &ebucket, "job").await?);
-    assert!(!natty.have_leader("someone-else", &ebucket, "job").await?);
+    assert!(natty.have_leader(&ebucket, "job", "me").await?);
+    assert!(!natty.have_leader(&ebucket, "job", "someone-else").await?);
     assert_eq!(natty.get_leader(&ebucket, "job").await?.unwrap().node, "me");
     cancel.cancel();
     leader.await??;
@@ -145,4 +157,45 @@ async fn every_inatty_method_works() -> anyhow::Result<()> {
     assert_eq!(natty.get_leader(&ebucket, "job").await?, None);
     natty.close().await?;
     Ok(())
+}
+
+/// A first write creates the bucket with the builder's defaults: replicas, history, storage.
+async fn check_bucket_defaults(urls: Vec<String>, replicas: usize) -> anyhow::Result<()> {
+    let natty = Natty::builder(ConnectOptions::new(urls))
+        .bucket_defaults(
+            BucketConfig::new("ignored")
+                .replicas(replicas)
+                .history(5)
+                .storage(natty::kv::Storage::Memory),
+        )
+        .connect()
+        .await?;
+    let bucket = unique_name("d").replace('-', "_");
+    natty.put(&bucket, "k", "v".into()).await?;
+    let status = natty.status(&bucket).await?;
+    assert_eq!(
+        (status.replicas, status.history, status.storage),
+        (replicas, 5, natty::kv::Storage::Memory),
+        "{status:?}"
+    );
+    natty.delete_bucket(&bucket).await?;
+    natty.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn bucket_defaults_make_an_r1_bucket_with_the_configured_history() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    check_bucket_defaults(vec![nats.url()], 1).await
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn bucket_defaults_make_an_r3_bucket_on_a_cluster() -> anyhow::Result<()> {
+    init_tracing();
+    let cluster = natty_testkit::NatsCluster::start(3).await?;
+    cluster.wait_meta_leader().await?;
+    check_bucket_defaults(cluster.urls(), 3).await
 }

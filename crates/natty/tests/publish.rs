@@ -16,7 +16,7 @@ async fn flush_returns_the_message_no_stream_captured() -> anyhow::Result<()> {
     let id = unique_name("f").replace('-', "_");
     let stream = format!("S_{id}");
     natty
-        .create_stream(&StreamConfig::new(&stream, [format!("{stream}.>")]))
+        .create_stream(StreamConfig::new(&stream, [format!("{stream}.>")]))
         .await?;
     natty
         .publish(&format!("{stream}.ok"), "kept".into())
@@ -59,7 +59,7 @@ async fn many_subjects_share_one_publisher() -> anyhow::Result<()> {
     let id = unique_name("m").replace('-', "_");
     let stream = format!("S_{id}");
     natty
-        .create_stream(&StreamConfig::new(&stream, [format!("{stream}.>")]))
+        .create_stream(StreamConfig::new(&stream, [format!("{stream}.>")]))
         .await?;
     let metrics = tokio::runtime::Handle::current().metrics();
     let before = metrics.num_alive_tasks();
