@@ -13,7 +13,7 @@ use std::{
 };
 
 use natty::{
-    CancellationToken, ConnectOptions, ConsumeOptions, ConsumerConfig, Natty, StreamConfig,
+    CancellationToken, ConnectOptions, Consume, ConsumeOptions, ConsumerConfig, Natty, StreamConfig,
 };
 
 const N: usize = 40;
@@ -31,10 +31,10 @@ async fn main() -> anyhow::Result<()> {
     let natty = Natty::connect(ConnectOptions::new([url])).await?;
     let stream = format!("WORK_{}", std::process::id());
     natty
-        .create_stream(&StreamConfig::new(&stream, [format!("{stream}.>")]))
+        .create_stream(StreamConfig::new(&stream, [format!("{stream}.>")]))
         .await?;
     natty
-        .create_consumer(&ConsumerConfig::new(&stream, "workers"))
+        .create_consumer(ConsumerConfig::new(&stream, "workers"))
         .await?;
     for i in 0..N {
         natty
@@ -57,9 +57,8 @@ async fn main() -> anyhow::Result<()> {
             natty
                 .consume(
                     cancel,
-                    &stream,
-                    "workers",
-                    ConsumeOptions::default().concurrency(CONCURRENCY),
+                    Consume::new(&stream, "workers")
+                        .options(ConsumeOptions::default().concurrency(CONCURRENCY)),
                     move |_msg| {
                         let (running, peak, done) = (running.clone(), peak.clone(), done.clone());
                         async move {
@@ -90,6 +89,6 @@ async fn main() -> anyhow::Result<()> {
     );
     anyhow::ensure!(peak.load(Ordering::SeqCst) > 1, "handlers never overlapped");
     natty.delete_stream(&stream).await?;
-    natty.close().await;
+    natty.close().await?;
     Ok(())
 }

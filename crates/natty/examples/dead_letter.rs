@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use natty::{
-    CancellationToken, ConnectOptions, ConsumeOptions, ConsumerConfig, HandlerError, Natty,
-    StreamConfig,
+    CancellationToken, ConnectOptions, Consume, ConsumeOptions, ConsumerConfig, HandlerError,
+    Natty, StreamConfig,
 };
 use tokio::sync::mpsc;
 
@@ -29,16 +29,16 @@ async fn main() -> anyhow::Result<()> {
     // The dead-letter subject must be captured by a stream: its own, so that the orders
     // consumer never sees its own rejects.
     natty
-        .create_stream(&StreamConfig::new(&orders, [format!("shop_{id}.>")]))
+        .create_stream(StreamConfig::new(&orders, [format!("shop_{id}.>")]))
         .await?;
     natty
-        .create_stream(&StreamConfig::new(&dead, [dead_subject.clone()]))
+        .create_stream(StreamConfig::new(&dead, [dead_subject.clone()]))
         .await?;
     natty
-        .create_consumer(&ConsumerConfig::new(&orders, "billing").max_deliver(Some(3)))
+        .create_consumer(ConsumerConfig::new(&orders, "billing").max_deliver(Some(3)))
         .await?;
     natty
-        .create_consumer(&ConsumerConfig::new(&dead, "inspect"))
+        .create_consumer(ConsumerConfig::new(&dead, "inspect"))
         .await?;
 
     for payload in ["order 1", "", "order 3", "flaky"] {
@@ -55,11 +55,11 @@ async fn main() -> anyhow::Result<()> {
             natty
                 .consume(
                     cancel,
-                    &orders,
-                    "billing",
-                    ConsumeOptions::default()
-                        .dead_letter(dead_subject)
-                        .retry_delay(Duration::from_millis(100), Duration::from_millis(200)),
+                    Consume::new(&orders, "billing").options(
+                        ConsumeOptions::default()
+                            .dead_letter(dead_subject)
+                            .retry_delay(Duration::from_millis(100), Duration::from_millis(200)),
+                    ),
                     |msg| async move {
                         match &msg.payload[..] {
                             b"" => Err(HandlerError::permanent("empty order")),
@@ -81,19 +81,13 @@ async fn main() -> anyhow::Result<()> {
         let (natty, cancel, dead) = (natty.clone(), cancel.clone(), dead.clone());
         async move {
             natty
-                .consume(
-                    cancel,
-                    &dead,
-                    "inspect",
-                    ConsumeOptions::default(),
-                    move |msg| {
-                        let tx = tx.clone();
-                        async move {
-                            let _ = tx.send(msg);
-                            Ok(())
-                        }
-                    },
-                )
+                .consume(cancel, Consume::new(&dead, "inspect"), move |msg| {
+                    let tx = tx.clone();
+                    async move {
+                        let _ = tx.send(msg);
+                        Ok(())
+                    }
+                })
                 .await
         }
     });
@@ -118,6 +112,6 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(stats.dead_lettered == 2, "expected 2 dead letters");
     natty.delete_stream(&orders).await?;
     natty.delete_stream(&dead).await?;
-    natty.close().await;
+    natty.close().await?;
     Ok(())
 }

@@ -10,8 +10,7 @@
 #![allow(clippy::print_stdout, reason = "an example prints what it does")]
 
 use natty::{
-    CancellationToken, ConnectOptions, ConsumeOptions, ConsumerConfig, HandlerError, Natty,
-    StreamConfig,
+    CancellationToken, ConnectOptions, Consume, ConsumerConfig, HandlerError, Natty, StreamConfig,
 };
 
 #[tokio::main]
@@ -28,10 +27,10 @@ async fn main() -> anyhow::Result<()> {
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let natty = Natty::connect(ConnectOptions::new([url])).await?;
     natty
-        .create_stream(&StreamConfig::new("ORDERS", ["orders.>"]))
+        .create_stream(StreamConfig::new("ORDERS", ["orders.>"]))
         .await?;
     natty
-        .create_consumer(&ConsumerConfig::new("ORDERS", "billing"))
+        .create_consumer(ConsumerConfig::new("ORDERS", "billing"))
         .await?;
 
     for i in 1..=3 {
@@ -49,9 +48,7 @@ async fn main() -> anyhow::Result<()> {
     let stats = natty
         .consume(
             cancel,
-            "ORDERS",
-            "billing",
-            ConsumeOptions::default(),
+            Consume::new("ORDERS", "billing"),
             |msg| async move {
                 if msg.payload.is_empty() {
                     // Terminated (and published to the dead-letter subject, if one is set).
@@ -66,6 +63,6 @@ async fn main() -> anyhow::Result<()> {
         "stopped cleanly: {} delivered, {} acked",
         stats.delivered, stats.acked
     );
-    natty.close().await;
+    natty.close().await?;
     Ok(())
 }
