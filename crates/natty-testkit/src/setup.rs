@@ -535,7 +535,18 @@ impl Drop for Launched {
 /// Starts a server with JetStream on `port` (0: any free port), with TLS if asked, from a
 /// binary or an image. `Server::Url` is an error: there is nothing to start.
 pub fn launch(server: &Server, port: u16, tls: Option<&TlsConfig>) -> anyhow::Result<Launched> {
-    let port = if port == 0 { free_port()? } else { port };
+    let port = if port == 0 {
+        free_port()?
+    } else {
+        // Otherwise whatever holds the port (another NATS?) would answer our readiness probe.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            bail!(
+                "127.0.0.1:{port} is in use (another NATS server? NATS_URL=nats://127.0.0.1:{port} \
+                 uses it); pick another port"
+            );
+        }
+        port
+    };
     let name = format!("natty-nats-{}-{port}", std::process::id());
     let dir = tools_dir().join("run").join(&name);
     let _ = std::fs::remove_dir_all(&dir);
@@ -675,9 +686,7 @@ fn tls_args(cert: &str, key: &str, ca: &str, verify: bool) -> Vec<String> {
 fn wait_accepting(launched: &mut Launched) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        if info_line(launched.port).is_ok() {
-            return Ok(());
-        }
+        let answered = info_line(launched.port).is_ok();
         let log = || {
             std::fs::read_to_string(launched.dir.join("server.log"))
                 .unwrap_or_default()
@@ -690,11 +699,15 @@ fn wait_accepting(launched: &mut Launched) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join("\n")
         };
+        // Checked after the probe: an answer from a server that is not ours does not count.
         if let Some(status) = launched.child.try_wait()? {
             bail!(
                 "the NATS server exited ({status}) before accepting clients:\n{}",
                 log()
             );
+        }
+        if answered {
+            return Ok(());
         }
         if started.elapsed() > STARTUP_TIMEOUT {
             bail!(
@@ -727,3 +740,6 @@ pub fn free_port() -> anyhow::Result<u16> {
         .local_addr()?
         .port())
 }
+
+#[cfg(test)]
+mod tests;

@@ -66,7 +66,9 @@ pub use tokio_util::sync::CancellationToken;
 ///
 /// The handlers are installed when the future is first polled; a signal that arrives before
 /// that still ends the process the default way. Use [`cancel_on_shutdown_signal`] to install
-/// them at once. Errors only if a handler cannot be installed.
+/// them at once. Once installed they stay, so after the first signal a **second** one ends the
+/// process at once (exit status 130): a graceful stop that hangs can still be forced.
+/// Must run inside a tokio runtime. Errors only if a handler cannot be installed.
 ///
 /// ```no_run
 /// # async fn example() -> std::io::Result<()> {
@@ -75,15 +77,18 @@ pub use tokio_util::sync::CancellationToken;
 /// # Ok(()) }
 /// ```
 pub async fn shutdown_signal() -> std::io::Result<()> {
-    wait_for_signal(ShutdownSignals::install()?).await;
+    let mut signals = ShutdownSignals::install()?;
+    signals.next().await;
+    tokio::spawn(signals.exit_on_next());
     Ok(())
 }
 
 /// A token cancelled on the first Ctrl-C (SIGINT) or SIGTERM, with the handlers installed
 /// before this returns: pass it (or child tokens) to `consume`, `run` and `as_leader` for a
-/// graceful stop — running handlers finish, acks are flushed, a leader resigns.
+/// graceful stop — running handlers finish, acks are flushed, a leader resigns. A second
+/// signal ends the process at once (exit status 130), so a stop that hangs can be forced.
 ///
-/// Must be called inside a tokio runtime (it spawns the task that waits for the signal).
+/// Must be called inside a tokio runtime (it spawns the task that waits for the signals).
 /// Errors only if a handler cannot be installed.
 ///
 /// ```no_run
@@ -93,12 +98,13 @@ pub async fn shutdown_signal() -> std::io::Result<()> {
 /// # let _ = cancel; Ok(()) }
 /// ```
 pub fn cancel_on_shutdown_signal() -> std::io::Result<CancellationToken> {
-    let signals = ShutdownSignals::install()?;
+    let mut signals = ShutdownSignals::install()?;
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     tokio::spawn(async move {
-        wait_for_signal(signals).await;
+        signals.next().await;
         on_signal.cancel();
+        signals.exit_on_next().await;
     });
     Ok(cancel)
 }
@@ -128,24 +134,40 @@ impl ShutdownSignals {
     }
 }
 
-async fn wait_for_signal(mut signals: ShutdownSignals) {
-    #[cfg(unix)]
-    {
-        let name = tokio::select! {
-            _ = signals.terminate.recv() => "SIGTERM",
-            _ = signals.interrupt.recv() => "SIGINT",
-        };
-        tracing::info!(signal = name, "shutdown requested");
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = &mut signals;
-        match tokio::signal::ctrl_c().await {
-            Ok(()) => tracing::info!(signal = "Ctrl-C", "shutdown requested"),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot wait for Ctrl-C; never signalling shutdown");
-                std::future::pending::<()>().await;
+impl ShutdownSignals {
+    /// Waits for the next signal and logs it.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            let name = tokio::select! {
+                _ = self.terminate.recv() => "SIGTERM",
+                _ = self.interrupt.recv() => "SIGINT",
+            };
+            tracing::info!(
+                signal = name,
+                "shutdown requested (a second signal exits at once)"
+            );
+        }
+        #[cfg(not(unix))]
+        {
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => tracing::info!(
+                    signal = "Ctrl-C",
+                    "shutdown requested (a second signal exits at once)"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot wait for Ctrl-C; never signalling shutdown");
+                    std::future::pending::<()>().await;
+                }
             }
         }
+    }
+
+    /// After the first signal our handlers would swallow every later one: the next ends the
+    /// process, as an unhandled Ctrl-C would have.
+    async fn exit_on_next(mut self) {
+        self.next().await;
+        tracing::warn!("second shutdown signal: exiting without waiting for the graceful stop");
+        std::process::exit(130);
     }
 }
