@@ -4,6 +4,10 @@
     reason = "child processes report on stdout, one JSON line per event"
 )]
 
+/// Consumers refuse every number divisible by this for good: it must end up in the
+/// dead-letter stream `CHAOS_DL` (subject `chaos-dl.n`) exactly once.
+pub const DEAD_LETTER_EVERY: u64 = 101;
+
 /// CLOCK_MONOTONIC in ns: comparable across processes on one host.
 pub fn mono_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);

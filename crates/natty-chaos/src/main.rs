@@ -1,7 +1,8 @@
 //! natty-chaos: elections and streams on a 3-node JetStream cluster under a seeded schedule of
-//! faults — frozen and killed leaders, killed consumers, killed and partitioned nodes — then
-//! checks, from what every process printed, that nothing was lost and no two leaders acted at
-//! once. Run it through `cargo xtask chaos [--minutes N] [--seed S]`.
+//! faults — frozen and killed leaders, killed consumers, killed and partitioned nodes, the
+//! durable deleted and re-created, the dead-letter subject uncaptured for a while, and idle
+//! spans longer than the consumers' heartbeat and pull expiry — then checks, from what every
+//! process printed, that nothing was lost and no two leaders acted at once. Run it through `cargo xtask chaos [--minutes N] [--seed S]`.
 #![allow(clippy::print_stdout, reason = "the orchestrator prints its report")]
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
 
 use futures::StreamExt;
 use natty::{BatchConfig, BatchPublisher, ConsumerConfig, StreamConfig};
-use natty_chaos::{init_logs, mono_ns};
+use natty_chaos::{DEAD_LETTER_EVERY, init_logs, mono_ns};
 use natty_testkit::NatsCluster;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::Value;
@@ -215,11 +216,13 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
         &StreamConfig::new("CHAOS", ["chaos.>"]).replicas(3),
     )
     .await?;
-    natty::stream::ensure_consumer(
+    let durable = ConsumerConfig::new("CHAOS", "workers")
+        .ack_wait(Duration::from_secs(5))
+        .max_deliver(None);
+    natty::stream::ensure_consumer(&client, &durable).await?;
+    natty::stream::ensure_stream(
         &client,
-        &ConsumerConfig::new("CHAOS", "workers")
-            .ack_wait(Duration::from_secs(5))
-            .max_deliver(None),
+        &StreamConfig::new("CHAOS_DL", ["chaos-dl.>"]).replicas(3),
     )
     .await?;
     let bin_dir = std::env::current_exe()?
@@ -257,6 +260,11 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
                 publisher
                     .send("chaos.n", i.to_be_bytes().to_vec().into())
                     .await?;
+                // Now and then a quiet spell longer than the consumers' heartbeat (1 s) and
+                // pull expiry (5 s): an idle consumer must not go deaf.
+                if i % 3000 == 2999 {
+                    tokio::time::sleep(Duration::from_secs(2 + (i / 3000) % 6)).await;
+                }
                 if i % 100 == 0 {
                     tokio::time::sleep_until(start + pace * u32::try_from(i).unwrap_or(u32::MAX))
                         .await;
@@ -296,7 +304,7 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
         }
         let roll = rng.random_range(0..100);
         let t0 = mono_ns();
-        let fault = if roll < 30 {
+        let fault = if roll < 26 {
             match world.leader() {
                 Some(l) => {
                     let hold = Duration::from_millis(rng.random_range(1000..6000)); // 0.5 to 3 x TTL
@@ -307,7 +315,7 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
                 }
                 None => None,
             }
-        } else if roll < 50 {
+        } else if roll < 42 {
             match world.leader() {
                 Some(l) => Some((
                     "kill leader",
@@ -317,7 +325,7 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
                 )),
                 None => None,
             }
-        } else if roll < 60 {
+        } else if roll < 50 {
             let c: Vec<usize> = (0..world.procs.len())
                 .filter(|&i| world.procs[i].candidate && Some(i) != world.leader())
                 .collect();
@@ -328,7 +336,7 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
                     .kill_and_respawn(i, Duration::from_millis(500))
                     .await?,
             ))
-        } else if roll < 75 {
+        } else if roll < 62 {
             let c: Vec<usize> = (0..world.procs.len())
                 .filter(|&i| !world.procs[i].candidate)
                 .collect();
@@ -339,13 +347,68 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
                     .kill_and_respawn(i, Duration::from_millis(rng.random_range(200..2000)))
                     .await?,
             ))
-        } else if roll < 88 {
+        } else if roll < 72 {
             let n = rng.random_range(0..3);
             let node = cluster.node(n);
             node.kill().await?;
             tokio::time::sleep(Duration::from_millis(rng.random_range(3000..6000))).await;
             node.start_again().await?;
             Some(("kill node", node.name().to_owned()))
+        } else if roll < 82 {
+            // Deleted behind the consumers' back and re-created (from its ack floor, as an
+            // operator would) within their grace period: they must carry on.
+            let floor = retrying("reading the durable's ack floor", || async {
+                Ok(client
+                    .jetstream()
+                    .get_stream("CHAOS")
+                    .await?
+                    .consumer_info("workers")
+                    .await?
+                    .ack_floor
+                    .stream_sequence)
+            })
+            .await?;
+            retrying("deleting the durable", || async {
+                Ok(natty::stream::delete_consumer(&client, "CHAOS", "workers").await?)
+            })
+            .await?;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(1000..5000))).await;
+            let again = durable
+                .clone()
+                .deliver_from(natty::stream::DeliverFrom::Sequence(floor + 1));
+            retrying("re-creating the durable", || async {
+                Ok(natty::stream::ensure_consumer(&client, &again).await?)
+            })
+            .await?;
+            Some(("delete durable", "workers".to_owned()))
+        } else if roll < 90 {
+            // The dead-letter subject captured by no stream for a while: refused messages
+            // whose dead-letter publish fails must stay and be dead-lettered later.
+            let subjects = |subject: &'static str| {
+                let client = client.clone();
+                async move {
+                    let js = client.jetstream();
+                    let mut config = js
+                        .get_stream("CHAOS_DL")
+                        .await?
+                        .cached_info()
+                        .config
+                        .clone();
+                    config.subjects = vec![subject.to_owned()];
+                    js.update_stream(&config).await?;
+                    anyhow::Ok(())
+                }
+            };
+            retrying("uncapturing the dead-letter subject", || {
+                subjects("chaos-dl-off.>")
+            })
+            .await?;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(2000..6000))).await;
+            retrying("capturing the dead-letter subject again", || {
+                subjects("chaos-dl.>")
+            })
+            .await?;
+            Some(("dead-letter uncaptured", "CHAOS_DL".to_owned()))
         } else {
             let n = rng.random_range(0..3);
             let node = cluster.node(n);
@@ -384,9 +447,20 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
     }
     let stored = stored_numbers(&client, "CHAOS").await?;
     let stored_set: HashSet<u64> = stored.iter().copied().collect();
-    // Wait (bounded) for the consumers to process every stored number.
+    let refused = stored_set
+        .iter()
+        .filter(|n| *n % DEAD_LETTER_EVERY == 0)
+        .count();
+    // Wait (bounded) for the consumers to process every stored number and dead-letter every
+    // refused one.
     let drain_deadline = mono_ns() + 120_000_000_000;
     let processed = loop {
+        let dead = client
+            .jetstream()
+            .get_stream("CHAOS_DL")
+            .await
+            .map(|s| s.cached_info().state.messages)
+            .unwrap_or(0);
         let lines = world.lines.all();
         let processed: Vec<u64> = lines
             .iter()
@@ -394,7 +468,8 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
             .filter_map(|v| v["n"].as_u64())
             .collect();
         let set: HashSet<u64> = processed.iter().copied().collect();
-        if stored_set.is_subset(&set) || mono_ns() > drain_deadline {
+        let all_dead = usize::try_from(dead).unwrap_or(0) >= refused;
+        if (stored_set.is_subset(&set) && all_dead) || mono_ns() > drain_deadline {
             break processed;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -406,6 +481,7 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
     for p in &mut world.procs {
         let _ = tokio::time::timeout(Duration::from_secs(5), p.child.wait()).await;
     }
+    let dead_lettered = stored_numbers(&client, "CHAOS_DL").await?;
     let lines = world.lines.all();
     let ok = judge(Judge {
         minutes,
@@ -414,6 +490,7 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
         failed: &failed,
         stored: &stored,
         processed: &processed,
+        dead_lettered: &dead_lettered,
         lines: &lines,
         faults: &faults,
         samples: &samples,
@@ -422,6 +499,26 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
     })?;
     drop(cluster);
     Ok(ok)
+}
+
+/// Retries an admin request for up to 30 s: the cluster may still be electing leaders after
+/// the previous fault.
+async fn retrying<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("chaos: {what}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.context(what.to_owned())),
+        }
+    }
 }
 
 fn number(payload: &[u8]) -> u64 {
@@ -452,6 +549,7 @@ struct Judge<'a> {
     failed: &'a HashSet<u64>,
     stored: &'a [u64],
     processed: &'a [u64],
+    dead_lettered: &'a [u64],
     lines: &'a [Value],
     faults: &'a [Fault],
     samples: &'a BTreeMap<String, Vec<(u64, u64)>>,
@@ -661,6 +759,23 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
     let unprocessed = counts.keys().filter(|n| !processed.contains(n)).count();
     let dup_processed = j.processed.len() - processed.len();
     checks.push(("every stored number processed at least once".into(), unprocessed == 0, format!("{} processed, {unprocessed} never processed, {dup_processed} processed more than once (at-least-once redeliveries)", processed.len())));
+    let mut dead: HashMap<u64, usize> = HashMap::new();
+    for n in j.dead_lettered {
+        *dead.entry(*n).or_default() += 1;
+    }
+    let refused: Vec<u64> = counts
+        .keys()
+        .copied()
+        .filter(|n| n % DEAD_LETTER_EVERY == 0)
+        .collect();
+    let not_dead = refused.iter().filter(|n| !dead.contains_key(n)).count();
+    let dead_twice = dead.values().filter(|c| **c > 1).count();
+    let dead_wrongly = dead.keys().filter(|n| *n % DEAD_LETTER_EVERY != 0).count();
+    checks.push((
+        format!("every refused number (divisible by {DEAD_LETTER_EVERY}) dead-lettered exactly once"),
+        not_dead == 0 && dead_twice == 0 && dead_wrongly == 0,
+        format!("{} refused, {} dead-lettered: {not_dead} missing, {dead_twice} twice, {dead_wrongly} not refused", refused.len(), j.dead_lettered.len()),
+    ));
     checks.push((
         "cluster healthy after the run".into(),
         j.cluster_healthy,

@@ -1,9 +1,10 @@
-//! A chaos consumer: consumes the durable, prints `processed` lines with each number.
+//! A chaos consumer: consumes the durable, prints `processed` lines with each number; every
+//! number divisible by `DEAD_LETTER_EVERY` is refused for good and goes to `chaos-dl.n`.
 
 use std::time::Duration;
 
 use natty::{ConsumeOptions, Consumer};
-use natty_chaos::{arg, cancel_on_sigterm, emit, init_logs, mono_ns};
+use natty_chaos::{DEAD_LETTER_EVERY, arg, cancel_on_sigterm, emit, init_logs, mono_ns};
 use serde_json::json;
 
 #[tokio::main]
@@ -29,7 +30,9 @@ async fn main() -> anyhow::Result<()> {
         ConsumeOptions::default()
             .batch(100)
             .expires(Duration::from_secs(5))
-            .heartbeat(Duration::from_secs(1)),
+            .heartbeat(Duration::from_secs(1))
+            .dead_letter("chaos-dl.n")
+            .retry_delay(Duration::from_millis(100), Duration::from_secs(2)),
     )?;
     let cancel = cancel_on_sigterm();
     emit(json!({"node": id, "event": "ready", "pid": std::process::id(), "mono_ns": mono_ns()}));
@@ -45,6 +48,9 @@ async fn main() -> anyhow::Result<()> {
                         .map_err(|_| natty::HandlerError::permanent("not a number"))?,
                 );
                 emit(json!({"node": who, "event": "processed", "n": n, "delivered": m.delivered}));
+                if n % DEAD_LETTER_EVERY == 0 {
+                    return Err(natty::HandlerError::permanent("chaos: refused for good"));
+                }
                 Ok(())
             }
         })

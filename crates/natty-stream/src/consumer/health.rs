@@ -2,6 +2,7 @@
 //! (REVIEW.md: hot loops, deleted behind our back).
 
 use std::{
+    future::Future,
     hash::{BuildHasher, RandomState},
     time::Duration,
 };
@@ -20,7 +21,11 @@ use crate::{
     error::{CONSUMER_NOT_FOUND, server_code},
 };
 
-type Durable = jetstream::consumer::Consumer<PullConfig>;
+/// The durable's handle.
+pub(super) type Durable = jetstream::consumer::Consumer<PullConfig>;
+
+/// A lookup of the durable in flight.
+pub(super) type Lookup = std::pin::Pin<Box<dyn Future<Output = Result<Durable, Error>> + Send>>;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -74,7 +79,7 @@ impl Health {
 
     /// The durable at start: missing is an error at once.
     pub(super) async fn open(&self) -> Result<Durable, Error> {
-        self.lookup().await
+        self.check().await
     }
 
     /// A pull was answered: all is well again.
@@ -109,9 +114,16 @@ impl Health {
         Instant::now() + self.next_backoff()
     }
 
-    /// Looks the durable up.
-    pub(super) async fn check(&mut self) -> Presence {
-        match self.lookup().await {
+    /// Looks the durable up; a future that borrows nothing, so the pull loop can keep
+    /// serving handlers and keep-alives while it runs. Hand its result to [`Self::judge`].
+    pub(super) fn check(&self) -> impl Future<Output = Result<Durable, Error>> + Send + 'static {
+        let (js, stream, durable) = (self.js.clone(), self.stream.clone(), self.durable.clone());
+        async move { lookup(&js, &stream, &durable).await }
+    }
+
+    /// What a lookup says about the durable.
+    pub(super) fn judge(&mut self, found: Result<Durable, Error>) -> Presence {
+        match found {
             Ok(durable) => {
                 if self.state == State::Gone {
                     info!("the durable is back: consuming again");
@@ -151,34 +163,31 @@ impl Health {
         }
     }
 
-    async fn lookup(&self) -> Result<Durable, Error> {
-        let stream = get_stream(&self.js, &self.stream).await?;
-        stream.get_consumer(&self.durable).await.map_err(|e| {
-            let context = format!(
-                "opening consumer {:?} on stream {:?}",
-                self.durable, self.stream
-            );
-            // async-nats 0.48 maps the server's codes to kinds and drops the code.
-            let info_kind = e
-                .downcast_ref::<ConsumerInfoError>()
-                .map(ConsumerInfoError::kind);
-            let kind = match info_kind {
-                Some(ConsumerInfoErrorKind::NotFound) => ErrorKind::ConsumerNotFound,
-                Some(ConsumerInfoErrorKind::StreamNotFound) => ErrorKind::StreamNotFound,
-                Some(ConsumerInfoErrorKind::TimedOut) => ErrorKind::TimedOut,
-                _ if server_code(&*e) == Some(CONSUMER_NOT_FOUND) => ErrorKind::ConsumerNotFound,
-                _ => ErrorKind::Other,
-            };
-            Error::with_source(kind, context, e)
-        })
-    }
-
     /// The current back-off with ±20 % jitter; doubles it for next time.
     fn next_backoff(&mut self) -> Duration {
         let current = self.backoff;
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         jitter(current)
     }
+}
+
+async fn lookup(js: &jetstream::Context, stream: &str, durable: &str) -> Result<Durable, Error> {
+    let handle = get_stream(js, stream).await?;
+    handle.get_consumer(durable).await.map_err(|e| {
+        let context = format!("opening consumer {:?} on stream {:?}", durable, stream);
+        // async-nats 0.48 maps the server's codes to kinds and drops the code.
+        let info_kind = e
+            .downcast_ref::<ConsumerInfoError>()
+            .map(ConsumerInfoError::kind);
+        let kind = match info_kind {
+            Some(ConsumerInfoErrorKind::NotFound) => ErrorKind::ConsumerNotFound,
+            Some(ConsumerInfoErrorKind::StreamNotFound) => ErrorKind::StreamNotFound,
+            Some(ConsumerInfoErrorKind::TimedOut) => ErrorKind::TimedOut,
+            _ if server_code(&*e) == Some(CONSUMER_NOT_FOUND) => ErrorKind::ConsumerNotFound,
+            _ => ErrorKind::Other,
+        };
+        Error::with_source(kind, context, e)
+    })
 }
 
 /// `d` scaled by a random factor in [0.8, 1.2).

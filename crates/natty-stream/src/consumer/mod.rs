@@ -33,7 +33,7 @@ pub use settle::{Action, ConsumeError};
 pub use stats::ConsumerStats;
 
 use self::{
-    health::{Health, Presence},
+    health::{Durable, Health, Lookup, Presence},
     pull::{Pull, PullEvent},
     settle::{Settings, Shared},
     stats::Counters,
@@ -141,6 +141,8 @@ impl Consumer {
         // When set, no pull is issued before this instant (back-off after a problem), and the
         // durable is looked up first.
         let mut hold: Option<Instant> = None;
+        // The durable being looked up (after the hold), alongside everything else.
+        let mut checking: Option<Lookup> = None;
         info!("consuming");
         let outcome = loop {
             // Start handlers while there are free slots. One at a time (concurrency 1) the
@@ -239,12 +241,12 @@ impl Consumer {
                         w.touched = now;
                     }
                 }
-                () = sleep_until(hold.unwrap_or_else(Instant::now)), if hold.is_some() => {
-                    let presence = tokio::select! {
-                        presence = health.check() => presence,
-                        () = cancel.cancelled() => break Ok(()),
-                    };
-                    match presence {
+                () = sleep_until(hold.unwrap_or_else(Instant::now)), if hold.is_some() && checking.is_none() => {
+                    checking = Some(Box::pin(health.check()));
+                }
+                found = poll_check(&mut checking) => {
+                    checking = None;
+                    match health.judge(found) {
                         Presence::Here(c) => {
                             consumer = *c;
                             settings = settings_of(&consumer, &self.stream, &self.durable);
@@ -311,6 +313,13 @@ struct Waiting {
 async fn run_slot<F: Future<Output = ()>>(slot: Pin<&mut Option<F>>) {
     if let Some(work) = slot.as_pin_mut() {
         work.await;
+    }
+}
+
+async fn poll_check(checking: &mut Option<Lookup>) -> Result<Durable, Error> {
+    match checking {
+        Some(check) => check.await,
+        None => std::future::pending().await,
     }
 }
 
