@@ -12,8 +12,8 @@ use std::{
 
 use natty_core::{Client, ConnectOptions};
 use natty_stream::{
-    CancellationToken, ConsumeOptions, Consumer, ConsumerConfig, HandlerError, Message, Publisher,
-    StreamConfig, ensure_consumer, ensure_stream,
+    Action, CancellationToken, ConsumeOptions, Consumer, ConsumerConfig, HandlerError, Message,
+    Publisher, StreamConfig, ensure_consumer, ensure_stream,
 };
 use natty_testkit::{Nats, init_tracing, unique_name, wait_for};
 
@@ -457,7 +457,14 @@ async fn a_dead_letter_failure_on_the_last_delivery_loses_nothing() -> anyhow::R
     assert_eq!(m.payload, "0");
     assert_eq!(
         m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned()),
-        Some(format!("natty-dl:{}:1", s.stream))
+        Some(format!("natty-dl:{}:workers:1", s.stream))
+    );
+    // natty's limit is 2: after the failed dead-letter publish the message came back with
+    // delivered 3 and went straight to the dead-letter subject, without the handler.
+    let l = log.lock().unwrap().clone();
+    assert!(
+        l.iter().all(|(_, d, _)| *d <= 2),
+        "the handler ran past the delivery limit: {l:?}"
     );
     let info = js
         .get_stream(&s.stream)
@@ -635,5 +642,123 @@ async fn ensure_consumer_moves_the_delivery_limit_from_the_server_to_natty() -> 
             .map(String::as_str),
         Some("3")
     );
+    Ok(())
+}
+
+/// A handler that panics: the panic is a retryable failure, reported on the error channel, and
+/// the message is dead-lettered at the delivery limit (not redelivered forever after
+/// `ack_wait`, not unwinding out of `consume`).
+async fn a_panicking_handler_is_retried_then_dead_lettered(
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let s = setup(|st| {
+        ConsumerConfig::new(st, "workers")
+            .ack_wait(Duration::from_secs(30))
+            .max_deliver(Some(2))
+    })
+    .await?;
+    let dlq = format!("{}_DLQ", s.stream);
+    ensure_stream(&s.client, &StreamConfig::new(&dlq, [format!("{dlq}.>")])).await?;
+    publish_n(&s, 1).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let options = ConsumeOptions::default()
+        .concurrency(concurrency)
+        .retry_delay(Duration::from_millis(100), Duration::from_millis(500))
+        .dead_letter(format!("{dlq}.failed"))
+        .errors(tx);
+    let log = Log::default();
+    let (cancel, _, task) = start(s.client.clone(), &s.stream, options, log.clone(), |n, _| {
+        panic!("handler bug on {n}")
+    });
+    let mut reports = Vec::new();
+    while reports.len() < 2 {
+        let r = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no report within 10 s; got {reports:?}"))?;
+        reports.push(r.unwrap());
+    }
+    assert_eq!(
+        reports[0].action,
+        Action::Nak {
+            delay: Duration::from_millis(100)
+        }
+    );
+    assert_eq!(reports[1].action, Action::DeadLettered);
+    assert!(
+        reports[0].error.reason().contains("handler bug on 0"),
+        "{}",
+        reports[0]
+    );
+    assert!(!task.is_finished(), "consume ended after a handler panic");
+    cancel.cancel();
+    let stats = task.await??;
+    assert_eq!((stats.dead_lettered, stats.termed), (1, 1), "{stats:?}");
+    let mut dl = s.client.jetstream().get_stream(&dlq).await?;
+    assert_eq!(dl.info().await?.state.messages, 1);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_panicking_inline_handler_is_retried_then_dead_lettered() -> anyhow::Result<()> {
+    a_panicking_handler_is_retried_then_dead_lettered(1).await
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_panicking_concurrent_handler_is_retried_then_dead_lettered() -> anyhow::Result<()> {
+    a_panicking_handler_is_retried_then_dead_lettered(4).await
+}
+
+/// Two durables (a broadcast) give up on the same stream sequence into one dead-letter stream:
+/// both dead letters are kept (the second is no duplicate of the first).
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn two_durables_dead_lettering_one_message_keep_both() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers")).await?;
+    ensure_consumer(&s.client, &ConsumerConfig::new(&s.stream, "audit")).await?;
+    let dlq = format!("{}_DLQ", s.stream);
+    ensure_stream(&s.client, &StreamConfig::new(&dlq, [format!("{dlq}.>")])).await?;
+    publish_n(&s, 1).await?;
+    let cancel = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for durable in ["workers", "audit"] {
+        let c = Consumer::new(
+            s.client.clone(),
+            &s.stream,
+            durable,
+            ConsumeOptions::default().dead_letter(format!("{dlq}.failed")),
+        )?;
+        let k = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            c.consume(k, |_| async { Err(HandlerError::permanent("bad")) })
+                .await
+        }));
+    }
+    let js = s.client.jetstream();
+    let got = wait_for("two dead letters", Duration::from_secs(10), || async {
+        let n = js
+            .get_stream(&dlq)
+            .await
+            .ok()?
+            .info()
+            .await
+            .ok()?
+            .state
+            .messages;
+        (n >= 2).then_some(n)
+    })
+    .await;
+    cancel.cancel();
+    let mut dead_lettered = 0;
+    for t in tasks {
+        dead_lettered += t.await??.dead_lettered;
+    }
+    let n = js.get_stream(&dlq).await?.info().await?.state.messages;
+    assert!(
+        got.is_ok(),
+        "dead-letter stream holds {n} (both consumers dead-lettered: {dead_lettered})"
+    );
+    assert_eq!(n, 2);
     Ok(())
 }

@@ -129,6 +129,7 @@ impl Consumer {
         let mut keepalive = keepalive_ticker(settings.keepalive);
         let shared = Arc::new(Shared {
             js: self.client.jetstream().clone(),
+            durable: self.durable.clone(),
             options: self.options.clone(),
             stats: self.stats.clone(),
         });
@@ -167,7 +168,8 @@ impl Consumer {
                     let task = AbortOnDrop(tokio::spawn(work));
                     running.push(Box::pin(async move {
                         if let Err(e) = task.wait().await {
-                            warn!(error = %e, "handler panicked; its message comes back after ack_wait");
+                            // Panics are caught in `process`; this is an abort.
+                            warn!(error = %e, "handler task ended abnormally; its message comes back after ack_wait");
                         }
                     }));
                 }

@@ -22,9 +22,10 @@ pub struct ConsumeOptions {
     pub retry_max: Duration,
     /// Where given-up messages go, with the reason in headers (`Natty-Dead-Letter-Reason`,
     /// `Natty-Original-Subject`, `Natty-Original-Stream`, `Natty-Stream-Sequence`,
-    /// `Natty-Deliveries`) and a `Nats-Msg-Id` of `natty-dl:<stream>:<sequence>`, so a repeat
-    /// within the dead-letter stream's duplicate window is stored once. It must be captured by
-    /// some stream; while it is not, the message stays in its own stream and comes back.
+    /// `Natty-Deliveries`) and a `Nats-Msg-Id` of `natty-dl:<stream>:<durable>:<sequence>`, so
+    /// a repeat within the dead-letter stream's duplicate window is stored once. It must be
+    /// captured by some stream; while it is not, the message stays in its own stream and comes
+    /// back (and is then dead-lettered without running the handler again).
     pub dead_letter: Option<String>,
     /// How long one pull request waits for messages (default 30 s).
     pub expires: Duration,

@@ -1,11 +1,12 @@
 //! Running the handler on one message and settling it: ack, nak, dead-letter, term.
 
-use std::{fmt, future::Future, sync::Arc, time::Duration};
+use std::{any::Any, fmt, future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use async_nats::{
     HeaderMap,
     jetstream::{self, AckKind},
 };
+use futures::FutureExt;
 use tracing::{debug, warn};
 
 use super::{ConsumeOptions, stats::Counters};
@@ -95,6 +96,8 @@ pub(super) struct Settings {
 
 pub(super) struct Shared {
     pub(super) js: jetstream::Context,
+    /// The durable's name, part of the dead-letter message id.
+    pub(super) durable: String,
     pub(super) options: ConsumeOptions,
     pub(super) stats: Arc<Counters>,
 }
@@ -115,7 +118,34 @@ impl Shared {
             message.stream_sequence,
             message.delivered,
         );
-        let work = handler(message);
+        // Past natty's limit already (an earlier dead-letter publish failed, or the process
+        // died while handling it): give up without running the handler again.
+        if let Some(max) = settings.max_deliver.filter(|max| delivered > *max) {
+            let error = HandlerError::retry(format!(
+                "delivered {delivered} times, past the limit of {max}: given up without \
+                 running the handler again"
+            ));
+            let action = self.give_up(&m, &subject, seq, delivered, &error).await;
+            self.report(ConsumeError {
+                subject,
+                stream_sequence: seq,
+                delivered,
+                error,
+                action,
+            });
+            return;
+        }
+        // A panicking handler (when it is called or while it runs) is a retryable failure:
+        // it must neither unwind out of `consume` nor leave its message to `ack_wait`.
+        let work = async move {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| handler(message))) {
+                Ok(work) => AssertUnwindSafe(work)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| Err(panicked(&*panic))),
+                Err(panic) => Err(panicked(&*panic)),
+            }
+        };
         tokio::pin!(work);
         // Most handlers finish at once: only a handler still running gets a timer, which
         // keeps its message from being redelivered with in-progress acks.
@@ -190,7 +220,10 @@ impl Shared {
         };
         let stream = m.info().map(|i| i.stream.to_owned()).unwrap_or_default();
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("natty-dl:{stream}:{seq}").as_str());
+        // The durable is part of the id: two durables (a broadcast) giving up on the same
+        // sequence must both be stored, not the second dropped as a duplicate.
+        let id = format!("natty-dl:{stream}:{}:{seq}", self.durable);
+        headers.insert("Nats-Msg-Id", id.as_str());
         headers.insert(
             "Natty-Dead-Letter-Reason",
             error.to_string().replace(['\r', '\n'], " ").as_str(),
@@ -228,5 +261,31 @@ impl Shared {
         {
             Counters::add(&self.stats.errors_dropped);
         }
+    }
+}
+
+/// A handler panic as a retryable failure, with the panic's message.
+fn panicked(panic: &(dyn Any + Send)) -> HandlerError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".to_owned());
+    warn!(panic = %what, "handler panicked: treated as a retryable failure");
+    HandlerError::retry(format!("handler panicked: {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_is_a_retryable_failure_with_its_message() {
+        let e = panicked(&"bad input");
+        assert_eq!(e.retry_delay(), Some(None));
+        assert_eq!(e.reason(), "handler panicked: bad input");
+        let e = panicked(&String::from("index out of bounds"));
+        assert_eq!(e.reason(), "handler panicked: index out of bounds");
+        assert!(panicked(&42_u8).reason().contains("non-string"));
     }
 }
