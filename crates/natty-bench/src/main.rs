@@ -318,7 +318,7 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
             per_burst: if quick { 100 } else { 400 },
             bursts: if quick { 2 } else { 3 },
             heartbeat: Duration::from_secs(1),
-            gap: Duration::from_millis(2500),
+            gap: Duration::from_millis(3500),
         };
         let (mut p50, mut p99, mut max) = ((vec![], vec![]), (vec![], vec![]), (vec![], vec![]));
         for i in 0..s.pairs {

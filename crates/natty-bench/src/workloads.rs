@@ -329,7 +329,7 @@ pub(crate) async fn latency_natty(
         "lat",
         ConsumeOptions::default()
             .heartbeat(w.heartbeat)
-            .expires(w.heartbeat * 2),
+            .expires(w.heartbeat * 3),
     )?;
     let total = w.per_burst * w.bursts;
     let epoch = Instant::now();
@@ -383,7 +383,7 @@ pub(crate) async fn latency_raw(
     let mut messages = consumer
         .stream()
         .heartbeat(w.heartbeat)
-        .expires(w.heartbeat * 2)
+        .expires(w.heartbeat * 3)
         .messages()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -336,7 +336,7 @@ struct Outgoing {
     /// Extra headers the caller gave (usually none); `Nats-Msg-Id` is added when sending.
     extra: Vec<(String, String)>,
     /// `Nats-Msg-Id`: the caller's, or `<prefix>-<instance>-<n>`.
-    msg_id: String,
+    msg_id: MsgId,
     /// The headers of the next attempt, built by the sender (off the pump's path) and taken by
     /// the first attempt; a retry builds them again.
     ready: Option<HeaderMap>,
@@ -362,12 +362,12 @@ impl Outgoing {
 
     fn into_failed(self, error: Error) -> FailedMessage {
         let mut headers = self.extra;
-        headers.push(("Nats-Msg-Id".to_owned(), self.msg_id.clone()));
+        headers.push(("Nats-Msg-Id".to_owned(), self.msg_id.to_string()));
         FailedMessage {
             subject: self.subject.to_string(),
             payload: self.payload,
             headers,
-            msg_id: self.msg_id,
+            msg_id: self.msg_id.to_string(),
             attempts: self.attempts,
             stored: if self.maybe_stored {
                 Stored::Maybe
@@ -379,13 +379,71 @@ impl Outgoing {
     }
 }
 
-fn build_headers(extra: &[(String, String)], msg_id: &str) -> HeaderMap {
+/// A message's `Nats-Msg-Id`: the caller's, or a generated one kept as its parts, so a message
+/// costs one string (the header's), not two.
+#[derive(Clone)]
+enum MsgId {
+    Given(String),
+    /// `<base>-<n>`.
+    Generated(Arc<str>, u64),
+}
+
+impl MsgId {
+    fn to_header(&self) -> String {
+        match self {
+            Self::Given(id) => id.clone(),
+            Self::Generated(base, n) => {
+                use std::fmt::Write as _;
+                let mut id = String::with_capacity(base.len() + 21);
+                let _ = write!(id, "{base}-{n}");
+                id
+            }
+        }
+    }
+}
+
+impl fmt::Display for MsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Given(id) => f.write_str(id),
+            Self::Generated(base, n) => write!(f, "{base}-{n}"),
+        }
+    }
+}
+
+impl fmt::Debug for MsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
+fn build_headers(extra: &[(String, String)], msg_id: &MsgId) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (k, v) in extra {
         map.append(k.as_str(), v.as_str());
     }
-    map.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+    map.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.to_header());
     map
+}
+
+thread_local! {
+    /// The subject this thread sent to last: a publisher mostly sends to a few subjects, and
+    /// a shared copy (a reference count) is cheaper than a fresh one per message.
+    static LAST_SUBJECT: std::cell::RefCell<Option<Subject>> = const { std::cell::RefCell::new(None) };
+}
+
+fn subject_of(subject: &str) -> Subject {
+    LAST_SUBJECT.with(|last| {
+        let mut last = last.borrow_mut();
+        match last.as_ref() {
+            Some(s) if s.as_str() == subject => s.clone(),
+            _ => {
+                let s = Subject::from(subject);
+                *last = Some(s.clone());
+                s
+            }
+        }
+    })
 }
 
 #[derive(Debug)]
@@ -429,7 +487,7 @@ pub struct BatchPublisher {
     /// reads no clock.
     created: Instant,
     /// Generated ids are `<id_base>-<n>`: made by the senders (in parallel), not by the pump.
-    id_base: String,
+    id_base: Arc<str>,
     next_id: AtomicU64,
 }
 
@@ -480,7 +538,7 @@ impl BatchPublisher {
             ended: OnceLock::new(),
             closed: AtomicBool::new(false),
             created: Instant::now(),
-            id_base,
+            id_base: id_base.into(),
             next_id: AtomicU64::new(1),
         }
     }
@@ -553,13 +611,16 @@ impl BatchPublisher {
         if self.closed.load(Ordering::Acquire) {
             return Err(self.gone(&format!("queueing a message for {subject:?}")));
         }
-        let msg_id = options.msg_id.unwrap_or_else(|| {
-            let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-            format!("{}-{n}", self.id_base)
-        });
+        let msg_id = match options.msg_id {
+            Some(id) => MsgId::Given(id),
+            None => MsgId::Generated(
+                self.id_base.clone(),
+                self.next_id.fetch_add(1, Ordering::Relaxed),
+            ),
+        };
         Ok(Outgoing {
             seq: 0,
-            subject: Subject::from(subject),
+            subject: subject_of(subject),
             payload,
             ready: Some(build_headers(&options.headers, &msg_id)),
             extra: options.headers,
