@@ -174,8 +174,9 @@ fn workload(
 }
 
 async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Results> {
-    // `--only publish|fast|consume|kv|election|memory` runs one part (for investigating).
-    let want = |part: &str| only.is_none_or(|o| o == part);
+    // `--only default,publish,fast,consume,latency,kv,election,memory` (comma-separated) runs
+    // only those parts, and the report shows only what ran.
+    let want = |part: &str| only.is_none_or(|o| o.split(',').any(|p| p.trim() == part));
     let s = if quick { QUICK } else { FULL };
     let client = natty::ConnectOptions::new([url]).connect().await?;
     let server_version = client
@@ -185,6 +186,26 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
     let fast_ok = client.server_version().is_some_and(|v| v.at_least(2, 14));
     let mut workloads = Vec::new();
 
+    for size in [128usize, 4096].into_iter().filter(|_| want("default")) {
+        // The default path: `Auto` on a stream made with natty's defaults (which allow batching
+        // on 2.14+), against a careful raw user's pipelined publish.
+        let (a, b) = pairs(
+            &format!("default publish {size} B"),
+            s.pairs,
+            || workloads::publish_natty(&client, "BENCH_DEF", s.publish_n, size, PublishMode::Auto),
+            || workloads::publish_raw(&client, "BENCH_DEF", s.publish_n, size),
+        )
+        .await?;
+        let bound = if size == 128 { 1.4 } else { 1.1 };
+        workloads.push(workload(
+            &format!("default publish (Auto) vs raw pipelined {size} B"),
+            "msg/s",
+            a,
+            b,
+            Some((bound, true, true)),
+            quick,
+        ));
+    }
     for size in [128usize, 4096].into_iter().filter(|_| want("publish")) {
         let (a, b) = pairs(
             &format!("publish {size} B"),
@@ -202,11 +223,11 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
         )
         .await?;
         workloads.push(workload(
-            &format!("batched publish {size} B"),
+            &format!("pipelined publish {size} B"),
             "msg/s",
             a,
             b,
-            Some((0.95, true, true)),
+            Some((0.97, true, true)),
             quick,
         ));
     }
@@ -247,11 +268,34 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
                     PublishMode::FastIngest,
                 )
             },
-            || workloads::fast_raw(&client, "BENCH_FAST", s.publish_n, 128),
+            || workloads::fast_raw(&client, "BENCH_FAST", s.publish_n, 128, true),
         )
         .await?;
         workloads.push(workload(
-            "fast ingest vs raw fast ingest 128 B",
+            "fast ingest vs raw fast ingest with ids 128 B",
+            "msg/s",
+            a,
+            b,
+            Some((0.95, true, true)),
+            quick,
+        ));
+        let (a, b) = pairs(
+            "fast ingest vs raw fast ingest without ids 128 B",
+            s.pairs,
+            || {
+                workloads::publish_natty(
+                    &client,
+                    "BENCH_FAST",
+                    s.publish_n,
+                    128,
+                    PublishMode::FastIngest,
+                )
+            },
+            || workloads::fast_raw(&client, "BENCH_FAST", s.publish_n, 128, false),
+        )
+        .await?;
+        workloads.push(workload(
+            "fast ingest vs raw fast ingest without ids 128 B",
             "msg/s",
             a,
             b,
@@ -262,21 +306,79 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
 
     if want("consume") {
         workloads::fill(&client, "BENCH_CONSUME", s.consume_n).await?;
-        let (a, b) = pairs(
-            "consume",
-            s.pairs,
-            || workloads::consume_natty(&client, "BENCH_CONSUME", "natty", s.consume_n),
-            || workloads::consume_raw(&client, "BENCH_CONSUME", "raw", s.consume_n),
-        )
-        .await?;
+        for (pull, label) in [
+            (
+                workloads::RawPull::Messages,
+                "consume + ack 128 B vs raw messages()",
+            ),
+            (
+                workloads::RawPull::Fetch,
+                "consume + ack 128 B vs raw fetch",
+            ),
+        ] {
+            let (a, b) = pairs(
+                label,
+                s.pairs,
+                || workloads::consume_natty(&client, "BENCH_CONSUME", "natty", s.consume_n),
+                || workloads::consume_raw(&client, "BENCH_CONSUME", "raw", s.consume_n, pull),
+            )
+            .await?;
+            workloads.push(workload(
+                label,
+                "msg/s",
+                a,
+                b,
+                Some((1.0, true, true)),
+                quick,
+            ));
+        }
+    }
+
+    if want("latency") {
+        // Publish-to-handler latency at a low fixed rate, idle gaps longer than the heartbeat.
+        let w = workloads::LowRate {
+            rate: 200.0,
+            per_burst: if quick { 100 } else { 400 },
+            bursts: if quick { 2 } else { 3 },
+            heartbeat: Duration::from_secs(1),
+            gap: Duration::from_millis(3500),
+        };
+        let (mut p50, mut p99, mut max) = ((vec![], vec![]), (vec![], vec![]), (vec![], vec![]));
+        for i in 0..s.pairs {
+            let n = workloads::latency_natty(&client, "BENCH_LAT", w).await?;
+            let r = workloads::latency_raw(&client, "BENCH_LAT", w).await?;
+            for (slot, p) in [(&mut p50, 0.5), (&mut p99, 0.99), (&mut max, 1.0)] {
+                slot.0.push(percentile(&n, p));
+                slot.1.push(percentile(&r, p));
+            }
+            eprintln!(
+                "latency pair {}: p99 natty {:.0} µs raw {:.0} µs, max natty {:.0} µs",
+                i + 1,
+                p99.0[i],
+                p99.1[i],
+                max.0[i]
+            );
+        }
+        let worst = max.0.iter().copied().fold(0.0, f64::max);
         workloads.push(workload(
-            "consume + ack 128 B",
-            "msg/s",
-            a,
-            b,
-            Some((0.95, true, true)),
+            "low-rate latency p50",
+            "µs",
+            p50.0,
+            p50.1,
+            None,
             quick,
         ));
+        workloads.push(workload(
+            "low-rate latency p99",
+            "µs",
+            p99.0,
+            p99.1,
+            Some((1.2, false, true)),
+            quick,
+        ));
+        let mut w = workload("low-rate latency max", "µs", max.0, max.1, None, quick);
+        w.target = Some(judged(quick, "natty max < 1 s".into(), worst < 1e6));
+        workloads.push(w);
     }
 
     let mut kv = [
@@ -323,21 +425,52 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
         workloads.push(workload(&format!("KV {name} p99"), "µs", a, b, None, quick));
     }
 
+    let failover = if want("election") {
+        Some(election(url, &s, quick).await?)
+    } else {
+        None
+    };
+    let (memory, memory_target) = if want("memory") {
+        let (m, t) = memory_run(url, &s, quick).await?;
+        (Some(m), Some(t))
+    } else {
+        (None, None)
+    };
+    Ok(Results {
+        quick,
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        server_version,
+        machine: report::Machine::here(),
+        server: if std::env::var("NATS_URL").is_ok() {
+            format!("external server at {url} (NATS_URL)")
+        } else {
+            "natty-testkit container on this host, JetStream file storage on an anonymous \
+             Docker volume (/data, a host directory, not the overlay layer)"
+                .to_owned()
+        },
+        pairs: s.pairs,
+        workloads,
+        failover,
+        memory,
+        memory_target,
+    })
+}
+
+async fn election(url: &str, s: &Sizes, quick: bool) -> anyhow::Result<Failover> {
     eprintln!(
         "election: {} resign trials, {} crash trials (TTL {CRASH_TTL:?})",
         s.resign_trials, s.crash_trials
     );
-    let (resign_n, crash_n) = if want("election") {
-        (s.resign_trials, s.crash_trials)
-    } else {
-        (0, 0)
-    };
-    let resign_ms = workloads::failover(url, resign_n, CRASH_TTL, false).await?;
-    let crash_ms = workloads::failover(url, crash_n, CRASH_TTL, true).await?;
+    let resign_ms = workloads::failover(url, s.resign_trials, CRASH_TTL, false).await?;
+    let crash_ms = workloads::failover(url, s.crash_trials, CRASH_TTL, true).await?;
     let ttl_ms = CRASH_TTL.as_secs_f64() * 1e3;
     let resign_p99 = percentile(&resign_ms, 0.99);
     let crash_max = crash_ms.iter().copied().fold(0.0, f64::max);
-    let failover = Failover {
+    Ok(Failover {
         ttl_ms,
         resign_target: judged(
             quick || resign_ms.is_empty(),
@@ -351,8 +484,14 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
         ),
         resign_ms,
         crash_ms,
-    };
+    })
+}
 
+async fn memory_run(
+    url: &str,
+    s: &Sizes,
+    quick: bool,
+) -> anyhow::Result<(memory::MemoryResult, Target)> {
     let exe = std::env::current_exe()?;
     let output = tokio::process::Command::new(exe)
         .args(["memory", url, &s.memory_n.to_string()])
@@ -373,18 +512,5 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
         "RSS growth under the configured bound".into(),
         grew <= memory.bound_bytes,
     );
-    Ok(Results {
-        quick,
-        build: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-        server_version,
-        pairs: s.pairs,
-        workloads,
-        failover,
-        memory,
-        memory_target,
-    })
+    Ok((memory, memory_target))
 }

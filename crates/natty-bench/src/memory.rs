@@ -36,7 +36,7 @@ fn status_kib(field: &str) -> u64 {
 pub(crate) async fn run(url: &str, n: u64) -> anyhow::Result<MemoryResult> {
     let client = natty::ConnectOptions::new([url]).connect().await?;
     let stream = format!("BENCH_MEM_{}", std::process::id());
-    crate::workloads::fresh_stream(&client, &stream, false).await?;
+    crate::workloads::fresh_stream(&client, &stream, Some(false)).await?;
     let config = BatchConfig::default();
     let (queue, inflight) = (config.queue_capacity, config.max_in_flight);
     let publisher = BatchPublisher::new(client.clone(), config)?;

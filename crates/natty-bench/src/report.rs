@@ -37,16 +37,45 @@ pub(crate) struct Failover {
     pub(crate) crash_target: Target,
 }
 
+/// The machine the bench ran on.
+#[derive(Debug, Serialize)]
+pub(crate) struct Machine {
+    pub(crate) cores: usize,
+    pub(crate) model: String,
+    pub(crate) os: String,
+}
+
+impl Machine {
+    pub(crate) fn here() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or_else(|| "unknown CPU".to_owned(), |(_, m)| m.trim().to_owned());
+        Self {
+            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            model,
+            os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub(crate) struct Results {
     pub(crate) quick: bool,
     pub(crate) build: &'static str,
     pub(crate) server_version: String,
+    pub(crate) machine: Machine,
+    /// Where the server runs and keeps its data.
+    pub(crate) server: String,
     pub(crate) pairs: usize,
     pub(crate) workloads: Vec<Workload>,
-    pub(crate) failover: Failover,
-    pub(crate) memory: MemoryResult,
-    pub(crate) memory_target: Target,
+    /// Only when the election part ran.
+    pub(crate) failover: Option<Failover>,
+    /// Only when the memory part ran.
+    pub(crate) memory: Option<MemoryResult>,
+    pub(crate) memory_target: Option<Target>,
 }
 
 pub(crate) fn median(v: &[f64]) -> f64 {
@@ -84,8 +113,12 @@ pub(crate) fn write(dir: &Path, r: &Results) -> anyhow::Result<String> {
     writeln!(md, "# natty vs raw async-nats\n")?;
     writeln!(
         md,
-        "nats-server {}, {} build, {} pair(s) per workload run alternately (natty, raw, natty, raw, ...); medians.{}\n",
-        r.server_version,
+        "Machine: {} core(s), {}, {}. Server: nats-server {}, {}.\n",
+        r.machine.cores, r.machine.model, r.machine.os, r.server_version, r.server
+    )?;
+    writeln!(
+        md,
+        "{} build, {} pair(s) per workload run alternately (natty, raw, natty, raw, ...); medians.{}\n",
         r.build,
         r.pairs,
         if r.quick {
@@ -117,7 +150,44 @@ pub(crate) fn write(dir: &Path, r: &Results) -> anyhow::Result<String> {
             w.median_ratio
         )?;
     }
-    let f = &r.failover;
+    if let Some(f) = &r.failover {
+        failover_md(&mut md, f)?;
+    }
+    if let (Some(m), Some(t)) = (&r.memory, &r.memory_target) {
+        memory_md(&mut md, m, t)?;
+    }
+    let missed: Vec<&str> = r
+        .workloads
+        .iter()
+        .filter_map(|w| {
+            w.target
+                .as_ref()
+                .filter(|t| t.met == Some(false))
+                .map(|_| w.name.as_str())
+        })
+        .chain(
+            r.failover
+                .iter()
+                .flat_map(|f| {
+                    [
+                        (&f.resign_target, "resign failover"),
+                        (&f.crash_target, "crash failover"),
+                    ]
+                })
+                .chain(r.memory_target.iter().map(|t| (t, "memory")))
+                .filter(|(t, _)| t.met == Some(false))
+                .map(|(_, n)| n),
+        )
+        .collect();
+    if !missed.is_empty() {
+        writeln!(md, "\n**Targets missed:** {}.", missed.join(", "))?;
+    }
+    std::fs::write(dir.join("report.md"), &md)?;
+    svg(&dir.join("report.svg"), r)?;
+    Ok(md)
+}
+
+fn failover_md(md: &mut String, f: &Failover) -> anyhow::Result<()> {
     writeln!(
         md,
         "\n## Election failover (natty; TTL {:.0} ms)\n",
@@ -143,7 +213,10 @@ pub(crate) fn write(dir: &Path, r: &Results) -> anyhow::Result<String> {
             verdict(t)
         )?;
     }
-    let m = &r.memory;
+    Ok(())
+}
+
+fn memory_md(md: &mut String, m: &MemoryResult, target: &Target) -> anyhow::Result<()> {
     writeln!(md, "\n## Batch publisher memory\n")?;
     writeln!(
         md,
@@ -157,52 +230,52 @@ pub(crate) fn write(dir: &Path, r: &Results) -> anyhow::Result<String> {
         m.peak_rss_bytes as f64 / 1048576.0,
         m.baseline_rss_bytes as f64 / 1048576.0,
         m.bound_bytes as f64 / 1048576.0,
-        r.memory_target.text,
-        verdict(&r.memory_target)
+        target.text,
+        verdict(target)
     )?;
-    let missed: Vec<&str> = r
-        .workloads
-        .iter()
-        .filter_map(|w| {
-            w.target
-                .as_ref()
-                .filter(|t| t.met == Some(false))
-                .map(|_| w.name.as_str())
-        })
-        .chain(
-            [
-                (&f.resign_target, "resign failover"),
-                (&f.crash_target, "crash failover"),
-                (&r.memory_target, "memory"),
-            ]
-            .into_iter()
-            .filter(|(t, _)| t.met == Some(false))
-            .map(|(_, n)| n),
-        )
-        .collect();
-    if !missed.is_empty() {
-        writeln!(md, "\n**Targets missed:** {}.", missed.join(", "))?;
-    }
-    std::fs::write(dir.join("report.md"), &md)?;
-    svg(&dir.join("report.svg"), r)?;
-    Ok(md)
+    Ok(())
 }
 
+/// One chart per unit (msg/s: higher is better; µs: lower is better), then the failover
+/// trials when the election part ran.
 fn svg(path: &Path, r: &Results) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (1000, 700)).into_drawing_area();
+    let mut units: Vec<&str> = Vec::new();
+    for w in &r.workloads {
+        if !units.contains(&w.unit) {
+            units.push(w.unit);
+        }
+    }
+    let panels = units.len() + usize::from(r.failover.is_some());
+    let height = u32::try_from(panels.max(1) * 360).unwrap_or(u32::MAX);
+    let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (top, bottom) = root.split_vertically(380);
-    // Ratios per workload, with the 1.0 line.
-    let n = r.workloads.len().max(1);
-    let max = r
-        .workloads
-        .iter()
-        .map(|w| w.median_ratio)
-        .fold(1.5, f64::max)
-        * 1.1;
-    let mut chart = ChartBuilder::on(&top)
+    let areas = root.split_evenly((panels.max(1), 1));
+    for (unit, area) in units.iter().zip(&areas) {
+        let ws: Vec<&Workload> = r.workloads.iter().filter(|w| w.unit == *unit).collect();
+        ratio_chart(area, unit, &ws)?;
+    }
+    if let (Some(f), Some(area)) = (&r.failover, areas.get(units.len())) {
+        failover_chart(area, f)?;
+    }
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+fn ratio_chart(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    unit: &str,
+    ws: &[&Workload],
+) -> anyhow::Result<()> {
+    let better = if unit == "msg/s" {
+        "higher is better"
+    } else {
+        "lower is better"
+    };
+    let n = ws.len().max(1);
+    let max = ws.iter().map(|w| w.median_ratio).fold(1.5, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(area)
         .caption(
-            "natty / raw async-nats (median ratio; >1 faster for msg/s, slower for latency)",
+            format!("natty / raw, {unit} (median ratio; {better}; red line = parity)"),
             ("sans-serif", 18),
         )
         .margin(10)
@@ -215,15 +288,14 @@ fn svg(path: &Path, r: &Results) -> anyhow::Result<()> {
         .disable_x_mesh()
         .x_labels(n)
         .x_label_formatter(&|x| {
-            r.workloads
-                .get(*x as usize)
+            ws.get(*x as usize)
                 .map(|w| w.name.clone())
                 .unwrap_or_default()
         })
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     chart
-        .draw_series(r.workloads.iter().enumerate().map(|(i, w)| {
+        .draw_series(ws.iter().enumerate().map(|(i, w)| {
             let x = i as f64;
             Rectangle::new(
                 [(x + 0.15, 0.0), (x + 0.85, w.median_ratio)],
@@ -234,8 +306,13 @@ fn svg(path: &Path, r: &Results) -> anyhow::Result<()> {
     chart
         .draw_series(LineSeries::new([(0.0, 1.0), (n as f64, 1.0)], RED))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    // Failover latency distribution (each trial a point).
-    let f = &r.failover;
+    Ok(())
+}
+
+fn failover_chart(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    f: &Failover,
+) -> anyhow::Result<()> {
     let ymax = f
         .resign_ms
         .iter()
@@ -243,7 +320,7 @@ fn svg(path: &Path, r: &Results) -> anyhow::Result<()> {
         .copied()
         .fold(f.ttl_ms + 600.0, f64::max)
         * 1.1;
-    let mut chart = ChartBuilder::on(&bottom)
+    let mut chart = ChartBuilder::on(area)
         .caption(
             "election failover per trial (ms): resign (blue), crash (red), TTL + 500 ms (grey)",
             ("sans-serif", 18),
@@ -283,6 +360,5 @@ fn svg(path: &Path, r: &Results) -> anyhow::Result<()> {
             BLACK.mix(0.4),
         ))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::{
     collections::VecDeque,
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -22,14 +23,25 @@ use natty::{
 /// Messages per second.
 pub(crate) type Rate = f64;
 
-pub(crate) async fn fresh_stream(client: &Client, name: &str, batched: bool) -> anyhow::Result<()> {
+/// A new stream `name` on `name.>`: batching as asked, or natty's default (`None`).
+pub(crate) async fn fresh_stream(
+    client: &Client,
+    name: &str,
+    batched: Option<bool>,
+) -> anyhow::Result<()> {
     natty::stream::delete_stream(client, name).await?;
-    natty::stream::ensure_stream(
-        client,
-        &StreamConfig::new(name, [format!("{name}.>")]).allow_batched(batched),
-    )
-    .await?;
+    let mut config = StreamConfig::new(name, [format!("{name}.>")]);
+    if let Some(batched) = batched {
+        config = config.allow_batched(batched);
+    }
+    natty::stream::ensure_stream(client, &config).await?;
     Ok(())
+}
+
+/// A per-run id prefix as long as natty's (a NUID, as a careful user would make unique ids
+/// with): the server's duplicate tracking and storage cost grow with the id's length.
+fn id_prefix(client: &Client) -> String {
+    client.nats().new_inbox().replace("_INBOX.", "")
 }
 
 fn payload(size: usize) -> Bytes {
@@ -42,10 +54,11 @@ pub(crate) async fn publish_raw(
     n: u64,
     size: usize,
 ) -> anyhow::Result<Rate> {
-    fresh_stream(client, stream, false).await?;
+    fresh_stream(client, stream, Some(false)).await?;
     let js = jetstream::new(client.nats().clone());
     let subject = format!("{stream}.x");
     let body = payload(size);
+    let prefix = id_prefix(client);
     let start = Instant::now();
     let mut inflight = VecDeque::with_capacity(4096);
     for i in 0..n {
@@ -55,7 +68,7 @@ pub(crate) async fn publish_raw(
             ack.await?;
         }
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("raw-{i}").as_str());
+        headers.insert("Nats-Msg-Id", format!("{prefix}-{i}").as_str());
         inflight.push_back(
             js.publish_with_headers(subject.clone(), headers, body.clone())
                 .await?,
@@ -74,7 +87,14 @@ pub(crate) async fn publish_natty(
     size: usize,
     mode: PublishMode,
 ) -> anyhow::Result<Rate> {
-    fresh_stream(client, stream, mode == PublishMode::FastIngest).await?;
+    // Auto runs on a stream made with natty's defaults (the default path); the explicit
+    // modes on a stream that suits them.
+    let batched = match mode {
+        PublishMode::FastIngest => Some(true),
+        PublishMode::Pipelined => Some(false),
+        _ => None,
+    };
+    fresh_stream(client, stream, batched).await?;
     let publisher = BatchPublisher::new(client.clone(), BatchConfig::default().mode(mode))?;
     let subject = format!("{stream}.x");
     let body = payload(size);
@@ -92,24 +112,41 @@ pub(crate) async fn publish_natty(
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
+/// Raw fast ingest (flow 500, 3 outstanding acks, as natty). With `ids`, each message
+/// carries a `Nats-Msg-Id`, as a careful user's must for a re-send after a failed batch to be
+/// safe (natty's are always there); without, the protocol's bare speed.
 pub(crate) async fn fast_raw(
     client: &Client,
     stream: &str,
     n: u64,
     size: usize,
+    ids: bool,
 ) -> anyhow::Result<Rate> {
-    fresh_stream(client, stream, true).await?;
+    fresh_stream(client, stream, Some(true)).await?;
     let js = jetstream::new(client.nats().clone());
-    let subject = format!("{stream}.x");
+    let subject = async_nats::Subject::from(format!("{stream}.x"));
     let body = payload(size);
+    let prefix = id_prefix(client);
     let start = Instant::now();
     let mut batch = js
         .fast_publish()
         .flow(500)
         .max_outstanding_acks(3)
         .build()?;
-    for _ in 0..n {
-        batch.add(subject.clone(), body.clone()).await?;
+    for i in 0..n {
+        if ids {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("{prefix}-{i}").as_str());
+            batch
+                .add_message(jetstream::message::OutboundMessage {
+                    subject: subject.clone(),
+                    payload: body.clone(),
+                    headers: Some(headers),
+                })
+                .await?;
+        } else {
+            batch.add(subject.clone(), body.clone()).await?;
+        }
     }
     let ack = batch.close().await?;
     anyhow::ensure!(
@@ -125,11 +162,21 @@ pub(crate) async fn fill(client: &Client, stream: &str, n: u64) -> anyhow::Resul
     publish_raw(client, stream, n, 128).await.map(drop)
 }
 
+/// How the raw consumer pulls: both are strong raw forms, the bench reports each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RawPull {
+    /// `fetch()` batches of 500, each message acked.
+    Fetch,
+    /// The `messages()` stream (async-nats' continuous pull), each message acked.
+    Messages,
+}
+
 pub(crate) async fn consume_raw(
     client: &Client,
     stream: &str,
     durable: &str,
     n: u64,
+    pull: RawPull,
 ) -> anyhow::Result<Rate> {
     let js = jetstream::new(client.nats().clone());
     let s = js.get_stream(stream).await?;
@@ -144,6 +191,23 @@ pub(crate) async fn consume_raw(
         .await?;
     let start = Instant::now();
     let mut got = 0u64;
+    if pull == RawPull::Messages {
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(500)
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        while got < n {
+            let m = messages
+                .next()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("messages() ended after {got}"))?
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            got += 1;
+        }
+    }
     while got < n {
         let mut batch = consumer
             .fetch()
@@ -203,6 +267,170 @@ pub(crate) async fn consume_natty(
     let elapsed = start.elapsed();
     anyhow::ensure!(stats.acked >= n, "acked {} of {n}", stats.acked);
     Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// The low-rate latency workload: `bursts` bursts of `per_burst` messages at `rate` msg/s,
+/// each followed by an idle gap longer than the consumer's heartbeat and pull expiry, so the
+/// consumer is idle between them. Publish-to-handler latency per message, in microseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LowRate {
+    pub(crate) rate: f64,
+    pub(crate) per_burst: usize,
+    pub(crate) bursts: usize,
+    pub(crate) heartbeat: Duration,
+    pub(crate) gap: Duration,
+}
+
+/// Payload: the send time, in nanoseconds since `epoch`.
+fn stamp(epoch: Instant) -> Bytes {
+    let ns = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    Bytes::copy_from_slice(&ns.to_be_bytes())
+}
+
+fn latency_us(epoch: Instant, payload: &[u8]) -> f64 {
+    let sent = payload
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes);
+    let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    now.saturating_sub(sent) as f64 / 1e3
+}
+
+/// Sends the bursts, calling `send` per message at the fixed rate.
+async fn paced<F, Fut>(w: LowRate, epoch: Instant, mut send: F) -> anyhow::Result<()>
+where
+    F: FnMut(Bytes) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let period = Duration::from_secs_f64(1.0 / w.rate);
+    for _ in 0..w.bursts {
+        tokio::time::sleep(w.gap).await;
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for _ in 0..w.per_burst {
+            tick.tick().await;
+            send(stamp(epoch)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// natty: `BatchPublisher` (Auto, on a default stream) into a `Consumer` with heartbeat `w.heartbeat`.
+pub(crate) async fn latency_natty(
+    client: &Client,
+    stream: &str,
+    w: LowRate,
+) -> anyhow::Result<Vec<f64>> {
+    fresh_stream(client, stream, None).await?;
+    natty::stream::ensure_consumer(client, &ConsumerConfig::new(stream, "lat")).await?;
+    let consumer = Consumer::new(
+        client.clone(),
+        stream,
+        "lat",
+        ConsumeOptions::default()
+            .heartbeat(w.heartbeat)
+            .expires(w.heartbeat * 3),
+    )?;
+    let total = w.per_burst * w.bursts;
+    let epoch = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let task = {
+        let (c, k) = (consumer.clone(), cancel.clone());
+        tokio::spawn(async move {
+            c.consume(k, move |m| {
+                let _ = tx.send(latency_us(epoch, &m.payload));
+                async { Ok(()) }
+            })
+            .await
+        })
+    };
+    let publisher = BatchPublisher::new(client.clone(), BatchConfig::default())?;
+    let subject = format!("{stream}.x");
+    paced(w, epoch, |body| {
+        let (p, s) = (&publisher, &subject);
+        async move { Ok(p.send(s, body).await?) }
+    })
+    .await?;
+    let report = publisher.close().await?;
+    anyhow::ensure!(report.failed.is_empty(), "natty lost messages");
+    let out = collect(&mut rx, total).await;
+    cancel.cancel();
+    task.await??;
+    out
+}
+
+/// raw: pipelined publish (ack awaited off the send path) into `messages()` with the same heartbeat.
+pub(crate) async fn latency_raw(
+    client: &Client,
+    stream: &str,
+    w: LowRate,
+) -> anyhow::Result<Vec<f64>> {
+    fresh_stream(client, stream, Some(false)).await?;
+    let js = jetstream::new(client.nats().clone());
+    let consumer: jetstream::consumer::Consumer<pull::Config> = js
+        .get_stream(stream)
+        .await?
+        .create_consumer(pull::Config {
+            durable_name: Some("lat".to_owned()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let total = w.per_burst * w.bursts;
+    let epoch = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = consumer
+        .stream()
+        .heartbeat(w.heartbeat)
+        .expires(w.heartbeat * 3)
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let task = tokio::spawn(async move {
+        while let Some(m) = messages.next().await {
+            // A missed heartbeat is an error item; the stream goes on.
+            let Ok(m) = m else { continue };
+            let _ = tx.send(latency_us(epoch, &m.payload));
+            let _ = m.ack().await;
+        }
+    });
+    let (acks_tx, mut acks_rx) = tokio::sync::mpsc::unbounded_channel();
+    let acker = tokio::spawn(async move {
+        while let Some(ack) = acks_rx.recv().await {
+            let ack: jetstream::context::PublishAckFuture = ack;
+            ack.await?;
+        }
+        anyhow::Ok(())
+    });
+    let subject = format!("{stream}.x");
+    paced(w, epoch, |body| {
+        let (js, s, acks) = (&js, subject.clone(), &acks_tx);
+        async move {
+            let _ = acks.send(js.publish(s, body).await?);
+            Ok(())
+        }
+    })
+    .await?;
+    drop(acks_tx);
+    acker.await??;
+    let out = collect(&mut rx, total).await;
+    task.abort();
+    out
+}
+
+async fn collect(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<f64>,
+    total: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some(us)) => out.push(us),
+            _ => anyhow::bail!("received {} of {total} messages", out.len()),
+        }
+    }
+    Ok(out)
 }
 
 /// Latencies of `ops` sequential operations, in microseconds: (put, get, refresh).

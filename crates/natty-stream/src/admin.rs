@@ -23,7 +23,9 @@ pub enum Storage {
 }
 
 /// A stream's configuration (Go natty `CreateStream`). Defaults: limits retention, file
-/// storage, max age 30 days, duplicate window 2 minutes, 1 replica.
+/// storage, max age 30 days, duplicate window 2 minutes, 1 replica, batched publishing allowed
+/// on servers that have it (2.14+), so a [`BatchPublisher`](crate::BatchPublisher) in
+/// [`PublishMode::Auto`](crate::PublishMode::Auto) takes fast ingest to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StreamConfig {
@@ -41,8 +43,11 @@ pub struct StreamConfig {
     pub replicas: usize,
     /// Description.
     pub description: String,
-    /// Allow fast-ingest batch publishing (server 2.14+).
-    pub allow_batched: bool,
+    /// Allow fast-ingest batch publishing (ADR-50, server 2.14+). `None` (the default): allowed
+    /// when natty creates the stream on a 2.14+ server, and not checked on an existing stream;
+    /// `Some(true)`: required (an existing stream without it is a `ConfigMismatch`);
+    /// `Some(false)`: not allowed on a stream natty creates.
+    pub allow_batched: Option<bool>,
 }
 
 impl StreamConfig {
@@ -59,7 +64,7 @@ impl StreamConfig {
             storage: Storage::File,
             replicas: 1,
             description: String::new(),
-            allow_batched: false,
+            allow_batched: None,
         }
     }
 
@@ -98,10 +103,10 @@ impl StreamConfig {
         self
     }
 
-    /// Allow fast-ingest batch publishing.
+    /// Allow (or, with `false`, do not allow) fast-ingest batch publishing.
     #[must_use]
     pub fn allow_batched(mut self, allow: bool) -> Self {
-        self.allow_batched = allow;
+        self.allow_batched = Some(allow);
         self
     }
 
@@ -143,7 +148,8 @@ impl StreamConfig {
         Ok(())
     }
 
-    fn to_jetstream(&self) -> stream::Config {
+    /// The server's config; `batch_capable`: the server has fast ingest (2.14+).
+    fn to_jetstream(&self, batch_capable: bool) -> stream::Config {
         stream::Config {
             name: self.name.clone(),
             subjects: self.subjects.clone(),
@@ -156,7 +162,7 @@ impl StreamConfig {
             num_replicas: self.replicas,
             description: (!self.description.is_empty()).then(|| self.description.clone()),
             retention: stream::RetentionPolicy::Limits,
-            allow_batch_publish: self.allow_batched,
+            allow_batch_publish: self.allow_batched.unwrap_or(batch_capable),
             ..Default::default()
         }
     }
@@ -177,6 +183,7 @@ fn invalid(name: &str, what: &str) -> Error {
 pub async fn ensure_stream(client: &Client, config: &StreamConfig) -> Result<(), Error> {
     config.validate()?;
     let span = info_span!("natty.stream.ensure_stream", stream = %config.name);
+    let batch_capable = client.server_version().is_some_and(|v| v.at_least(2, 14));
     async {
         let js = client.jetstream();
         match js.get_stream(&config.name).await {
@@ -187,7 +194,7 @@ pub async fn ensure_stream(client: &Client, config: &StreamConfig) -> Result<(),
                     .map_err(|e| other(e, "reading stream info"))?
                     .config
                     .clone();
-                let want = config.to_jetstream();
+                let want = config.to_jetstream(batch_capable);
                 let mut diffs = Vec::new();
                 let mut subjects_have = have.subjects.clone();
                 let mut subjects_want = want.subjects.clone();
@@ -228,7 +235,7 @@ pub async fn ensure_stream(client: &Client, config: &StreamConfig) -> Result<(),
                             .to_owned(),
                     );
                 }
-                if config.allow_batched && !have.allow_batch_publish {
+                if config.allow_batched == Some(true) && !have.allow_batch_publish {
                     diffs.push("allow_batched false (asked true)".to_owned());
                 }
                 if !diffs.is_empty() {
@@ -244,7 +251,7 @@ pub async fn ensure_stream(client: &Client, config: &StreamConfig) -> Result<(),
                 Ok(())
             }
             Err(e) if server_code(&e) == Some(STREAM_NOT_FOUND) => {
-                js.create_stream(config.to_jetstream())
+                js.create_stream(config.to_jetstream(batch_capable))
                     .await
                     .map_err(|e| other(e, &format!("creating stream {:?}", config.name)))?;
                 info!("stream created");

@@ -277,7 +277,11 @@ async fn fast_ingest_on_a_stream_without_allow_batched_is_unsupported() -> anyho
     let nats = Nats::start().await?;
     let client = ConnectOptions::new([nats.url()]).connect().await?;
     let name = unique_name("SLOW").replace('-', "_");
-    ensure_stream(&client, &StreamConfig::new(&name, [format!("{name}.>")])).await?;
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&name, [format!("{name}.>")]).allow_batched(false),
+    )
+    .await?;
     let publisher = BatchPublisher::new(
         client.clone(),
         BatchConfig::default().mode(PublishMode::FastIngest),
@@ -296,5 +300,59 @@ async fn fast_ingest_on_a_stream_without_allow_batched_is_unsupported() -> anyho
     let publisher = BatchPublisher::new(client.clone(), BatchConfig::default())?;
     publisher.send(&format!("{name}.x"), "x".into()).await?;
     assert!(publisher.close().await?.failed.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_stream_natty_creates_allows_batching_by_default_so_auto_takes_fast_ingest()
+-> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    let name = unique_name("DEFAULT").replace('-', "_");
+    ensure_stream(&client, &StreamConfig::new(&name, [format!("{name}.>")])).await?;
+    let info = client
+        .jetstream()
+        .get_stream(&name)
+        .await?
+        .cached_info()
+        .clone();
+    assert!(
+        info.config.allow_batch_publish,
+        "a stream made with natty's defaults on nats-server 2.14+ must allow batched publishing"
+    );
+    // FastIngest (which refuses a stream without batching) stores to it.
+    let publisher = BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default().mode(PublishMode::FastIngest),
+    )?;
+    for i in 0..100u64 {
+        publisher
+            .send(&format!("{name}.x"), i.to_be_bytes().to_vec().into())
+            .await?;
+    }
+    let report = publisher.close().await?;
+    assert!(report.failed.is_empty(), "{:?}", report.failed.first());
+    assert_eq!(
+        stored_numbers(&client, &name).await?,
+        (0..100).collect::<Vec<_>>()
+    );
+    // An existing stream without batching still satisfies the default (not checked)...
+    let plain = format!("{name}_PLAIN");
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&plain, [format!("{plain}.>")]).allow_batched(false),
+    )
+    .await?;
+    ensure_stream(&client, &StreamConfig::new(&plain, [format!("{plain}.>")])).await?;
+    // ... but not an explicit requirement.
+    let err = ensure_stream(
+        &client,
+        &StreamConfig::new(&plain, [format!("{plain}.>")]).allow_batched(true),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConfigMismatch, "{err}");
     Ok(())
 }

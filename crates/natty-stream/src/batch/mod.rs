@@ -14,6 +14,7 @@
 //! stream takes a subject and how; [`fast`] is an open fast-ingest batch.
 
 mod fast;
+mod gate;
 mod pump;
 mod route;
 #[cfg(test)]
@@ -38,6 +39,7 @@ use tokio::{
 };
 use tracing::{Instrument, info_span, warn};
 
+use self::gate::Gate;
 use crate::{Error, ErrorKind, PublishOptions, error::from_core};
 
 /// The longest timer a [`BatchConfig`] accepts (a day): beyond it `Instant + Duration` could
@@ -334,7 +336,10 @@ struct Outgoing {
     /// Extra headers the caller gave (usually none); `Nats-Msg-Id` is added when sending.
     extra: Vec<(String, String)>,
     /// `Nats-Msg-Id`: the caller's, or `<prefix>-<instance>-<n>`.
-    msg_id: String,
+    msg_id: MsgId,
+    /// The headers of the next attempt, built by the sender (off the pump's path) and taken by
+    /// the first attempt; a retry builds them again.
+    ready: Option<HeaderMap>,
     attempts: u32,
     /// When the pump took it (no later than its first send): the duplicate window runs from
     /// at least here.
@@ -346,24 +351,23 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    /// The headers sent: built per attempt, as cheap as a fresh map (cloning one is not).
-    fn headers(&self) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in &self.extra {
-            map.append(k.as_str(), v.as_str());
+    /// The headers of this attempt: those the sender built for the first, then a fresh map
+    /// per retry (as cheap as a fresh map: cloning one is not).
+    fn headers(&mut self) -> HeaderMap {
+        if let Some(ready) = self.ready.take() {
+            return ready;
         }
-        map.insert("Nats-Msg-Id", self.msg_id.as_str());
-        map
+        build_headers(&self.extra, &self.msg_id)
     }
 
     fn into_failed(self, error: Error) -> FailedMessage {
         let mut headers = self.extra;
-        headers.push(("Nats-Msg-Id".to_owned(), self.msg_id.clone()));
+        headers.push(("Nats-Msg-Id".to_owned(), self.msg_id.to_string()));
         FailedMessage {
             subject: self.subject.to_string(),
             payload: self.payload,
             headers,
-            msg_id: self.msg_id,
+            msg_id: self.msg_id.to_string(),
             attempts: self.attempts,
             stored: if self.maybe_stored {
                 Stored::Maybe
@@ -373,6 +377,73 @@ impl Outgoing {
             error,
         }
     }
+}
+
+/// A message's `Nats-Msg-Id`: the caller's, or a generated one kept as its parts, so a message
+/// costs one string (the header's), not two.
+#[derive(Clone)]
+enum MsgId {
+    Given(String),
+    /// `<base>-<n>`.
+    Generated(Arc<str>, u64),
+}
+
+impl MsgId {
+    fn to_header(&self) -> String {
+        match self {
+            Self::Given(id) => id.clone(),
+            Self::Generated(base, n) => {
+                use std::fmt::Write as _;
+                let mut id = String::with_capacity(base.len() + 21);
+                let _ = write!(id, "{base}-{n}");
+                id
+            }
+        }
+    }
+}
+
+impl fmt::Display for MsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Given(id) => f.write_str(id),
+            Self::Generated(base, n) => write!(f, "{base}-{n}"),
+        }
+    }
+}
+
+impl fmt::Debug for MsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
+fn build_headers(extra: &[(String, String)], msg_id: &MsgId) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in extra {
+        map.append(k.as_str(), v.as_str());
+    }
+    map.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.to_header());
+    map
+}
+
+thread_local! {
+    /// The subject this thread sent to last: a publisher mostly sends to a few subjects, and
+    /// a shared copy (a reference count) is cheaper than a fresh one per message.
+    static LAST_SUBJECT: std::cell::RefCell<Option<Subject>> = const { std::cell::RefCell::new(None) };
+}
+
+fn subject_of(subject: &str) -> Subject {
+    LAST_SUBJECT.with(|last| {
+        let mut last = last.borrow_mut();
+        match last.as_ref() {
+            Some(s) if s.as_str() == subject => s.clone(),
+            _ => {
+                let s = Subject::from(subject);
+                *last = Some(s.clone());
+                s
+            }
+        }
+    })
 }
 
 #[derive(Debug)]
@@ -402,7 +473,10 @@ enum Command {
 /// ```
 #[derive(Debug)]
 pub struct BatchPublisher {
-    tx: mpsc::Sender<Command>,
+    /// The queue to the pump; its bound is kept by `gate` (a place is reserved before a
+    /// message goes in, and freed when the pump takes it).
+    tx: mpsc::UnboundedSender<Command>,
+    gate: Arc<Gate>,
     errors: Mutex<Option<mpsc::UnboundedReceiver<FailedMessage>>>,
     stats: Arc<Counters>,
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
@@ -413,7 +487,7 @@ pub struct BatchPublisher {
     /// reads no clock.
     created: Instant,
     /// Generated ids are `<id_base>-<n>`: made by the senders (in parallel), not by the pump.
-    id_base: String,
+    id_base: Arc<str>,
     next_id: AtomicU64,
 }
 
@@ -421,7 +495,8 @@ impl BatchPublisher {
     /// Starts a publisher (its task runs on the current tokio runtime).
     pub fn new(client: Client, config: BatchConfig) -> Result<Self, Error> {
         config.validate()?;
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let gate = Arc::new(Gate::new(config.queue_capacity));
         let (failed_tx, failed_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Counters::default());
         // Random per publisher instance, even under a fixed prefix: a restarted process must
@@ -442,12 +517,13 @@ impl BatchPublisher {
         let span = info_span!("natty.stream.batch_publisher", ids = %id_base);
         let fast_capable = client.server_version().is_some_and(|v| v.at_least(2, 14));
         let pump = pump::Pump::new(js, config, fast_capable, failed_tx, stats.clone());
-        let task = tokio::spawn(pump.run(rx).instrument(span));
-        Ok(Self::from_parts(tx, failed_rx, stats, task, id_base))
+        let task = tokio::spawn(pump.run(rx, gate.clone()).instrument(span));
+        Ok(Self::from_parts(tx, gate, failed_rx, stats, task, id_base))
     }
 
     fn from_parts(
-        tx: mpsc::Sender<Command>,
+        tx: mpsc::UnboundedSender<Command>,
+        gate: Arc<Gate>,
         errors: mpsc::UnboundedReceiver<FailedMessage>,
         stats: Arc<Counters>,
         task: JoinHandle<()>,
@@ -455,13 +531,14 @@ impl BatchPublisher {
     ) -> Self {
         Self {
             tx,
+            gate,
             errors: Mutex::new(Some(errors)),
             stats,
             task: tokio::sync::Mutex::new(Some(task)),
             ended: OnceLock::new(),
             closed: AtomicBool::new(false),
             created: Instant::now(),
-            id_base,
+            id_base: id_base.into(),
             next_id: AtomicU64::new(1),
         }
     }
@@ -489,10 +566,18 @@ impl BatchPublisher {
         options: PublishOptions,
     ) -> Result<(), Error> {
         let m = self.outgoing(subject, payload, options)?;
-        self.tx
-            .send(Command::Publish(m))
-            .await
-            .map_err(|_| self.gone(&format!("queueing a message for {subject:?}")))?;
+        if !self.gate.reserve().await {
+            return Err(self.gone(&format!("queueing a message for {subject:?}")));
+        }
+        self.enqueue(m, subject)
+    }
+
+    /// Puts `m` in the queue, in a place already reserved.
+    fn enqueue(&self, m: Outgoing, subject: &str) -> Result<(), Error> {
+        if self.tx.send(Command::Publish(m)).is_err() {
+            self.gate.release();
+            return Err(self.gone(&format!("queueing a message for {subject:?}")));
+        }
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -500,22 +585,19 @@ impl BatchPublisher {
     /// Queues a message if there is room now; `Full` otherwise (nothing queued).
     pub fn try_send(&self, subject: &str, payload: Bytes) -> Result<(), Error> {
         let m = self.outgoing(subject, payload, PublishOptions::default())?;
-        match self.tx.try_send(Command::Publish(m)) {
-            Ok(()) => {
-                self.stats.queued.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(Error::new(
+        if self.gate.is_closed() {
+            return Err(self.gone(&format!("queueing a message for {subject:?}")));
+        }
+        if !self.gate.try_reserve() {
+            return Err(Error::new(
                 ErrorKind::Full,
                 format!(
                     "queueing a message for {subject:?}: all {} places taken",
-                    self.tx.max_capacity()
+                    self.gate.capacity()
                 ),
-            )),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(self.gone(&format!("queueing a message for {subject:?}")))
-            }
+            ));
         }
+        self.enqueue(m, subject)
     }
 
     fn outgoing(
@@ -529,15 +611,20 @@ impl BatchPublisher {
         if self.closed.load(Ordering::Acquire) {
             return Err(self.gone(&format!("queueing a message for {subject:?}")));
         }
+        let msg_id = match options.msg_id {
+            Some(id) => MsgId::Given(id),
+            None => MsgId::Generated(
+                self.id_base.clone(),
+                self.next_id.fetch_add(1, Ordering::Relaxed),
+            ),
+        };
         Ok(Outgoing {
             seq: 0,
-            subject: Subject::from(subject),
+            subject: subject_of(subject),
             payload,
+            ready: Some(build_headers(&options.headers, &msg_id)),
             extra: options.headers,
-            msg_id: options.msg_id.unwrap_or_else(|| {
-                let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-                format!("{}-{n}", self.id_base)
-            }),
+            msg_id,
             attempts: 0,
             first_seen: self.created,
             maybe_stored: false,
@@ -549,7 +636,7 @@ impl BatchPublisher {
     /// handed back. An error when the publisher is closed or its task died.
     pub async fn flush(&self) -> Result<BatchStats, Error> {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Command::Flush(tx)).await.is_err() || rx.await.is_err() {
+        if self.tx.send(Command::Flush(tx)).is_err() || rx.await.is_err() {
             return Err(self.gone("flushing the batch publisher"));
         }
         Ok(self.stats())
@@ -563,7 +650,7 @@ impl BatchPublisher {
     pub async fn close(&self) -> Result<CloseReport, Error> {
         if !self.closed.swap(true, Ordering::AcqRel) {
             let (tx, rx) = oneshot::channel();
-            if self.tx.send(Command::Close(tx)).await.is_ok() {
+            if self.tx.send(Command::Close(tx)).is_ok() {
                 let _ = rx.await;
             }
         }

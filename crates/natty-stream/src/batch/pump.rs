@@ -8,13 +8,14 @@
 
 use std::{
     collections::VecDeque,
-    future::Future,
+    future::{Future, IntoFuture},
     pin::Pin,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
 use async_nats::jetstream::{self, context::PublishErrorKind};
+use futures::FutureExt;
 use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
@@ -24,6 +25,7 @@ use tracing::{debug, warn};
 use super::{
     BatchConfig, Command, Counters, FailedMessage, Outgoing, PublishMode,
     fast::{FastBatch, FastFailure},
+    gate::Gate,
     route::{Route, Routes},
 };
 use crate::{
@@ -35,7 +37,45 @@ use crate::{
 const FAST_LINGER: Duration = Duration::from_millis(2);
 
 type AckResult = Result<jetstream::publish::PublishAck, Error>;
-type AckFuture = Pin<Box<dyn Future<Output = (Outgoing, AckResult)> + Send>>;
+/// async-nats' own ack future (already boxed by it: no second box here).
+type RawAck = Pin<
+    Box<
+        dyn Future<
+                Output = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+            > + Send,
+    >,
+>;
+
+/// A pipelined publish awaiting its ack. Its deadline is checked by the pump's one ack timer
+/// (deadlines grow in send order, so only the head's matters): no timer per message.
+struct InFlight {
+    m: Outgoing,
+    /// The ack, or why the publish was not sent.
+    ack: Result<RawAck, jetstream::context::PublishError>,
+    /// The ack deadline runs from the send, not from when the ack is first polled: the queue
+    /// is awaited head first, and a node that dies with thousands of acks owed must cost one
+    /// ack timeout, not one per message in turn.
+    deadline: Instant,
+}
+
+impl InFlight {
+    /// The result of this attempt, with the context formatted only for a failure.
+    fn result(
+        &self,
+        ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    ) -> AckResult {
+        ack.map_err(|e| from_publish(e, self.context()))
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "publishing {:?} to {:?} (attempt {})",
+            self.m.msg_id,
+            self.m.subject.as_str(),
+            self.m.attempts
+        )
+    }
+}
 
 /// A message waiting to be sent again.
 #[derive(Debug)]
@@ -89,8 +129,9 @@ impl Ledger {
 }
 
 enum Step {
-    CommitFast,
-    Done(Outgoing, AckResult),
+    Linger,
+    AckTimer,
+    Done(RawResult),
     RetryDue,
     Command(Option<Command>),
 }
@@ -102,7 +143,7 @@ pub(super) struct Pump {
     failed: mpsc::UnboundedSender<FailedMessage>,
     stats: Arc<Counters>,
     /// Pipelined publishes awaiting their ack, in send order.
-    inflight: VecDeque<AckFuture>,
+    inflight: VecDeque<InFlight>,
     retries: Vec<Retry>,
     fast: Option<FastBatch>,
     ledger: Ledger,
@@ -112,6 +153,11 @@ pub(super) struct Pump {
     closes: Vec<oneshot::Sender<()>>,
     /// The time at the top of the current turn of the loop.
     now: Instant,
+    /// The queue's bound: a place is freed when a message is taken.
+    gate: Option<Arc<Gate>>,
+    /// When a message last went into the open fast batch: it is committed once nothing came
+    /// for [`FAST_LINGER`] after.
+    last_fast_add: Instant,
 }
 
 impl Pump {
@@ -136,14 +182,25 @@ impl Pump {
             flushes: Vec::new(),
             closes: Vec::new(),
             now: Instant::now(),
+            gate: None,
+            last_fast_add: Instant::now(),
         }
     }
 
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, gate: Arc<Gate>) {
+        // However the task ends (done, panicked, aborted), senders waiting for room are told.
+        let _closed = gate.close_on_drop();
+        self.gate = Some(gate);
         // Acks come back in publish order (one connection, one stream leader), so a queue
         // awaited at its head does what a FuturesUnordered would, without its per-future
         // bookkeeping: measurably cheaper on the hot path.
         let mut open = true;
+        // Two timers for the life of the task, re-armed lazily when they fire (not per message:
+        // a timer registration per message showed in the profile): the open fast batch's
+        // linger, and the head ack's deadline.
+        let linger = tokio::time::sleep(FAST_LINGER);
+        let ack_timer = tokio::time::sleep(self.config.ack_timeout);
+        tokio::pin!(linger, ack_timer);
         loop {
             self.wake_flushes();
             if !open && self.inflight.is_empty() && self.retries.is_empty() && self.fast.is_none() {
@@ -163,21 +220,60 @@ impl Pump {
             // so no borrow of the in-flight queue is held across an await.
             let step = tokio::select! {
                 biased;
-                (m, result) = head(&mut self.inflight), if !self.inflight.is_empty() => {
-                    Step::Done(m, result)
+                result = head(&mut self.inflight), if !self.inflight.is_empty() => {
+                    Step::Done(result)
                 }
+                () = &mut ack_timer, if !self.inflight.is_empty() => Step::AckTimer,
                 () = sleep_until(next_retry), if next_retry.is_some() && room => Step::RetryDue,
                 command = rx.recv(), if open && room_for_new => Step::Command(command),
                 // A fast batch is committed once nothing came for a moment: that acks its tail
                 // (flushes wait for it), and an idle batch would be timed out by the server.
-                () = tokio::time::sleep(FAST_LINGER), if fast_open => Step::CommitFast,
+                () = &mut linger, if fast_open => Step::Linger,
             };
             self.now = Instant::now();
             match step {
-                Step::CommitFast => self.commit_fast().await,
-                Step::Done(m, result) => {
-                    self.inflight.pop_front();
-                    self.on_result(m, result).await;
+                Step::Linger => {
+                    let due = self.last_fast_add + FAST_LINGER;
+                    if self.now >= due {
+                        self.commit_fast().await;
+                    } else {
+                        linger.as_mut().reset(due);
+                    }
+                }
+                Step::AckTimer => {
+                    // Every head past its deadline times out; then the timer follows the head.
+                    while self
+                        .inflight
+                        .front()
+                        .is_some_and(|f| f.deadline <= self.now)
+                    {
+                        if let Some(f) = self.inflight.pop_front() {
+                            let error = Error::new(
+                                ErrorKind::TimedOut,
+                                format!("{}: no ack within the ack timeout", f.context()),
+                            );
+                            self.on_result(f.m, Err(error)).await;
+                        }
+                    }
+                    if let Some(head) = self.inflight.front() {
+                        ack_timer.as_mut().reset(head.deadline);
+                    }
+                }
+                Step::Done(result) => {
+                    if let Some(f) = self.inflight.pop_front() {
+                        let result = f.result(result);
+                        self.on_result(f.m, result).await;
+                    }
+                    // Acks already here are taken without going back through the select.
+                    while let Some(f) = self.inflight.front_mut() {
+                        let Some(ack) = ready_now(&mut f.ack) else {
+                            break;
+                        };
+                        if let Some(f) = self.inflight.pop_front() {
+                            let result = f.result(ack);
+                            self.on_result(f.m, result).await;
+                        }
+                    }
                 }
                 Step::RetryDue => self.retry_due().await,
                 Step::Command(Some(command)) => {
@@ -201,9 +297,12 @@ impl Pump {
     }
 
     /// Acts on one command.
-    async fn command(&mut self, command: Command, rx: &mut mpsc::Receiver<Command>) {
+    async fn command(&mut self, command: Command, rx: &mut mpsc::UnboundedReceiver<Command>) {
         match command {
             Command::Publish(mut m) => {
+                if let Some(gate) = &self.gate {
+                    gate.release();
+                }
                 self.received += 1;
                 m.seq = self.received;
                 m.first_seen = self.now;
@@ -257,37 +356,16 @@ impl Pump {
     /// Sends one message (in queue order) and queues the future of its ack.
     async fn publish(&mut self, mut m: Outgoing) {
         m.attempts += 1;
-        let sent = self
+        let headers = m.headers();
+        let ack = self
             .js
-            .publish_with_headers(m.subject.clone(), m.headers(), m.payload.clone())
-            .await;
-        // The ack deadline runs from the send, not from when this future is first polled: the
-        // queue is awaited head first, and a node that dies with thousands of acks owed must
-        // cost one ack timeout, not one per message in turn. (`ack_timeout` is at most a day:
-        // no overflow.)
-        let deadline = Instant::now() + self.config.ack_timeout;
-        self.inflight.push_back(Box::pin(async move {
-            // The context is formatted only for a failure: this runs once per message.
-            let context = |m: &Outgoing| {
-                format!(
-                    "publishing {:?} to {:?} (attempt {})",
-                    m.msg_id,
-                    m.subject.as_str(),
-                    m.attempts
-                )
-            };
-            let result = match sent {
-                Ok(ack) => match tokio::time::timeout_at(deadline, ack).await {
-                    Ok(acked) => acked.map_err(|e| from_publish(e, context(&m))),
-                    Err(_) => Err(Error::new(
-                        ErrorKind::TimedOut,
-                        format!("{}: no ack within the ack timeout", context(&m)),
-                    )),
-                },
-                Err(e) => Err(from_publish(e, context(&m))),
-            };
-            (m, result)
-        }));
+            .publish_with_headers(m.subject.clone(), headers, m.payload.clone())
+            .await
+            .map(IntoFuture::into_future);
+        // (`ack_timeout` is at most a day: no overflow.) The loop's clock is good enough: it
+        // is at most one burst old, and the deadline only grows with it.
+        let deadline = self.now + self.config.ack_timeout;
+        self.inflight.push_back(InFlight { m, ack, deadline });
     }
 
     async fn on_result(&mut self, mut m: Outgoing, result: AckResult) {
@@ -424,6 +502,7 @@ impl Pump {
 
     /// Adds a message to the open fast batch (opening one if needed).
     async fn fast_add(&mut self, stream: Arc<str>, m: Outgoing) {
+        self.last_fast_add = self.now;
         if self.fast.as_ref().is_some_and(|f| f.stream != stream) {
             self.commit_fast().await;
         }
@@ -514,12 +593,33 @@ fn finish(ledger: &mut Ledger, stats: &Counters, m: &Outgoing) {
     ledger.finish(m.seq);
 }
 
-/// The head of the in-flight queue, awaited in place (popped by the caller once it is done).
-async fn head(inflight: &mut VecDeque<AckFuture>) -> (Outgoing, AckResult) {
+type RawResult = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>;
+
+/// The head of the in-flight queue's ack, awaited in place (popped by the caller once it is
+/// done).
+async fn head(inflight: &mut VecDeque<InFlight>) -> RawResult {
     match inflight.front_mut() {
-        Some(ack) => ack.await,
+        Some(InFlight { ack: Ok(ack), .. }) => ack.await,
+        Some(InFlight { ack: Err(e), .. }) => Err(take_error(e)),
         None => std::future::pending().await,
     }
+}
+
+/// The ack if it is already here (polled once, without registering for a wake-up: the loop's
+/// select polls the head again with its own).
+fn ready_now(ack: &mut Result<RawAck, jetstream::context::PublishError>) -> Option<RawResult> {
+    match ack {
+        Ok(ack) => ack.as_mut().now_or_never(),
+        Err(e) => Some(Err(take_error(e))),
+    }
+}
+
+/// A send error, taken out of its slot (the entry is popped right after).
+fn take_error(e: &mut jetstream::context::PublishError) -> jetstream::context::PublishError {
+    std::mem::replace(
+        e,
+        jetstream::context::PublishError::new(PublishErrorKind::Other),
+    )
 }
 
 async fn sleep_until(t: Option<Instant>) {

@@ -46,6 +46,9 @@ pub(super) struct Routes {
     listed: Option<Instant>,
     /// Decisions per subject (cleared when the stream list changes; bounded).
     cache: HashMap<String, Route>,
+    /// The last decision, checked before the map (a publisher usually sends to few subjects
+    /// in a row: a compare instead of a hash per message).
+    last: Option<(String, Route)>,
 }
 
 impl Routes {
@@ -56,13 +59,21 @@ impl Routes {
             streams: Vec::new(),
             listed: None,
             cache: HashMap::new(),
+            last: None,
         }
     }
 
     /// How to send to `subject`.
     pub(super) async fn route(&mut self, js: &jetstream::Context, subject: &str) -> Route {
-        if let Some(route) = self.cache.get(subject) {
+        if let Some((last, route)) = &self.last
+            && last == subject
+        {
             return route.clone();
+        }
+        if let Some(route) = self.cache.get(subject) {
+            let route = route.clone();
+            self.last = Some((subject.to_owned(), route.clone()));
+            return route;
         }
         let (mode, fast_capable) = (self.mode, self.fast_capable);
         if mode == PublishMode::FastIngest && !fast_capable {
@@ -102,8 +113,10 @@ impl Routes {
         };
         if self.cache.len() >= MAX_CACHED {
             self.cache.clear();
+            self.last = None;
         }
         self.cache.insert(subject.to_owned(), route.clone());
+        self.last = Some((subject.to_owned(), route.clone()));
         route
     }
 
@@ -124,6 +137,7 @@ impl Routes {
             }
         }
         self.cache.clear();
+        self.last = None;
     }
 
     async fn find(&mut self, js: &jetstream::Context, subject: &str) -> Option<&StreamRoute> {
@@ -163,6 +177,7 @@ impl Routes {
         self.streams = streams;
         self.listed = Some(Instant::now());
         self.cache.clear();
+        self.last = None;
     }
 }
 

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 
-use super::{BatchConfig, BatchPublisher, Command, route::subject_matches};
+use super::{BatchConfig, BatchPublisher, Command, gate::Gate, route::subject_matches};
 use crate::ErrorKind;
 
 #[test]
@@ -31,7 +31,7 @@ fn subjects_match_filters() {
 
 #[tokio::test]
 async fn a_panicked_task_fails_flush_and_close() {
-    let (tx, rx) = mpsc::channel::<Command>(8);
+    let (tx, rx) = mpsc::unbounded_channel::<Command>();
     let (_failed_tx, failed_rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         let _rx = rx;
@@ -40,7 +40,14 @@ async fn a_panicked_task_fails_flush_and_close() {
     while !task.is_finished() {
         tokio::task::yield_now().await;
     }
-    let p = BatchPublisher::from_parts(tx, failed_rx, Arc::default(), task, "p".into());
+    let p = BatchPublisher::from_parts(
+        tx,
+        Arc::new(Gate::new(8)),
+        failed_rx,
+        Arc::default(),
+        task,
+        "p".into(),
+    );
     let e = p.flush().await.expect_err("flush after a panic");
     assert_eq!(e.kind(), ErrorKind::Panicked, "{e}");
     let e = p.close().await.expect_err("close after a panic");
@@ -76,7 +83,7 @@ fn overflowing_durations_and_crlf_are_config_errors() {
 
 #[tokio::test]
 async fn a_close_dropped_half_way_leaves_the_outcome_to_the_next_close() {
-    let (tx, mut rx) = mpsc::channel::<Command>(8);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
     let (_failed_tx, failed_rx) = mpsc::unbounded_channel();
     // A task that acknowledges the close, then dies.
     let task = tokio::spawn(async move {
@@ -86,7 +93,14 @@ async fn a_close_dropped_half_way_leaves_the_outcome_to_the_next_close() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         panic!("late boom");
     });
-    let p = BatchPublisher::from_parts(tx, failed_rx, Arc::default(), task, "p".into());
+    let p = BatchPublisher::from_parts(
+        tx,
+        Arc::new(Gate::new(8)),
+        failed_rx,
+        Arc::default(),
+        task,
+        "p".into(),
+    );
     let dropped = tokio::time::timeout(Duration::from_millis(50), p.close()).await;
     assert!(
         dropped.is_err(),
