@@ -446,6 +446,12 @@ struct Judge<'a> {
     out: &'a std::path::Path,
 }
 
+/// A line's term (a serialized `natty::election::Term`) as one ordered number; 0 if absent.
+fn term(v: &Value) -> u128 {
+    serde_json::from_value::<natty::election::Term>(v["term"].clone())
+        .map_or(0, natty::election::Term::as_u128)
+}
+
 fn mono(v: &Value) -> u64 {
     // (every line carries the emitter's CLOCK_MONOTONIC in ns)
     v["mono_ns"].as_u64().unwrap_or(0)
@@ -457,9 +463,9 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
     let of = |e: &'static str| lines.iter().filter(move |v| v["event"] == e);
 
     // 1. Leadership (acting) intervals never overlap: per term, first to last work line.
-    let mut spans: BTreeMap<u64, (u64, u64, String)> = BTreeMap::new();
+    let mut spans: BTreeMap<u128, (u64, u64, String)> = BTreeMap::new();
     for v in of("work") {
-        let term = v["term"].as_u64().unwrap_or(0);
+        let term = term(v);
         let t = mono(v);
         let e =
             spans
@@ -494,23 +500,17 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
     ));
 
     // 2. No work under a term after that node's `lost` of the term.
-    let mut lost_at: HashMap<(String, u64), u64> = HashMap::new();
+    let mut lost_at: HashMap<(String, u128), u64> = HashMap::new();
     for v in of("lost") {
         lost_at.insert(
-            (
-                v["proc"].as_str().unwrap_or_default().to_owned(),
-                v["term"].as_u64().unwrap_or(0),
-            ),
+            (v["proc"].as_str().unwrap_or_default().to_owned(), term(v)),
             mono(v),
         );
     }
     let late: Vec<&Value> = of("work")
         .filter(|v| {
             lost_at
-                .get(&(
-                    v["proc"].as_str().unwrap_or_default().to_owned(),
-                    v["term"].as_u64().unwrap_or(0),
-                ))
+                .get(&(v["proc"].as_str().unwrap_or_default().to_owned(), term(v)))
                 .is_some_and(|l| mono(v) > *l)
         })
         .collect();
@@ -521,17 +521,12 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
     ));
 
     // 3. Fenced sink: no write accepted from a term issued after a newer term was elected.
-    let elected: Vec<(u64, u64)> = of("elected")
-        .map(|v| (mono(v), v["term"].as_u64().unwrap_or(0)))
-        .collect();
+    let elected: Vec<(u64, u128)> = of("elected").map(|v| (mono(v), term(v))).collect();
     let sink_ok: Vec<&Value> = of("sink").filter(|v| v["accepted"] == true).collect();
     let stale: Vec<&&Value> = sink_ok
         .iter()
         .filter(|v| {
-            let (term, issued) = (
-                v["term"].as_u64().unwrap_or(0),
-                v["issued_ns"].as_u64().unwrap_or(0),
-            );
+            let (term, issued) = (term(v), v["issued_ns"].as_u64().unwrap_or(0));
             elected.iter().any(|(t, e)| *e > term && *t < issued)
         })
         .collect();

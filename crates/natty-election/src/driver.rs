@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
-    ElectionConfig, Error, ErrorKind,
+    ElectionConfig, Error, ErrorKind, Term,
     error::from_kv,
     lease::{Lease, instance_id, now_ms},
     machine::{Action, Event, Holder, Input, Machine, State},
@@ -27,11 +27,12 @@ use crate::{
 /// What the work function gets while this node leads.
 #[derive(Debug, Clone)]
 pub struct Leadership {
-    /// The term: strictly increasing across leaders of this key. Use it as a *fencing token*:
-    /// pass it along with every write the leader makes to another system, and have that system
-    /// reject a term lower than the highest it has seen. Then a leader that was paused past its
-    /// lease (GC, SIGSTOP, VM migration) cannot overwrite its successor's work.
-    pub term: u64,
+    /// The term: strictly increasing across leaders of this key, even across the bucket's
+    /// deletion and re-creation. Use it as a *fencing token*: pass it along with every write
+    /// the leader makes to another system, and have that system reject a term lower than the
+    /// highest it has seen ([`Term`] says how to compare). Then a leader that was paused past
+    /// its lease (GC, SIGSTOP, VM migration) cannot overwrite its successor's work.
+    pub term: Term,
     /// Fires the moment leadership is lost (a renew conflict, the renew deadline passing, the
     /// key deleted) or the election is cancelled. Work must stop when it fires.
     pub lost: CancellationToken,
@@ -61,7 +62,7 @@ pub struct LeaderInfo {
     /// The leader's node name.
     pub node: String,
     /// Its term.
-    pub term: u64,
+    pub term: Term,
     /// When its term began (its clock).
     pub since: SystemTime,
 }
@@ -71,7 +72,7 @@ pub type ElectionEvent = Event;
 
 #[derive(Debug, Clone, Copy)]
 struct Leading {
-    term: u64,
+    term: Term,
     deadline: std::time::Instant,
 }
 
@@ -114,7 +115,7 @@ pub struct Election {
 /// The leader's work task. Dropping it (the `run` future was dropped: `select!`, `timeout`,
 /// an aborted task) fires `lost` and aborts the task at once: work never outlives its `run`.
 struct Job {
-    term: u64,
+    term: Term,
     lost: CancellationToken,
     handle: JoinHandle<()>,
     shared: Arc<Shared>,
@@ -217,7 +218,7 @@ impl Election {
     }
 
     /// This node's term while it leads (by its own lease deadline), else `None`.
-    pub fn current_term(&self) -> Option<u64> {
+    pub fn current_term(&self) -> Option<Term> {
         self.shared
             .leading
             .lock()
@@ -237,7 +238,7 @@ impl Election {
             let lease = Lease::decode(&e.value)?;
             Some(LeaderInfo {
                 node: lease.node.clone(),
-                term: lease.term.unwrap_or(e.revision),
+                term: lease.term_at(e.revision),
                 since: lease.since(),
             })
         }))
@@ -307,7 +308,7 @@ impl Election {
         f: F,
     ) -> Result<(), Error>
     where
-        F: FnMut(u64) -> Fut + Clone + Send + 'static,
+        F: FnMut(Term) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + Send,
     {
         self.run(cancel, move |lead: Leadership| {
@@ -321,7 +322,7 @@ impl Election {
                     tokio::select! {
                         () = lead.lost.cancelled() => return,
                         result = call => if result.is_err() {
-                            error!(term = lead.term, "run_every: a call panicked; calling again on schedule");
+                            error!(term = %lead.term, "run_every: a call panicked; calling again on schedule");
                         }
                     }
                     tokio::select! {
@@ -355,12 +356,20 @@ impl Election {
         let mut op: Option<Op> = None;
         let mut job: Option<Job> = None;
         let mut term_since_ms = now_ms();
+        // The epoch of the bucket as we know it (see `Term`), refreshed when re-created.
+        let known_epoch = Arc::new(std::sync::atomic::AtomicU64::new(
+            bucket_epoch(&kv, &self.config.bucket)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+        ));
         let mut cancelled = false;
         loop {
             while let Some(action) = machine.poll_action() {
                 match action {
                     Action::StartWork { term } => {
-                        info!(term, "elected: starting work");
+                        info!(%term, "elected: starting work");
                         term_since_ms = now_ms();
                         // Published before the work starts, so `is_valid` is true from its
                         // first poll.
@@ -392,6 +401,7 @@ impl Election {
                             machine.term(),
                             per_key_ttl,
                             term_since_ms,
+                            &known_epoch,
                         ));
                     }
                 }
@@ -421,8 +431,8 @@ impl Election {
                             let input = match event.kind {
                                 EventKind::Put => Lease::decode(&event.value).map(|lease| Input::KeyWritten {
                                     holder: Holder {
+                                        term: lease.term_at(event.revision),
                                         node: lease.node,
-                                        term: lease.term.unwrap_or(event.revision),
                                     },
                                 }),
                                 _ => Some(Input::KeyGone { revision: event.revision }),
@@ -440,12 +450,12 @@ impl Election {
                 }
                 ended = async { (&mut job.as_mut().expect("guarded").handle).await }, if job.is_some() => {
                     // The work ended by itself while we lead: resign so another node can.
-                    let term = job.take().map_or(0, |j| j.term);
+                    let term = job.take().map(|j| j.term).unwrap_or_default();
                     let panicked = matches!(&ended, Err(e) if e.is_panic());
                     if panicked {
-                        error!(term, "leader work panicked: resigning");
+                        error!(%term, "leader work panicked: resigning");
                     } else {
-                        warn!(term, "leader work returned while leading: resigning");
+                        warn!(%term, "leader work returned while leading: resigning");
                     }
                     machine.handle(Instant::now().into_std(), Input::WorkEnded { term, panicked });
                 }
@@ -580,11 +590,14 @@ impl Election {
         &self,
         kv: &Kv,
         action: Action,
-        term: Option<u64>,
+        term: Option<Term>,
         per_key_ttl: bool,
         since_ms: u64,
+        known_epoch: &Arc<std::sync::atomic::AtomicU64>,
     ) -> Op {
+        use std::sync::atomic::Ordering;
         let kv = kv.clone();
+        let known_epoch = known_epoch.clone();
         let c = self.config.clone();
         let instance = self.instance;
         let machine = c.machine();
@@ -594,50 +607,79 @@ impl Election {
             _ => kv.client().request_timeout(),
         };
         Box::pin(async move {
-            let lease = |term: Option<u64>, since_ms: u64| Lease {
+            let lease = |term: Option<u64>, epoch: u64, since_ms: u64| Lease {
                 node: c.node_name.clone(),
                 instance,
                 term,
+                epoch,
                 since_ms,
             };
             let request = async {
                 match action {
                     Action::Create { make_bucket } => {
-                        // Never let the create re-create a deleted bucket by itself: a
-                        // follower doing that could lead while the old leader still works.
-                        if bucket_epoch(&kv, &c.bucket).await?.is_none() {
-                            if !make_bucket {
-                                return Ok(Input::BucketGone);
-                            }
-                            info!("re-creating the election bucket after a TTL without it");
+                        if make_bucket {
+                            // A TTL after the bucket was found missing: nobody can still
+                            // work under its old lease, so re-create it and take its epoch.
                             match kv.create_bucket(kv.defaults().with_name(&c.bucket)).await {
                                 Err(e) if e.kind() != natty_kv::ErrorKind::BucketExists => {
                                     return Err(e);
                                 }
-                                _ => {}
+                                Ok(()) => info!("re-created the election bucket"),
+                                Err(_) => {}
                             }
+                            let Some(epoch) = bucket_epoch(&kv, &c.bucket).await? else {
+                                return Ok(Input::BucketGone);
+                            };
+                            known_epoch.store(epoch, Ordering::Relaxed);
                         }
-                        let value = lease(None, now_ms()).encode();
+                        let epoch = known_epoch.load(Ordering::Relaxed);
+                        let value = lease(None, epoch, now_ms()).encode();
+                        // If the bucket vanished, this create re-creates it (natty-kv's
+                        // auto-create); the epoch check below then says so, and we do not
+                        // lead: a follower must not lead while the old leader may still work.
                         let created = if per_key_ttl {
                             kv.create_with_ttl(&c.bucket, &c.key, value, c.ttl).await
                         } else {
                             kv.create(&c.bucket, &c.key, value).await
-                        };
-                        created.map(|revision| Input::Created { revision })
-                    }
-                    Action::Renew { revision } | Action::Reclaim { revision } => {
-                        let value = match action {
-                            Action::Renew { .. } => lease(term, since_ms),
-                            _ => lease(None, now_ms()),
+                        }?;
+                        if !same_epoch(&kv, &c.bucket, epoch).await? {
+                            return Ok(Input::BucketGone);
                         }
-                        .encode();
+                        Ok(Input::Created {
+                            revision: created,
+                            epoch,
+                        })
+                    }
+                    Action::Renew { revision } => {
+                        let term = term.unwrap_or_default();
+                        let value = lease(Some(term.revision), term.epoch, since_ms).encode();
                         let updated = if per_key_ttl {
                             kv.update_with_ttl(&c.bucket, &c.key, value, revision, c.ttl)
                                 .await
                         } else {
                             kv.update(&c.bucket, &c.key, value, revision).await
-                        };
-                        updated.map(|revision| Input::Updated { revision })
+                        }?;
+                        Ok(Input::Updated {
+                            revision: updated,
+                            epoch: term.epoch,
+                        })
+                    }
+                    Action::Reclaim { revision } => {
+                        let epoch = known_epoch.load(Ordering::Relaxed);
+                        let value = lease(None, epoch, now_ms()).encode();
+                        let updated = if per_key_ttl {
+                            kv.update_with_ttl(&c.bucket, &c.key, value, revision, c.ttl)
+                                .await
+                        } else {
+                            kv.update(&c.bucket, &c.key, value, revision).await
+                        }?;
+                        if !same_epoch(&kv, &c.bucket, epoch).await? {
+                            return Ok(Input::BucketGone);
+                        }
+                        Ok(Input::Updated {
+                            revision: updated,
+                            epoch,
+                        })
                     }
                     Action::Resign { revision } => {
                         let mut revision = revision;
@@ -663,9 +705,20 @@ impl Election {
             };
             match tokio::time::timeout(limit, request).await {
                 Ok(Ok(input)) => input,
+                // A write answered "no responders" (503) also reads as `BucketNotFound`, yet a
+                // replicated stream electing its leader answers that for seconds: only the
+                // stream API saying "stream not found" means the bucket is gone.
                 Ok(Err(e)) if e.kind() == natty_kv::ErrorKind::BucketNotFound => {
-                    warn!(error = %e, ?action, "the election bucket is gone");
-                    Input::BucketGone
+                    match bucket_epoch(&kv, &c.bucket).await {
+                        Ok(None) => {
+                            warn!(error = %e, ?action, "the election bucket is gone");
+                            Input::BucketGone
+                        }
+                        _ => {
+                            warn!(error = %e, ?action, "election request failed (the bucket exists)");
+                            Input::Failed
+                        }
+                    }
                 }
                 Ok(Err(e))
                     if matches!(
@@ -710,6 +763,23 @@ async fn bucket_epoch(kv: &Kv, bucket: &str) -> Result<Option<u64>, natty_kv::Er
     }
 }
 
+/// Whether the bucket is still the one created at `epoch`. A write to a bucket deleted
+/// behind our back may have re-created it (natty-kv's auto-create), or someone re-created
+/// it: then the new revision is not a term of `epoch`, and the election treats the bucket
+/// as gone (nobody leads for a TTL).
+async fn same_epoch(kv: &Kv, bucket: &str, epoch: u64) -> Result<bool, natty_kv::Error> {
+    let now = bucket_epoch(kv, bucket).await?;
+    if now != Some(epoch) {
+        warn!(
+            bucket,
+            epoch,
+            now = ?now,
+            "the election bucket was deleted or re-created behind our back"
+        );
+    }
+    Ok(now == Some(epoch))
+}
+
 /// JetStream's "stream not found".
 const STREAM_NOT_FOUND: u64 = 10059;
 
@@ -720,8 +790,8 @@ async fn read_holder(kv: &Kv, c: &ElectionConfig, instance: u64) -> (Option<Hold
             Some(lease) => {
                 let ours = (lease.instance == instance).then_some(entry.revision);
                 let holder = Holder {
+                    term: lease.term_at(entry.revision),
                     node: lease.node,
-                    term: lease.term.unwrap_or(entry.revision),
                 };
                 (Some(holder), ours)
             }
@@ -740,16 +810,16 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
 
 /// Fires the work's `lost` and waits for it to end until `abort_at`; then aborts it.
 async fn stop_work(mut job: Job, abort_at: Instant) {
-    info!(term = job.term, "stopping work");
+    info!(term = %job.term, "stopping work");
     job.fire_lost();
     let term = job.term;
     match tokio::time::timeout_at(abort_at, &mut job.handle).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) if e.is_panic() => error!(term, "leader work panicked"),
+        Ok(Err(e)) if e.is_panic() => error!(%term, "leader work panicked"),
         Ok(Err(_)) => {}
         Err(_) => {
             error!(
-                term,
+                %term,
                 "leader work ignored `lost` until half the margin before the lease could expire: aborting it"
             );
             job.handle.abort();

@@ -206,7 +206,7 @@ async fn terms_strictly_increase_across_ten_failovers() -> anyhow::Result<()> {
         rec.intervals().get(10).cloned()
     })
     .await?;
-    let terms: Vec<u64> = rec.intervals().iter().map(|i| i.term).collect();
+    let terms: Vec<_> = rec.intervals().iter().map(|i| i.term).collect();
     assert!(terms.windows(2).all(|w| w[0] < w[1]), "terms: {terms:?}");
     for c in cands {
         c.stop().await?;
@@ -280,7 +280,9 @@ async fn run_every_calls_only_while_leader() -> anyhow::Result<()> {
     init_tracing();
     let nats = Nats::start().await?;
     let b = bucket();
-    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(
+        Vec::<(String, natty_election::Term)>::new(),
+    ));
     let mut runs = Vec::new();
     for n in ["a", "b"] {
         let client = ConnectOptions::new([nats.url()]).connect().await?;
@@ -719,5 +721,42 @@ async fn a_second_concurrent_run_on_a_clone_is_refused() -> anyhow::Result<()> {
     let cancel = natty_election::CancellationToken::new();
     cancel.cancel();
     election.run(cancel, |_| async {}).await?;
+    Ok(())
+}
+
+/// Issue 15, item 4: terms never go backwards, even when the bucket is deleted and re-created
+/// (its revisions restart at 1).
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn terms_increase_across_bucket_re_creation() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let b = bucket();
+    let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    // Some history first, so the first term's revision is well above 1.
+    for i in 0..50 {
+        kv.put(&b, &format!("other{i}"), "x".into()).await?;
+    }
+    let rec = Recorder::default();
+    let a = Candidate::start(&nats.url(), config(&b, "leader", "a"), &rec).await?;
+    let first = wait_for("a leads", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    kv.delete_bucket(&b).await?;
+    let second = wait_for("a leads again", Duration::from_secs(8), || async {
+        rec.intervals().get(1).cloned()
+    })
+    .await?;
+    eprintln!("terms: {:?} then {:?}", first.term, second.term);
+    assert!(
+        second.term > first.term,
+        "the term went backwards: {:?} then {:?}",
+        first.term,
+        second.term
+    );
+    let stored = a.election.leader().await?.expect("a leader is stored");
+    assert_eq!(stored.term, second.term);
+    a.stop().await?;
     Ok(())
 }

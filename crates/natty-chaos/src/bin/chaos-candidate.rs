@@ -8,12 +8,14 @@ use natty::{ElectionConfig, Kv, kv::ErrorKind};
 use natty_chaos::{arg, cancel_on_sigterm, emit, init_logs, mono_ns};
 use serde_json::json;
 
-/// Writes `term` to the sink if the sink holds no higher term. `Ok(true)`: accepted.
-async fn sink_write(kv: &Kv, bucket: &str, term: u64) -> anyhow::Result<bool> {
+/// Writes `term` to the sink if the sink holds no higher term (compared as
+/// `Term::as_u128`). `Ok(true)`: accepted.
+async fn sink_write(kv: &Kv, bucket: &str, term: natty::election::Term) -> anyhow::Result<bool> {
+    let term = term.as_u128();
     let current = kv.get(bucket, "sink").await?;
     let (held, revision) = match &current {
         Some(e) => (
-            std::str::from_utf8(&e.value)?.parse::<u64>()?,
+            std::str::from_utf8(&e.value)?.parse::<u128>()?,
             Some(e.revision),
         ),
         None => (0, None),
