@@ -356,6 +356,12 @@ impl Election {
         let mut op: Option<Op> = None;
         let mut job: Option<Job> = None;
         let mut term_since_ms = now_ms();
+        // Set when the bucket was re-created in a way we must not lead on: run ends with it.
+        let refused: Arc<Mutex<Option<Error>>> = Arc::default();
+        let mut refusal: Option<Error> = None;
+        // The watch, re-created (after a pause) when it ends, e.g. with a deleted bucket.
+        type Rewatch = Pin<Box<dyn Future<Output = Option<natty_kv::Watch>> + Send>>;
+        let mut rewatch: Option<Rewatch> = None;
         // The epoch of the bucket as we know it (see `Term`), refreshed when re-created.
         let known_epoch = Arc::new(std::sync::atomic::AtomicU64::new(
             bucket_epoch(&kv, &self.config.bucket)
@@ -398,10 +404,10 @@ impl Election {
                         op = Some(self.execute(
                             &kv,
                             kv_action,
-                            machine.term(),
+                            machine.term().map(|t| (t, term_since_ms)),
                             per_key_ttl,
-                            term_since_ms,
                             &known_epoch,
+                            &refused,
                         ));
                     }
                 }
@@ -424,16 +430,38 @@ impl Election {
                 input = async { op.as_mut().expect("guarded").await }, if op.is_some() => {
                     op = None;
                     machine.handle(Instant::now().into_std(), input);
+                    let taken = refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                    if let Some(e) = taken {
+                        refusal = Some(e);
+                        cancelled = true;
+                        machine.handle(Instant::now().into_std(), Input::Shutdown);
+                    }
+                }
+                new_watch = async { rewatch.as_mut().expect("guarded").await }, if rewatch.is_some() => {
+                    rewatch = None;
+                    match new_watch {
+                        Some(w) => {
+                            info!("lease watch re-established");
+                            watch = Some(w);
+                        }
+                        None => rewatch = Some(self.rewatch(&kv, Duration::from_secs(1))),
+                    }
                 }
                 event = async { watch.as_mut().expect("guarded").next().await }, if watch.is_some() => {
                     match event {
                         Some(Ok(event)) => {
                             let input = match event.kind {
-                                EventKind::Put => Lease::decode(&event.value).map(|lease| Input::KeyWritten {
-                                    holder: Holder {
-                                        term: lease.term_at(event.revision),
-                                        node: lease.node,
-                                    },
+                                EventKind::Put => Lease::decode(&event.value).map(|lease| {
+                                    // A leader elected in a newer bucket epoch vetted that
+                                    // epoch (it waited out any older leader): adopt it, so
+                                    // our next create does not mistake it for a re-creation.
+                                    known_epoch.fetch_max(lease.epoch, std::sync::atomic::Ordering::Relaxed);
+                                    Input::KeyWritten {
+                                        holder: Holder {
+                                            term: lease.term_at(event.revision),
+                                            node: lease.node,
+                                        },
+                                    }
                                 }),
                                 _ => Some(Input::KeyGone { revision: event.revision }),
                             };
@@ -443,8 +471,9 @@ impl Election {
                         }
                         Some(Err(e)) => warn!(error = %e, "lease watch error; polling meanwhile"),
                         None => {
-                            warn!("lease watch ended (bucket deleted?); polling from now on");
+                            warn!("lease watch ended (bucket deleted?); polling until it is back");
                             watch = None;
+                            rewatch = Some(self.rewatch(&kv, self.config.machine().poll_interval));
                         }
                     }
                 }
@@ -470,7 +499,30 @@ impl Election {
         }
         self.publish_state(&machine);
         info!("election stopped");
-        Ok(())
+        refusal.map_or(Ok(()), Err)
+    }
+
+    /// A new watch on the key after `pause`; `None` if it could not be made (yet).
+    fn rewatch(
+        &self,
+        kv: &Kv,
+        pause: Duration,
+    ) -> Pin<Box<dyn Future<Output = Option<natty_kv::Watch>> + Send>> {
+        let (kv, bucket, key) = (
+            kv.clone(),
+            self.config.bucket.clone(),
+            self.config.key.clone(),
+        );
+        Box::pin(async move {
+            tokio::time::sleep(pause).await;
+            match kv.watch_key(&bucket, &key).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    debug!(error = %e, "re-creating the lease watch");
+                    None
+                }
+            }
+        })
     }
 
     /// Prepares the bucket and the watch, retrying while the server is unreachable or busy
@@ -552,31 +604,7 @@ impl Election {
             }
             Err(e) => return Err(from_kv(e)),
         };
-        let per_key_ttl = per_key_ttl && status.per_key_ttl;
-        let fits = if per_key_ttl {
-            status.ttl.is_none_or(|t| t >= c.ttl)
-        } else {
-            status.ttl == Some(c.ttl)
-        };
-        if !fits {
-            return Err(Error::new(
-                ErrorKind::BucketTtlMismatch,
-                format!(
-                    "electing on key {:?} in bucket {:?}: bucket exists with ttl {}, election asked for {:?}{}",
-                    c.key,
-                    c.bucket,
-                    status
-                        .ttl
-                        .map_or_else(|| "none".to_owned(), |t| format!("{t:?}")),
-                    c.ttl,
-                    if per_key_ttl {
-                        ""
-                    } else {
-                        " (and the bucket has no per-key TTL)"
-                    }
-                ),
-            ));
-        }
+        let per_key_ttl = check_fits(c, per_key_ttl, &status)?;
         debug!(per_key_ttl, "election bucket ready");
         Ok((
             Kv::with_defaults(self.kv.client().clone(), wanted),
@@ -585,19 +613,21 @@ impl Election {
         ))
     }
 
-    /// The KV request for an action, as a future that yields the machine's input.
+    /// The KV request for an action, as a future that yields the machine's input. `held` is
+    /// the term we lead in and since when (ms since the Unix epoch), for a renew.
     fn execute(
         &self,
         kv: &Kv,
         action: Action,
-        term: Option<Term>,
+        held: Option<(Term, u64)>,
         per_key_ttl: bool,
-        since_ms: u64,
         known_epoch: &Arc<std::sync::atomic::AtomicU64>,
+        refused: &Arc<Mutex<Option<Error>>>,
     ) -> Op {
         use std::sync::atomic::Ordering;
         let kv = kv.clone();
         let known_epoch = known_epoch.clone();
+        let refused = refused.clone();
         let c = self.config.clone();
         let instance = self.instance;
         let machine = c.machine();
@@ -630,6 +660,30 @@ impl Election {
                             let Some(epoch) = bucket_epoch(&kv, &c.bucket).await? else {
                                 return Ok(Input::BucketGone);
                             };
+                            // Someone may have re-created it with a shorter TTL or without
+                            // per-key TTL: never lead with a lease shorter than we believe.
+                            let status = kv.status(&c.bucket).await?;
+                            let fits = check_fits(&c, per_key_ttl, &status).and_then(|pk| {
+                                if pk == per_key_ttl {
+                                    Ok(())
+                                } else {
+                                    Err(Error::new(
+                                        ErrorKind::BucketTtlMismatch,
+                                        format!(
+                                            "electing on key {:?} in bucket {:?}: the bucket was \
+                                             re-created without per-key TTL",
+                                            c.key, c.bucket
+                                        ),
+                                    ))
+                                }
+                            });
+                            if let Err(e) = fits {
+                                error!(error = %e, "refusing to lead on the re-created bucket");
+                                *refused
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                                return Ok(Input::Failed);
+                            }
                             known_epoch.store(epoch, Ordering::Relaxed);
                         }
                         let epoch = known_epoch.load(Ordering::Relaxed);
@@ -651,7 +705,7 @@ impl Election {
                         })
                     }
                     Action::Renew { revision } => {
-                        let term = term.unwrap_or_default();
+                        let (term, since_ms) = held.unwrap_or_default();
                         let value = lease(Some(term.revision), term.epoch, since_ms).encode();
                         let updated = if per_key_ttl {
                             kv.update_with_ttl(&c.bucket, &c.key, value, revision, c.ttl)
@@ -727,6 +781,10 @@ impl Election {
                     ) =>
                 {
                     let (holder, ours) = read_holder(&kv, &c, instance).await;
+                    if let Some(h) = &holder {
+                        // (see the watch: a holder's newer epoch was vetted by its election)
+                        known_epoch.fetch_max(h.term.epoch, Ordering::Relaxed);
+                    }
                     Input::Conflict { holder, ours }
                 }
                 Ok(Err(e)) => {
@@ -740,6 +798,41 @@ impl Election {
             }
         })
     }
+}
+
+/// Whether the bucket's configuration gives the lease at least the TTL the election believes
+/// in; returns whether per-key TTL is in use. `BucketTtlMismatch` naming both values if not.
+fn check_fits(
+    c: &ElectionConfig,
+    per_key_ttl_supported: bool,
+    status: &natty_kv::BucketStatus,
+) -> Result<bool, Error> {
+    let per_key_ttl = per_key_ttl_supported && status.per_key_ttl;
+    let fits = if per_key_ttl {
+        status.ttl.is_none_or(|t| t >= c.ttl)
+    } else {
+        status.ttl == Some(c.ttl)
+    };
+    if fits {
+        return Ok(per_key_ttl);
+    }
+    Err(Error::new(
+        ErrorKind::BucketTtlMismatch,
+        format!(
+            "electing on key {:?} in bucket {:?}: bucket exists with ttl {}, election asked for {:?}{}",
+            c.key,
+            c.bucket,
+            status
+                .ttl
+                .map_or_else(|| "none".to_owned(), |t| format!("{t:?}")),
+            c.ttl,
+            if per_key_ttl {
+                ""
+            } else {
+                " (and the bucket has no per-key TTL)"
+            }
+        ),
+    ))
 }
 
 /// The bucket's epoch: its stream's creation time (ns since the Unix epoch, the server's
