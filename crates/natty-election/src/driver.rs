@@ -1,18 +1,18 @@
 //! [`Election`]: the tokio driver that runs the [`machine`](crate::machine) against natty-kv.
 //!
 //! It loops like quinn's `drive_timer`: `select!` over cancellation, the machine's timeout,
-//! the one KV request in flight, and the watch on the lease key, feeding each result back.
+//! the one KV request in flight, the work task and the watch on the lease key, feeding each
+//! result back. The KV side (bucket, lease requests) is in `store.rs`.
 //! Time is `tokio::time::Instant`, so tests with paused time run faster than real time.
 
 use std::{
     future::Future,
-    pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
 use futures::{FutureExt, StreamExt};
-use natty_kv::{BucketConfig, EventKind, Kv};
+use natty_kv::{EventKind, Kv};
 use tokio::{sync::broadcast, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -22,6 +22,7 @@ use crate::{
     error::from_kv,
     lease::{Lease, instance_id, now_ms},
     machine::{Action, Event, Holder, Input, Machine, State},
+    store::{LeaseStore, Op, Rewatch},
 };
 
 /// What the work function gets while this node leads.
@@ -187,8 +188,6 @@ impl Shared {
     }
 }
 
-type Op = Pin<Box<dyn Future<Output = Input> + Send>>;
-
 impl Election {
     /// An election for `config` using `kv`'s connection. Checks the configuration first
     /// (`InvalidConfig` / `InvalidName`, nothing sent).
@@ -340,7 +339,7 @@ impl Election {
         F: FnMut(Leadership) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Some((kv, per_key_ttl, created, watch)) = self.set_up(&cancel).await? else {
+        let Some((store, created, watch)) = self.set_up(&cancel).await? else {
             return Ok(()); // cancelled before the election could start
         };
         let _not_leading = NotLeadingOnDrop(&self.shared);
@@ -357,19 +356,9 @@ impl Election {
         let mut job: Option<Job> = None;
         let mut term_since_ms = now_ms();
         // Set when the bucket was re-created in a way we must not lead on: run ends with it.
-        let refused: Arc<Mutex<Option<Error>>> = Arc::default();
         let mut refusal: Option<Error> = None;
         // The watch, re-created (after a pause) when it ends, e.g. with a deleted bucket.
-        type Rewatch = Pin<Box<dyn Future<Output = Option<natty_kv::Watch>> + Send>>;
         let mut rewatch: Option<Rewatch> = None;
-        // The epoch of the bucket as we know it (see `Term`), refreshed when re-created.
-        let known_epoch = Arc::new(std::sync::atomic::AtomicU64::new(
-            bucket_epoch(&kv, &self.config.bucket)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or(0),
-        ));
         let mut cancelled = false;
         loop {
             while let Some(action) = machine.poll_action() {
@@ -401,14 +390,9 @@ impl Election {
                         }
                     }
                     kv_action => {
-                        op = Some(self.execute(
-                            &kv,
-                            kv_action,
-                            machine.term().map(|t| (t, term_since_ms)),
-                            per_key_ttl,
-                            &known_epoch,
-                            &refused,
-                        ));
+                        op = Some(
+                            store.execute(kv_action, machine.term().map(|t| (t, term_since_ms))),
+                        );
                     }
                 }
             }
@@ -430,8 +414,7 @@ impl Election {
                 input = async { op.as_mut().expect("guarded").await }, if op.is_some() => {
                     op = None;
                     machine.handle(Instant::now().into_std(), input);
-                    let taken = refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-                    if let Some(e) = taken {
+                    if let Some(e) = store.take_refusal() {
                         refusal = Some(e);
                         cancelled = true;
                         machine.handle(Instant::now().into_std(), Input::Shutdown);
@@ -444,7 +427,7 @@ impl Election {
                             info!("lease watch re-established");
                             watch = Some(w);
                         }
-                        None => rewatch = Some(self.rewatch(&kv, Duration::from_secs(1))),
+                        None => rewatch = Some(store.rewatch(Duration::from_secs(1))),
                     }
                 }
                 event = async { watch.as_mut().expect("guarded").next().await }, if watch.is_some() => {
@@ -455,7 +438,7 @@ impl Election {
                                     // A leader elected in a newer bucket epoch vetted that
                                     // epoch (it waited out any older leader): adopt it, so
                                     // our next create does not mistake it for a re-creation.
-                                    known_epoch.fetch_max(lease.epoch, std::sync::atomic::Ordering::Relaxed);
+                                    store.adopt_epoch(lease.epoch);
                                     Input::KeyWritten {
                                         holder: Holder {
                                             term: lease.term_at(event.revision),
@@ -473,7 +456,7 @@ impl Election {
                         None => {
                             warn!("lease watch ended (bucket deleted?); polling until it is back");
                             watch = None;
-                            rewatch = Some(self.rewatch(&kv, self.config.machine().poll_interval));
+                            rewatch = Some(store.rewatch(self.config.machine().poll_interval));
                         }
                     }
                 }
@@ -502,45 +485,20 @@ impl Election {
         refusal.map_or(Ok(()), Err)
     }
 
-    /// A new watch on the key after `pause`; `None` if it could not be made (yet).
-    fn rewatch(
-        &self,
-        kv: &Kv,
-        pause: Duration,
-    ) -> Pin<Box<dyn Future<Output = Option<natty_kv::Watch>> + Send>> {
-        let (kv, bucket, key) = (
-            kv.clone(),
-            self.config.bucket.clone(),
-            self.config.key.clone(),
-        );
-        Box::pin(async move {
-            tokio::time::sleep(pause).await;
-            match kv.watch_key(&bucket, &key).await {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    debug!(error = %e, "re-creating the lease watch");
-                    None
-                }
-            }
-        })
-    }
-
     /// Prepares the bucket and the watch, retrying while the server is unreachable or busy
     /// (a candidate started during an outage joins when it ends); a configuration problem
     /// (TTL mismatch, bad names) is returned at once. `None` if cancelled first.
     async fn set_up(
         &self,
         cancel: &CancellationToken,
-    ) -> Result<Option<(Kv, bool, bool, natty_kv::Watch)>, Error> {
+    ) -> Result<Option<(LeaseStore, bool, natty_kv::Watch)>, Error> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let attempt = async {
-                let (kv, per_key_ttl, created) = self.prepare_bucket().await?;
-                let watch = kv
-                    .watch_key(&self.config.bucket, &self.config.key)
-                    .await
-                    .map_err(from_kv)?;
-                Ok::<_, Error>((kv, per_key_ttl, created, watch))
+                let (store, created) =
+                    LeaseStore::prepare(&self.kv, &self.config, self.instance).await?;
+                let watch = store.watch().await?;
+                Ok::<_, Error>((store, created, watch))
             };
             let result = tokio::select! {
                 () = cancel.cancelled() => return Ok(None),
@@ -570,327 +528,6 @@ impl Election {
             _ => None,
         };
         self.shared.set_leading(leading);
-    }
-
-    /// Makes sure the bucket exists and suits the election; returns a `Kv` that re-creates
-    /// the bucket with that configuration if it vanishes, and whether per-key TTL is used
-    /// (server 2.11+; else the bucket's own TTL is the lease TTL), and whether we created it.
-    async fn prepare_bucket(&self) -> Result<(Kv, bool, bool), Error> {
-        let c = &self.config;
-        let per_key_ttl = self
-            .kv
-            .client()
-            .server_version()
-            .is_some_and(|v| v.at_least(2, 11));
-        let wanted = BucketConfig::new(&c.bucket)
-            .replicas(c.replicas)
-            .description(c.description.clone())
-            .per_key_ttl(per_key_ttl);
-        let wanted = if per_key_ttl {
-            wanted
-        } else {
-            wanted.ttl(c.ttl)
-        };
-        let mut created = false;
-        let status = match self.kv.status(&c.bucket).await {
-            Ok(status) => status,
-            Err(e) if e.kind() == natty_kv::ErrorKind::BucketNotFound => {
-                match self.kv.create_bucket(wanted.clone()).await {
-                    Ok(()) => created = true,
-                    // Another candidate may have created it first; the status below tells.
-                    Err(e) => debug!(error = %e, "creating the election bucket"),
-                }
-                self.kv.status(&c.bucket).await.map_err(from_kv)?
-            }
-            Err(e) => return Err(from_kv(e)),
-        };
-        let per_key_ttl = check_fits(c, per_key_ttl, &status)?;
-        debug!(per_key_ttl, "election bucket ready");
-        Ok((
-            Kv::with_defaults(self.kv.client().clone(), wanted),
-            per_key_ttl,
-            created,
-        ))
-    }
-
-    /// The KV request for an action, as a future that yields the machine's input. `held` is
-    /// the term we lead in and since when (ms since the Unix epoch), for a renew.
-    fn execute(
-        &self,
-        kv: &Kv,
-        action: Action,
-        held: Option<(Term, u64)>,
-        per_key_ttl: bool,
-        known_epoch: &Arc<std::sync::atomic::AtomicU64>,
-        refused: &Arc<Mutex<Option<Error>>>,
-    ) -> Op {
-        use std::sync::atomic::Ordering;
-        let kv = kv.clone();
-        let known_epoch = known_epoch.clone();
-        let refused = refused.clone();
-        let c = self.config.clone();
-        let instance = self.instance;
-        let machine = c.machine();
-        // A renew must not wait past the next renew; other requests get the client's timeout.
-        let limit = match action {
-            Action::Renew { .. } => machine.renew_interval,
-            _ => kv.client().request_timeout(),
-        };
-        Box::pin(async move {
-            let lease = |term: Option<u64>, epoch: u64, since_ms: u64| Lease {
-                node: c.node_name.clone(),
-                instance,
-                term,
-                epoch,
-                since_ms,
-            };
-            let request = async {
-                match action {
-                    Action::Create { make_bucket } => {
-                        if make_bucket {
-                            // A TTL after the bucket was found missing: nobody can still
-                            // work under its old lease, so re-create it and take its epoch.
-                            match kv.create_bucket(kv.defaults().with_name(&c.bucket)).await {
-                                Err(e) if e.kind() != natty_kv::ErrorKind::BucketExists => {
-                                    return Err(e);
-                                }
-                                Ok(()) => info!("re-created the election bucket"),
-                                Err(_) => {}
-                            }
-                            let Some(epoch) = bucket_epoch(&kv, &c.bucket).await? else {
-                                return Ok(Input::BucketGone);
-                            };
-                            // Someone may have re-created it with a shorter TTL or without
-                            // per-key TTL: never lead with a lease shorter than we believe.
-                            let status = kv.status(&c.bucket).await?;
-                            let fits = check_fits(&c, per_key_ttl, &status).and_then(|pk| {
-                                if pk == per_key_ttl {
-                                    Ok(())
-                                } else {
-                                    Err(Error::new(
-                                        ErrorKind::BucketTtlMismatch,
-                                        format!(
-                                            "electing on key {:?} in bucket {:?}: the bucket was \
-                                             re-created without per-key TTL",
-                                            c.key, c.bucket
-                                        ),
-                                    ))
-                                }
-                            });
-                            if let Err(e) = fits {
-                                error!(error = %e, "refusing to lead on the re-created bucket");
-                                *refused
-                                    .lock()
-                                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
-                                return Ok(Input::Failed);
-                            }
-                            known_epoch.store(epoch, Ordering::Relaxed);
-                        }
-                        let epoch = known_epoch.load(Ordering::Relaxed);
-                        let value = lease(None, epoch, now_ms()).encode();
-                        // If the bucket vanished, this create re-creates it (natty-kv's
-                        // auto-create); the epoch check below then says so, and we do not
-                        // lead: a follower must not lead while the old leader may still work.
-                        let created = if per_key_ttl {
-                            kv.create_with_ttl(&c.bucket, &c.key, value, c.ttl).await
-                        } else {
-                            kv.create(&c.bucket, &c.key, value).await
-                        }?;
-                        if !same_epoch(&kv, &c.bucket, epoch).await? {
-                            return Ok(Input::BucketGone);
-                        }
-                        Ok(Input::Created {
-                            revision: created,
-                            epoch,
-                        })
-                    }
-                    Action::Renew { revision } => {
-                        let (term, since_ms) = held.unwrap_or_default();
-                        let value = lease(Some(term.revision), term.epoch, since_ms).encode();
-                        let updated = if per_key_ttl {
-                            kv.update_with_ttl(&c.bucket, &c.key, value, revision, c.ttl)
-                                .await
-                        } else {
-                            kv.update(&c.bucket, &c.key, value, revision).await
-                        }?;
-                        Ok(Input::Updated {
-                            revision: updated,
-                            epoch: term.epoch,
-                        })
-                    }
-                    Action::Reclaim { revision } => {
-                        let epoch = known_epoch.load(Ordering::Relaxed);
-                        let value = lease(None, epoch, now_ms()).encode();
-                        let updated = if per_key_ttl {
-                            kv.update_with_ttl(&c.bucket, &c.key, value, revision, c.ttl)
-                                .await
-                        } else {
-                            kv.update(&c.bucket, &c.key, value, revision).await
-                        }?;
-                        if !same_epoch(&kv, &c.bucket, epoch).await? {
-                            return Ok(Input::BucketGone);
-                        }
-                        Ok(Input::Updated {
-                            revision: updated,
-                            epoch,
-                        })
-                    }
-                    Action::Resign { revision } => {
-                        let mut revision = revision;
-                        // If a renew of ours landed unseen, the key is ours at a later
-                        // revision: resign that one (twice at most).
-                        for _ in 0..2 {
-                            match kv.delete_if(&c.bucket, &c.key, revision).await {
-                                Err(e) if e.kind() == natty_kv::ErrorKind::RevisionMismatch => {
-                                    match read_holder(&kv, &c, instance).await {
-                                        (_, Some(ours)) => revision = ours,
-                                        _ => break,
-                                    }
-                                }
-                                other => return other.map(|()| Input::Resigned),
-                            }
-                        }
-                        Ok(Input::Resigned)
-                    }
-                    Action::StartWork { .. } | Action::StopWork { .. } => {
-                        unreachable!("work actions are handled by the driver")
-                    }
-                }
-            };
-            match tokio::time::timeout(limit, request).await {
-                Ok(Ok(input)) => input,
-                // A write answered "no responders" (503) also reads as `BucketNotFound`, yet a
-                // replicated stream electing its leader answers that for seconds: only the
-                // stream API saying "stream not found" means the bucket is gone.
-                Ok(Err(e)) if e.kind() == natty_kv::ErrorKind::BucketNotFound => {
-                    match bucket_epoch(&kv, &c.bucket).await {
-                        Ok(None) => {
-                            warn!(error = %e, ?action, "the election bucket is gone");
-                            Input::BucketGone
-                        }
-                        _ => {
-                            warn!(error = %e, ?action, "election request failed (the bucket exists)");
-                            Input::Failed
-                        }
-                    }
-                }
-                Ok(Err(e))
-                    if matches!(
-                        e.kind(),
-                        natty_kv::ErrorKind::RevisionMismatch | natty_kv::ErrorKind::KeyExists
-                    ) =>
-                {
-                    let (holder, ours) = read_holder(&kv, &c, instance).await;
-                    if let Some(h) = &holder {
-                        // (see the watch: a holder's newer epoch was vetted by its election)
-                        known_epoch.fetch_max(h.term.epoch, Ordering::Relaxed);
-                    }
-                    Input::Conflict { holder, ours }
-                }
-                Ok(Err(e)) => {
-                    warn!(error = %e, ?action, "election request failed");
-                    Input::Failed
-                }
-                Err(_) => {
-                    warn!(?action, ?limit, "election request timed out");
-                    Input::Failed
-                }
-            }
-        })
-    }
-}
-
-/// Whether the bucket's configuration gives the lease at least the TTL the election believes
-/// in; returns whether per-key TTL is in use. `BucketTtlMismatch` naming both values if not.
-fn check_fits(
-    c: &ElectionConfig,
-    per_key_ttl_supported: bool,
-    status: &natty_kv::BucketStatus,
-) -> Result<bool, Error> {
-    let per_key_ttl = per_key_ttl_supported && status.per_key_ttl;
-    let fits = if per_key_ttl {
-        status.ttl.is_none_or(|t| t >= c.ttl)
-    } else {
-        status.ttl == Some(c.ttl)
-    };
-    if fits {
-        return Ok(per_key_ttl);
-    }
-    Err(Error::new(
-        ErrorKind::BucketTtlMismatch,
-        format!(
-            "electing on key {:?} in bucket {:?}: bucket exists with ttl {}, election asked for {:?}{}",
-            c.key,
-            c.bucket,
-            status
-                .ttl
-                .map_or_else(|| "none".to_owned(), |t| format!("{t:?}")),
-            c.ttl,
-            if per_key_ttl {
-                ""
-            } else {
-                " (and the bucket has no per-key TTL)"
-            }
-        ),
-    ))
-}
-
-/// The bucket's epoch: its stream's creation time (ns since the Unix epoch, the server's
-/// clock); `None` when the bucket does not exist.
-async fn bucket_epoch(kv: &Kv, bucket: &str) -> Result<Option<u64>, natty_kv::Error> {
-    match kv
-        .client()
-        .jetstream()
-        .get_stream(format!("KV_{bucket}"))
-        .await
-    {
-        Ok(stream) => Ok(Some(
-            u64::try_from(stream.cached_info().created.unix_timestamp_nanos()).unwrap_or(0),
-        )),
-        Err(e) if natty_core::error::jetstream_code(&e) == Some(STREAM_NOT_FOUND) => Ok(None),
-        Err(e) => Err(natty_kv::Error::with_source(
-            natty_kv::ErrorKind::Other,
-            format!("reading the stream of bucket {bucket:?}"),
-            e,
-        )),
-    }
-}
-
-/// Whether the bucket is still the one created at `epoch`. A write to a bucket deleted
-/// behind our back may have re-created it (natty-kv's auto-create), or someone re-created
-/// it: then the new revision is not a term of `epoch`, and the election treats the bucket
-/// as gone (nobody leads for a TTL).
-async fn same_epoch(kv: &Kv, bucket: &str, epoch: u64) -> Result<bool, natty_kv::Error> {
-    let now = bucket_epoch(kv, bucket).await?;
-    if now != Some(epoch) {
-        warn!(
-            bucket,
-            epoch,
-            now = ?now,
-            "the election bucket was deleted or re-created behind our back"
-        );
-    }
-    Ok(now == Some(epoch))
-}
-
-/// JetStream's "stream not found".
-const STREAM_NOT_FOUND: u64 = 10059;
-
-/// Who holds the key now, and its revision if it is this instance's own write.
-async fn read_holder(kv: &Kv, c: &ElectionConfig, instance: u64) -> (Option<Holder>, Option<u64>) {
-    match kv.get(&c.bucket, &c.key).await {
-        Ok(Some(entry)) => match Lease::decode(&entry.value) {
-            Some(lease) => {
-                let ours = (lease.instance == instance).then_some(entry.revision);
-                let holder = Holder {
-                    term: lease.term_at(entry.revision),
-                    node: lease.node,
-                };
-                (Some(holder), ours)
-            }
-            None => (None, None),
-        },
-        _ => (None, None),
     }
 }
 

@@ -31,6 +31,7 @@ mod driver;
 mod error;
 mod lease;
 pub mod machine;
+mod store;
 
 #[cfg(test)]
 mod fuzz;
