@@ -457,9 +457,12 @@ fn mono(v: &Value) -> u64 {
     v["mono_ns"].as_u64().unwrap_or(0)
 }
 
-fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
+/// The election's safety checks on the candidates' lines: (1) work spans of terms never
+/// overlap, (2) no work under a term after that process's `lost` of it, (3) the fenced sink
+/// accepted no write issued after a newer term was elected, (4) terms strictly increase in
+/// election order. Each is `(name, passed, detail)`.
+fn election_checks(lines: &[Value]) -> Vec<(String, bool, String)> {
     let mut checks: Vec<(String, bool, String)> = Vec::new();
-    let lines = j.lines;
     let of = |e: &'static str| lines.iter().filter(move |v| v["event"] == e);
 
     // 1. Leadership (acting) intervals never overlap: per term, first to last work line.
@@ -551,6 +554,17 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
         decreasing == 0,
         format!("{} elections, {decreasing} out of order", by_time.len()),
     ));
+
+    checks
+}
+
+fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
+    let mut checks: Vec<(String, bool, String)> = Vec::new();
+    let lines = j.lines;
+    let of = |e: &'static str| lines.iter().filter(move |v| v["event"] == e);
+
+    // 1-4. The election's safety checks.
+    checks.extend(election_checks(lines));
 
     // 5. A leader acts again within TTL + 2 s after each process fault (someone works in the
     //    last second of that window). Node faults are held to TTL + 2 s plus the server's own
@@ -759,4 +773,110 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
     std::fs::write(j.out.join("report.md"), &md)?;
     println!("{md}");
     Ok(checks.iter().all(|(_, ok, _)| *ok))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The judge certifies the election's safety: it must fail on each violation it claims to
+    //! catch. Synthetic candidate lines, one per case.
+    #![allow(
+        clippy::unwrap_used,
+        reason = "in a test a panic is the failure report"
+    )]
+
+    use serde_json::{Value, json};
+
+    use super::election_checks;
+
+    fn line(event: &str, proc: &str, revision: u64, mono_ns: u64) -> Value {
+        json!({"event": event, "proc": proc, "node": proc,
+               "term": {"epoch": 5, "revision": revision}, "mono_ns": mono_ns})
+    }
+
+    fn sink(proc: &str, revision: u64, accepted: bool, issued_ns: u64, mono_ns: u64) -> Value {
+        let mut v = line("sink", proc, revision, mono_ns);
+        v["accepted"] = accepted.into();
+        v["issued_ns"] = issued_ns.into();
+        v
+    }
+
+    /// The verdict of the check whose name starts with `name`.
+    fn verdict(lines: &[Value], name: &str) -> bool {
+        election_checks(lines)
+            .into_iter()
+            .find(|(n, _, _)| n.starts_with(name))
+            .unwrap()
+            .1
+    }
+
+    fn clean() -> Vec<Value> {
+        vec![
+            line("elected", "a#0", 10, 100),
+            line("work", "a#0", 10, 110),
+            line("work", "a#0", 10, 200),
+            sink("a#0", 10, true, 150, 160),
+            line("lost", "a#0", 10, 300),
+            line("elected", "b#0", 20, 400),
+            line("work", "b#0", 20, 410),
+            sink("b#0", 20, true, 420, 430),
+            // a late write of the old term, refused by the fence: fine
+            sink("a#0", 10, false, 250, 450),
+        ]
+    }
+
+    #[test]
+    fn a_clean_history_passes_every_check() {
+        let checks = election_checks(&clean());
+        assert_eq!(checks.len(), 4);
+        for (name, ok, detail) in checks {
+            assert!(ok, "{name}: {detail}");
+        }
+    }
+
+    #[test]
+    fn overlapping_terms_fail() {
+        let mut lines = clean();
+        lines.retain(|v| v["event"] != "lost");
+        lines.push(line("work", "a#0", 10, 415)); // a still works after b started (410)
+        assert!(verdict(&lines, "no work after `lost`"));
+        assert!(!verdict(&lines, "leaders never act at once"));
+    }
+
+    #[test]
+    fn work_after_lost_fails() {
+        let mut lines = clean();
+        lines.push(line("work", "a#0", 10, 301));
+        assert!(!verdict(&lines, "no work after `lost`"));
+    }
+
+    #[test]
+    fn a_stale_sink_write_accepted_fails() {
+        let mut lines = clean();
+        // issued by term 10 after term 20 was elected, and accepted
+        lines.push(sink("a#0", 10, true, 405, 406));
+        assert!(!verdict(&lines, "fenced sink accepted zero stale writes"));
+    }
+
+    #[test]
+    fn terms_going_backwards_fail() {
+        let mut lines = clean();
+        // after a bucket re-creation with a broken term: epoch 5, revision 1 < 20
+        lines.push(line("elected", "c#0", 1, 500));
+        assert!(!verdict(&lines, "terms strictly increase"));
+        // a re-created bucket's term (later epoch, low revision) is higher: fine
+        let mut lines = clean();
+        lines.push(json!({"event": "elected", "proc": "c#0", "node": "c",
+                          "term": {"epoch": 6, "revision": 1}, "mono_ns": 500}));
+        assert!(verdict(&lines, "terms strictly increase"));
+    }
+
+    #[test]
+    fn a_line_without_a_readable_term_is_not_silently_term_zero() {
+        // Before the typed terms, `as_u64().unwrap_or(0)` read a missing term as 0.
+        let lines = vec![
+            line("elected", "a#0", 10, 100),
+            json!({"event": "elected", "proc": "b#0", "term": "garbage", "mono_ns": 200}),
+        ];
+        assert!(!verdict(&lines, "terms strictly increase"));
+    }
 }
