@@ -73,6 +73,14 @@ impl World {
                 "--ttl",
                 &TTL_SECS.to_string(),
             ]);
+            // Every other candidate drops its `run` future on SIGTERM instead of cancelling.
+            if name
+                .trim_start_matches('c')
+                .parse::<usize>()
+                .is_ok_and(|i| i % 2 == 1)
+            {
+                c.arg("--drop-on-term");
+            }
             if std::env::var_os("CHAOS_UNSAFE_CANDIDATES").is_some() {
                 c.arg("--unsafe-skip-validity-check");
             }
@@ -294,6 +302,46 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
                 }
                 None => None,
             }
+        } else if roll < 38 {
+            // A graceful stop (cancel and resign, or for odd candidates a dropped `run`),
+            // with the leader's server paused half the time: shutdown must end regardless.
+            match world.leader() {
+                Some(l) => {
+                    let pause = rng.random_bool(0.5);
+                    let node = cluster.node(rng.random_range(0..3));
+                    if pause {
+                        node.pause().await?;
+                    }
+                    world.signal(l, "-TERM").await?;
+                    let mut p = world.procs.remove(l);
+                    let ended =
+                        tokio::time::timeout(Duration::from_secs(TTL_SECS + 3), p.child.wait())
+                            .await;
+                    if pause {
+                        node.unpause().await?;
+                    }
+                    if ended.is_err() {
+                        eprintln!("{} did not exit within TTL + 3 s of SIGTERM", p.name);
+                        let _ = p.child.kill().await;
+                    }
+                    world.spawn(&p.name, true, p.incarnation + 1).await?;
+                    Some((
+                        if ended.is_ok() {
+                            "stop leader"
+                        } else {
+                            "stop leader (hung)"
+                        },
+                        p.name.clone(),
+                    ))
+                }
+                None => None,
+            }
+        } else if roll < 44 {
+            // The election bucket deleted behind everyone's back: re-created after a TTL.
+            natty::Kv::new(client.clone())
+                .delete_bucket("chaos_el")
+                .await?;
+            Some(("delete bucket", "chaos_el".to_owned()))
         } else if roll < 50 {
             match world.leader() {
                 Some(l) => Some((
@@ -595,7 +643,8 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
             recovered_after(f.start_ns).map_or_else(|| "never".to_owned(), |s| format!("{s:.1}s"))
         )
     };
-    let node_fault = |f: &&Fault| f.kind.ends_with("node");
+    // A deleted bucket is re-created as an R3 stream: held to the node bound too.
+    let node_fault = |f: &&Fault| f.kind.ends_with("node") || f.kind == "delete bucket";
     let process_faults: Vec<&Fault> = j.faults.iter().filter(|f| !node_fault(f)).collect();
     let node_faults: Vec<&Fault> = j.faults.iter().filter(node_fault).collect();
     let late: Vec<String> = process_faults

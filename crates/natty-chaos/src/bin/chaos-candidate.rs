@@ -64,10 +64,17 @@ async fn main() -> anyhow::Result<()> {
             .replicas(3),
     )?;
     let cancel = cancel_on_sigterm();
+    // `--drop-on-term`: on SIGTERM, drop the `run` future instead of cancelling it (what
+    // `select!`/`timeout` users do): the work must stop at once, without a resign.
+    let drop_on_term = std::env::args().any(|a| a == "--drop-on-term");
     emit(json!({"node": node, "event": "ready", "pid": std::process::id(), "mono_ns": mono_ns()}));
     let n = node.clone();
-    election
-        .run(cancel, move |lead| {
+    let run_cancel = if drop_on_term {
+        natty::CancellationToken::new()
+    } else {
+        cancel.clone()
+    };
+    let run = election.run(run_cancel, move |lead| {
             let (node, kv, sink) = (n.clone(), kv.clone(), sink.clone());
             async move {
                 emit(json!({"node": node, "event": "elected", "term": lead.term, "mono_ns": mono_ns()}));
@@ -89,8 +96,18 @@ async fn main() -> anyhow::Result<()> {
                 }
                 emit(json!({"node": node, "event": "lost", "term": lead.term, "mono_ns": mono_ns()}));
             }
-        })
-        .await?;
+    });
+    if drop_on_term {
+        tokio::select! {
+            result = run => result?,
+            () = cancel.cancelled() => {
+                emit(json!({"node": node, "event": "dropped", "mono_ns": mono_ns()}));
+            }
+        }
+        // The run future is gone: its work was aborted; nothing of ours runs any more.
+    } else {
+        run.await?;
+    }
     emit(json!({"node": node, "event": "exit", "mono_ns": mono_ns()}));
     Ok(())
 }
