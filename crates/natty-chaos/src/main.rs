@@ -74,6 +74,14 @@ impl World {
                 "--ttl",
                 &TTL_SECS.to_string(),
             ]);
+            // Every other candidate drops its `run` future on SIGTERM instead of cancelling.
+            if name
+                .trim_start_matches('c')
+                .parse::<usize>()
+                .is_ok_and(|i| i % 2 == 1)
+            {
+                c.arg("--drop-on-term");
+            }
             if std::env::var_os("CHAOS_UNSAFE_CANDIDATES").is_some() {
                 c.arg("--unsafe-skip-validity-check");
             }
@@ -304,7 +312,7 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
         }
         let roll = rng.random_range(0..100);
         let t0 = mono_ns();
-        let fault = if roll < 26 {
+        let fault = if roll < 22 {
             match world.leader() {
                 Some(l) => {
                     let hold = Duration::from_millis(rng.random_range(1000..6000)); // 0.5 to 3 x TTL
@@ -315,6 +323,46 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
                 }
                 None => None,
             }
+        } else if roll < 30 {
+            // A graceful stop (cancel and resign, or for odd candidates a dropped `run`),
+            // with the leader's server paused half the time: shutdown must end regardless.
+            match world.leader() {
+                Some(l) => {
+                    let pause = rng.random_bool(0.5);
+                    let node = cluster.node(rng.random_range(0..3));
+                    if pause {
+                        node.pause().await?;
+                    }
+                    world.signal(l, "-TERM").await?;
+                    let mut p = world.procs.remove(l);
+                    let ended =
+                        tokio::time::timeout(Duration::from_secs(TTL_SECS + 3), p.child.wait())
+                            .await;
+                    if pause {
+                        node.unpause().await?;
+                    }
+                    if ended.is_err() {
+                        eprintln!("{} did not exit within TTL + 3 s of SIGTERM", p.name);
+                        let _ = p.child.kill().await;
+                    }
+                    world.spawn(&p.name, true, p.incarnation + 1).await?;
+                    Some((
+                        if ended.is_ok() {
+                            "stop leader"
+                        } else {
+                            "stop leader (hung)"
+                        },
+                        p.name.clone(),
+                    ))
+                }
+                None => None,
+            }
+        } else if roll < 35 {
+            // The election bucket deleted behind everyone's back: re-created after a TTL.
+            natty::Kv::new(client.clone())
+                .delete_bucket("chaos_el")
+                .await?;
+            Some(("delete bucket", "chaos_el".to_owned()))
         } else if roll < 42 {
             match world.leader() {
                 Some(l) => Some((
@@ -557,20 +605,29 @@ struct Judge<'a> {
     out: &'a std::path::Path,
 }
 
+/// A line's term (a serialized `natty::election::Term`) as one ordered number; 0 if absent.
+fn term(v: &Value) -> u128 {
+    serde_json::from_value::<natty::election::Term>(v["term"].clone())
+        .map_or(0, natty::election::Term::as_u128)
+}
+
 fn mono(v: &Value) -> u64 {
     // (every line carries the emitter's CLOCK_MONOTONIC in ns)
     v["mono_ns"].as_u64().unwrap_or(0)
 }
 
-fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
+/// The election's safety checks on the candidates' lines: (1) work spans of terms never
+/// overlap, (2) no work under a term after that process's `lost` of it, (3) the fenced sink
+/// accepted no write issued after a newer term was elected, (4) terms strictly increase in
+/// election order. Each is `(name, passed, detail)`.
+fn election_checks(lines: &[Value]) -> Vec<(String, bool, String)> {
     let mut checks: Vec<(String, bool, String)> = Vec::new();
-    let lines = j.lines;
     let of = |e: &'static str| lines.iter().filter(move |v| v["event"] == e);
 
     // 1. Leadership (acting) intervals never overlap: per term, first to last work line.
-    let mut spans: BTreeMap<u64, (u64, u64, String)> = BTreeMap::new();
+    let mut spans: BTreeMap<u128, (u64, u64, String)> = BTreeMap::new();
     for v in of("work") {
-        let term = v["term"].as_u64().unwrap_or(0);
+        let term = term(v);
         let t = mono(v);
         let e =
             spans
@@ -605,23 +662,17 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
     ));
 
     // 2. No work under a term after that node's `lost` of the term.
-    let mut lost_at: HashMap<(String, u64), u64> = HashMap::new();
+    let mut lost_at: HashMap<(String, u128), u64> = HashMap::new();
     for v in of("lost") {
         lost_at.insert(
-            (
-                v["proc"].as_str().unwrap_or_default().to_owned(),
-                v["term"].as_u64().unwrap_or(0),
-            ),
+            (v["proc"].as_str().unwrap_or_default().to_owned(), term(v)),
             mono(v),
         );
     }
     let late: Vec<&Value> = of("work")
         .filter(|v| {
             lost_at
-                .get(&(
-                    v["proc"].as_str().unwrap_or_default().to_owned(),
-                    v["term"].as_u64().unwrap_or(0),
-                ))
+                .get(&(v["proc"].as_str().unwrap_or_default().to_owned(), term(v)))
                 .is_some_and(|l| mono(v) > *l)
         })
         .collect();
@@ -632,17 +683,12 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
     ));
 
     // 3. Fenced sink: no write accepted from a term issued after a newer term was elected.
-    let elected: Vec<(u64, u64)> = of("elected")
-        .map(|v| (mono(v), v["term"].as_u64().unwrap_or(0)))
-        .collect();
+    let elected: Vec<(u64, u128)> = of("elected").map(|v| (mono(v), term(v))).collect();
     let sink_ok: Vec<&Value> = of("sink").filter(|v| v["accepted"] == true).collect();
     let stale: Vec<&&Value> = sink_ok
         .iter()
         .filter(|v| {
-            let (term, issued) = (
-                v["term"].as_u64().unwrap_or(0),
-                v["issued_ns"].as_u64().unwrap_or(0),
-            );
+            let (term, issued) = (term(v), v["issued_ns"].as_u64().unwrap_or(0));
             elected.iter().any(|(t, e)| *e > term && *t < issued)
         })
         .collect();
@@ -667,6 +713,17 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
         decreasing == 0,
         format!("{} elections, {decreasing} out of order", by_time.len()),
     ));
+
+    checks
+}
+
+fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
+    let mut checks: Vec<(String, bool, String)> = Vec::new();
+    let lines = j.lines;
+    let of = |e: &'static str| lines.iter().filter(move |v| v["event"] == e);
+
+    // 1-4. The election's safety checks.
+    checks.extend(election_checks(lines));
 
     // 5. A leader acts again within TTL + 2 s after each process fault (someone works in the
     //    last second of that window). Node faults are held to TTL + 2 s plus the server's own
@@ -697,7 +754,8 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
             recovered_after(f.start_ns).map_or_else(|| "never".to_owned(), |s| format!("{s:.1}s"))
         )
     };
-    let node_fault = |f: &&Fault| f.kind.ends_with("node");
+    // A deleted bucket is re-created as an R3 stream: held to the node bound too.
+    let node_fault = |f: &&Fault| f.kind.ends_with("node") || f.kind == "delete bucket";
     let process_faults: Vec<&Fault> = j.faults.iter().filter(|f| !node_fault(f)).collect();
     let node_faults: Vec<&Fault> = j.faults.iter().filter(node_fault).collect();
     let late: Vec<String> = process_faults
@@ -892,4 +950,110 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
     std::fs::write(j.out.join("report.md"), &md)?;
     println!("{md}");
     Ok(checks.iter().all(|(_, ok, _)| *ok))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The judge certifies the election's safety: it must fail on each violation it claims to
+    //! catch. Synthetic candidate lines, one per case.
+    #![allow(
+        clippy::unwrap_used,
+        reason = "in a test a panic is the failure report"
+    )]
+
+    use serde_json::{Value, json};
+
+    use super::election_checks;
+
+    fn line(event: &str, proc: &str, revision: u64, mono_ns: u64) -> Value {
+        json!({"event": event, "proc": proc, "node": proc,
+               "term": {"epoch": 5, "revision": revision}, "mono_ns": mono_ns})
+    }
+
+    fn sink(proc: &str, revision: u64, accepted: bool, issued_ns: u64, mono_ns: u64) -> Value {
+        let mut v = line("sink", proc, revision, mono_ns);
+        v["accepted"] = accepted.into();
+        v["issued_ns"] = issued_ns.into();
+        v
+    }
+
+    /// The verdict of the check whose name starts with `name`.
+    fn verdict(lines: &[Value], name: &str) -> bool {
+        election_checks(lines)
+            .into_iter()
+            .find(|(n, _, _)| n.starts_with(name))
+            .unwrap()
+            .1
+    }
+
+    fn clean() -> Vec<Value> {
+        vec![
+            line("elected", "a#0", 10, 100),
+            line("work", "a#0", 10, 110),
+            line("work", "a#0", 10, 200),
+            sink("a#0", 10, true, 150, 160),
+            line("lost", "a#0", 10, 300),
+            line("elected", "b#0", 20, 400),
+            line("work", "b#0", 20, 410),
+            sink("b#0", 20, true, 420, 430),
+            // a late write of the old term, refused by the fence: fine
+            sink("a#0", 10, false, 250, 450),
+        ]
+    }
+
+    #[test]
+    fn a_clean_history_passes_every_check() {
+        let checks = election_checks(&clean());
+        assert_eq!(checks.len(), 4);
+        for (name, ok, detail) in checks {
+            assert!(ok, "{name}: {detail}");
+        }
+    }
+
+    #[test]
+    fn overlapping_terms_fail() {
+        let mut lines = clean();
+        lines.retain(|v| v["event"] != "lost");
+        lines.push(line("work", "a#0", 10, 415)); // a still works after b started (410)
+        assert!(verdict(&lines, "no work after `lost`"));
+        assert!(!verdict(&lines, "leaders never act at once"));
+    }
+
+    #[test]
+    fn work_after_lost_fails() {
+        let mut lines = clean();
+        lines.push(line("work", "a#0", 10, 301));
+        assert!(!verdict(&lines, "no work after `lost`"));
+    }
+
+    #[test]
+    fn a_stale_sink_write_accepted_fails() {
+        let mut lines = clean();
+        // issued by term 10 after term 20 was elected, and accepted
+        lines.push(sink("a#0", 10, true, 405, 406));
+        assert!(!verdict(&lines, "fenced sink accepted zero stale writes"));
+    }
+
+    #[test]
+    fn terms_going_backwards_fail() {
+        let mut lines = clean();
+        // after a bucket re-creation with a broken term: epoch 5, revision 1 < 20
+        lines.push(line("elected", "c#0", 1, 500));
+        assert!(!verdict(&lines, "terms strictly increase"));
+        // a re-created bucket's term (later epoch, low revision) is higher: fine
+        let mut lines = clean();
+        lines.push(json!({"event": "elected", "proc": "c#0", "node": "c",
+                          "term": {"epoch": 6, "revision": 1}, "mono_ns": 500}));
+        assert!(verdict(&lines, "terms strictly increase"));
+    }
+
+    #[test]
+    fn a_line_without_a_readable_term_is_not_silently_term_zero() {
+        // Before the typed terms, `as_u64().unwrap_or(0)` read a missing term as 0.
+        let lines = vec![
+            line("elected", "a#0", 10, 100),
+            json!({"event": "elected", "proc": "b#0", "term": "garbage", "mono_ns": 200}),
+        ];
+        assert!(!verdict(&lines, "terms strictly increase"));
+    }
 }

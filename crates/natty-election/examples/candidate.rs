@@ -2,9 +2,9 @@
 //!
 //! Prints one JSON line per transition on stdout, with `mono_ns` from CLOCK_MONOTONIC
 //! (comparable across processes on one host):
-//! `{"node":"n1","event":"elected","term":7,"mono_ns":..,"server":"<nats server name>"}`,
-//! `{"node":"n1","event":"work","term":7,"mono_ns":..}` each time its work runs,
-//! `{"node":"n1","event":"lost","term":7,"mono_ns":..}`, and `{"event":"ready"}` once running.
+//! `{"node":"n1","event":"elected","term":{"epoch":..,"revision":7},"mono_ns":..,"server":".."}`,
+//! `{"node":"n1","event":"work","term":{..},"mono_ns":..}` each time its work runs,
+//! `{"node":"n1","event":"lost","term":{..},"mono_ns":..}`, and `{"event":"ready"}` once running.
 //! SIGTERM/SIGINT: resign and exit.
 //!
 //! ```text

@@ -1,37 +1,39 @@
 //! [`Election`]: the tokio driver that runs the [`machine`](crate::machine) against natty-kv.
 //!
 //! It loops like quinn's `drive_timer`: `select!` over cancellation, the machine's timeout,
-//! the one KV request in flight, and the watch on the lease key, feeding each result back.
+//! the one KV request in flight, the work task and the watch on the lease key, feeding each
+//! result back. The KV side (bucket, lease requests) is in `store.rs`.
 //! Time is `tokio::time::Instant`, so tests with paused time run faster than real time.
 
 use std::{
     future::Future,
-    pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
 use futures::{FutureExt, StreamExt};
-use natty_kv::{BucketConfig, EventKind, Kv};
+use natty_kv::{EventKind, Kv};
 use tokio::{sync::broadcast, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
-    ElectionConfig, Error, ErrorKind,
+    ElectionConfig, Error, ErrorKind, Term,
     error::from_kv,
     lease::{Lease, instance_id, now_ms},
     machine::{Action, Event, Holder, Input, Machine, State},
+    store::{LeaseStore, Op, Rewatch},
 };
 
 /// What the work function gets while this node leads.
 #[derive(Debug, Clone)]
 pub struct Leadership {
-    /// The term: strictly increasing across leaders of this key. Use it as a *fencing token*:
-    /// pass it along with every write the leader makes to another system, and have that system
-    /// reject a term lower than the highest it has seen. Then a leader that was paused past its
-    /// lease (GC, SIGSTOP, VM migration) cannot overwrite its successor's work.
-    pub term: u64,
+    /// The term: strictly increasing across leaders of this key, even across the bucket's
+    /// deletion and re-creation. Use it as a *fencing token*: pass it along with every write
+    /// the leader makes to another system, and have that system reject a term lower than the
+    /// highest it has seen ([`Term`] says how to compare). Then a leader that was paused past
+    /// its lease (GC, SIGSTOP, VM migration) cannot overwrite its successor's work.
+    pub term: Term,
     /// Fires the moment leadership is lost (a renew conflict, the renew deadline passing, the
     /// key deleted) or the election is cancelled. Work must stop when it fires.
     pub lost: CancellationToken,
@@ -61,7 +63,7 @@ pub struct LeaderInfo {
     /// The leader's node name.
     pub node: String,
     /// Its term.
-    pub term: u64,
+    pub term: Term,
     /// When its term began (its clock).
     pub since: SystemTime,
 }
@@ -71,7 +73,7 @@ pub type ElectionEvent = Event;
 
 #[derive(Debug, Clone, Copy)]
 struct Leading {
-    term: u64,
+    term: Term,
     deadline: std::time::Instant,
 }
 
@@ -114,7 +116,7 @@ pub struct Election {
 /// The leader's work task. Dropping it (the `run` future was dropped: `select!`, `timeout`,
 /// an aborted task) fires `lost` and aborts the task at once: work never outlives its `run`.
 struct Job {
-    term: u64,
+    term: Term,
     lost: CancellationToken,
     handle: JoinHandle<()>,
     shared: Arc<Shared>,
@@ -186,8 +188,6 @@ impl Shared {
     }
 }
 
-type Op = Pin<Box<dyn Future<Output = Input> + Send>>;
-
 impl Election {
     /// An election for `config` using `kv`'s connection. Checks the configuration first
     /// (`InvalidConfig` / `InvalidName`, nothing sent).
@@ -217,7 +217,7 @@ impl Election {
     }
 
     /// This node's term while it leads (by its own lease deadline), else `None`.
-    pub fn current_term(&self) -> Option<u64> {
+    pub fn current_term(&self) -> Option<Term> {
         self.shared
             .leading
             .lock()
@@ -237,7 +237,7 @@ impl Election {
             let lease = Lease::decode(&e.value)?;
             Some(LeaderInfo {
                 node: lease.node.clone(),
-                term: lease.term.unwrap_or(e.revision),
+                term: lease.term_at(e.revision),
                 since: lease.since(),
             })
         }))
@@ -307,7 +307,7 @@ impl Election {
         f: F,
     ) -> Result<(), Error>
     where
-        F: FnMut(u64) -> Fut + Clone + Send + 'static,
+        F: FnMut(Term) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + Send,
     {
         self.run(cancel, move |lead: Leadership| {
@@ -321,7 +321,7 @@ impl Election {
                     tokio::select! {
                         () = lead.lost.cancelled() => return,
                         result = call => if result.is_err() {
-                            error!(term = lead.term, "run_every: a call panicked; calling again on schedule");
+                            error!(term = %lead.term, "run_every: a call panicked; calling again on schedule");
                         }
                     }
                     tokio::select! {
@@ -339,7 +339,7 @@ impl Election {
         F: FnMut(Leadership) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Some((kv, per_key_ttl, created, watch)) = self.set_up(&cancel).await? else {
+        let Some((store, created, watch)) = self.set_up(&cancel).await? else {
             return Ok(()); // cancelled before the election could start
         };
         let _not_leading = NotLeadingOnDrop(&self.shared);
@@ -355,12 +355,16 @@ impl Election {
         let mut op: Option<Op> = None;
         let mut job: Option<Job> = None;
         let mut term_since_ms = now_ms();
+        // Set when the bucket was re-created in a way we must not lead on: run ends with it.
+        let mut refusal: Option<Error> = None;
+        // The watch, re-created (after a pause) when it ends, e.g. with a deleted bucket.
+        let mut rewatch: Option<Rewatch> = None;
         let mut cancelled = false;
         loop {
             while let Some(action) = machine.poll_action() {
                 match action {
                     Action::StartWork { term } => {
-                        info!(term, "elected: starting work");
+                        info!(%term, "elected: starting work");
                         term_since_ms = now_ms();
                         // Published before the work starts, so `is_valid` is true from its
                         // first poll.
@@ -386,13 +390,9 @@ impl Election {
                         }
                     }
                     kv_action => {
-                        op = Some(self.execute(
-                            &kv,
-                            kv_action,
-                            machine.term(),
-                            per_key_ttl,
-                            term_since_ms,
-                        ));
+                        op = Some(
+                            store.execute(kv_action, machine.term().map(|t| (t, term_since_ms))),
+                        );
                     }
                 }
             }
@@ -414,16 +414,37 @@ impl Election {
                 input = async { op.as_mut().expect("guarded").await }, if op.is_some() => {
                     op = None;
                     machine.handle(Instant::now().into_std(), input);
+                    if let Some(e) = store.take_refusal() {
+                        refusal = Some(e);
+                        cancelled = true;
+                        machine.handle(Instant::now().into_std(), Input::Shutdown);
+                    }
+                }
+                new_watch = async { rewatch.as_mut().expect("guarded").await }, if rewatch.is_some() => {
+                    rewatch = None;
+                    match new_watch {
+                        Some(w) => {
+                            info!("lease watch re-established");
+                            watch = Some(w);
+                        }
+                        None => rewatch = Some(store.rewatch(Duration::from_secs(1))),
+                    }
                 }
                 event = async { watch.as_mut().expect("guarded").next().await }, if watch.is_some() => {
                     match event {
                         Some(Ok(event)) => {
                             let input = match event.kind {
-                                EventKind::Put => Lease::decode(&event.value).map(|lease| Input::KeyWritten {
-                                    holder: Holder {
-                                        node: lease.node,
-                                        term: lease.term.unwrap_or(event.revision),
-                                    },
+                                EventKind::Put => Lease::decode(&event.value).map(|lease| {
+                                    // A leader elected in a newer bucket epoch vetted that
+                                    // epoch (it waited out any older leader): adopt it, so
+                                    // our next create does not mistake it for a re-creation.
+                                    store.adopt_epoch(lease.epoch);
+                                    Input::KeyWritten {
+                                        holder: Holder {
+                                            term: lease.term_at(event.revision),
+                                            node: lease.node,
+                                        },
+                                    }
                                 }),
                                 _ => Some(Input::KeyGone { revision: event.revision }),
                             };
@@ -433,19 +454,20 @@ impl Election {
                         }
                         Some(Err(e)) => warn!(error = %e, "lease watch error; polling meanwhile"),
                         None => {
-                            warn!("lease watch ended (bucket deleted?); polling from now on");
+                            warn!("lease watch ended (bucket deleted?); polling until it is back");
                             watch = None;
+                            rewatch = Some(store.rewatch(self.config.machine().poll_interval));
                         }
                     }
                 }
                 ended = async { (&mut job.as_mut().expect("guarded").handle).await }, if job.is_some() => {
                     // The work ended by itself while we lead: resign so another node can.
-                    let term = job.take().map_or(0, |j| j.term);
+                    let term = job.take().map(|j| j.term).unwrap_or_default();
                     let panicked = matches!(&ended, Err(e) if e.is_panic());
                     if panicked {
-                        error!(term, "leader work panicked: resigning");
+                        error!(%term, "leader work panicked: resigning");
                     } else {
-                        warn!(term, "leader work returned while leading: resigning");
+                        warn!(%term, "leader work returned while leading: resigning");
                     }
                     machine.handle(Instant::now().into_std(), Input::WorkEnded { term, panicked });
                 }
@@ -460,7 +482,7 @@ impl Election {
         }
         self.publish_state(&machine);
         info!("election stopped");
-        Ok(())
+        refusal.map_or(Ok(()), Err)
     }
 
     /// Prepares the bucket and the watch, retrying while the server is unreachable or busy
@@ -469,16 +491,14 @@ impl Election {
     async fn set_up(
         &self,
         cancel: &CancellationToken,
-    ) -> Result<Option<(Kv, bool, bool, natty_kv::Watch)>, Error> {
+    ) -> Result<Option<(LeaseStore, bool, natty_kv::Watch)>, Error> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let attempt = async {
-                let (kv, per_key_ttl, created) = self.prepare_bucket().await?;
-                let watch = kv
-                    .watch_key(&self.config.bucket, &self.config.key)
-                    .await
-                    .map_err(from_kv)?;
-                Ok::<_, Error>((kv, per_key_ttl, created, watch))
+                let (store, created) =
+                    LeaseStore::prepare(&self.kv, &self.config, self.instance).await?;
+                let watch = store.watch().await?;
+                Ok::<_, Error>((store, created, watch))
             };
             let result = tokio::select! {
                 () = cancel.cancelled() => return Ok(None),
@@ -509,226 +529,6 @@ impl Election {
         };
         self.shared.set_leading(leading);
     }
-
-    /// Makes sure the bucket exists and suits the election; returns a `Kv` that re-creates
-    /// the bucket with that configuration if it vanishes, and whether per-key TTL is used
-    /// (server 2.11+; else the bucket's own TTL is the lease TTL), and whether we created it.
-    async fn prepare_bucket(&self) -> Result<(Kv, bool, bool), Error> {
-        let c = &self.config;
-        let per_key_ttl = self
-            .kv
-            .client()
-            .server_version()
-            .is_some_and(|v| v.at_least(2, 11));
-        let wanted = BucketConfig::new(&c.bucket)
-            .replicas(c.replicas)
-            .description(c.description.clone())
-            .per_key_ttl(per_key_ttl);
-        let wanted = if per_key_ttl {
-            wanted
-        } else {
-            wanted.ttl(c.ttl)
-        };
-        let mut created = false;
-        let status = match self.kv.status(&c.bucket).await {
-            Ok(status) => status,
-            Err(e) if e.kind() == natty_kv::ErrorKind::BucketNotFound => {
-                match self.kv.create_bucket(wanted.clone()).await {
-                    Ok(()) => created = true,
-                    // Another candidate may have created it first; the status below tells.
-                    Err(e) => debug!(error = %e, "creating the election bucket"),
-                }
-                self.kv.status(&c.bucket).await.map_err(from_kv)?
-            }
-            Err(e) => return Err(from_kv(e)),
-        };
-        let per_key_ttl = per_key_ttl && status.per_key_ttl;
-        let fits = if per_key_ttl {
-            status.ttl.is_none_or(|t| t >= c.ttl)
-        } else {
-            status.ttl == Some(c.ttl)
-        };
-        if !fits {
-            return Err(Error::new(
-                ErrorKind::BucketTtlMismatch,
-                format!(
-                    "electing on key {:?} in bucket {:?}: bucket exists with ttl {}, election asked for {:?}{}",
-                    c.key,
-                    c.bucket,
-                    status
-                        .ttl
-                        .map_or_else(|| "none".to_owned(), |t| format!("{t:?}")),
-                    c.ttl,
-                    if per_key_ttl {
-                        ""
-                    } else {
-                        " (and the bucket has no per-key TTL)"
-                    }
-                ),
-            ));
-        }
-        debug!(per_key_ttl, "election bucket ready");
-        Ok((
-            Kv::with_defaults(self.kv.client().clone(), wanted),
-            per_key_ttl,
-            created,
-        ))
-    }
-
-    /// The KV request for an action, as a future that yields the machine's input.
-    fn execute(
-        &self,
-        kv: &Kv,
-        action: Action,
-        term: Option<u64>,
-        per_key_ttl: bool,
-        since_ms: u64,
-    ) -> Op {
-        let kv = kv.clone();
-        let c = self.config.clone();
-        let instance = self.instance;
-        let machine = c.machine();
-        // A renew must not wait past the next renew; other requests get the client's timeout.
-        let limit = match action {
-            Action::Renew { .. } => machine.renew_interval,
-            _ => kv.client().request_timeout(),
-        };
-        Box::pin(async move {
-            let lease = |term: Option<u64>, since_ms: u64| Lease {
-                node: c.node_name.clone(),
-                instance,
-                term,
-                since_ms,
-            };
-            let request = async {
-                match action {
-                    Action::Create { make_bucket } => {
-                        // Never let the create re-create a deleted bucket by itself: a
-                        // follower doing that could lead while the old leader still works.
-                        if bucket_epoch(&kv, &c.bucket).await?.is_none() {
-                            if !make_bucket {
-                                return Ok(Input::BucketGone);
-                            }
-                            info!("re-creating the election bucket after a TTL without it");
-                            match kv.create_bucket(kv.defaults().with_name(&c.bucket)).await {
-                                Err(e) if e.kind() != natty_kv::ErrorKind::BucketExists => {
-                                    return Err(e);
-                                }
-                                _ => {}
-                            }
-                        }
-                        let value = lease(None, now_ms()).encode();
-                        let created = if per_key_ttl {
-                            kv.create_with_ttl(&c.bucket, &c.key, value, c.ttl).await
-                        } else {
-                            kv.create(&c.bucket, &c.key, value).await
-                        };
-                        created.map(|revision| Input::Created { revision })
-                    }
-                    Action::Renew { revision } | Action::Reclaim { revision } => {
-                        let value = match action {
-                            Action::Renew { .. } => lease(term, since_ms),
-                            _ => lease(None, now_ms()),
-                        }
-                        .encode();
-                        let updated = if per_key_ttl {
-                            kv.update_with_ttl(&c.bucket, &c.key, value, revision, c.ttl)
-                                .await
-                        } else {
-                            kv.update(&c.bucket, &c.key, value, revision).await
-                        };
-                        updated.map(|revision| Input::Updated { revision })
-                    }
-                    Action::Resign { revision } => {
-                        let mut revision = revision;
-                        // If a renew of ours landed unseen, the key is ours at a later
-                        // revision: resign that one (twice at most).
-                        for _ in 0..2 {
-                            match kv.delete_if(&c.bucket, &c.key, revision).await {
-                                Err(e) if e.kind() == natty_kv::ErrorKind::RevisionMismatch => {
-                                    match read_holder(&kv, &c, instance).await {
-                                        (_, Some(ours)) => revision = ours,
-                                        _ => break,
-                                    }
-                                }
-                                other => return other.map(|()| Input::Resigned),
-                            }
-                        }
-                        Ok(Input::Resigned)
-                    }
-                    Action::StartWork { .. } | Action::StopWork { .. } => {
-                        unreachable!("work actions are handled by the driver")
-                    }
-                }
-            };
-            match tokio::time::timeout(limit, request).await {
-                Ok(Ok(input)) => input,
-                Ok(Err(e)) if e.kind() == natty_kv::ErrorKind::BucketNotFound => {
-                    warn!(error = %e, ?action, "the election bucket is gone");
-                    Input::BucketGone
-                }
-                Ok(Err(e))
-                    if matches!(
-                        e.kind(),
-                        natty_kv::ErrorKind::RevisionMismatch | natty_kv::ErrorKind::KeyExists
-                    ) =>
-                {
-                    let (holder, ours) = read_holder(&kv, &c, instance).await;
-                    Input::Conflict { holder, ours }
-                }
-                Ok(Err(e)) => {
-                    warn!(error = %e, ?action, "election request failed");
-                    Input::Failed
-                }
-                Err(_) => {
-                    warn!(?action, ?limit, "election request timed out");
-                    Input::Failed
-                }
-            }
-        })
-    }
-}
-
-/// The bucket's epoch: its stream's creation time (ns since the Unix epoch, the server's
-/// clock); `None` when the bucket does not exist.
-async fn bucket_epoch(kv: &Kv, bucket: &str) -> Result<Option<u64>, natty_kv::Error> {
-    match kv
-        .client()
-        .jetstream()
-        .get_stream(format!("KV_{bucket}"))
-        .await
-    {
-        Ok(stream) => Ok(Some(
-            u64::try_from(stream.cached_info().created.unix_timestamp_nanos()).unwrap_or(0),
-        )),
-        Err(e) if natty_core::error::jetstream_code(&e) == Some(STREAM_NOT_FOUND) => Ok(None),
-        Err(e) => Err(natty_kv::Error::with_source(
-            natty_kv::ErrorKind::Other,
-            format!("reading the stream of bucket {bucket:?}"),
-            e,
-        )),
-    }
-}
-
-/// JetStream's "stream not found".
-const STREAM_NOT_FOUND: u64 = 10059;
-
-/// Who holds the key now, and its revision if it is this instance's own write.
-async fn read_holder(kv: &Kv, c: &ElectionConfig, instance: u64) -> (Option<Holder>, Option<u64>) {
-    match kv.get(&c.bucket, &c.key).await {
-        Ok(Some(entry)) => match Lease::decode(&entry.value) {
-            Some(lease) => {
-                let ours = (lease.instance == instance).then_some(entry.revision);
-                let holder = Holder {
-                    node: lease.node,
-                    term: lease.term.unwrap_or(entry.revision),
-                };
-                (Some(holder), ours)
-            }
-            None => (None, None),
-        },
-        _ => (None, None),
-    }
 }
 
 async fn sleep_until(deadline: Option<std::time::Instant>) {
@@ -740,16 +540,16 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
 
 /// Fires the work's `lost` and waits for it to end until `abort_at`; then aborts it.
 async fn stop_work(mut job: Job, abort_at: Instant) {
-    info!(term = job.term, "stopping work");
+    info!(term = %job.term, "stopping work");
     job.fire_lost();
     let term = job.term;
     match tokio::time::timeout_at(abort_at, &mut job.handle).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) if e.is_panic() => error!(term, "leader work panicked"),
+        Ok(Err(e)) if e.is_panic() => error!(%term, "leader work panicked"),
         Ok(Err(_)) => {}
         Err(_) => {
             error!(
-                term,
+                %term,
                 "leader work ignored `lost` until half the margin before the lease could expire: aborting it"
             );
             job.handle.abort();

@@ -6,8 +6,9 @@
 //! - **Self-fencing.** Work gets a `lost` token that fires the moment leadership is lost, or
 //!   when no renew has succeeded for `ttl - margin` by the local monotonic clock, even if the
 //!   server never answered.
-//! - **Fencing token.** [`Leadership::term`] is the revision the lease was created at:
-//!   strictly increasing, for systems the leader writes to, to reject stale leaders.
+//! - **Fencing token.** [`Leadership::term`] is a [`Term`]: the bucket's creation time and the
+//!   revision the lease was created at, strictly increasing even across the bucket's deletion
+//!   and re-creation, for systems the leader writes to, to reject stale leaders.
 //! - **Fast hand-over.** A leader resigns on shutdown (conditioned delete); followers watch
 //!   the key and contest the moment it is deleted or expires (per-key TTL with expiry markers
 //!   on server 2.11+; polling as a fallback).
@@ -30,6 +31,7 @@ mod driver;
 mod error;
 mod lease;
 pub mod machine;
+mod store;
 
 #[cfg(test)]
 mod fuzz;
@@ -37,5 +39,6 @@ mod fuzz;
 pub use config::{DEFAULT_TTL, ElectionConfig};
 pub use driver::{Election, ElectionEvent, LeaderInfo, Leadership};
 pub use error::{Error, ErrorKind};
+pub use lease::Term;
 pub use machine::LostReason;
 pub use tokio_util::sync::CancellationToken;

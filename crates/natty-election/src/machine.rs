@@ -1,4 +1,4 @@
-//! The election as a pure state machine: no tokio, no I/O, no clock. Time is passed in.
+//! The election as a pure state machine: no async runtime, no I/O, no clock. Time is passed in.
 //!
 //! The driver feeds it [`Input`]s (results of the KV operations it asked for, and what the
 //! watch on the key saw) and the current time; it answers with [`Action`]s to carry out,
@@ -16,13 +16,13 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use natty_election::machine::{Action, Input, Machine, MachineConfig};
+//! use natty_election::{Term, machine::{Action, Input, Machine, MachineConfig}};
 //!
 //! let t0 = Instant::now();
 //! let mut m = Machine::new(MachineConfig::new(Duration::from_secs(3)), t0);
 //! assert_eq!(m.poll_action(), Some(Action::Create { make_bucket: false }));
-//! m.handle(t0, Input::Created { revision: 7 });
-//! assert_eq!(m.poll_action(), Some(Action::StartWork { term: 7 }));
+//! m.handle(t0, Input::Created { revision: 7, epoch: 1 });
+//! assert_eq!(m.poll_action(), Some(Action::StartWork { term: Term::new(1, 7) }));
 //! assert!(m.is_leader(t0));
 //! ```
 
@@ -30,6 +30,8 @@ use std::{
     collections::VecDeque,
     time::{Duration, Instant},
 };
+
+pub use crate::lease::Term;
 
 /// Timing of an election.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +115,7 @@ pub struct Holder {
     /// The leader's node name.
     pub node: String,
     /// Its term.
-    pub term: u64,
+    pub term: Term,
 }
 
 /// What the driver tells the machine.
@@ -123,11 +125,15 @@ pub enum Input {
     Created {
         /// The new key's revision.
         revision: u64,
+        /// The bucket's epoch (see [`Term`]), the same before and after the create.
+        epoch: u64,
     },
     /// The renew or reclaim we asked for succeeded; the key is now at `revision`.
     Updated {
         /// The key's new revision.
         revision: u64,
+        /// The bucket's epoch (see [`Term`]): a reclaim's new term is (`epoch`, `revision`).
+        epoch: u64,
     },
     /// The create found the key held, or the renew/reclaim found another revision.
     Conflict {
@@ -156,7 +162,7 @@ pub enum Input {
     /// The work of `term` ended by itself (returned, or `panicked`): resign, then follow.
     WorkEnded {
         /// The term whose work ended.
-        term: u64,
+        term: Term,
         /// Whether it panicked.
         panicked: bool,
     },
@@ -193,13 +199,13 @@ pub enum Action {
     /// Start the leader's work for `term`.
     StartWork {
         /// The term (fencing token).
-        term: u64,
+        term: Term,
     },
     /// Stop the work of `term` now: fire its `lost`, and abort it if it has not ended by
     /// `abort_at` (at the latest `margin / 2` before the lease could expire on the server).
     StopWork {
         /// The term.
-        term: u64,
+        term: Term,
         /// Abort work that ignores `lost` at this instant.
         abort_at: Instant,
     },
@@ -231,12 +237,12 @@ pub enum Event {
     /// We lead in `term`.
     Elected {
         /// The term (fencing token).
-        term: u64,
+        term: Term,
     },
     /// We no longer lead.
     Lost {
         /// The term that ended.
-        term: u64,
+        term: Term,
         /// Why.
         reason: LostReason,
     },
@@ -259,8 +265,8 @@ pub enum State {
     },
     /// Leading.
     Leader {
-        /// The term (the revision the key was created or reclaimed at).
-        term: u64,
+        /// The term (the revision the key was created or reclaimed at, in its bucket epoch).
+        term: Term,
         /// The key's current revision (changes with each renew).
         revision: u64,
         /// Work must have stopped by this instant.
@@ -350,7 +356,7 @@ impl Machine {
     }
 
     /// The current term while leading.
-    pub fn term(&self) -> Option<u64> {
+    pub fn term(&self) -> Option<Term> {
         match self.state {
             State::Leader { term, .. } => Some(term),
             _ => None,
@@ -443,12 +449,12 @@ impl Machine {
         self.handle_timeout(now);
         match input {
             Input::Shutdown => self.shutdown(now),
-            Input::Created { revision } => {
+            Input::Created { revision, epoch } => {
                 if let Some((Op::Create, sent)) = self.pending.take() {
-                    self.lead(revision, revision, sent, now);
+                    self.lead(Term::new(epoch, revision), revision, sent, now);
                 }
             }
-            Input::Updated { revision } => match self.pending.take() {
+            Input::Updated { revision, epoch } => match self.pending.take() {
                 Some((Op::Renew, sent)) => {
                     if let State::Leader { term, .. } = self.state {
                         self.state = State::Leader {
@@ -468,7 +474,9 @@ impl Machine {
                         };
                     }
                 }
-                Some((Op::Reclaim, sent)) => self.lead(revision, revision, sent, now),
+                Some((Op::Reclaim, sent)) => {
+                    self.lead(Term::new(epoch, revision), revision, sent, now);
+                }
                 other => self.pending = other,
             },
             Input::Conflict {
@@ -593,7 +601,7 @@ impl Machine {
                 }
             }
             Input::KeyGone { revision } => match self.state {
-                State::Leader { term, .. } if revision > term => {
+                State::Leader { term, .. } if revision > term.revision => {
                     // Deleted or expired after we took it: we do not lead any more.
                     self.lose(term, LostReason::KeyGone, None, now);
                     self.contest_now(now);
@@ -641,7 +649,7 @@ impl Machine {
         }
     }
 
-    fn lead(&mut self, term: u64, revision: u64, sent: Instant, now: Instant) {
+    fn lead(&mut self, term: Term, revision: u64, sent: Instant, now: Instant) {
         if self.shutdown {
             // Won while shutting down: give it straight back, no work started.
             self.state = State::Resigning { revision };
@@ -669,19 +677,22 @@ impl Machine {
     }
 
     /// Work stops now; work that ignores `lost` is aborted half the margin later, and in any
-    /// case half the margin before the lease could expire (`sent + ttl - margin / 2`).
-    fn stop_work(&mut self, term: u64, now: Instant) {
+    /// case half the margin before the lease could expire (`sent + ttl - margin / 2`) —
+    /// unless the process itself stalled past that instant (a freeze, a GC pause: then it is
+    /// told only now, and the work gets a quarter margin to see `lost`; its lease is gone,
+    /// which is what the fencing token is for).
+    fn stop_work(&mut self, term: Term, now: Instant) {
         let deadline = match self.state {
             State::Leader { deadline, .. } => deadline.min(now),
             _ => now,
         };
         self.actions.push_back(Action::StopWork {
             term,
-            abort_at: deadline + self.config.margin / 2,
+            abort_at: (deadline + self.config.margin / 2).max(now + self.config.margin / 4),
         });
     }
 
-    fn lose(&mut self, term: u64, reason: LostReason, own: Option<u64>, now: Instant) {
+    fn lose(&mut self, term: Term, reason: LostReason, own: Option<u64>, now: Instant) {
         self.stop_work(term, now);
         self.events.push_back(Event::Lost { term, reason });
         self.state = State::Follower { own, next_try: now };

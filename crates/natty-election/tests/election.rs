@@ -206,7 +206,7 @@ async fn terms_strictly_increase_across_ten_failovers() -> anyhow::Result<()> {
         rec.intervals().get(10).cloned()
     })
     .await?;
-    let terms: Vec<u64> = rec.intervals().iter().map(|i| i.term).collect();
+    let terms: Vec<_> = rec.intervals().iter().map(|i| i.term).collect();
     assert!(terms.windows(2).all(|w| w[0] < w[1]), "terms: {terms:?}");
     for c in cands {
         c.stop().await?;
@@ -280,7 +280,9 @@ async fn run_every_calls_only_while_leader() -> anyhow::Result<()> {
     init_tracing();
     let nats = Nats::start().await?;
     let b = bucket();
-    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(
+        Vec::<(String, natty_election::Term)>::new(),
+    ));
     let mut runs = Vec::new();
     for n in ["a", "b"] {
         let client = ConnectOptions::new([nats.url()]).connect().await?;
@@ -719,5 +721,123 @@ async fn a_second_concurrent_run_on_a_clone_is_refused() -> anyhow::Result<()> {
     let cancel = natty_election::CancellationToken::new();
     cancel.cancel();
     election.run(cancel, |_| async {}).await?;
+    Ok(())
+}
+
+/// Issue 15, item 4: terms never go backwards, even when the bucket is deleted and re-created
+/// (its revisions restart at 1).
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn terms_increase_across_bucket_re_creation() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let b = bucket();
+    let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    // Some history first, so the first term's revision is well above 1.
+    for i in 0..50 {
+        kv.put(&b, &format!("other{i}"), "x".into()).await?;
+    }
+    let rec = Recorder::default();
+    let a = Candidate::start(&nats.url(), config(&b, "leader", "a"), &rec).await?;
+    let first = wait_for("a leads", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    kv.delete_bucket(&b).await?;
+    let second = wait_for("a leads again", Duration::from_secs(8), || async {
+        rec.intervals().get(1).cloned()
+    })
+    .await?;
+    eprintln!("terms: {:?} then {:?}", first.term, second.term);
+    assert!(
+        second.term > first.term,
+        "the term went backwards: {:?} then {:?}",
+        first.term,
+        second.term
+    );
+    let stored = a.election.leader().await?.expect("a leader is stored");
+    assert_eq!(stored.term, second.term);
+    a.stop().await?;
+    Ok(())
+}
+
+/// Issue 15, item 8: a bucket re-created behind the election's back with a shorter TTL is
+/// noticed: the election refuses to lead with a lease shorter than it believes, and says why.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_bucket_re_created_with_a_shorter_ttl_is_refused() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let b = bucket();
+    let rec = Recorder::default();
+    let a = Candidate::start(&nats.url(), config(&b, "leader", "a"), &rec).await?;
+    wait_for("a leads", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    let kv = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    kv.delete_bucket(&b).await?;
+    kv.create_bucket(BucketConfig::new(&b).ttl(Duration::from_secs(1)))
+        .await?;
+    let ended = tokio::time::timeout(Duration::from_secs(10), a.task).await;
+    let Ok(result) = ended else {
+        panic!("the election neither refused nor reported the shorter TTL within 10 s");
+    };
+    let err = result?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BucketTtlMismatch, "{err}");
+    assert!(err.to_string().contains("1s"), "{err}");
+    assert_eq!(rec.intervals().len(), 1, "it led on the short-TTL bucket");
+    Ok(())
+}
+
+/// Issue 15, item 8: after the bucket is deleted and re-created, followers watch the key again
+/// and know the new bucket epoch, so hand-overs are fast again (not a poll interval, nor a
+/// TTL of hold-off for a follower that mistakes the vetted new bucket for a re-creation).
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn the_watch_comes_back_after_the_bucket_is_re_created() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let b = bucket();
+    let rec = Recorder::default();
+    let mut cands = Vec::new();
+    for n in ["a", "b", "c"] {
+        cands.push(Candidate::start(&nats.url(), config(&b, "leader", n), &rec).await?);
+    }
+    wait_for("a leader", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    Kv::new(ConnectOptions::new([nats.url()]).connect().await?)
+        .delete_bucket(&b)
+        .await?;
+    let mut handovers = Vec::new();
+    for round in 1..3 {
+        let leader = wait_for(
+            "a leader after the re-creation",
+            Duration::from_secs(10),
+            || async { rec.intervals().get(round).cloned() },
+        )
+        .await?;
+        // Let every follower's watch come back (it retries every second).
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let idx = cands.iter().position(|c| c.node == leader.node).unwrap();
+        let resigned_at = Instant::now();
+        cands.remove(idx).stop().await?;
+        let next = wait_for("the hand-over", Duration::from_secs(5), || async {
+            rec.intervals().get(round + 1).cloned()
+        })
+        .await?;
+        handovers.push(next.start - resigned_at);
+    }
+    eprintln!("hand-overs after the re-creation: {handovers:?}");
+    assert!(
+        handovers.iter().all(|h| *h < Duration::from_millis(250)),
+        "hand-overs took {handovers:?}: the watch did not come back (polling every 667 ms)"
+    );
+    rec.assert_no_overlap_open_last();
+    for c in cands {
+        c.stop().await?;
+    }
     Ok(())
 }

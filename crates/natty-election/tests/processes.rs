@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use natty_election::Term;
 use natty_testkit::{Nats, NatsCluster, init_tracing, unique_name, wait_for};
 use serde_json::Value;
 use tokio::{
@@ -56,6 +57,11 @@ impl Lines {
 
 fn is(v: &Value, event: &str) -> bool {
     v["event"] == event
+}
+
+/// The `term` of a line (a serialized [`Term`]), if it has one.
+fn term_of(v: &Value) -> Option<Term> {
+    serde_json::from_value(v["term"].clone()).ok()
 }
 
 fn mono(v: &Value) -> u64 {
@@ -117,11 +123,11 @@ async fn signal(proc: &Proc, sig: &str) -> anyhow::Result<()> {
 /// Per node, its [elected, lost] intervals (an open one ends at `now`); panics on overlap.
 fn assert_no_overlap(lines: &[Value], now: u64) {
     let mut intervals = Vec::new();
-    let mut open: std::collections::HashMap<String, (u64, u64)> = Default::default();
+    let mut open: std::collections::HashMap<String, (Term, u64)> = Default::default();
     for v in lines {
         let node = v["node"].as_str().unwrap_or_default().to_owned();
         if is(v, "elected") {
-            open.insert(node, (v["term"].as_u64().unwrap(), mono(v)));
+            open.insert(node, (term_of(v).unwrap(), mono(v)));
         } else if is(v, "lost")
             && let Some((term, start)) = open.remove(&node)
         {
@@ -159,7 +165,7 @@ async fn a_frozen_leader_is_replaced_and_never_works_under_its_old_term() -> any
     })
     .await?;
     let leader_node = first["node"].as_str().unwrap().to_owned();
-    let term = first["term"].as_u64().unwrap();
+    let term = term_of(&first).unwrap();
     let leader = procs.iter().find(|p| p.node == leader_node).unwrap();
     wait_for("the leader working", Duration::from_secs(5), || async {
         lines.find(|v| is(v, "work") && v["node"] == leader_node.as_str())
@@ -183,7 +189,7 @@ async fn a_frozen_leader_is_replaced_and_never_works_under_its_old_term() -> any
         "replaced after {replaced_after:?}"
     );
     assert_ne!(second["node"], leader_node.as_str());
-    assert!(second["term"].as_u64().unwrap() > term);
+    assert!(term_of(&second).unwrap() > term);
 
     // Keep it frozen well past its TTL, then let it run again.
     let thaw_at = stopped_at + TTL_NS + 500_000_000;
@@ -197,7 +203,7 @@ async fn a_frozen_leader_is_replaced_and_never_works_under_its_old_term() -> any
         || async { lines.find(|v| is(v, "lost") && v["node"] == leader_node.as_str()) },
     )
     .await?;
-    assert_eq!(lost["term"].as_u64(), Some(term));
+    assert_eq!(term_of(&lost), Some(term));
     // Its delayed renew must not have deposed the new leader.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let all = lines.all();
@@ -206,7 +212,7 @@ async fn a_frozen_leader_is_replaced_and_never_works_under_its_old_term() -> any
         .filter(|v| {
             is(v, "work")
                 && v["node"] == leader_node.as_str()
-                && v["term"].as_u64() == Some(term)
+                && term_of(v) == Some(term)
                 && mono(v) > frozen_at
         })
         .collect();
@@ -226,10 +232,7 @@ async fn a_frozen_leader_is_replaced_and_never_works_under_its_old_term() -> any
         .iter()
         .map(|v| {
             let mut v = v.clone();
-            if is(&v, "lost")
-                && v["node"] == leader_node.as_str()
-                && v["term"].as_u64() == Some(term)
-            {
+            if is(&v, "lost") && v["node"] == leader_node.as_str() && term_of(&v) == Some(term) {
                 v["mono_ns"] = frozen_at.into();
             }
             v

@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 async fn main() -> anyhow::Result<()> {
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let bucket = format!("elections_{}", std::process::id());
-    let (elected_tx, mut elected) = mpsc::unbounded_channel::<(String, u64, Instant)>();
+    let (elected_tx, mut elected) =
+        mpsc::unbounded_channel::<(String, natty::election::Term, Instant)>();
     let mut candidates = Vec::new();
     for node in ["alpha", "beta", "gamma"] {
         let natty = Natty::connect(ConnectOptions::new([url.clone()])).await?;

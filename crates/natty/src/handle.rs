@@ -534,7 +534,7 @@ impl Natty {
         f: F,
     ) -> Result<(), natty_election::Error>
     where
-        F: FnMut(u64) -> Fut + Clone + Send + 'static,
+        F: FnMut(natty_election::Term) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + Send,
     {
         self.election(config)?.run_every(cancel, interval, f).await

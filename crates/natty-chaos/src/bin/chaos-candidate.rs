@@ -8,12 +8,14 @@ use natty::{ElectionConfig, Kv, kv::ErrorKind};
 use natty_chaos::{arg, cancel_on_sigterm, emit, init_logs, mono_ns};
 use serde_json::json;
 
-/// Writes `term` to the sink if the sink holds no higher term. `Ok(true)`: accepted.
-async fn sink_write(kv: &Kv, bucket: &str, term: u64) -> anyhow::Result<bool> {
+/// Writes `term` to the sink if the sink holds no higher term (compared as
+/// `Term::as_u128`). `Ok(true)`: accepted.
+async fn sink_write(kv: &Kv, bucket: &str, term: natty::election::Term) -> anyhow::Result<bool> {
+    let term = term.as_u128();
     let current = kv.get(bucket, "sink").await?;
     let (held, revision) = match &current {
         Some(e) => (
-            std::str::from_utf8(&e.value)?.parse::<u64>()?,
+            std::str::from_utf8(&e.value)?.parse::<u128>()?,
             Some(e.revision),
         ),
         None => (0, None),
@@ -62,10 +64,17 @@ async fn main() -> anyhow::Result<()> {
             .replicas(3),
     )?;
     let cancel = cancel_on_sigterm();
+    // `--drop-on-term`: on SIGTERM, drop the `run` future instead of cancelling it (what
+    // `select!`/`timeout` users do): the work must stop at once, without a resign.
+    let drop_on_term = std::env::args().any(|a| a == "--drop-on-term");
     emit(json!({"node": node, "event": "ready", "pid": std::process::id(), "mono_ns": mono_ns()}));
     let n = node.clone();
-    election
-        .run(cancel, move |lead| {
+    let run_cancel = if drop_on_term {
+        natty::CancellationToken::new()
+    } else {
+        cancel.clone()
+    };
+    let run = election.run(run_cancel, move |lead| {
             let (node, kv, sink) = (n.clone(), kv.clone(), sink.clone());
             async move {
                 emit(json!({"node": node, "event": "elected", "term": lead.term, "mono_ns": mono_ns()}));
@@ -87,8 +96,18 @@ async fn main() -> anyhow::Result<()> {
                 }
                 emit(json!({"node": node, "event": "lost", "term": lead.term, "mono_ns": mono_ns()}));
             }
-        })
-        .await?;
+    });
+    if drop_on_term {
+        tokio::select! {
+            result = run => result?,
+            () = cancel.cancelled() => {
+                emit(json!({"node": node, "event": "dropped", "mono_ns": mono_ns()}));
+            }
+        }
+        // The run future is gone: its work was aborted; nothing of ours runs any more.
+    } else {
+        run.await?;
+    }
     emit(json!({"node": node, "event": "exit", "mono_ns": mono_ns()}));
     Ok(())
 }

@@ -15,7 +15,7 @@ use tokio::{task::JoinHandle, time::Instant};
 #[derive(Debug, Clone)]
 pub struct Interval {
     pub node: String,
-    pub term: u64,
+    pub term: natty_election::Term,
     pub start: Instant,
     pub end: Option<Instant>,
 }

@@ -1,0 +1,419 @@
+//! The KV side of the election: the bucket, the lease requests the machine asks for, and
+//! what the lease key holds. The driver (`driver.rs`) is the select loop around it.
+//!
+//! Every lease request is conditioned (create-if-absent, update/delete at a revision); a
+//! bucket that vanished is never silently re-created by a lease request that may then lead
+//! (see [`Action::Create`]); the bucket epoch of a [`Term`] is checked after each write that
+//! starts a term.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use natty_kv::{BucketConfig, Kv};
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    ElectionConfig, Error, ErrorKind, Term,
+    error::from_kv,
+    lease::{Lease, now_ms},
+    machine::{Action, Holder, Input},
+};
+
+/// A lease request in flight, yielding the machine's input.
+pub(crate) type Op = Pin<Box<dyn Future<Output = Input> + Send>>;
+
+/// A watch being re-created.
+pub(crate) type Rewatch = Pin<Box<dyn Future<Output = Option<natty_kv::Watch>> + Send>>;
+
+/// The election's bucket and lease key.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseStore {
+    /// Re-creates the bucket with the election's configuration if it vanishes (the lease
+    /// requests guard against that; see `execute`).
+    kv: Kv,
+    config: ElectionConfig,
+    instance: u64,
+    per_key_ttl: bool,
+    /// The epoch of the bucket as we know it (see [`Term`]), refreshed when re-created.
+    known_epoch: Arc<AtomicU64>,
+    /// Set when the bucket was re-created in a way we must not lead on.
+    refused: Arc<Mutex<Option<Error>>>,
+}
+
+impl LeaseStore {
+    /// A watch on the lease key.
+    pub(crate) async fn watch(&self) -> Result<natty_kv::Watch, Error> {
+        self.kv
+            .watch_key(&self.config.bucket, &self.config.key)
+            .await
+            .map_err(from_kv)
+    }
+
+    /// Adopts a newer bucket epoch seen in a holder's lease: a leader elected in it vetted it
+    /// (it waited out any older leader), so our next create must not mistake it for a
+    /// re-creation.
+    pub(crate) fn adopt_epoch(&self, epoch: u64) {
+        self.known_epoch.fetch_max(epoch, Ordering::Relaxed);
+    }
+
+    /// Why the election must stop (a re-created bucket that does not fit), once.
+    pub(crate) fn take_refusal(&self) -> Option<Error> {
+        self.refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// A new watch on the key after `pause`; `None` if it could not be made (yet).
+    pub(crate) fn rewatch(&self, pause: Duration) -> Rewatch {
+        let (kv, bucket, key) = (
+            self.kv.clone(),
+            self.config.bucket.clone(),
+            self.config.key.clone(),
+        );
+        Box::pin(async move {
+            tokio::time::sleep(pause).await;
+            match kv.watch_key(&bucket, &key).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    debug!(error = %e, "re-creating the lease watch");
+                    None
+                }
+            }
+        })
+    }
+
+    /// Makes sure the bucket exists and suits the election (per-key TTL on server 2.11+, else
+    /// the bucket's own TTL is the lease TTL) and reads its epoch; also says whether we
+    /// created the bucket.
+    pub(crate) async fn prepare(
+        kv: &Kv,
+        config: &ElectionConfig,
+        instance: u64,
+    ) -> Result<(Self, bool), Error> {
+        let c = config;
+        let per_key_ttl = kv
+            .client()
+            .server_version()
+            .is_some_and(|v| v.at_least(2, 11));
+        let wanted = BucketConfig::new(&c.bucket)
+            .replicas(c.replicas)
+            .description(c.description.clone())
+            .per_key_ttl(per_key_ttl);
+        let wanted = if per_key_ttl {
+            wanted
+        } else {
+            wanted.ttl(c.ttl)
+        };
+        let mut created = false;
+        let status = match kv.status(&c.bucket).await {
+            Ok(status) => status,
+            Err(e) if e.kind() == natty_kv::ErrorKind::BucketNotFound => {
+                match kv.create_bucket(wanted.clone()).await {
+                    Ok(()) => created = true,
+                    // Another candidate may have created it first; the status below tells.
+                    Err(e) => debug!(error = %e, "creating the election bucket"),
+                }
+                kv.status(&c.bucket).await.map_err(from_kv)?
+            }
+            Err(e) => return Err(from_kv(e)),
+        };
+        let per_key_ttl = check_fits(c, per_key_ttl, &status)?;
+        let kv = Kv::with_defaults(kv.client().clone(), wanted);
+        let epoch = bucket_epoch(&kv, &c.bucket)
+            .await
+            .map_err(from_kv)?
+            .unwrap_or(0);
+        debug!(per_key_ttl, epoch, "election bucket ready");
+        Ok((
+            Self {
+                kv,
+                config: config.clone(),
+                instance,
+                per_key_ttl,
+                known_epoch: Arc::new(AtomicU64::new(epoch)),
+                refused: Arc::default(),
+            },
+            created,
+        ))
+    }
+
+    /// The KV request for an action, as a future that yields the machine's input. `held` is
+    /// the term we lead in and since when (ms since the Unix epoch), for a renew.
+    pub(crate) fn execute(&self, action: Action, held: Option<(Term, u64)>) -> Op {
+        let kv = self.kv.clone();
+        let known_epoch = self.known_epoch.clone();
+        let refused = self.refused.clone();
+        let per_key_ttl = self.per_key_ttl;
+        let c = self.config.clone();
+        let instance = self.instance;
+        let machine = c.machine();
+        // A renew must not wait past the next renew; other requests get the client's timeout.
+        let limit = match action {
+            Action::Renew { .. } => machine.renew_interval,
+            _ => kv.client().request_timeout(),
+        };
+        Box::pin(async move {
+            let lease = |term: Option<u64>, epoch: u64, since_ms: u64| Lease {
+                node: c.node_name.clone(),
+                instance,
+                term,
+                epoch,
+                since_ms,
+            };
+            let request = async {
+                match action {
+                    Action::Create { make_bucket } => {
+                        if make_bucket {
+                            // A TTL after the bucket was found missing: nobody can still
+                            // work under its old lease, so re-create it and take its epoch.
+                            match kv.create_bucket(kv.defaults().with_name(&c.bucket)).await {
+                                Err(e) if e.kind() != natty_kv::ErrorKind::BucketExists => {
+                                    return Err(e);
+                                }
+                                Ok(()) => info!("re-created the election bucket"),
+                                Err(_) => {}
+                            }
+                            let Some(epoch) = bucket_epoch(&kv, &c.bucket).await? else {
+                                return Ok(Input::BucketGone);
+                            };
+                            // Someone may have re-created it with a shorter TTL or without
+                            // per-key TTL: never lead with a lease shorter than we believe.
+                            let status = kv.status(&c.bucket).await?;
+                            let fits = check_fits(&c, per_key_ttl, &status).and_then(|pk| {
+                                if pk == per_key_ttl {
+                                    Ok(())
+                                } else {
+                                    Err(Error::new(
+                                        ErrorKind::BucketTtlMismatch,
+                                        format!(
+                                            "electing on key {:?} in bucket {:?}: the bucket was \
+                                             re-created without per-key TTL",
+                                            c.key, c.bucket
+                                        ),
+                                    ))
+                                }
+                            });
+                            if let Err(e) = fits {
+                                error!(error = %e, "refusing to lead on the re-created bucket");
+                                *refused
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                                return Ok(Input::Failed);
+                            }
+                            known_epoch.store(epoch, Ordering::Relaxed);
+                        }
+                        let epoch = known_epoch.load(Ordering::Relaxed);
+                        let value = lease(None, epoch, now_ms()).encode();
+                        // If the bucket vanished, this create re-creates it (natty-kv's
+                        // auto-create); the epoch check below then says so, and we do not
+                        // lead: a follower must not lead while the old leader may still work.
+                        let created = if per_key_ttl {
+                            kv.create_with_ttl(&c.bucket, &c.key, value, c.ttl).await
+                        } else {
+                            kv.create(&c.bucket, &c.key, value).await
+                        }?;
+                        if !same_epoch(&kv, &c.bucket, epoch).await? {
+                            return Ok(Input::BucketGone);
+                        }
+                        Ok(Input::Created {
+                            revision: created,
+                            epoch,
+                        })
+                    }
+                    Action::Renew { revision } => {
+                        let (term, since_ms) = held.unwrap_or_default();
+                        let value = lease(Some(term.revision), term.epoch, since_ms).encode();
+                        let updated = if per_key_ttl {
+                            kv.update_with_ttl(&c.bucket, &c.key, value, revision, c.ttl)
+                                .await
+                        } else {
+                            kv.update(&c.bucket, &c.key, value, revision).await
+                        }?;
+                        Ok(Input::Updated {
+                            revision: updated,
+                            epoch: term.epoch,
+                        })
+                    }
+                    Action::Reclaim { revision } => {
+                        let epoch = known_epoch.load(Ordering::Relaxed);
+                        let value = lease(None, epoch, now_ms()).encode();
+                        let updated = if per_key_ttl {
+                            kv.update_with_ttl(&c.bucket, &c.key, value, revision, c.ttl)
+                                .await
+                        } else {
+                            kv.update(&c.bucket, &c.key, value, revision).await
+                        }?;
+                        if !same_epoch(&kv, &c.bucket, epoch).await? {
+                            return Ok(Input::BucketGone);
+                        }
+                        Ok(Input::Updated {
+                            revision: updated,
+                            epoch,
+                        })
+                    }
+                    Action::Resign { revision } => {
+                        let mut revision = revision;
+                        // If a renew of ours landed unseen, the key is ours at a later
+                        // revision: resign that one (twice at most).
+                        for _ in 0..2 {
+                            match kv.delete_if(&c.bucket, &c.key, revision).await {
+                                Err(e) if e.kind() == natty_kv::ErrorKind::RevisionMismatch => {
+                                    match read_holder(&kv, &c, instance).await {
+                                        (_, Some(ours)) => revision = ours,
+                                        _ => break,
+                                    }
+                                }
+                                other => return other.map(|()| Input::Resigned),
+                            }
+                        }
+                        Ok(Input::Resigned)
+                    }
+                    Action::StartWork { .. } | Action::StopWork { .. } => {
+                        unreachable!("work actions are handled by the driver")
+                    }
+                }
+            };
+            match tokio::time::timeout(limit, request).await {
+                Ok(Ok(input)) => input,
+                // A write answered "no responders" (503) also reads as `BucketNotFound`, yet a
+                // replicated stream electing its leader answers that for seconds: only the
+                // stream API saying "stream not found" means the bucket is gone.
+                Ok(Err(e)) if e.kind() == natty_kv::ErrorKind::BucketNotFound => {
+                    match bucket_epoch(&kv, &c.bucket).await {
+                        Ok(None) => {
+                            warn!(error = %e, ?action, "the election bucket is gone");
+                            Input::BucketGone
+                        }
+                        _ => {
+                            warn!(error = %e, ?action, "election request failed (the bucket exists)");
+                            Input::Failed
+                        }
+                    }
+                }
+                Ok(Err(e))
+                    if matches!(
+                        e.kind(),
+                        natty_kv::ErrorKind::RevisionMismatch | natty_kv::ErrorKind::KeyExists
+                    ) =>
+                {
+                    let (holder, ours) = read_holder(&kv, &c, instance).await;
+                    if let Some(h) = &holder {
+                        // (see the watch: a holder's newer epoch was vetted by its election)
+                        known_epoch.fetch_max(h.term.epoch, Ordering::Relaxed);
+                    }
+                    Input::Conflict { holder, ours }
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, ?action, "election request failed");
+                    Input::Failed
+                }
+                Err(_) => {
+                    warn!(?action, ?limit, "election request timed out");
+                    Input::Failed
+                }
+            }
+        })
+    }
+}
+
+/// Whether the bucket's configuration gives the lease at least the TTL the election believes
+/// in; returns whether per-key TTL is in use. `BucketTtlMismatch` naming both values if not.
+fn check_fits(
+    c: &ElectionConfig,
+    per_key_ttl_supported: bool,
+    status: &natty_kv::BucketStatus,
+) -> Result<bool, Error> {
+    let per_key_ttl = per_key_ttl_supported && status.per_key_ttl;
+    let fits = if per_key_ttl {
+        status.ttl.is_none_or(|t| t >= c.ttl)
+    } else {
+        status.ttl == Some(c.ttl)
+    };
+    if fits {
+        return Ok(per_key_ttl);
+    }
+    Err(Error::new(
+        ErrorKind::BucketTtlMismatch,
+        format!(
+            "electing on key {:?} in bucket {:?}: bucket exists with ttl {}, election asked for {:?}{}",
+            c.key,
+            c.bucket,
+            status
+                .ttl
+                .map_or_else(|| "none".to_owned(), |t| format!("{t:?}")),
+            c.ttl,
+            if per_key_ttl {
+                ""
+            } else {
+                " (and the bucket has no per-key TTL)"
+            }
+        ),
+    ))
+}
+
+/// The bucket's epoch: its stream's creation time (ns since the Unix epoch, the server's
+/// clock); `None` when the bucket does not exist.
+async fn bucket_epoch(kv: &Kv, bucket: &str) -> Result<Option<u64>, natty_kv::Error> {
+    match kv
+        .client()
+        .jetstream()
+        .get_stream(format!("KV_{bucket}"))
+        .await
+    {
+        Ok(stream) => Ok(Some(
+            u64::try_from(stream.cached_info().created.unix_timestamp_nanos()).unwrap_or(0),
+        )),
+        Err(e) if natty_core::error::jetstream_code(&e) == Some(STREAM_NOT_FOUND) => Ok(None),
+        Err(e) => Err(natty_kv::Error::with_source(
+            natty_kv::ErrorKind::Other,
+            format!("reading the stream of bucket {bucket:?}"),
+            e,
+        )),
+    }
+}
+
+/// Whether the bucket is still the one created at `epoch`. A write to a bucket deleted
+/// behind our back may have re-created it (natty-kv's auto-create), or someone re-created
+/// it: then the new revision is not a term of `epoch`, and the election treats the bucket
+/// as gone (nobody leads for a TTL).
+async fn same_epoch(kv: &Kv, bucket: &str, epoch: u64) -> Result<bool, natty_kv::Error> {
+    let now = bucket_epoch(kv, bucket).await?;
+    if now != Some(epoch) {
+        warn!(
+            bucket,
+            epoch,
+            now = ?now,
+            "the election bucket was deleted or re-created behind our back"
+        );
+    }
+    Ok(now == Some(epoch))
+}
+
+/// JetStream's "stream not found".
+const STREAM_NOT_FOUND: u64 = 10059;
+
+/// Who holds the key now, and its revision if it is this instance's own write.
+async fn read_holder(kv: &Kv, c: &ElectionConfig, instance: u64) -> (Option<Holder>, Option<u64>) {
+    match kv.get(&c.bucket, &c.key).await {
+        Ok(Some(entry)) => match Lease::decode(&entry.value) {
+            Some(lease) => {
+                let ours = (lease.instance == instance).then_some(entry.revision);
+                let holder = Holder {
+                    term: lease.term_at(entry.revision),
+                    node: lease.node,
+                };
+                (Some(holder), ours)
+            }
+            None => (None, None),
+        },
+        _ => (None, None),
+    }
+}
