@@ -9,8 +9,13 @@
 //!   never overwrites a newer write nor resurrects a deleted key; it keeps a per-key TTL.
 //! - Per-key TTL ([`Kv::create_with_ttl`], server 2.11+) is refused with
 //!   [`ErrorKind::Unsupported`] rather than silently dropped; TTLs must be whole seconds.
-//! - [`Watch`] streams distinguish put, delete, purge and expiry, and resume after a
-//!   reconnect or server restart.
+//! - [`Watch`] streams distinguish put, delete, purge and expiry, resume after a reconnect or
+//!   server restart without replaying a revision, end with `BucketNotFound` when the bucket is
+//!   deleted and report a re-created bucket ([`EventKind::BucketRecreated`]).
+//! - On replicated buckets, answers that say nothing (503 during a stream-leader election,
+//!   timeouts) are retried for [`Kv::retry_for`]; a bucket is "not found" only when the stream
+//!   info API says so; reads that a write is based on (`delete`, `refresh`, `create` over a
+//!   deleted key) are answered by the stream leader.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {

@@ -93,7 +93,7 @@ async fn create_auto_creates_works_on_existing_and_refuses_existing_keys() -> an
     let (nats, kv) = setup().await?;
     // Auto-creates, with the Kv's default TTL (the Go suite's "should use TTL").
     let client = ConnectOptions::new([nats.url()]).connect().await?;
-    let ttl_kv = Kv::with_defaults(client, BucketConfig::new("-").ttl(Duration::from_secs(10)));
+    let ttl_kv = Kv::with_defaults(client, BucketConfig::default().ttl(Duration::from_secs(10)));
     let b = bucket();
     ttl_kv.create(&b, "k", "v".into()).await?;
     assert_eq!(kv.get(&b, "k").await?.unwrap().value, "v");
@@ -128,7 +128,7 @@ async fn put_auto_creates_and_a_bucket_ttl_expires_keys() -> anyhow::Result<()> 
     assert_eq!(kv.get(&b, "k").await?.unwrap().value, "v");
 
     let client = ConnectOptions::new([nats.url()]).connect().await?;
-    let ttl_kv = Kv::with_defaults(client, BucketConfig::new("-").ttl(Duration::from_secs(1)));
+    let ttl_kv = Kv::with_defaults(client, BucketConfig::default().ttl(Duration::from_secs(1)));
     let b = bucket();
     ttl_kv.put(&b, "k", "v".into()).await?;
     let written = Instant::now();
@@ -449,7 +449,7 @@ async fn cas_conflicts_on_a_replicated_bucket_are_revision_mismatches() -> anyho
     init_tracing();
     let cluster = NatsCluster::start(3).await?;
     let client = ConnectOptions::new(cluster.urls()).connect().await?;
-    let kv = Kv::with_defaults(client, BucketConfig::new("-").replicas(3));
+    let kv = Kv::with_defaults(client, BucketConfig::default().replicas(3));
     let b = bucket();
     let r1 = kv.create(&b, "k", "1".into()).await?;
     assert_eq!(kv.status(&b).await?.replicas, 3);
