@@ -124,7 +124,12 @@ impl Consumer {
             &self.durable,
             self.options.consumer_gone_grace,
         );
-        let mut consumer = health.open().await?;
+        // Transient trouble at start (timeouts, 503 during an election) is waited out within
+        // the grace period, like later on; cancel ends the wait.
+        let mut consumer = tokio::select! {
+            () = cancel.cancelled() => return Ok(self.stats()),
+            found = health.open() => found?,
+        };
         let mut settings = settings_of(&consumer, &self.stream, &self.durable);
         let mut keepalive = keepalive_ticker(settings.keepalive);
         let shared = Arc::new(Shared {
@@ -279,9 +284,18 @@ impl Consumer {
         }
         run_slot(inline.as_mut()).await;
         while running.next().await.is_some() {}
-        // Acks are fire-and-forget publishes: make sure they left before we report done.
-        if let Err(e) = self.client.nats().flush().await {
-            warn!(error = %e, "flushing acks");
+        // Acks are fire-and-forget publishes: make sure they left before we report done. The
+        // wait is bounded: during an outage flush waits for the reconnect, and cancel must
+        // still return (the server redelivers unacked messages after ack_wait).
+        let bound = self.client.request_timeout();
+        match tokio::time::timeout(bound, self.client.nats().flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "flushing acks"),
+            Err(_) => warn!(
+                ?bound,
+                "flushing acks timed out (no connection?): unsent acks' messages come back \
+                 after ack_wait"
+            ),
         }
         let stats = self.stats();
         match outcome {
