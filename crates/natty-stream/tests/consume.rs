@@ -851,3 +851,74 @@ async fn a_closed_client_ends_consume_with_an_error() -> anyhow::Result<()> {
     assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
     Ok(())
 }
+
+/// A durable with `max_batch` / `max_expires` below the options: pulls are clamped to them
+/// instead of being refused forever.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn pulls_are_clamped_to_the_durables_limits() -> anyhow::Result<()> {
+    use natty_core::async_nats::jetstream::consumer::{AckPolicy, pull};
+    let s = setup(|st| ConsumerConfig::new(st, "other")).await?;
+    s.client
+        .jetstream()
+        .get_stream(&s.stream)
+        .await?
+        .create_consumer(pull::Config {
+            durable_name: Some("workers".into()),
+            ack_policy: AckPolicy::Explicit,
+            max_batch: 5,
+            max_expires: Duration::from_secs(4),
+            ..Default::default()
+        })
+        .await?;
+    publish_n(&s, 20).await?;
+    let log = Log::default();
+    let options = ConsumeOptions::default().heartbeat(Duration::from_secs(1));
+    let (cancel, _, task) = start(s.client.clone(), &s.stream, options, log.clone(), |_, _| {
+        Ok(Duration::ZERO)
+    });
+    let handled = wait_for("20 messages", Duration::from_secs(15), || async {
+        (log.lock().unwrap().len() >= 20).then_some(())
+    })
+    .await;
+    cancel.cancel();
+    let stats = task.await??;
+    assert!(
+        handled.is_ok(),
+        "handled {} of 20: {stats:?}",
+        log.lock().unwrap().len()
+    );
+    Ok(())
+}
+
+/// A push consumer under the durable's name: `consume` refuses it with `ConfigMismatch` at once,
+/// not after the grace period.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_push_durable_is_a_config_mismatch() -> anyhow::Result<()> {
+    use natty_core::async_nats::jetstream::consumer::{AckPolicy, push};
+    let s = setup(|st| ConsumerConfig::new(st, "other")).await?;
+    s.client
+        .jetstream()
+        .get_stream(&s.stream)
+        .await?
+        .create_consumer(push::Config {
+            durable_name: Some("workers".into()),
+            deliver_subject: "somewhere".into(),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let (cancel, _, task) = start(
+        s.client.clone(),
+        &s.stream,
+        ConsumeOptions::default(),
+        Log::default(),
+        |_, _| Ok(Duration::ZERO),
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), task).await;
+    cancel.cancel();
+    let e = ended??.expect_err("consumed a push durable");
+    assert_eq!(e.kind(), ErrorKind::ConfigMismatch, "{e}");
+    Ok(())
+}

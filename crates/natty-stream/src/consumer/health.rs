@@ -213,6 +213,8 @@ async fn lookup(js: &jetstream::Context, stream: &str, durable: &str) -> Result<
             .downcast_ref::<ConsumerInfoError>()
             .map(ConsumerInfoError::kind);
         let kind = match info_kind {
+            // async-nats refuses to make a pull handle of a push consumer.
+            _ if e.downcast_ref::<std::io::Error>().is_some() => ErrorKind::ConfigMismatch,
             Some(ConsumerInfoErrorKind::NotFound) => ErrorKind::ConsumerNotFound,
             Some(ConsumerInfoErrorKind::StreamNotFound) => ErrorKind::StreamNotFound,
             Some(ConsumerInfoErrorKind::TimedOut) => ErrorKind::TimedOut,
@@ -224,7 +226,7 @@ async fn lookup(js: &jetstream::Context, stream: &str, durable: &str) -> Result<
 }
 
 /// Whether a failed look-up may succeed later (timeouts, 503s, a lost connection), as opposed
-/// to a missing durable or a closed client.
+/// to a missing durable, a push durable or a closed client.
 fn transient(kind: ErrorKind) -> bool {
     matches!(kind, ErrorKind::TimedOut | ErrorKind::Other)
 }
