@@ -12,8 +12,8 @@ use std::{
 
 use natty_core::{Client, ConnectOptions};
 use natty_stream::{
-    Action, CancellationToken, ConsumeOptions, Consumer, ConsumerConfig, HandlerError, Message,
-    Publisher, StreamConfig, ensure_consumer, ensure_stream,
+    Action, CancellationToken, ConsumeOptions, Consumer, ConsumerConfig, ErrorKind, HandlerError,
+    Message, Publisher, StreamConfig, ensure_consumer, ensure_stream,
 };
 use natty_testkit::{Nats, init_tracing, unique_name, wait_for};
 
@@ -760,5 +760,165 @@ async fn two_durables_dead_lettering_one_message_keep_both() -> anyhow::Result<(
         "dead-letter stream holds {n} (both consumers dead-lettered: {dead_lettered})"
     );
     assert_eq!(n, 2);
+    Ok(())
+}
+
+/// Cancel while the server is unreachable: `consume` still returns (the ack flush is bounded).
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn cancel_during_an_outage_returns() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers")).await?;
+    publish_n(&s, 1).await?;
+    let log = Log::default();
+    let options = ConsumeOptions::default()
+        .heartbeat(Duration::from_secs(1))
+        .expires(Duration::from_secs(5));
+    let (cancel, _, task) = start(s.client.clone(), &s.stream, options, log.clone(), |_, _| {
+        Ok(Duration::ZERO)
+    });
+    wait_for("the message", Duration::from_secs(10), || async {
+        (!log.lock().unwrap().is_empty()).then_some(())
+    })
+    .await?;
+    // Stopped, not paused: the client sees the connection drop and tries to reconnect.
+    s._nats.stop().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cancel.cancel();
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(30), task).await;
+    assert!(
+        ended.is_ok(),
+        "consume did not return within 30 s of cancel during an outage"
+    );
+    ended.unwrap()??;
+    eprintln!("consume returned {:?} after cancel", started.elapsed());
+    Ok(())
+}
+
+/// The server is unreachable when `consume` starts: it waits (within the grace period) instead
+/// of failing at once, and consumes once the server is back.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_server_unreachable_at_start_is_waited_for() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers")).await?;
+    let log = Log::default();
+    let options = ConsumeOptions::default()
+        .heartbeat(Duration::from_secs(1))
+        .expires(Duration::from_secs(5))
+        .consumer_gone_grace(Duration::from_secs(60));
+    s._nats.pause().await?;
+    let (cancel, _, task) = start(s.client.clone(), &s.stream, options, log.clone(), |_, _| {
+        Ok(Duration::ZERO)
+    });
+    // Past the client's request timeout: the first look-up has failed by now.
+    tokio::time::sleep(s.client.request_timeout() + Duration::from_secs(2)).await;
+    let finished = task.is_finished();
+    s._nats.unpause().await?;
+    assert!(!finished, "consume gave up at start: {:?}", task.await?);
+    publish_n(&s, 1).await?;
+    wait_for("the message", Duration::from_secs(30), || async {
+        (!log.lock().unwrap().is_empty()).then_some(())
+    })
+    .await?;
+    cancel.cancel();
+    task.await??;
+    Ok(())
+}
+
+/// The client is closed (drained) under a running `consume`: it ends with `Closed`.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_closed_client_ends_consume_with_an_error() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers")).await?;
+    let own = ConnectOptions::new([s.url.clone()]).connect().await?;
+    publish_n(&s, 1).await?;
+    let log = Log::default();
+    let options = ConsumeOptions::default()
+        .heartbeat(Duration::from_secs(1))
+        .expires(Duration::from_secs(5));
+    let (_cancel, _, task) = start(own.clone(), &s.stream, options, log.clone(), |_, _| {
+        Ok(Duration::ZERO)
+    });
+    wait_for("the message", Duration::from_secs(10), || async {
+        (!log.lock().unwrap().is_empty()).then_some(())
+    })
+    .await?;
+    own.drain().await?;
+    let ended = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .map_err(|_| anyhow::anyhow!("consume still running 20 s after its client was closed"))??;
+    let e = ended.expect_err("consume returned Ok on a closed client");
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    Ok(())
+}
+
+/// A durable with `max_batch` / `max_expires` below the options: pulls are clamped to them
+/// instead of being refused forever.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn pulls_are_clamped_to_the_durables_limits() -> anyhow::Result<()> {
+    use natty_core::async_nats::jetstream::consumer::{AckPolicy, pull};
+    let s = setup(|st| ConsumerConfig::new(st, "other")).await?;
+    s.client
+        .jetstream()
+        .get_stream(&s.stream)
+        .await?
+        .create_consumer(pull::Config {
+            durable_name: Some("workers".into()),
+            ack_policy: AckPolicy::Explicit,
+            max_batch: 5,
+            max_expires: Duration::from_secs(4),
+            ..Default::default()
+        })
+        .await?;
+    publish_n(&s, 20).await?;
+    let log = Log::default();
+    let options = ConsumeOptions::default().heartbeat(Duration::from_secs(1));
+    let (cancel, _, task) = start(s.client.clone(), &s.stream, options, log.clone(), |_, _| {
+        Ok(Duration::ZERO)
+    });
+    let handled = wait_for("20 messages", Duration::from_secs(15), || async {
+        (log.lock().unwrap().len() >= 20).then_some(())
+    })
+    .await;
+    cancel.cancel();
+    let stats = task.await??;
+    assert!(
+        handled.is_ok(),
+        "handled {} of 20: {stats:?}",
+        log.lock().unwrap().len()
+    );
+    Ok(())
+}
+
+/// A push consumer under the durable's name: `consume` refuses it with `ConfigMismatch` at once,
+/// not after the grace period.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_push_durable_is_a_config_mismatch() -> anyhow::Result<()> {
+    use natty_core::async_nats::jetstream::consumer::{AckPolicy, push};
+    let s = setup(|st| ConsumerConfig::new(st, "other")).await?;
+    s.client
+        .jetstream()
+        .get_stream(&s.stream)
+        .await?
+        .create_consumer(push::Config {
+            durable_name: Some("workers".into()),
+            deliver_subject: "somewhere".into(),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let (cancel, _, task) = start(
+        s.client.clone(),
+        &s.stream,
+        ConsumeOptions::default(),
+        Log::default(),
+        |_, _| Ok(Duration::ZERO),
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), task).await;
+    cancel.cancel();
+    let e = ended??.expect_err("consumed a push durable");
+    assert_eq!(e.kind(), ErrorKind::ConfigMismatch, "{e}");
     Ok(())
 }

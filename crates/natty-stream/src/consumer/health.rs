@@ -77,9 +77,31 @@ impl Health {
         }
     }
 
-    /// The durable at start: missing is an error at once.
-    pub(super) async fn open(&self) -> Result<Durable, Error> {
-        self.check().await
+    /// The durable at start. Missing (or not a pull consumer, or the client closed) is an
+    /// error at once; a transient failure (timeout, no responders during an election) is
+    /// retried with back-off until the grace period is over (REVIEW.md: the server says 503).
+    pub(super) async fn open(&mut self) -> Result<Durable, Error> {
+        let started = Instant::now();
+        loop {
+            let e = match self.check().await {
+                Ok(durable) => {
+                    self.backoff = BACKOFF_FIRST;
+                    return Ok(durable);
+                }
+                Err(e) => e,
+            };
+            let waited = started.elapsed();
+            if !transient(e.kind()) || waited >= self.grace {
+                return Err(e);
+            }
+            if self.state == State::Healthy {
+                warn!(error = %e, grace = ?self.grace, "looking up the durable failed at start: retrying");
+                self.state = State::Troubled;
+            } else {
+                debug!(error = %e, "looking up the durable failed again");
+            }
+            tokio::time::sleep(self.next_backoff().min(self.grace - waited)).await;
+        }
     }
 
     /// A pull was answered: all is well again.
@@ -118,7 +140,17 @@ impl Health {
     /// serving handlers and keep-alives while it runs. Hand its result to [`Self::judge`].
     pub(super) fn check(&self) -> impl Future<Output = Result<Durable, Error>> + Send + 'static {
         let (js, stream, durable) = (self.js.clone(), self.stream.clone(), self.durable.clone());
-        async move { lookup(&js, &stream, &durable).await }
+        async move {
+            match lookup(&js, &stream, &durable).await {
+                Err(e) if transient(e.kind()) && closed(&js.client()).await => Err(Error::new(
+                    ErrorKind::Closed,
+                    format!(
+                        "consuming {durable:?} on stream {stream:?}: the NATS client is closed"
+                    ),
+                )),
+                found => found,
+            }
+        }
     }
 
     /// What a lookup says about the durable.
@@ -156,6 +188,7 @@ impl Health {
                 }
                 Presence::Wait((now + self.next_backoff()).min(since + self.grace))
             }
+            Err(e) if !transient(e.kind()) => Presence::Gone(e),
             Err(e) => {
                 debug!(error = %e, "looking up the durable failed");
                 Presence::Wait(Instant::now() + self.next_backoff())
@@ -180,6 +213,8 @@ async fn lookup(js: &jetstream::Context, stream: &str, durable: &str) -> Result<
             .downcast_ref::<ConsumerInfoError>()
             .map(ConsumerInfoError::kind);
         let kind = match info_kind {
+            // async-nats refuses to make a pull handle of a push consumer.
+            _ if e.downcast_ref::<std::io::Error>().is_some() => ErrorKind::ConfigMismatch,
             Some(ConsumerInfoErrorKind::NotFound) => ErrorKind::ConsumerNotFound,
             Some(ConsumerInfoErrorKind::StreamNotFound) => ErrorKind::StreamNotFound,
             Some(ConsumerInfoErrorKind::TimedOut) => ErrorKind::TimedOut,
@@ -188,6 +223,22 @@ async fn lookup(js: &jetstream::Context, stream: &str, durable: &str) -> Result<
         };
         Error::with_source(kind, context, e)
     })
+}
+
+/// Whether a failed look-up may succeed later (timeouts, 503s, a lost connection), as opposed
+/// to a missing durable, a push durable or a closed client.
+fn transient(kind: ErrorKind) -> bool {
+    matches!(kind, ErrorKind::TimedOut | ErrorKind::Other)
+}
+
+/// Whether the client is closed for good (drained or closed), not just disconnected: it then
+/// refuses every command. A subscribe fails with `Other` only when the connection handler is
+/// gone (async-nats 0.48 has no closed state to ask).
+async fn closed(client: &async_nats::Client) -> bool {
+    client
+        .subscribe(client.new_inbox())
+        .await
+        .is_err_and(|e| e.kind() == async_nats::client::SubscribeErrorKind::Other)
 }
 
 /// `d` scaled by a random factor in [0.8, 1.2).

@@ -38,7 +38,7 @@ use self::{
     settle::{Settings, Shared},
     stats::Counters,
 };
-use crate::{Error, HandlerError, Message, error::from_core};
+use crate::{Error, ErrorKind, HandlerError, Message, error::from_core};
 
 /// Metadata key on the durable holding natty's delivery limit (the server's is unlimited).
 pub(crate) const MAX_DELIVER_METADATA: &str = "natty.max_deliver";
@@ -124,7 +124,12 @@ impl Consumer {
             &self.durable,
             self.options.consumer_gone_grace,
         );
-        let mut consumer = health.open().await?;
+        // Transient trouble at start (timeouts, 503 during an election) is waited out within
+        // the grace period, like later on; cancel ends the wait.
+        let mut consumer = tokio::select! {
+            () = cancel.cancelled() => return Ok(self.stats()),
+            found = health.open() => found?,
+        };
         let mut settings = settings_of(&consumer, &self.stream, &self.durable);
         let mut keepalive = keepalive_ticker(settings.keepalive);
         let shared = Arc::new(Shared {
@@ -144,6 +149,8 @@ impl Consumer {
         let mut hold: Option<Instant> = None;
         // The durable being looked up (after the hold), alongside everything else.
         let mut checking: Option<Lookup> = None;
+        // The last pull was refused for its configuration (409 Exceeded MaxRequest...).
+        let mut refused_for_config = false;
         info!("consuming");
         let outcome = loop {
             // Start handlers while there are free slots. One at a time (concurrency 1) the
@@ -175,13 +182,14 @@ impl Consumer {
                 }
             }
             if pull.is_none() && waiting.len() <= o.batch / 2 && hold.is_none() {
+                let (n, expires, heartbeat) = settings.pull_size(o, waiting.len());
                 match Pull::start(
                     self.client.nats(),
                     self.client.jetstream(),
                     &consumer,
-                    o.batch - waiting.len(),
-                    o.expires,
-                    o.heartbeat,
+                    n,
+                    expires,
+                    heartbeat,
                 )
                 .await
                 {
@@ -198,8 +206,14 @@ impl Consumer {
                 () = run_slot(inline.as_mut()), if inline.is_some() => inline.set(None),
                 event = next_event(&mut pull) => {
                     let Some(p) = pull.as_mut() else { continue };
-                    if p.alive() {
+                    // A pull that ended at once and empty is trouble, not health: judged
+                    // first, so a server answering every pull with an immediate 408 does
+                    // not reset the back-off each time.
+                    let early = matches!(event, PullEvent::Done)
+                        && p.ended_early(settings.pull_size(o, 0).1);
+                    if p.alive() && !early {
                         health.healthy();
+                        refused_for_config = false;
                     }
                     match event {
                         PullEvent::Message(m) => {
@@ -207,7 +221,7 @@ impl Consumer {
                             waiting.push_back(Waiting { message: m, touched: Instant::now() });
                         }
                         PullEvent::Done => {
-                            if p.ended_early(o.expires) {
+                            if early {
                                 hold = Some(health.trouble("pull ended at once, empty".to_owned()));
                             }
                             pull = None;
@@ -223,6 +237,23 @@ impl Consumer {
                         }
                         PullEvent::Refused(status) => {
                             Counters::add(&self.stats.repulls);
+                            // Refused for its configuration (a push durable; a limit the
+                            // pull exceeds even after the durable was looked up again and
+                            // the pull clamped to it): retrying cannot help.
+                            if refused_by_config(&status) {
+                                if refused_for_config || status.contains("push based") {
+                                    pull = None;
+                                    break Err(Error::new(
+                                        ErrorKind::ConfigMismatch,
+                                        format!(
+                                            "consuming {:?} on stream {:?}: the server refuses \
+                                             the pull: {status}",
+                                            self.durable, self.stream
+                                        ),
+                                    ));
+                                }
+                                refused_for_config = true;
+                            }
                             for m in p.ready() {
                                 self.received(&m);
                                 waiting.push_back(Waiting { message: m, touched: Instant::now() });
@@ -279,9 +310,18 @@ impl Consumer {
         }
         run_slot(inline.as_mut()).await;
         while running.next().await.is_some() {}
-        // Acks are fire-and-forget publishes: make sure they left before we report done.
-        if let Err(e) = self.client.nats().flush().await {
-            warn!(error = %e, "flushing acks");
+        // Acks are fire-and-forget publishes: make sure they left before we report done. The
+        // wait is bounded: during an outage flush waits for the reconnect, and cancel must
+        // still return (the server redelivers unacked messages after ack_wait).
+        let bound = self.client.request_timeout();
+        match tokio::time::timeout(bound, self.client.nats().flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "flushing acks"),
+            Err(_) => warn!(
+                ?bound,
+                "flushing acks timed out (no connection?): unsent acks' messages come back \
+                 after ack_wait"
+            ),
         }
         let stats = self.stats();
         match outcome {
@@ -368,7 +408,15 @@ fn settings_of(
     Settings {
         keepalive,
         max_deliver,
+        max_batch: usize::try_from(config.max_batch).ok().filter(|n| *n > 0),
+        max_expires: (!config.max_expires.is_zero()).then_some(config.max_expires),
     }
+}
+
+/// Whether a pull was refused for its configuration (409 "Exceeded MaxRequestBatch of 5",
+/// "Exceeded MaxRequestExpires of 4s", "Exceeded MaxRequestMaxBytes", "Consumer is push based").
+fn refused_by_config(status: &str) -> bool {
+    status.contains("Exceeded MaxRequest") || status.contains("push based")
 }
 
 /// A spawned handler, aborted if the consume future is dropped (REVIEW.md: drop, not cancel).

@@ -92,6 +92,33 @@ pub(super) struct Settings {
     pub(super) keepalive: Duration,
     /// natty's delivery limit: at it, a failed message is given up on.
     pub(super) max_deliver: Option<u64>,
+    /// The durable's `max_batch`: a pull asking for more is refused.
+    pub(super) max_batch: Option<usize>,
+    /// The durable's `max_expires`: a pull waiting longer is refused.
+    pub(super) max_expires: Option<Duration>,
+}
+
+impl Settings {
+    /// Messages to ask for, `expires` and heartbeat of the next pull, with `waiting` messages
+    /// already held: the options clamped to the durable's limits (the heartbeat kept below a
+    /// third of a clamped `expires`).
+    pub(super) fn pull_size(
+        &self,
+        options: &ConsumeOptions,
+        waiting: usize,
+    ) -> (usize, Duration, Duration) {
+        let n = options.batch.saturating_sub(waiting).max(1);
+        let n = self.max_batch.map_or(n, |max| n.min(max));
+        let expires = self
+            .max_expires
+            .map_or(options.expires, |max| options.expires.min(max));
+        let heartbeat = if expires <= options.heartbeat * 2 {
+            expires / 3
+        } else {
+            options.heartbeat
+        };
+        (n, expires, heartbeat)
+    }
 }
 
 pub(super) struct Shared {
@@ -278,6 +305,33 @@ fn panicked(panic: &(dyn Any + Send)) -> HandlerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(max_batch: Option<usize>, max_expires: Option<Duration>) -> Settings {
+        Settings {
+            keepalive: Duration::from_secs(10),
+            max_deliver: None,
+            max_batch,
+            max_expires,
+        }
+    }
+
+    #[test]
+    fn pulls_are_clamped_to_the_durables_limits() {
+        let o = ConsumeOptions::default(); // batch 200, expires 30 s, heartbeat 5 s
+        let s = Duration::from_secs;
+        let table = [
+            (settings(None, None), 0, (200, s(30), s(5))),
+            (settings(None, None), 150, (50, s(30), s(5))),
+            (settings(Some(5), None), 0, (5, s(30), s(5))),
+            (settings(Some(5), Some(s(20))), 0, (5, s(20), s(5))),
+            // A clamped expires keeps the heartbeat below a third of it.
+            (settings(None, Some(s(6))), 0, (200, s(6), s(2))),
+            (settings(Some(500), Some(s(60))), 0, (200, s(30), s(5))),
+        ];
+        for (settings, waiting, want) in table {
+            assert_eq!(settings.pull_size(&o, waiting), want, "{settings:?}");
+        }
+    }
 
     #[test]
     fn a_panic_is_a_retryable_failure_with_its_message() {
