@@ -21,6 +21,8 @@
 //! - `serde` (off by default): typed payloads — [`Publisher::publish_json`],
 //!   [`BatchPublisher::send_json`], [`Message::json`]; a payload that does not decode comes
 //!   back as a [`DecodeError`] naming the subject and keeping the raw bytes.
+//! - `metrics` (off by default): counters, histograms and the consumer lag gauge through the
+//!   `metrics` facade; names in the README's "Observability" section.
 
 mod admin;
 mod batch;
@@ -29,6 +31,7 @@ mod error;
 #[cfg(feature = "serde")]
 mod json;
 mod message;
+mod obs;
 mod publisher;
 
 #[cfg(test)]

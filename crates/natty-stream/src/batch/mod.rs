@@ -494,6 +494,7 @@ impl BatchPublisher {
             .await
             .map_err(|_| self.gone(&format!("queueing a message for {subject:?}")))?;
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        crate::obs::published("batch");
         Ok(())
     }
 
@@ -503,6 +504,7 @@ impl BatchPublisher {
         match self.tx.try_send(Command::Publish(m)) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
+                crate::obs::published("batch");
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(_)) => Err(Error::new(

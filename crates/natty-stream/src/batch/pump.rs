@@ -266,6 +266,7 @@ impl Pump {
         // cost one ack timeout, not one per message in turn. (`ack_timeout` is at most a day:
         // no overflow.)
         let deadline = Instant::now() + self.config.ack_timeout;
+        let timer = crate::obs::Timer::start();
         self.inflight.push_back(Box::pin(async move {
             // The context is formatted only for a failure: this runs once per message.
             let context = |m: &Outgoing| {
@@ -286,6 +287,9 @@ impl Pump {
                 },
                 Err(e) => Err(from_publish(e, context(&m))),
             };
+            if let Ok(ack) = &result {
+                crate::obs::acked(&ack.stream, timer);
+            }
             (m, result)
         }));
     }
@@ -418,6 +422,7 @@ impl Pump {
                 continue;
             }
             self.stats.retried.fetch_add(1, Ordering::Relaxed);
+            crate::obs::retried("batch");
             self.dispatch(r.m).await;
         }
     }
@@ -505,6 +510,7 @@ impl Pump {
         warn!(msg_id = %m.msg_id, subject = %m.subject, attempts = m.attempts, maybe_stored = m.maybe_stored, error = %error, "message not stored; handing it back");
         self.ledger.finish(m.seq);
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        crate::obs::failed("batch");
         let _ = self.failed.send(m.into_failed(error));
     }
 }

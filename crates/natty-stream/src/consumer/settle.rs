@@ -115,6 +115,7 @@ impl Shared {
             message.stream_sequence,
             message.delivered,
         );
+        let timer = crate::obs::Timer::start();
         let work = handler(message);
         tokio::pin!(work);
         // Most handlers finish at once: only a handler still running gets a timer, which
@@ -137,12 +138,14 @@ impl Shared {
                 }
             }
         };
+        crate::obs::handled(&m, timer);
         let error = match result {
             Ok(()) => {
                 if let Err(e) = m.ack().await {
                     warn!(seq, error = %e, "ack failed; the message will be redelivered");
                 } else {
                     Counters::add(&self.stats.acked);
+                    crate::obs::settled(&m, crate::obs::Settled::Acked);
                 }
                 return;
             }
@@ -170,6 +173,7 @@ impl Shared {
     async fn nak(&self, m: &jetstream::Message, delay: Duration) {
         let _ = m.ack_with(AckKind::Nak(Some(delay))).await;
         Counters::add(&self.stats.naked);
+        crate::obs::settled(m, crate::obs::Settled::Naked);
     }
 
     /// Dead-letters (if configured) and terminates. If the dead-letter publish fails, the
@@ -186,6 +190,7 @@ impl Shared {
         let Some(dl) = &self.options.dead_letter else {
             let _ = m.ack_with(AckKind::Term).await;
             Counters::add(&self.stats.termed);
+            crate::obs::settled(m, crate::obs::Settled::Termed);
             return Action::Terminated;
         };
         let stream = m.info().map(|i| i.stream.to_owned()).unwrap_or_default();
@@ -217,8 +222,10 @@ impl Shared {
             };
         }
         Counters::add(&self.stats.dead_lettered);
+        crate::obs::settled(m, crate::obs::Settled::DeadLettered);
         let _ = m.ack_with(AckKind::Term).await;
         Counters::add(&self.stats.termed);
+        crate::obs::settled(m, crate::obs::Settled::Termed);
         Action::DeadLettered
     }
 
