@@ -36,6 +36,11 @@ pub enum ErrorKind {
     Unsupported,
     /// The server did not answer in time.
     TimedOut,
+    /// A value could not be encoded as JSON (feature `serde`). Nothing was sent.
+    Encode,
+    /// A stored payload is not the JSON expected (feature `serde`); the error's source is a
+    /// `DecodeError` carrying the subject or key and the raw bytes.
+    Decode,
     /// Anything else the server or client reported.
     Other,
 }
@@ -53,6 +58,8 @@ impl fmt::Display for ErrorKind {
             Self::BucketConfigMismatch => "bucket exists with another configuration",
             Self::Unsupported => "not supported by this server or bucket",
             Self::TimedOut => "timed out",
+            Self::Encode => "could not encode as JSON",
+            Self::Decode => "could not decode the stored JSON",
             Self::Other => "failed",
         })
     }

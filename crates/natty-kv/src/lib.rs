@@ -35,12 +35,17 @@
 //! ```
 //!
 //! # Feature flags
-//! None.
+//! - `serde` (off by default): typed values — [`Kv::get_json`], [`Kv::put_json`],
+//!   [`Kv::create_json`], [`Kv::update_json`], [`Kv::watch_key_json`] /
+//!   [`Kv::watch_bucket_json`] ([`JsonWatch`]); a value that does not decode is a
+//!   [`ErrorKind::Decode`] error whose source, a [`DecodeError`], keeps the raw bytes.
 
 mod bucket;
 mod config;
 mod entry;
 mod error;
+#[cfg(feature = "serde")]
+mod json;
 mod kv;
 mod read;
 mod retry;
@@ -57,5 +62,7 @@ pub use config::{
 };
 pub use entry::{Entry, Event, EventKind};
 pub use error::{Error, ErrorKind};
+#[cfg(feature = "serde")]
+pub use json::{DecodeError, JsonEvent, JsonWatch};
 pub use kv::{DEFAULT_RETRY_FOR, Kv};
 pub use watch::Watch;

@@ -37,6 +37,11 @@ pub enum ErrorKind {
     /// A publisher's background task died (panicked): what it held is neither acknowledged
     /// nor handed back.
     Panicked,
+    /// A value could not be encoded as JSON (feature `serde`). Nothing was sent.
+    Encode,
+    /// A stored payload is not the JSON expected (feature `serde`); the error's source is a
+    /// `DecodeError` carrying the subject or key and the raw bytes.
+    Decode,
     /// Anything else the server or client reported.
     Other,
 }
@@ -56,6 +61,8 @@ impl fmt::Display for ErrorKind {
             Self::Unsupported => "not supported by this server or stream",
             Self::Rejected => "refused by the stream",
             Self::Panicked => "publisher task died",
+            Self::Encode => "could not encode as JSON",
+            Self::Decode => "could not decode the stored JSON",
             Self::Other => "failed",
         })
     }

@@ -18,13 +18,20 @@
 //! process that dies mid-handler has its messages redelivered after `ack_wait`.
 //!
 //! # Feature flags
-//! None.
+//! - `serde` (off by default): typed payloads — [`Publisher::publish_json`],
+//!   [`BatchPublisher::send_json`], [`Message::json`]; a payload that does not decode comes
+//!   back as a [`DecodeError`] naming the subject and keeping the raw bytes.
+//! - `metrics` (off by default): counters, histograms and the consumer lag gauge through the
+//!   `metrics` facade; names in the README's "Observability" section.
 
 mod admin;
 mod batch;
 mod consumer;
 mod error;
+#[cfg(feature = "serde")]
+mod json;
 mod message;
+mod obs;
 mod publisher;
 
 #[cfg(test)]
@@ -40,6 +47,8 @@ pub use batch::{
 };
 pub use consumer::{Action, ConsumeError, ConsumeOptions, Consumer, ConsumerStats};
 pub use error::{Error, ErrorKind};
+#[cfg(feature = "serde")]
+pub use json::{DecodeError, JSON_CONTENT_TYPE};
 pub use message::{BoxError, HandlerError, Message};
 pub use publisher::{PublishAck, PublishOptions, Publisher};
 pub use tokio_util::sync::CancellationToken;

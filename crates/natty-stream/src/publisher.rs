@@ -129,6 +129,8 @@ impl Publisher {
         let span = info_span!("natty.stream.publish", subject, bytes = payload.len());
         async {
             let context = || format!("publishing to {subject:?}");
+            let timer = crate::obs::Timer::start();
+            crate::obs::published("single");
             let ack = self
                 .client
                 .jetstream()
@@ -136,7 +138,9 @@ impl Publisher {
                 .await
                 .map_err(|e| from_publish(e, context()))?
                 .await
-                .map_err(|e| from_publish(e, context()))?;
+                .map_err(|e| from_publish(e, context()))
+                .inspect_err(|_| crate::obs::failed("single"))?;
+            crate::obs::acked(&ack.stream, timer);
             debug!(stream = %ack.stream, sequence = ack.sequence, "published");
             Ok(ack.into())
         }

@@ -18,6 +18,8 @@
 //! - `stream` (default): [`stream`] — publish/consume.
 //! - `kv` (default): [`kv`] — key/value.
 //! - `election` (default, implies `kv`): [`election`] — leader election.
+//! - `serde` (off): typed payloads — `Natty::publish_json`, `Message::json`,
+//!   `Natty::get_json` / `put_json` / `create_json`, `watch_key_json` / `watch_bucket_json`.
 //!
 //! [`CancellationToken`], [`shutdown_signal`] and [`cancel_on_shutdown_signal`] are there
 //! with any set of features.
@@ -29,6 +31,8 @@ struct ReadmeDoctests;
 mod builder;
 mod error;
 mod handle;
+#[cfg(feature = "serde")]
+mod json;
 
 #[doc(inline)]
 pub use natty_core as core;

@@ -56,6 +56,8 @@ struct InFlight {
     /// is awaited head first, and a node that dies with thousands of acks owed must cost one
     /// ack timeout, not one per message in turn.
     deadline: Instant,
+    /// Since the send, for the ack-latency metric (zero-sized without feature `metrics`).
+    timer: crate::obs::Timer,
 }
 
 impl InFlight {
@@ -64,6 +66,9 @@ impl InFlight {
         &self,
         ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
     ) -> AckResult {
+        if let Ok(ack) = &ack {
+            crate::obs::acked(&ack.stream, self.timer);
+        }
         ack.map_err(|e| from_publish(e, self.context()))
     }
 
@@ -365,7 +370,13 @@ impl Pump {
         // (`ack_timeout` is at most a day: no overflow.) The loop's clock is good enough: it
         // is at most one burst old, and the deadline only grows with it.
         let deadline = self.now + self.config.ack_timeout;
-        self.inflight.push_back(InFlight { m, ack, deadline });
+        let timer = crate::obs::Timer::start();
+        self.inflight.push_back(InFlight {
+            m,
+            ack,
+            deadline,
+            timer,
+        });
     }
 
     async fn on_result(&mut self, mut m: Outgoing, result: AckResult) {
@@ -497,6 +508,7 @@ impl Pump {
                 continue;
             }
             self.stats.retried.fetch_add(1, Ordering::Relaxed);
+            crate::obs::retried("batch");
             self.dispatch(r.m).await;
         }
     }
@@ -585,6 +597,7 @@ impl Pump {
         warn!(msg_id = %m.msg_id, subject = %m.subject, attempts = m.attempts, maybe_stored = m.maybe_stored, error = %error, "message not stored; handing it back");
         self.ledger.finish(m.seq);
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        crate::obs::failed("batch");
         let _ = self.failed.send(m.into_failed(error));
     }
 }

@@ -307,6 +307,7 @@ impl Consumer {
         for w in waiting.drain(..) {
             let _ = w.message.ack_with(AckKind::Nak(None)).await;
             Counters::add(&self.stats.naked);
+            crate::obs::settled(&w.message, crate::obs::Settled::Naked);
         }
         run_slot(inline.as_mut()).await;
         while running.next().await.is_some() {}
@@ -338,6 +339,7 @@ impl Consumer {
 
     fn received(&self, m: &jetstream::Message) {
         Counters::add(&self.stats.delivered);
+        crate::obs::consumed(m);
         self.stats.touch();
         if m.info().is_ok_and(|i| i.delivered > 1) {
             Counters::add(&self.stats.redelivered);

@@ -164,6 +164,7 @@ impl Shared {
         }
         // A panicking handler (when it is called or while it runs) is a retryable failure:
         // it must neither unwind out of `consume` nor leave its message to `ack_wait`.
+        let timer = crate::obs::Timer::start();
         let work = async move {
             match std::panic::catch_unwind(AssertUnwindSafe(|| handler(message))) {
                 Ok(work) => AssertUnwindSafe(work)
@@ -194,12 +195,14 @@ impl Shared {
                 }
             }
         };
+        crate::obs::handled(&m, timer);
         let error = match result {
             Ok(()) => {
                 if let Err(e) = m.ack().await {
                     warn!(seq, error = %e, "ack failed; the message will be redelivered");
                 } else {
                     Counters::add(&self.stats.acked);
+                    crate::obs::settled(&m, crate::obs::Settled::Acked);
                 }
                 return;
             }
@@ -227,6 +230,7 @@ impl Shared {
     async fn nak(&self, m: &jetstream::Message, delay: Duration) {
         let _ = m.ack_with(AckKind::Nak(Some(delay))).await;
         Counters::add(&self.stats.naked);
+        crate::obs::settled(m, crate::obs::Settled::Naked);
     }
 
     /// Dead-letters (if configured) and terminates. If the dead-letter publish fails, the
@@ -243,6 +247,7 @@ impl Shared {
         let Some(dl) = &self.options.dead_letter else {
             let _ = m.ack_with(AckKind::Term).await;
             Counters::add(&self.stats.termed);
+            crate::obs::settled(m, crate::obs::Settled::Termed);
             return Action::Terminated;
         };
         let stream = m.info().map(|i| i.stream.to_owned()).unwrap_or_default();
@@ -277,8 +282,10 @@ impl Shared {
             };
         }
         Counters::add(&self.stats.dead_lettered);
+        crate::obs::settled(m, crate::obs::Settled::DeadLettered);
         let _ = m.ack_with(AckKind::Term).await;
         Counters::add(&self.stats.termed);
+        crate::obs::settled(m, crate::obs::Settled::Termed);
         Action::DeadLettered
     }
 

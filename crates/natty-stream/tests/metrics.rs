@@ -1,0 +1,247 @@
+//! Metrics (feature `metrics`) against a real NATS server, read through a `metrics-util`
+//! DebuggingRecorder: every publish and consume counter moves as the operations run,
+//! dead-letter and consumer lag included.
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test a panic is the failure report"
+)]
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use metrics_util::{
+    MetricKind,
+    debugging::{DebugValue, DebuggingRecorder, Snapshotter},
+};
+use natty_core::ConnectOptions;
+use natty_stream::{
+    BatchConfig, BatchPublisher, CancellationToken, ConsumeOptions, Consumer, ConsumerConfig,
+    HandlerError, Message, Publisher, StreamConfig, ensure_consumer, ensure_stream,
+};
+use natty_testkit::{Nats, init_tracing, unique_name, wait_for};
+use tokio::sync::Notify;
+
+/// What the recorder saw so far (a snapshot drains counters and histograms: add them up).
+#[derive(Default)]
+struct Seen {
+    counters: HashMap<String, u64>,
+    max_gauge: HashMap<String, f64>,
+    last_gauge: HashMap<String, f64>,
+    samples: HashMap<String, usize>,
+}
+
+impl Seen {
+    fn take(&mut self, s: &Snapshotter) {
+        for (key, _, _, value) in s.snapshot().into_vec() {
+            let (kind, key) = key.into_parts();
+            let mut name = key.name().to_owned();
+            for l in key.labels() {
+                name.push_str(&format!(",{}={}", l.key(), l.value()));
+            }
+            match (kind, value) {
+                (MetricKind::Counter, DebugValue::Counter(n)) => {
+                    *self.counters.entry(name).or_default() += n;
+                }
+                (MetricKind::Gauge, DebugValue::Gauge(v)) => {
+                    let max = self.max_gauge.entry(name.clone()).or_insert(f64::MIN);
+                    *max = max.max(v.0);
+                    self.last_gauge.insert(name, v.0);
+                }
+                (MetricKind::Histogram, DebugValue::Histogram(v)) => {
+                    *self.samples.entry(name).or_default() += v.len();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn every_stream_metric_moves_including_dead_letter_and_lag() -> anyhow::Result<()> {
+    init_tracing();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+
+    let nats = Nats::start().await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    let stream = unique_name("S").replace('-', "_");
+    let dlq = format!("{stream}_DLQ");
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&stream, [format!("{stream}.>")]),
+    )
+    .await?;
+    ensure_stream(&client, &StreamConfig::new(&dlq, [format!("{dlq}.>")])).await?;
+    ensure_consumer(
+        &client,
+        &ConsumerConfig::new(&stream, "workers").ack_wait(Duration::from_secs(2)),
+    )
+    .await?;
+
+    // Five messages: one single publish, four batched; one subject no stream captures.
+    let publisher = Publisher::new(client.clone());
+    publisher
+        .publish(&format!("{stream}.m"), "hold".into())
+        .await?;
+    assert!(
+        publisher
+            .publish("nowhere.at.all", "x".into())
+            .await
+            .is_err()
+    );
+    let batch = BatchPublisher::new(client.clone(), BatchConfig::default())?;
+    for p in ["retry", "bad", "ok", "ok"] {
+        batch.send(&format!("{stream}.m"), p.into()).await?;
+    }
+    batch.flush().await?;
+
+    let release = Arc::new(Notify::new());
+    let consumer = Consumer::new(
+        client.clone(),
+        &stream,
+        "workers",
+        ConsumeOptions::default()
+            .dead_letter(format!("{dlq}.bad"))
+            .concurrency(1)
+            .batch(1),
+    )?;
+    let cancel = CancellationToken::new();
+    let (r, k) = (release.clone(), cancel.clone());
+    let task = tokio::spawn(async move {
+        consumer
+            .consume(k, move |m: Message| {
+                let r = r.clone();
+                async move {
+                    match (&m.payload[..], m.delivered) {
+                        (b"hold", _) => r.notified().await,
+                        (b"retry", 1) => {
+                            return Err(HandlerError::retry_after(
+                                "once",
+                                Duration::from_millis(100),
+                            ));
+                        }
+                        (b"bad", _) => return Err(HandlerError::permanent("malformed")),
+                        _ => {}
+                    }
+                    Ok(())
+                }
+            })
+            .await
+    });
+
+    // The first message comes with four more pending, the prefetched second with three: the
+    // lag gauge (the last pending count seen) shows them.
+    let lag = format!("natty_stream_consumer_lag,stream={stream},consumer=workers");
+    wait_for(
+        "lag (3 or 4: the next message may be prefetched) while the first is held",
+        Duration::from_secs(20),
+        || {
+            std::future::ready({
+                let mut s = seen.lock().unwrap();
+                s.take(&snapshotter);
+                (s.max_gauge.get(&lag).copied().unwrap_or(0.0) >= 3.0).then_some(())
+            })
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: gauges {:?}", seen.lock().unwrap().max_gauge))?;
+    release.notify_one();
+    let labels = format!("stream={stream},consumer=workers");
+    wait_for("every message settled", Duration::from_secs(20), || {
+        std::future::ready({
+            let mut s = seen.lock().unwrap();
+            s.take(&snapshotter);
+            (s.counter(&format!("natty_stream_consumer_acked_total,{labels}")) == 3
+                && s.counter(&format!(
+                    "natty_stream_consumer_dead_lettered_total,{labels}"
+                )) == 1)
+                .then_some(())
+        })
+    })
+    .await?;
+
+    // A paused server: the batch publisher's attempt times out and is retried.
+    let slow = BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default()
+            .ack_timeout(Duration::from_millis(500))
+            .backoff(Duration::from_millis(50), Duration::from_millis(200)),
+    )?;
+    // One message first, so its routing table is listed before the pause.
+    slow.send(&format!("{stream}.late"), "early".into()).await?;
+    slow.flush().await?;
+    nats.pause().await?;
+    slow.send(&format!("{stream}.late"), "late".into()).await?;
+    wait_for("a retry", Duration::from_secs(20), || {
+        std::future::ready({
+            let mut s = seen.lock().unwrap();
+            s.take(&snapshotter);
+            (s.counter("natty_stream_publish_retried_total,publisher=batch") > 0).then_some(())
+        })
+    })
+    .await?;
+    nats.unpause().await?;
+    slow.flush().await?;
+    // A subject no stream captures: handed back as failed.
+    batch.send("nowhere.at.all", "x".into()).await?;
+    let _ = batch.flush().await; // its failure is handed back on the error channel
+    wait_for("a failed batch publish", Duration::from_secs(20), || {
+        let mut s = seen.lock().unwrap();
+        s.take(&snapshotter);
+        std::future::ready(
+            (s.counter("natty_stream_publish_failed_total,publisher=batch") > 0).then_some(()),
+        )
+    })
+    .await?;
+    cancel.cancel();
+    task.await??;
+
+    let mut s = seen.lock().unwrap();
+    s.take(&snapshotter);
+    let c = |n: &str| s.counter(n);
+    assert_eq!(c("natty_stream_published_total,publisher=single"), 2);
+    assert_eq!(c("natty_stream_publish_failed_total,publisher=single"), 1);
+    assert_eq!(c("natty_stream_published_total,publisher=batch"), 7);
+    assert_eq!(c("natty_stream_publish_failed_total,publisher=batch"), 1);
+    assert!(c("natty_stream_publish_retried_total,publisher=batch") >= 1);
+    assert!(c(&format!("natty_stream_acked_total,stream={stream}")) >= 6);
+    assert_eq!(
+        c(&format!("natty_stream_acked_total,stream={dlq}")),
+        0,
+        "dead letters are not counted as publishes"
+    );
+    assert!(s.samples[&format!("natty_stream_publish_ack_seconds,stream={stream}")] >= 6);
+    // 6 deliveries (5 + the retry; the late message is consumed or not by cancel time).
+    assert!(c(&format!("natty_stream_consumed_total,{labels}")) >= 6);
+    // 3 of the first five, then the early/late messages published later.
+    assert!(c(&format!("natty_stream_consumer_acked_total,{labels}")) >= 3);
+    assert_eq!(c(&format!("natty_stream_consumer_naked_total,{labels}")), 1);
+    assert_eq!(
+        c(&format!("natty_stream_consumer_termed_total,{labels}")),
+        1
+    );
+    assert_eq!(
+        c(&format!(
+            "natty_stream_consumer_dead_lettered_total,{labels}"
+        )),
+        1
+    );
+    assert!(s.samples[&format!("natty_stream_handler_seconds,{labels}")] >= 6);
+    assert!(s.max_gauge[&lag] >= 3.0);
+    assert_eq!(
+        s.last_gauge.get(&lag).copied().unwrap_or(0.0),
+        0.0,
+        "caught up: no lag"
+    );
+    Ok(())
+}
