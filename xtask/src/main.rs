@@ -213,6 +213,22 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
             &[],
         )
     })?;
+    // The optional features (serde, metrics) are off by default: lint them too.
+    steps.step("clippy (all features)", || {
+        run(
+            "cargo",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+        )
+    })?;
     steps.step("unit tests", || run("cargo", &["test", "--workspace"], &[]))?;
     steps.step("docs", || {
         run(
