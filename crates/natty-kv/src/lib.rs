@@ -35,10 +35,10 @@
 //! ```
 //!
 //! # Feature flags
-//! - `serde` (off by default): typed values — [`Kv::get_json`], [`Kv::put_json`],
-//!   [`Kv::create_json`], [`Kv::update_json`], [`Kv::watch_key_json`] /
-//!   [`Kv::watch_bucket_json`] ([`JsonWatch`]); a value that does not decode is a
-//!   [`ErrorKind::Decode`] error whose source, a [`DecodeError`], keeps the raw bytes.
+//! - `serde` (off by default): typed values — `Kv::get_json`, `Kv::put_json`,
+//!   `Kv::create_json`, `Kv::update_json`, `Kv::watch_key_json` /
+//!   `Kv::watch_bucket_json` (`JsonWatch`); a value that does not decode is a
+//!   [`ErrorKind::Decode`] error whose source, a `DecodeError`, keeps the raw bytes.
 
 mod bucket;
 mod config;

@@ -18,9 +18,9 @@
 //! process that dies mid-handler has its messages redelivered after `ack_wait`.
 //!
 //! # Feature flags
-//! - `serde` (off by default): typed payloads — [`Publisher::publish_json`],
-//!   [`BatchPublisher::send_json`], [`Message::json`]; a payload that does not decode comes
-//!   back as a [`DecodeError`] naming the subject and keeping the raw bytes.
+//! - `serde` (off by default): typed payloads — `Publisher::publish_json`,
+//!   `BatchPublisher::send_json`, `Message::json`; a payload that does not decode comes
+//!   back as a `DecodeError` naming the subject and keeping the raw bytes.
 //! - `metrics` (off by default): counters, histograms and the consumer lag gauge through the
 //!   `metrics` facade; names in the README's "Observability" section.
 
