@@ -411,10 +411,9 @@ impl Pump {
                 _,
             ) => true,
             (_, Some(code)) if permanent_code(code) => {
-                // Refused for what the message is (too big, bad headers). On the first attempt
-                // that means it was never stored; after an unanswered attempt it may still be
-                // (the stream's limits can have been lowered in between): keep `Maybe` then.
-                if matches!(code, 10054 | 10097) && m.attempts <= 1 {
+                // Refused for what the message is (too big, bad headers): no attempt of it was
+                // ever stored, whatever the attempts before could not tell.
+                if matches!(code, 10054 | 10097) {
                     m.maybe_stored = false;
                 }
                 true
