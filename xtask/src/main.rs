@@ -181,7 +181,7 @@ fn nats_image() -> anyhow::Result<String> {
 
 fn integration(filter: Option<&str>) -> anyhow::Result<()> {
     let reference = nats_image()?;
-    let mut args = vec!["test", "--workspace", "--", "--ignored"];
+    let mut args = vec!["test", "--workspace", "--no-fail-fast", "--", "--ignored"];
     args.extend(filter);
     run("cargo", &args, &[("NATTY_NATS_IMAGE", &reference)])
 }
