@@ -17,11 +17,10 @@ use std::{
 
 use natty_core::ConnectOptions;
 use natty_kv::{BucketConfig, ErrorKind, Kv};
-use natty_testkit::{NatsCluster, init_tracing, unique_name, wait_for};
+use natty_testkit::{NatsCluster, init_tracing, wait_for};
 
-fn bucket() -> String {
-    unique_name("b").replace('-', "_")
-}
+mod common;
+use common::bucket;
 
 /// A raw JetStream context on `url`, for judging.
 async fn judge(url: String) -> anyhow::Result<async_nats::jetstream::Context> {

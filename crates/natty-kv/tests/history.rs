@@ -6,20 +6,10 @@
 )]
 
 use futures::TryStreamExt;
-use natty_core::ConnectOptions;
-use natty_kv::{BucketConfig, EventKind, Kv};
-use natty_testkit::{Nats, init_tracing, unique_name};
+use natty_kv::{BucketConfig, EventKind};
 
-async fn setup() -> anyhow::Result<(Nats, Kv)> {
-    init_tracing();
-    let nats = Nats::start().await?;
-    let client = ConnectOptions::new([nats.url()]).connect().await?;
-    Ok((nats, Kv::new(client)))
-}
-
-fn bucket() -> String {
-    unique_name("b").replace('-', "_")
-}
+mod common;
+use common::{bucket, setup};
 
 /// Item 8 of issue 16: a key's stored revisions, one revision, and a purge that removes them.
 #[tokio::test]

@@ -7,29 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use natty_core::ConnectOptions;
-use natty_kv::{BucketConfig, ErrorKind, Event, EventKind, Kv, Storage, Watch};
-use natty_testkit::{Nats, NatsCluster, init_tracing, unique_name, wait_for};
+use natty_kv::{BucketConfig, ErrorKind, EventKind, Kv, Storage};
+use natty_testkit::{NatsCluster, init_tracing, wait_for};
 
-async fn setup() -> anyhow::Result<(Nats, Kv)> {
-    init_tracing();
-    let nats = Nats::start().await?;
-    let client = ConnectOptions::new([nats.url()]).connect().await?;
-    Ok((nats, Kv::new(client)))
-}
-
-fn bucket() -> String {
-    unique_name("b").replace('-', "_")
-}
-
-/// The next event, or fail after `timeout`.
-async fn next_event(watch: &mut Watch, timeout: Duration) -> anyhow::Result<Event> {
-    Ok(tokio::time::timeout(timeout, watch.next())
-        .await
-        .map_err(|_| anyhow::anyhow!("no watch event within {timeout:?}"))?
-        .ok_or_else(|| anyhow::anyhow!("watch ended"))??)
-}
+mod common;
+use common::{bucket, next_event, setup};
 
 #[tokio::test]
 #[ignore = "integration: needs Docker; run `cargo xtask integration`"]
