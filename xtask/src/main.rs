@@ -42,6 +42,9 @@ enum Cmd {
         /// Debug build, small N: keeps the harness from rotting (CI).
         #[arg(long)]
         quick: bool,
+        /// Only these parts, comma-separated (passed to natty-bench, which checks the names).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Faults on a 3-node cluster; checks; report in target/chaos/.
     Chaos {
@@ -85,7 +88,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Ci => ci(),
         Cmd::Integration { filter } => integration(filter.as_deref()),
-        Cmd::Bench { quick } => bench(quick),
+        Cmd::Bench { quick, only } => bench(quick, only.as_deref()),
         Cmd::Chaos { minutes, seed } => chaos(minutes, seed),
         Cmd::Demo => demo(),
         Cmd::Server {
@@ -260,7 +263,7 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
         Ok(())
     })?;
     if docker {
-        steps.step("bench --quick", || bench(true))?;
+        steps.step("bench --quick", || bench(true, None))?;
         steps.step("chaos 1 minute", || chaos(1.0, 1))?;
     }
     steps.step("deny", deny)?;
@@ -269,7 +272,7 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
 
 /// Runs natty-bench: release for a measurement, debug for `--quick` (keeps the harness from
 /// rotting in CI without a release build of every dependency).
-fn bench(quick: bool) -> anyhow::Result<()> {
+fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     let reference = nats_image()?;
     let mut args = vec!["run", "--quiet", "-p", "natty-bench"];
     if !quick {
@@ -278,6 +281,9 @@ fn bench(quick: bool) -> anyhow::Result<()> {
     args.push("--");
     if quick {
         args.push("--quick");
+    }
+    if let Some(only) = only {
+        args.extend(["--only", only]);
     }
     run("cargo", &args, &[("NATTY_NATS_IMAGE", &reference)])
 }

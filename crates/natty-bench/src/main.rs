@@ -51,19 +51,24 @@ struct Args {
     /// Where report.md, report.svg and results.json go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
-    /// Run one part only (for investigating).
-    #[arg(long, value_enum)]
-    only: Option<Part>,
+    /// Run only these parts (comma-separated, e.g. `--only latency,kv`); the report shows
+    /// only what ran.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
     #[command(subcommand)]
     child: Option<Child>,
 }
 
 /// The parts `--only` can pick.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Part {
+    /// `Natty::publish`'s default path (`Auto`) against raw pipelined.
+    Default,
     Publish,
     Fast,
     Consume,
+    /// Publish-to-handler latency at a low fixed rate with idle gaps.
+    Latency,
     Kv,
     Election,
     Memory,
@@ -85,11 +90,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let (quick, out) = (args.quick, args.out);
-    let only = args.only.map(|p| {
-        clap::ValueEnum::to_possible_value(&p)
-            .map(|v| v.get_name().to_owned())
-            .unwrap_or_default()
-    });
+    let only = args.only;
     runtime.block_on(async {
         let server = match std::env::var("NATS_URL") {
             Ok(url) => (None, url),
@@ -99,7 +100,7 @@ fn main() -> anyhow::Result<()> {
                 (Some(nats), url)
             }
         };
-        let results = run(&server.1, quick, only.as_deref()).await?;
+        let results = run(&server.1, quick, &only).await?;
         let md = report::write(&out, &results)?;
         println!("{md}");
         println!(
@@ -173,10 +174,10 @@ fn workload(
     }
 }
 
-async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Results> {
-    // `--only default,publish,fast,consume,latency,kv,election,memory` (comma-separated) runs
-    // only those parts, and the report shows only what ran.
-    let want = |part: &str| only.is_none_or(|o| o.split(',').any(|p| p.trim() == part));
+async fn run(url: &str, quick: bool, only: &[Part]) -> anyhow::Result<Results> {
+    // An empty `--only` runs every part; otherwise only those named, and the report shows
+    // only what ran.
+    let want = |part: Part| only.is_empty() || only.contains(&part);
     let s = if quick { QUICK } else { FULL };
     let client = natty::ConnectOptions::new([url]).connect().await?;
     let server_version = client
@@ -186,7 +187,7 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
     let fast_ok = client.server_version().is_some_and(|v| v.at_least(2, 14));
     let mut workloads = Vec::new();
 
-    for size in [128usize, 4096].into_iter().filter(|_| want("default")) {
+    for size in [128usize, 4096].into_iter().filter(|_| want(Part::Default)) {
         // The default path: `Auto` on a stream made with natty's defaults (which allow batching
         // on 2.14+), against a careful raw user's pipelined publish.
         let (a, b) = pairs(
@@ -206,7 +207,7 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
             quick,
         ));
     }
-    for size in [128usize, 4096].into_iter().filter(|_| want("publish")) {
+    for size in [128usize, 4096].into_iter().filter(|_| want(Part::Publish)) {
         let (a, b) = pairs(
             &format!("publish {size} B"),
             s.pairs,
@@ -231,7 +232,7 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
             quick,
         ));
     }
-    if fast_ok && want("fast") {
+    if fast_ok && want(Part::Fast) {
         // natty's fast ingest against raw *pipelined* (the target), and raw fast ingest for reference.
         let (a, b) = pairs(
             "fast ingest vs raw pipelined 128 B",
@@ -304,7 +305,7 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
         ));
     }
 
-    if want("consume") {
+    if want(Part::Consume) {
         workloads::fill(&client, "BENCH_CONSUME", s.consume_n).await?;
         for (pull, label) in [
             (
@@ -334,7 +335,7 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
         }
     }
 
-    if want("latency") {
+    if want(Part::Latency) {
         // Publish-to-handler latency at a low fixed rate, idle gaps longer than the heartbeat.
         let w = workloads::LowRate {
             rate: 200.0,
@@ -391,7 +392,7 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
         (Vec::new(), Vec::new()),
         (Vec::new(), Vec::new()),
     ];
-    for i in (0..s.pairs).filter(|_| want("kv")) {
+    for i in (0..s.pairs).filter(|_| want(Part::Kv)) {
         let n = workloads::kv_natty(&client, "bench_kv_natty", s.kv_ops).await?;
         let r = workloads::kv_raw(&client, "bench_kv_raw", s.kv_ops).await?;
         for (slot, (nv, rv)) in [(0, (&n.0, &r.0)), (1, (&n.1, &r.1)), (2, (&n.2, &r.2))] {
@@ -410,7 +411,7 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
     for (slot, name) in ["put", "get", "refresh"]
         .iter()
         .enumerate()
-        .filter(|_| want("kv"))
+        .filter(|_| want(Part::Kv))
     {
         let (a, b) = std::mem::take(&mut kv[slot]);
         workloads.push(workload(
@@ -425,12 +426,12 @@ async fn run(url: &str, quick: bool, only: Option<&str>) -> anyhow::Result<Resul
         workloads.push(workload(&format!("KV {name} p99"), "µs", a, b, None, quick));
     }
 
-    let failover = if want("election") {
+    let failover = if want(Part::Election) {
         Some(election(url, &s, quick).await?)
     } else {
         None
     };
-    let (memory, memory_target) = if want("memory") {
+    let (memory, memory_target) = if want(Part::Memory) {
         let (m, t) = memory_run(url, &s, quick).await?;
         (Some(m), Some(t))
     } else {
