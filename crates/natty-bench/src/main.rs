@@ -419,7 +419,7 @@ async fn run(url: &str, quick: bool, only: &[Part]) -> anyhow::Result<Results> {
             "µs",
             a,
             b,
-            Some((1.10, false, true)),
+            Some((1.05, false, true)),
             quick,
         ));
         let (a, b) = std::mem::take(&mut kv_p99[slot]);
@@ -475,8 +475,8 @@ async fn election(url: &str, s: &Sizes, quick: bool) -> anyhow::Result<Failover>
         ttl_ms,
         resign_target: judged(
             quick || resign_ms.is_empty(),
-            "p99 < 250 ms".into(),
-            resign_p99 < 250.0,
+            "p99 < 50 ms".into(),
+            resign_p99 < 50.0,
         ),
         crash_target: judged(
             quick || crash_ms.is_empty(),
