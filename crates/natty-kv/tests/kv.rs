@@ -450,3 +450,152 @@ async fn cas_conflicts_on_a_replicated_bucket_are_revision_mismatches() -> anyho
     assert_eq!(kv.get(&b, "k").await?.unwrap().revision, r2);
     Ok(())
 }
+
+/// The stream leader's last message of `key` (value or marker): sequence, payload, headers.
+async fn last_at_leader(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    key: &str,
+) -> anyhow::Result<Option<(u64, bytes::Bytes, async_nats::HeaderMap)>> {
+    let stream = js.get_stream(format!("KV_{bucket}")).await?;
+    match stream
+        .get_last_raw_message_by_subject(&format!("$KV.{bucket}.{key}"))
+        .await
+    {
+        Ok(m) => Ok(Some((m.sequence, m.payload, m.headers))),
+        Err(e) if e.to_string().contains("10037") || e.to_string().contains("no message") => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A conditional write whose first answer is lost (held by a proxy) and whose retry reaches
+/// the server after the bucket's duplicate window: the retry is not de-duplicated and fails
+/// its compare-and-set against the first attempt's own revision. Before the fix `update`
+/// reported `RevisionMismatch` and `create` `KeyExists` for writes that were stored; now the
+/// first attempt's revision is returned. A key that expired in between (short bucket TTL,
+/// which also shortens the duplicate window) is never a `RevisionMismatch` either.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_retry_past_the_duplicate_window_is_not_a_false_conflict() -> anyhow::Result<()> {
+    let (nats, direct) = setup().await?;
+    let raw = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let proxy = common::Proxy::start(format!("127.0.0.1:{}", nats.port())).await?;
+    let kv = Kv::new(
+        ConnectOptions::new([proxy.url()])
+            .request_timeout(Duration::from_secs(2))
+            .connect()
+            .await?,
+    );
+    let b = bucket();
+    direct.create_bucket(BucketConfig::new(&b)).await?;
+    // A duplicate window (1 s) shorter than one request timeout (2 s), as a short bucket TTL
+    // makes it; changed behind natty's back.
+    let mut config = raw
+        .get_stream(format!("KV_{b}"))
+        .await?
+        .cached_info()
+        .config
+        .clone();
+    config.duplicate_window = Duration::from_secs(1);
+    raw.update_stream(config).await?;
+
+    let r0 = direct.put(&b, "k", "v0".into()).await?;
+    assert_eq!(
+        kv.get(&b, "k").await?.unwrap().revision,
+        r0,
+        "bucket cached"
+    );
+    proxy.hold_until_sent(&format!("$KV.{b}.k "), 2);
+    let updated = kv.update(&b, "k", "mine".into(), r0).await;
+    assert!(!proxy.holding(), "the update was retried");
+    let (seq, value, _) = last_at_leader(&raw, &b, "k").await?.unwrap();
+    assert_eq!(value.as_ref(), b"mine", "the first attempt was stored");
+    assert_eq!(
+        updated.map_err(|e| e.kind()),
+        Ok(seq),
+        "update reports the stored revision"
+    );
+
+    proxy.hold_until_sent(&format!("$KV.{b}.fresh "), 2);
+    let created = kv.create(&b, "fresh", "mine".into()).await;
+    assert!(!proxy.holding(), "the create was retried");
+    let (seq, value, _) = last_at_leader(&raw, &b, "fresh").await?.unwrap();
+    assert_eq!(value.as_ref(), b"mine");
+    assert_eq!(
+        created.map_err(|e| e.kind()),
+        Ok(seq),
+        "create reports the stored revision"
+    );
+
+    // A 1 s bucket TTL: the duplicate window is 1 s too, and the stored write has expired
+    // when the retry arrives. Whatever natty answers, it is not "someone else wrote".
+    let short = bucket();
+    direct
+        .create_bucket(BucketConfig::new(&short).ttl(Duration::from_secs(1)))
+        .await?;
+    let r0 = direct.put(&short, "k", "v0".into()).await?;
+    assert!(kv.status(&short).await.is_ok());
+    proxy.hold_until_sent(&format!("$KV.{short}.k "), 2);
+    let updated = kv.update(&short, "k", "mine".into(), r0).await;
+    assert!(!proxy.holding(), "the update was retried");
+    match updated {
+        Ok(rev) => {
+            let m = raw
+                .get_stream(format!("KV_{short}"))
+                .await?
+                .get_raw_message(rev)
+                .await?;
+            assert_eq!(m.payload.as_ref(), b"mine", "Ok names our revision");
+        }
+        Err(e) => assert_ne!(e.kind(), ErrorKind::RevisionMismatch, "{e}"),
+    }
+    Ok(())
+}
+
+/// The per-key-TTL flag of a cached bucket goes stale when the bucket is re-created behind
+/// natty's back. Before the fix `create_with_ttl` refused with `Unsupported` from the cache
+/// although the new bucket has per-key TTL; the other way round, the server's refusal stands
+/// and the key is not stored without its TTL.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn per_key_ttl_writes_ask_the_server_not_a_stale_cache() -> anyhow::Result<()> {
+    let (nats, kv) = setup().await?;
+    let other = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    let b = bucket();
+    kv.create_bucket(BucketConfig::new(&b).per_key_ttl(false))
+        .await?;
+    kv.put(&b, "k", "v".into()).await?;
+    other.delete_bucket(&b).await?;
+    wait_for("the bucket re-created", Duration::from_secs(10), || async {
+        other.create_bucket(BucketConfig::new(&b)).await.ok()
+    })
+    .await?;
+    let ttl = Duration::from_secs(30);
+    kv.create_with_ttl(&b, "a", "1".into(), ttl).await?;
+    assert_eq!(other.get(&b, "a").await?.unwrap().ttl, Some(ttl));
+
+    other.delete_bucket(&b).await?;
+    wait_for("the bucket re-created", Duration::from_secs(10), || async {
+        other
+            .create_bucket(BucketConfig::new(&b).per_key_ttl(false))
+            .await
+            .ok()
+    })
+    .await?;
+    let err = kv
+        .create_with_ttl(&b, "b", "1".into(), ttl)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert_eq!(
+        other.get(&b, "b").await?,
+        None,
+        "never stored without its TTL"
+    );
+    kv.create_with_ttl(&b, "c", "1".into(), ttl)
+        .await
+        .unwrap_err();
+    Ok(())
+}
