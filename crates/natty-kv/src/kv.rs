@@ -290,7 +290,15 @@ impl Kv {
                 .buckets
                 .require(bucket, "watching", &self.deadline())
                 .await?;
-            Watch::start(self.client.clone(), self.buckets.clone(), b, filter, start).await
+            Watch::start(
+                self.client.clone(),
+                self.buckets.clone(),
+                b,
+                filter,
+                start,
+                self.deadline(),
+            )
+            .await
         }
         .instrument(span)
         .await
