@@ -184,7 +184,7 @@ impl Kv {
             let mut keys = std::collections::BTreeSet::new();
             let listing = self.keys_stream(bucket).await?;
             futures::pin_mut!(listing);
-            let deadline = tokio::time::Instant::now() + self.retry_for;
+            let deadline = self.deadline().at();
             loop {
                 let next = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut listing))
                     .await
@@ -353,7 +353,7 @@ impl Kv {
         ttl: Option<KeyTtl>,
     ) -> Result<u64, Error> {
         let write = Write::new(Op::Create, bucket, key, value).ttl(ttl);
-        let deadline = tokio::time::Instant::now() + self.retry_for;
+        let deadline = self.deadline().at();
         let mut expected = 0;
         loop {
             match self

@@ -253,7 +253,11 @@ impl Kv {
         deadline: &Deadline,
     ) -> Result<u64, Error> {
         let Some(b) = self.buckets.lookup(&w.bucket, deadline).await? else {
-            return Err(mismatch);
+            return Err(Error::with_source(
+                ErrorKind::BucketNotFound,
+                w.context(),
+                mismatch,
+            ));
         };
         let window = b.stream.cached_info().config.duplicate_window;
         let elapsed = since.elapsed();

@@ -599,3 +599,51 @@ async fn per_key_ttl_writes_ask_the_server_not_a_stale_cache() -> anyhow::Result
         .unwrap_err();
     Ok(())
 }
+
+/// Adversarial read, "changed behind our back": a bucket re-configured without direct get
+/// after natty cached it. Before the fix every read asked the (now absent) direct-get
+/// responders again with the stale cached handle, got "no responders" until the deadline
+/// and failed with `TimedOut` after 10 s; now the bucket looked up on the 503 is used.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_read_uses_the_bucket_as_it_is_not_a_stale_direct_get_flag() -> anyhow::Result<()> {
+    let (nats, kv) = setup().await?;
+    let raw = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let b = bucket();
+    let rev = kv.put(&b, "k", "v".into()).await?;
+    let mut config = raw
+        .get_stream(format!("KV_{b}"))
+        .await?
+        .cached_info()
+        .config
+        .clone();
+    config.allow_direct = false;
+    raw.update_stream(config).await?;
+    let started = Instant::now();
+    let got = kv.get(&b, "k").await?.map(|e| e.revision);
+    assert_eq!(got, Some(rev));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at once, not after the retry deadline: {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Adversarial read, "panics": a `Kv` that retries "forever" (`retry_for(Duration::MAX)`)
+/// must not overflow an `Instant`. Before the fix `keys` and `create` panicked
+/// (`Instant + Duration::MAX`).
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_huge_retry_for_does_not_panic() -> anyhow::Result<()> {
+    let (_nats, kv) = setup().await?;
+    let kv = kv.retry_for(Duration::MAX);
+    let b = bucket();
+    kv.create(&b, "k", "v".into()).await?;
+    assert_eq!(
+        kv.create(&b, "k", "v".into()).await.unwrap_err().kind(),
+        ErrorKind::KeyExists
+    );
+    assert_eq!(kv.keys(&b).await?, ["k"]);
+    Ok(())
+}
