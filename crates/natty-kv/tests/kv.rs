@@ -647,3 +647,56 @@ async fn a_huge_retry_for_does_not_panic() -> anyhow::Result<()> {
     assert_eq!(kv.keys(&b).await?, ["k"]);
     Ok(())
 }
+
+/// Adversarial read, "reconnect replay": the connection drops while `keys_stream` lists a
+/// bucket. async-nats re-created the listing's consumer from the next revision, which
+/// delivers values overwritten or deleted before the listing started: before the fix a key
+/// deleted long ago was listed as live.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_reconnect_during_a_key_listing_lists_no_deleted_key() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let (nats, kv) = setup().await?;
+    let b = bucket();
+    kv.create_bucket(BucketConfig::new(&b).history(2)).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let n = 3000;
+    // Per i: a live key, then a key that is written and deleted right after.
+    for chunk in 0..n / 500 {
+        let mut acks = Vec::new();
+        for i in chunk * 500..(chunk + 1) * 500 {
+            acks.push(js.publish(format!("$KV.{b}.live{i}"), "v".into()).await?);
+            acks.push(js.publish(format!("$KV.{b}.dead{i}"), "v".into()).await?);
+            let mut del = async_nats::HeaderMap::new();
+            del.insert("KV-Operation", "DEL");
+            acks.push(
+                js.publish_with_headers(format!("$KV.{b}.dead{i}"), del, "".into())
+                    .await?,
+            );
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+    let listing = kv.keys_stream(&b).await?;
+    futures::pin_mut!(listing);
+    let mut keys = Vec::new();
+    let mut reconnect = None;
+    while let Some(key) = tokio::time::timeout(Duration::from_secs(30), listing.next()).await? {
+        keys.push(key?);
+        if keys.len() == 200 {
+            let client = kv.client().nats().clone();
+            reconnect = Some(tokio::spawn(async move { client.force_reconnect().await }));
+        }
+    }
+    reconnect.unwrap().await??;
+    let dead: Vec<_> = keys.iter().filter(|k| k.starts_with("dead")).collect();
+    assert!(
+        dead.is_empty(),
+        "{} deleted keys listed, e.g. {:?}",
+        dead.len(),
+        dead.first()
+    );
+    assert_eq!(keys.len(), n, "every live key once");
+    Ok(())
+}
