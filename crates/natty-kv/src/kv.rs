@@ -213,7 +213,9 @@ impl Kv {
     /// Every live key in the bucket, as a stream (for buckets too large to list at once).
     /// Each key is yielded once; the order is the order of the keys' last writes. The stream
     /// ends when the keys that existed when it started have been listed; it has no deadline of
-    /// its own (wrap it in a timeout). It remembers the keys it yielded, to skip duplicates.
+    /// its own (wrap it in a timeout). It remembers the keys it yielded, to skip duplicates; a
+    /// listing cut by a reconnect starts over from the last value of each key (never from
+    /// the overwritten values async-nats' re-created consumer would deliver).
     pub async fn keys_stream(
         &self,
         bucket: &str,
