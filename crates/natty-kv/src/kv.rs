@@ -184,7 +184,7 @@ impl Kv {
             let mut keys = std::collections::BTreeSet::new();
             let listing = self.keys_stream(bucket).await?;
             futures::pin_mut!(listing);
-            let deadline = tokio::time::Instant::now() + self.retry_for;
+            let deadline = self.deadline().at();
             loop {
                 let next = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut listing))
                     .await
@@ -213,7 +213,9 @@ impl Kv {
     /// Every live key in the bucket, as a stream (for buckets too large to list at once).
     /// Each key is yielded once; the order is the order of the keys' last writes. The stream
     /// ends when the keys that existed when it started have been listed; it has no deadline of
-    /// its own (wrap it in a timeout). It remembers the keys it yielded, to skip duplicates.
+    /// its own (wrap it in a timeout). It remembers the keys it yielded, to skip duplicates; a
+    /// listing cut by a reconnect starts over from the last value of each key (never from
+    /// the overwritten values async-nats' re-created consumer would deliver).
     pub async fn keys_stream(
         &self,
         bucket: &str,
@@ -290,7 +292,15 @@ impl Kv {
                 .buckets
                 .require(bucket, "watching", &self.deadline())
                 .await?;
-            Watch::start(self.client.clone(), self.buckets.clone(), b, filter, start).await
+            Watch::start(
+                self.client.clone(),
+                self.buckets.clone(),
+                b,
+                filter,
+                start,
+                self.deadline(),
+            )
+            .await
         }
         .instrument(span)
         .await
@@ -345,7 +355,7 @@ impl Kv {
         ttl: Option<KeyTtl>,
     ) -> Result<u64, Error> {
         let write = Write::new(Op::Create, bucket, key, value).ttl(ttl);
-        let deadline = tokio::time::Instant::now() + self.retry_for;
+        let deadline = self.deadline().at();
         let mut expected = 0;
         loop {
             match self

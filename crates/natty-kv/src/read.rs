@@ -67,7 +67,11 @@ impl Kv {
         let key = key.as_str();
         let deadline = Deadline::after(self.retry_for);
         let mut attempts = deadline.attempts();
+        // The bucket as last seen: a 503 makes us look it up, and it may have been
+        // re-configured (without direct get) or re-created since it was cached.
+        let mut b = b.clone();
         loop {
+            let b = &mut b;
             let outcome = if from == ReadFrom::AnyReplica && b.allow_direct {
                 direct(b, target, key).await
             } else {
@@ -92,15 +96,21 @@ impl Kv {
                         ));
                     }
                     Outcome::Done(Err(lookup)) => return Err(lookup),
-                    _ => Error::with_source(
-                        ErrorKind::TimedOut,
-                        format!(
-                            "{}: no replica answered (no stream leader) until the deadline ({:?})",
-                            context(b, key),
-                            self.retry_for
-                        ),
-                        e,
-                    ),
+                    found => {
+                        if let Outcome::Done(Ok(Some(fresh))) = found {
+                            *b = fresh;
+                        }
+                        Error::with_source(
+                            ErrorKind::TimedOut,
+                            format!(
+                                "{}: no replica answered (no stream leader) until the deadline \
+                                 ({:?})",
+                                context(b, key),
+                                self.retry_for
+                            ),
+                            e,
+                        )
+                    }
                 },
             };
             if !attempts.pause(&failure).await {

@@ -7,6 +7,7 @@ use async_nats::jetstream::{
     consumer::{DeliverPolicy, ReplayPolicy, push},
 };
 use futures::{Stream, StreamExt};
+use tracing::debug;
 
 use crate::{
     Error, ErrorKind, Kv,
@@ -80,6 +81,70 @@ pub(crate) async fn history(
     }
 }
 
+/// The state of a key listing.
+struct Listing {
+    messages: Option<push::Ordered>,
+    seen: HashSet<String>,
+    kv: Kv,
+    bucket: Bucket,
+    context: String,
+    /// Deliver up to this revision (the stream's last one when the consumer said "nothing
+    /// pending"), waiting at most [`GRACE`] for each message.
+    upto: Option<u64>,
+    grace: bool,
+    /// The client's connect count when the consumer was made.
+    connects_at_open: u64,
+    /// The consumer sequence the next message of our consumer has.
+    next_consumer_sequence: u64,
+}
+
+impl Listing {
+    /// (Re)starts the listing's consumer: the last message of every key. Keys already
+    /// yielded are skipped by `seen`.
+    async fn open(&mut self) -> Result<(), Error> {
+        self.connects_at_open = connects(&self.kv);
+        self.next_consumer_sequence = 1;
+        self.upto = None;
+        self.grace = false;
+        self.messages = Some(
+            consumer(
+                &self.kv,
+                &self.bucket,
+                format!("$KV.{}.>", self.bucket.name),
+                DeliverPolicy::LastPerSubject,
+                true,
+                &self.context,
+            )
+            .await?,
+        );
+        Ok(())
+    }
+
+    /// Whether `message` comes from a consumer that async-nats re-created by itself (after
+    /// a reconnect or a sequence gap): it starts from the next revision, where values that
+    /// were overwritten or deleted before the listing started come again.
+    fn replaced(&mut self, message: &jetstream::Message) -> bool {
+        let Ok(info) = message.info() else {
+            return false;
+        };
+        if connects(&self.kv) != self.connects_at_open
+            || info.consumer_sequence != self.next_consumer_sequence
+        {
+            return true;
+        }
+        self.next_consumer_sequence += 1;
+        false
+    }
+}
+
+fn connects(kv: &Kv) -> u64 {
+    kv.client
+        .nats()
+        .statistics()
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The live keys of a bucket whose `b` was just looked up (its cached info is fresh).
 pub(crate) async fn keys(
     kv: &Kv,
@@ -87,41 +152,20 @@ pub(crate) async fn keys(
 ) -> Result<impl Stream<Item = Result<String, Error>> + use<>, Error> {
     let context = format!("listing keys of bucket {:?}", b.name);
     let empty = b.stream.cached_info().state.messages == 0;
-    let messages = if empty {
-        None
-    } else {
-        Some(
-            consumer(
-                kv,
-                &b,
-                format!("$KV.{}.>", b.name),
-                DeliverPolicy::LastPerSubject,
-                true,
-                &context,
-            )
-            .await?,
-        )
-    };
-    struct State {
-        messages: Option<push::Ordered>,
-        seen: HashSet<String>,
-        bucket: String,
-        context: String,
-        stream: jetstream::stream::Stream,
-        /// Deliver up to this revision (the stream's last one when the consumer said
-        /// "nothing pending"), waiting at most [`GRACE`] for each message.
-        upto: Option<u64>,
-        grace: bool,
-    }
-    let state = State {
-        messages,
+    let mut state = Listing {
+        messages: None,
         seen: HashSet::new(),
-        bucket: b.name,
+        kv: kv.clone(),
+        bucket: b,
         context,
-        stream: b.stream,
         upto: None,
         grace: false,
+        connects_at_open: 0,
+        next_consumer_sequence: 1,
     };
+    if !empty {
+        state.open().await?;
+    }
     Ok(futures::stream::unfold(state, |mut state| async move {
         loop {
             let messages = state.messages.as_mut()?;
@@ -148,6 +192,14 @@ pub(crate) async fn keys(
                     return Some((Err(err), state));
                 }
             };
+            if state.replaced(&message) {
+                debug!("async-nats re-created the listing's consumer; starting it over");
+                if let Err(e) = state.open().await {
+                    state.messages = None;
+                    return Some((Err(e), state));
+                }
+                continue;
+            }
             let info = message.info().ok();
             let pending = info.as_ref().map(|i| i.pending).unwrap_or_default();
             let revision = info.as_ref().map(|i| i.stream_sequence).unwrap_or_default();
@@ -155,7 +207,7 @@ pub(crate) async fn keys(
                 // Values that replaced the skipped last values of keys rewritten during the
                 // listing come after the point where the server says "nothing pending": go on
                 // to the stream's last revision now. Every such value is stored by then.
-                let last = match state.stream.info().await {
+                let last = match state.bucket.stream.info().await {
                     Ok(info) => info.state.last_sequence,
                     Err(e) => {
                         state.messages = None;
@@ -169,7 +221,7 @@ pub(crate) async fn keys(
                 state.messages = None;
             }
             let live = entry::kind_of(message.headers.as_ref()) == EventKind::Put;
-            let key = entry::key_of(message.subject.as_str(), &state.bucket).to_owned();
+            let key = entry::key_of(message.subject.as_str(), &state.bucket.name).to_owned();
             if live && state.seen.insert(key.clone()) {
                 return Some((Ok(key), state));
             }

@@ -4,18 +4,27 @@
 //! async-nats' own KV watch is an ordered consumer that may stop for good after a server
 //! restart (nats.rs#1596) and folds expiry into "purge". This one runs the ordered consumer
 //! in a task, decodes the marker reason (so expiry is its own event), and when the consumer
-//! ends or errors, re-creates it from the revision after the last one delivered. Besides:
+//! ends or errors, re-creates it itself. Besides:
 //!
-//! - An ordered consumer that re-creates itself before it delivered anything starts from
-//!   revision 1 (deliver-all): events at or below the last revision delivered are dropped.
-//! - The bucket's stream is checked whenever the consumer is re-created and after every
-//!   [`CHECK_AFTER`] without a message: a bucket that is gone ends the watch with
+//! - async-nats re-creates an ordered consumer by itself after a reconnect or a sequence gap,
+//!   from its own last stream sequence: from revision 1 (deliver-all) if it had delivered
+//!   nothing yet, mid-way through the current values otherwise (delivering values that were
+//!   overwritten before the watch started), and on whatever stream now has the bucket's
+//!   name. Such a consumer is never used: a reconnect (the client's connect count) or a
+//!   consumer sequence that starts over makes the watch drop it and create its own, from
+//!   where it is, after asking the stream info API whether the bucket is still the same.
+//! - Events at or below the last revision delivered are dropped.
+//! - The bucket's stream is checked after every consumer the watch creates, and every
+//!   [`CHECK_AFTER`] however busy the watch is: a bucket that is gone ends the watch with
 //!   `BucketNotFound` (async-nats would retry re-creating its consumer forever), and a bucket
 //!   deleted and created again (its stream's creation time changed) is reported as
 //!   [`EventKind::BucketRecreated`] before the new bucket's current values.
+//! - The bucket a watch starts on is the one the server has when its first consumer exists,
+//!   not the one a (possibly stale) cache remembers.
 
 use std::{
     pin::Pin,
+    sync::atomic::Ordering,
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
@@ -35,14 +44,14 @@ use crate::{
     bucket::{Bucket, Buckets, not_found},
     entry::{self, Event, EventKind},
     error::{from_request, server_code},
-    retry::Outcome,
+    retry::{Deadline, Outcome},
 };
 
 /// How many events may wait for the reader before the watch task waits too.
 const BUFFER: usize = 256;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// How long a watch may go without a message before it asks the server whether its bucket
-/// is still the same (one stream info request per idle period).
+/// How often a watch asks the server whether its bucket is still the same (one stream info
+/// request per period, busy or idle).
 pub(crate) const CHECK_AFTER: Duration = Duration::from_secs(10);
 
 /// A stream of [`Event`]s from a bucket or key. Ends only if the bucket is deleted (after one
@@ -80,6 +89,7 @@ impl Watch {
         bucket: Bucket,
         filter: String,
         start: Start,
+        deadline: Deadline,
     ) -> Result<Self, Error> {
         let mut watcher = Watcher {
             client,
@@ -90,13 +100,36 @@ impl Watch {
                 Start::Current | Start::From(0) => None,
                 Start::From(revision) => Some(revision - 1),
             },
-            resume_from_start: matches!(start, Start::From(_)),
+            start,
             caught_up: false,
             pending_at_open: 0,
+            connects_at_open: 0,
+            next_consumer_sequence: 1,
         };
         // The first consumer is made here so that errors (bucket gone, no permission) reach
         // the caller, and so that no event written after this call returns can be missed.
-        let first = watcher.open().await?;
+        // It is on the bucket the server has now, whatever the cache remembered.
+        let first = loop {
+            let first = watcher.open().await?;
+            match watcher
+                .buckets
+                .lookup(&watcher.bucket.name, &deadline)
+                .await?
+            {
+                Some(b) if b.created == watcher.bucket.created => break first,
+                Some(b) if tokio::time::Instant::now() < deadline.at() => {
+                    debug!("the cached bucket was re-created since; watching the one there is");
+                    watcher.bucket = b;
+                }
+                Some(_) => {
+                    return Err(Error::new(
+                        ErrorKind::TimedOut,
+                        format!("{}: the bucket kept being re-created", watcher.context()),
+                    ));
+                }
+                None => return Err(not_found(&watcher.bucket.name, "watching")),
+            }
+        };
         let (tx, rx) = mpsc::channel(BUFFER);
         let span = tracing::info_span!("natty.kv.watch", bucket = %watcher.bucket.name, filter = %watcher.filter);
         let task = tokio::spawn(watcher.run(first, tx).instrument(span));
@@ -146,12 +179,18 @@ struct Watcher {
     filter: String,
     /// The revision of the last event delivered (or the one before the requested start).
     last_revision: Option<u64>,
-    /// Start from `last_revision + 1` even when nothing was delivered yet.
-    resume_from_start: bool,
+    /// Where the watch started (on the current bucket).
+    start: Start,
     /// Whether the caught-up marker was sent (for the current bucket).
     caught_up: bool,
     /// How many messages the last consumer had to deliver when it was made.
     pending_at_open: u64,
+    /// The client's connect count when the last consumer was made: after a reconnect,
+    /// async-nats re-creates the consumer on its own terms.
+    connects_at_open: u64,
+    /// The consumer sequence the next message of our consumer has; one that starts over
+    /// comes from a consumer async-nats re-created.
+    next_consumer_sequence: u64,
 }
 
 /// What a check of the bucket's stream found.
@@ -169,14 +208,20 @@ impl Watcher {
         )
     }
 
+    /// Creates an ordered consumer from where the watch is: the current values while they
+    /// are being delivered (those at or below the last revision delivered are dropped), else
+    /// every change after the last revision delivered.
     async fn open(&mut self) -> Result<Messages, Error> {
-        let deliver_policy = match self.last_revision {
-            Some(rev) => DeliverPolicy::ByStartSequence {
+        let deliver_policy = match (self.last_revision, self.start) {
+            (None, Start::Current) => DeliverPolicy::LastPerSubject,
+            (None, Start::From(_)) => DeliverPolicy::All,
+            (Some(_), Start::Current) if !self.caught_up => DeliverPolicy::LastPerSubject,
+            (Some(rev), _) => DeliverPolicy::ByStartSequence {
                 start_sequence: rev + 1,
             },
-            None if self.resume_from_start => DeliverPolicy::All,
-            None => DeliverPolicy::LastPerSubject,
         };
+        self.connects_at_open = self.connects();
+        self.next_consumer_sequence = 1;
         let context = self.context();
         let consumer = self
             .bucket
@@ -201,6 +246,69 @@ impl Watcher {
             .messages()
             .await
             .map_err(|e| from_request(e, context))
+    }
+
+    fn connects(&self) -> u64 {
+        self.client
+            .nats()
+            .statistics()
+            .connects
+            .load(Ordering::Relaxed)
+    }
+
+    /// Whether `message` comes from a consumer that async-nats re-created by itself (after a
+    /// reconnect, or a gap in the consumer sequence) rather than from ours.
+    fn replaced(&mut self, message: &jetstream::Message) -> bool {
+        let Ok(info) = message.info() else {
+            return false;
+        };
+        if self.connects() != self.connects_at_open
+            || info.consumer_sequence != self.next_consumer_sequence
+        {
+            return true;
+        }
+        self.next_consumer_sequence += 1;
+        false
+    }
+
+    /// Creates a consumer on the bucket as the stream info API sees it just after: a bucket
+    /// re-created meanwhile is reported first. `None` when the watch ends (reader gone, or
+    /// bucket gone: the error was sent).
+    async fn reopen(&mut self, tx: &mpsc::Sender<Result<Event, Error>>) -> Option<Messages> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.open().await {
+                Ok(m) => match self.check().await {
+                    Some(Check::Same) => {
+                        debug!(from = ?self.last_revision, "watch resumed");
+                        return Some(m);
+                    }
+                    Some(Check::Recreated(b)) => {
+                        if !self.recreated(*b, tx).await {
+                            return None;
+                        }
+                        continue;
+                    }
+                    Some(Check::Gone(e)) => {
+                        let _ = tx.send(Err(e)).await;
+                        return None;
+                    }
+                    None => {
+                        debug!(retry_in = ?backoff, "cannot tell yet whether the bucket is the same")
+                    }
+                },
+                Err(e) if e.kind() == ErrorKind::BucketNotFound => {
+                    let _ = tx.send(Err(e)).await;
+                    return None;
+                }
+                Err(e) => warn!(error = %e, retry_in = ?backoff, "watch could not resume yet"),
+            }
+            tokio::select! {
+                () = tx.closed() => return None,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
     }
 
     /// Asks the stream info API whether the bucket is still the one we watch.
@@ -240,7 +348,7 @@ impl Watcher {
         warn!("bucket deleted and created again; watching the new one");
         self.bucket = b;
         self.last_revision = None;
-        self.resume_from_start = false;
+        self.start = Start::Current;
         self.caught_up = false;
         tx.send(Ok(marker(EventKind::BucketRecreated, 0)))
             .await
@@ -249,44 +357,16 @@ impl Watcher {
 
     async fn run(mut self, first: Messages, tx: mpsc::Sender<Result<Event, Error>>) {
         let mut messages = Some(first);
-        let mut backoff = Duration::from_millis(50);
+        let mut checks =
+            tokio::time::interval_at(tokio::time::Instant::now() + CHECK_AFTER, CHECK_AFTER);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut current = match messages.take() {
                 Some(m) => m,
-                None => {
-                    match self.check().await {
-                        Some(Check::Gone(e)) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                        Some(Check::Recreated(b)) => {
-                            if !self.recreated(*b, &tx).await {
-                                return;
-                            }
-                        }
-                        Some(Check::Same) | None => {}
-                    }
-                    match self.open().await {
-                        Ok(m) => {
-                            debug!(from = ?self.last_revision, "watch resumed");
-                            backoff = Duration::from_millis(50);
-                            m
-                        }
-                        Err(e) if e.kind() == ErrorKind::BucketNotFound => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                        Err(e) => {
-                            warn!(error = %e, retry_in = ?backoff, "watch could not resume yet");
-                            tokio::select! {
-                                () = tx.closed() => return,
-                                () = tokio::time::sleep(backoff) => {}
-                            }
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                            continue;
-                        }
-                    }
-                }
+                None => match self.reopen(&tx).await {
+                    Some(m) => m,
+                    None => return,
+                },
             };
             if !self.caught_up && self.pending_at_open == 0 && !self.caught_up(&tx).await {
                 // Nothing to catch up with.
@@ -296,7 +376,7 @@ impl Watcher {
                 let next = tokio::select! {
                     () = tx.closed() => return,
                     next = current.next() => next,
-                    () = tokio::time::sleep(CHECK_AFTER) => {
+                    _ = checks.tick() => {
                         match self.check().await {
                             Some(Check::Gone(e)) => {
                                 let _ = tx.send(Err(e)).await;
@@ -314,6 +394,10 @@ impl Watcher {
                 };
                 match next {
                     Some(Ok(message)) => {
+                        if self.replaced(&message) {
+                            debug!("async-nats re-created the consumer; re-creating our own");
+                            break;
+                        }
                         let pending = message.info().map(|i| i.pending).ok();
                         let Some(event) = entry::event_of(&message, &self.bucket.name) else {
                             continue;

@@ -5,8 +5,13 @@
 //!   API decides ([`Buckets::lookup_once`](crate::bucket::Buckets::lookup_once)).
 //! - A timeout or a broken connection leaves the outcome unknown. A conditional write carries
 //!   a unique `Nats-Msg-Id`, so its retry is answered from the stream's duplicate window with
-//!   the first attempt's revision instead of a false `RevisionMismatch`. An unconditional put
-//!   or delete retried after such a failure may be stored twice (the same value or marker).
+//!   the first attempt's revision instead of a false `RevisionMismatch`. When the retry comes
+//!   after the window (a short bucket TTL shortens it) and loses its compare-and-set, the
+//!   stream leader's last message of the key decides: ours (same message id) is success,
+//!   anything else is `TimedOut` (outcome unknown), never a `RevisionMismatch` that may be
+//!   false. An unconditional put or delete retried after such a failure may be stored twice
+//!   (the same value or marker).
+//! - A per-key TTL that the cached bucket cannot take is checked with the server first.
 
 use std::fmt;
 
@@ -16,13 +21,15 @@ use async_nats::{
 };
 use bytes::Bytes;
 use natty_core::error::codes;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span};
 
 use crate::{
     Error, ErrorKind, Kv,
-    bucket::Bucket,
+    bucket::{Bucket, not_found},
     entry::{self, KeyTtl},
     error::{from_publish, server_code},
+    read::ReadFrom,
     retry::{Deadline, Outcome},
 };
 
@@ -150,6 +157,8 @@ impl Kv {
         // attempt's revision if that one was stored after all.
         let msg_id = w.expected.map(|_| self.unique_id());
         let mut recreated = false;
+        // When the first attempt whose outcome is unknown (no answer) was sent.
+        let mut unknown_since: Option<Instant> = None;
         loop {
             let b = match if_missing {
                 IfMissing::CreateBucket => {
@@ -163,17 +172,35 @@ impl Kv {
                         .await?
                 }
             };
-            self.check_ttl(&b, w)?;
+            let b = self.check_ttl(b, w, &deadline).await?;
+            let sent = Instant::now();
             let failure = match publish_once(self, &b, w, msg_id.as_deref()).await {
                 Outcome::Done(result) => {
-                    if let Err(e) = &result
-                        && e.kind() == ErrorKind::BucketNotFound
-                    {
-                        self.buckets.evict(&w.bucket);
-                    }
-                    return result;
+                    return match result {
+                        Err(e) if e.kind() == ErrorKind::RevisionMismatch => match unknown_since {
+                            Some(since) => {
+                                self.after_lost_answer(w, msg_id.as_deref(), since, e, &deadline)
+                                    .await
+                            }
+                            None => Err(e),
+                        },
+                        Err(e) => {
+                            if matches!(
+                                e.kind(),
+                                ErrorKind::BucketNotFound | ErrorKind::Unsupported
+                            ) {
+                                // What the cache says about the bucket is out of date.
+                                self.buckets.evict(&w.bucket);
+                            }
+                            Err(e)
+                        }
+                        ok => ok,
+                    };
                 }
-                Outcome::Retry(e) => e,
+                Outcome::Retry(e) => {
+                    unknown_since.get_or_insert(sent);
+                    e
+                }
                 Outcome::Unavailable(e) => match self.buckets.lookup_once(&w.bucket).await {
                     Outcome::Done(Ok(None)) => {
                         // Deleted behind our back. A write that may create buckets creates it
@@ -209,9 +236,72 @@ impl Kv {
         }
     }
 
-    fn check_ttl(&self, b: &Bucket, w: &Write) -> Result<(), Error> {
+    /// A write whose earlier attempt got no answer lost its compare-and-set on a later
+    /// attempt. Its retries carry the same `Nats-Msg-Id`, so if the first one had been stored
+    /// the server would have answered the retry from its duplicate window, unless that window
+    /// had passed (a short bucket TTL shortens it): then the conflict may be with our own
+    /// write. Our write is proven stored when the key's last message (asked of the stream
+    /// leader) carries our message id; otherwise the outcome is unknown (`TimedOut`): it may
+    /// have been stored and then expired or overwritten. Never a `RevisionMismatch` that
+    /// may be false, never an `Ok` for a write that was not stored.
+    async fn after_lost_answer(
+        &self,
+        w: &Write,
+        msg_id: Option<&str>,
+        since: Instant,
+        mismatch: Error,
+        deadline: &Deadline,
+    ) -> Result<u64, Error> {
+        let Some(b) = self.buckets.lookup(&w.bucket, deadline).await? else {
+            return Err(Error::with_source(
+                ErrorKind::BucketNotFound,
+                w.context(),
+                mismatch,
+            ));
+        };
+        let window = b.stream.cached_info().config.duplicate_window;
+        let elapsed = since.elapsed();
+        if elapsed < window {
+            // A stored first attempt would have been recognised: the conflict is real.
+            return Err(mismatch);
+        }
+        let last = self.last_message(&b, &w.key, ReadFrom::Leader).await?;
+        if let (Some(m), Some(id)) = (&last, msg_id)
+            && m.headers.get(entry::MSG_ID).map(|v| v.as_str()) == Some(id)
+        {
+            debug!(
+                revision = m.sequence,
+                "an attempt whose answer was lost was stored"
+            );
+            return Ok(m.sequence);
+        }
+        Err(Error::with_source(
+            ErrorKind::TimedOut,
+            format!(
+                "{}: an attempt got no answer and its retry came {elapsed:?} later, after the \
+                 bucket's duplicate window ({window:?}); whether it was stored is unknown (the \
+                 key's last revision is now {})",
+                w.context(),
+                last.map_or_else(|| "none".to_owned(), |m| m.sequence.to_string())
+            ),
+            mismatch,
+        ))
+    }
+
+    /// The bucket to write `w` to: a write with a per-key TTL that the cached bucket says it
+    /// cannot take asks the server first (the bucket may have been re-created with per-key
+    /// TTL behind our back); `Unsupported` only from the server's answer.
+    async fn check_ttl(&self, b: Bucket, w: &Write, deadline: &Deadline) -> Result<Bucket, Error> {
         if w.ttl.is_none() || b.per_key_ttl {
-            return Ok(());
+            return Ok(b);
+        }
+        let b = self
+            .buckets
+            .lookup(&w.bucket, deadline)
+            .await?
+            .ok_or_else(|| not_found(&w.bucket, &w.op.to_string()))?;
+        if b.per_key_ttl {
+            return Ok(b);
         }
         Err(Error::new(
             ErrorKind::Unsupported,

@@ -450,3 +450,253 @@ async fn cas_conflicts_on_a_replicated_bucket_are_revision_mismatches() -> anyho
     assert_eq!(kv.get(&b, "k").await?.unwrap().revision, r2);
     Ok(())
 }
+
+/// The stream leader's last message of `key` (value or marker): sequence, payload, headers.
+async fn last_at_leader(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    key: &str,
+) -> anyhow::Result<Option<(u64, bytes::Bytes, async_nats::HeaderMap)>> {
+    let stream = js.get_stream(format!("KV_{bucket}")).await?;
+    match stream
+        .get_last_raw_message_by_subject(&format!("$KV.{bucket}.{key}"))
+        .await
+    {
+        Ok(m) => Ok(Some((m.sequence, m.payload, m.headers))),
+        Err(e) if e.to_string().contains("10037") || e.to_string().contains("no message") => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A conditional write whose first answer is lost (held by a proxy) and whose retry reaches
+/// the server after the bucket's duplicate window: the retry is not de-duplicated and fails
+/// its compare-and-set against the first attempt's own revision. Before the fix `update`
+/// reported `RevisionMismatch` and `create` `KeyExists` for writes that were stored; now the
+/// first attempt's revision is returned. A key that expired in between (short bucket TTL,
+/// which also shortens the duplicate window) is never a `RevisionMismatch` either.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_retry_past_the_duplicate_window_is_not_a_false_conflict() -> anyhow::Result<()> {
+    let (nats, direct) = setup().await?;
+    let raw = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let proxy = common::Proxy::start(format!("127.0.0.1:{}", nats.port())).await?;
+    let kv = Kv::new(
+        ConnectOptions::new([proxy.url()])
+            .request_timeout(Duration::from_secs(2))
+            .connect()
+            .await?,
+    );
+    let b = bucket();
+    direct.create_bucket(BucketConfig::new(&b)).await?;
+    // A duplicate window (1 s) shorter than one request timeout (2 s), as a short bucket TTL
+    // makes it; changed behind natty's back.
+    let mut config = raw
+        .get_stream(format!("KV_{b}"))
+        .await?
+        .cached_info()
+        .config
+        .clone();
+    config.duplicate_window = Duration::from_secs(1);
+    raw.update_stream(config).await?;
+
+    let r0 = direct.put(&b, "k", "v0".into()).await?;
+    assert_eq!(
+        kv.get(&b, "k").await?.unwrap().revision,
+        r0,
+        "bucket cached"
+    );
+    proxy.hold_until_sent(&format!("$KV.{b}.k "), 2);
+    let updated = kv.update(&b, "k", "mine".into(), r0).await;
+    assert!(!proxy.holding(), "the update was retried");
+    let (seq, value, _) = last_at_leader(&raw, &b, "k").await?.unwrap();
+    assert_eq!(value.as_ref(), b"mine", "the first attempt was stored");
+    assert_eq!(
+        updated.map_err(|e| e.kind()),
+        Ok(seq),
+        "update reports the stored revision"
+    );
+
+    proxy.hold_until_sent(&format!("$KV.{b}.fresh "), 2);
+    let created = kv.create(&b, "fresh", "mine".into()).await;
+    assert!(!proxy.holding(), "the create was retried");
+    let (seq, value, _) = last_at_leader(&raw, &b, "fresh").await?.unwrap();
+    assert_eq!(value.as_ref(), b"mine");
+    assert_eq!(
+        created.map_err(|e| e.kind()),
+        Ok(seq),
+        "create reports the stored revision"
+    );
+
+    // A 1 s bucket TTL: the duplicate window is 1 s too, and the stored write has expired
+    // when the retry arrives. Whatever natty answers, it is not "someone else wrote".
+    let short = bucket();
+    direct
+        .create_bucket(BucketConfig::new(&short).ttl(Duration::from_secs(1)))
+        .await?;
+    let r0 = direct.put(&short, "k", "v0".into()).await?;
+    assert!(kv.status(&short).await.is_ok());
+    proxy.hold_until_sent(&format!("$KV.{short}.k "), 2);
+    let updated = kv.update(&short, "k", "mine".into(), r0).await;
+    assert!(!proxy.holding(), "the update was retried");
+    match updated {
+        Ok(rev) => {
+            let m = raw
+                .get_stream(format!("KV_{short}"))
+                .await?
+                .get_raw_message(rev)
+                .await?;
+            assert_eq!(m.payload.as_ref(), b"mine", "Ok names our revision");
+        }
+        Err(e) => assert_ne!(e.kind(), ErrorKind::RevisionMismatch, "{e}"),
+    }
+    Ok(())
+}
+
+/// The per-key-TTL flag of a cached bucket goes stale when the bucket is re-created behind
+/// natty's back. Before the fix `create_with_ttl` refused with `Unsupported` from the cache
+/// although the new bucket has per-key TTL; the other way round, the server's refusal stands
+/// and the key is not stored without its TTL.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn per_key_ttl_writes_ask_the_server_not_a_stale_cache() -> anyhow::Result<()> {
+    let (nats, kv) = setup().await?;
+    let other = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    let b = bucket();
+    kv.create_bucket(BucketConfig::new(&b).per_key_ttl(false))
+        .await?;
+    kv.put(&b, "k", "v".into()).await?;
+    other.delete_bucket(&b).await?;
+    wait_for("the bucket re-created", Duration::from_secs(10), || async {
+        other.create_bucket(BucketConfig::new(&b)).await.ok()
+    })
+    .await?;
+    let ttl = Duration::from_secs(30);
+    kv.create_with_ttl(&b, "a", "1".into(), ttl).await?;
+    assert_eq!(other.get(&b, "a").await?.unwrap().ttl, Some(ttl));
+
+    other.delete_bucket(&b).await?;
+    wait_for("the bucket re-created", Duration::from_secs(10), || async {
+        other
+            .create_bucket(BucketConfig::new(&b).per_key_ttl(false))
+            .await
+            .ok()
+    })
+    .await?;
+    let err = kv
+        .create_with_ttl(&b, "b", "1".into(), ttl)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert_eq!(
+        other.get(&b, "b").await?,
+        None,
+        "never stored without its TTL"
+    );
+    kv.create_with_ttl(&b, "c", "1".into(), ttl)
+        .await
+        .unwrap_err();
+    Ok(())
+}
+
+/// Adversarial read, "changed behind our back": a bucket re-configured without direct get
+/// after natty cached it. Before the fix every read asked the (now absent) direct-get
+/// responders again with the stale cached handle, got "no responders" until the deadline
+/// and failed with `TimedOut` after 10 s; now the bucket looked up on the 503 is used.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_read_uses_the_bucket_as_it_is_not_a_stale_direct_get_flag() -> anyhow::Result<()> {
+    let (nats, kv) = setup().await?;
+    let raw = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let b = bucket();
+    let rev = kv.put(&b, "k", "v".into()).await?;
+    let mut config = raw
+        .get_stream(format!("KV_{b}"))
+        .await?
+        .cached_info()
+        .config
+        .clone();
+    config.allow_direct = false;
+    raw.update_stream(config).await?;
+    let started = Instant::now();
+    let got = kv.get(&b, "k").await?.map(|e| e.revision);
+    assert_eq!(got, Some(rev));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at once, not after the retry deadline: {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Adversarial read, "panics": a `Kv` that retries "forever" (`retry_for(Duration::MAX)`)
+/// must not overflow an `Instant`. Before the fix `keys` and `create` panicked
+/// (`Instant + Duration::MAX`).
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_huge_retry_for_does_not_panic() -> anyhow::Result<()> {
+    let (_nats, kv) = setup().await?;
+    let kv = kv.retry_for(Duration::MAX);
+    let b = bucket();
+    kv.create(&b, "k", "v".into()).await?;
+    assert_eq!(
+        kv.create(&b, "k", "v".into()).await.unwrap_err().kind(),
+        ErrorKind::KeyExists
+    );
+    assert_eq!(kv.keys(&b).await?, ["k"]);
+    Ok(())
+}
+
+/// Adversarial read, "reconnect replay": the connection drops while `keys_stream` lists a
+/// bucket. async-nats re-created the listing's consumer from the next revision, which
+/// delivers values overwritten or deleted before the listing started: before the fix a key
+/// deleted long ago was listed as live.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_reconnect_during_a_key_listing_lists_no_deleted_key() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let (nats, kv) = setup().await?;
+    let b = bucket();
+    kv.create_bucket(BucketConfig::new(&b).history(2)).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let n = 3000;
+    // Per i: a live key, then a key that is written and deleted right after.
+    for chunk in 0..n / 500 {
+        let mut acks = Vec::new();
+        for i in chunk * 500..(chunk + 1) * 500 {
+            acks.push(js.publish(format!("$KV.{b}.live{i}"), "v".into()).await?);
+            acks.push(js.publish(format!("$KV.{b}.dead{i}"), "v".into()).await?);
+            let mut del = async_nats::HeaderMap::new();
+            del.insert("KV-Operation", "DEL");
+            acks.push(
+                js.publish_with_headers(format!("$KV.{b}.dead{i}"), del, "".into())
+                    .await?,
+            );
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+    let listing = kv.keys_stream(&b).await?;
+    futures::pin_mut!(listing);
+    let mut keys = Vec::new();
+    let mut reconnect = None;
+    while let Some(key) = tokio::time::timeout(Duration::from_secs(30), listing.next()).await? {
+        keys.push(key?);
+        if keys.len() == 200 {
+            let client = kv.client().nats().clone();
+            reconnect = Some(tokio::spawn(async move { client.force_reconnect().await }));
+        }
+    }
+    reconnect.unwrap().await??;
+    let dead: Vec<_> = keys.iter().filter(|k| k.starts_with("dead")).collect();
+    assert!(
+        dead.is_empty(),
+        "{} deleted keys listed, e.g. {:?}",
+        dead.len(),
+        dead.first()
+    );
+    assert_eq!(keys.len(), n, "every live key once");
+    Ok(())
+}

@@ -235,3 +235,140 @@ async fn a_watch_from_a_revision_never_replays_after_a_reconnect() -> anyhow::Re
     assert_eq!(seen[0].revision, 3);
     Ok(())
 }
+
+/// Finding 1 of the round-2 review: a bucket deleted and created again while the watch's
+/// connection was down, then written continuously. Before the fix async-nats re-created the
+/// watch's consumer on the new bucket from the old bucket's next revision, the new bucket's
+/// first revisions were skipped, and because messages kept coming the idle check never ran:
+/// no `BucketRecreated`, ever.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_busy_watch_sees_a_bucket_recreated_while_it_was_disconnected() -> anyhow::Result<()> {
+    let (nats, kv) = setup().await?;
+    let other = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    let b = bucket();
+    for i in 0..5 {
+        kv.put(&b, &format!("k{i}"), "old".into()).await?;
+    }
+    let mut watch = kv.watch_bucket(&b).await?;
+    events_until(&mut watch, "k4", Duration::from_secs(5)).await?;
+
+    other.delete_bucket(&b).await?;
+    wait_for(
+        "the bucket created again",
+        Duration::from_secs(10),
+        || async { other.create_bucket(BucketConfig::new(&b)).await.ok() },
+    )
+    .await?;
+    for i in 0..8 {
+        other.put(&b, &format!("n{i}"), "new".into()).await?;
+    }
+    // The watch's connection drops and comes back.
+    kv.client().nats().force_reconnect().await?;
+    let writer = {
+        let other = other.clone();
+        let b = b.clone();
+        tokio::spawn(async move {
+            for i in 8..400 {
+                let _ = other.put(&b, &format!("n{i}"), "new".into()).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let seen = events_until(&mut watch, "n0", Duration::from_secs(40)).await;
+    writer.abort();
+    let seen = seen?;
+    let recreated = seen
+        .iter()
+        .position(|e| e.kind == EventKind::BucketRecreated)
+        .ok_or_else(|| anyhow::anyhow!("no BucketRecreated: {seen:?}"))?;
+    assert_eq!(recreated, 0, "nothing before the re-creation: {seen:?}");
+    assert_eq!(seen[1].revision, 1, "from the new bucket's start: {seen:?}");
+    Ok(())
+}
+
+/// Finding 2 of the round-2 review: a `Kv` whose cache still holds a bucket that someone
+/// deleted and created again starts a watch. Before the fix the watch compared the new
+/// stream with the stale cached one at its first idle check and reported a false
+/// `BucketRecreated`, then delivered the current values a second time.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_watch_on_a_stale_cache_reports_no_false_recreation() -> anyhow::Result<()> {
+    let (nats, kv) = setup().await?;
+    let other = Kv::new(ConnectOptions::new([nats.url()]).connect().await?);
+    let b = bucket();
+    kv.put(&b, "old", "1".into()).await?;
+    other.delete_bucket(&b).await?;
+    wait_for(
+        "the bucket created again",
+        Duration::from_secs(10),
+        || async { other.create_bucket(BucketConfig::new(&b)).await.ok() },
+    )
+    .await?;
+    other.put(&b, "x", "1".into()).await?;
+
+    let mut watch = kv.watch_bucket(&b).await?;
+    let first = next_event(&mut watch, Duration::from_secs(5)).await?;
+    assert_eq!((first.key.as_str(), first.revision), ("x", 1));
+    // Longer than the watch's idle check.
+    let after = tokio::time::timeout(Duration::from_secs(15), watch.next()).await;
+    assert!(
+        after.is_err(),
+        "nothing happened, nothing reported: {after:?}"
+    );
+    Ok(())
+}
+
+/// Finding 4 of the round-2 review: the connection drops while a watch delivers the current
+/// values. async-nats re-creates the consumer from the next revision (or from the very start
+/// when it had delivered nothing), so the watch delivered values that had been overwritten
+/// before it started (old events), not the current values it promises.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_reconnect_during_the_initial_values_delivers_no_old_value() -> anyhow::Result<()> {
+    let (nats, kv) = setup().await?;
+    let b = bucket();
+    kv.create_bucket(BucketConfig::new(&b).history(2)).await?;
+    // Each key twice in a row: its old value sits right before its current one.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let keys = 3000;
+    // Acks awaited in chunks: the context stops sending at 5,000 unawaited acks.
+    for chunk in 0..keys / 500 {
+        let mut acks = Vec::new();
+        for i in chunk * 500..(chunk + 1) * 500 {
+            for v in ["old", "current"] {
+                acks.push(js.publish(format!("$KV.{b}.k{i}"), v.into()).await?);
+            }
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+    let mut watch = kv.watch_bucket(&b).await?.with_caught_up_events();
+    let mut seen = std::collections::HashMap::new();
+    let mut old = Vec::new();
+    let mut reconnected = false;
+    loop {
+        let e = next_event(&mut watch, Duration::from_secs(30)).await?;
+        if e.kind == EventKind::CaughtUp {
+            break;
+        }
+        if e.value.as_ref() == b"old" {
+            old.push(e.clone());
+        }
+        *seen.entry(e.key.clone()).or_insert(0) += 1;
+        if seen.len() == 100 && !reconnected {
+            reconnected = true;
+            kv.client().nats().force_reconnect().await?;
+        }
+    }
+    assert!(
+        old.is_empty(),
+        "{} old values, first {:?}",
+        old.len(),
+        old.first()
+    );
+    assert_eq!(seen.len(), keys, "every key");
+    assert!(seen.values().all(|&n| n == 1), "each key once");
+    Ok(())
+}

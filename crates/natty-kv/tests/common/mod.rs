@@ -28,3 +28,128 @@ pub async fn next_event(watch: &mut Watch, timeout: Duration) -> anyhow::Result<
         .map_err(|_| anyhow::anyhow!("no watch event within {timeout:?}"))?
         .ok_or_else(|| anyhow::anyhow!("watch ended"))??)
 }
+
+/// A TCP proxy in front of a server that can hold back the server's replies: it forwards
+/// what the client sends as usual, but while held it keeps every byte the server sends and
+/// delivers it (late, in order) only when the client has sent `pattern` a given number of
+/// times. This makes "the server stored the write, its answer was lost" happen on purpose.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    addr: std::net::SocketAddr,
+    hold: std::sync::Arc<std::sync::Mutex<Option<Hold>>>,
+}
+
+#[derive(Debug)]
+struct Hold {
+    pattern: Vec<u8>,
+    seen: usize,
+    release_at: usize,
+}
+
+impl Proxy {
+    /// A proxy to `target` (`host:port`).
+    pub async fn start(target: String) -> anyhow::Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let proxy = Self {
+            addr: listener.local_addr()?,
+            hold: std::sync::Arc::default(),
+        };
+        let hold = proxy.hold.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                let up = hold.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = client_rx.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        {
+                            let mut h =
+                                up.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            if let Some(held) = h.as_mut() {
+                                held.seen += count(&buf[..n], &held.pattern);
+                                if held.seen >= held.release_at {
+                                    // Released before this chunk reaches the server, so its
+                                    // answer is not held.
+                                    *h = None;
+                                }
+                            }
+                        }
+                        if server_tx.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let down = hold.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut kept = Vec::new();
+                    while let Ok(n) = server_rx.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if down
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .is_some()
+                        {
+                            kept.extend_from_slice(&buf[..n]);
+                            continue;
+                        }
+                        if !kept.is_empty() && client_tx.write_all(&kept).await.is_err() {
+                            break;
+                        }
+                        kept.clear();
+                        if client_tx.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(proxy)
+    }
+
+    /// The URL to connect to.
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    /// From now on, hold the server's replies until the client has sent `pattern` `times`
+    /// times (counted from now).
+    pub fn hold_until_sent(&self, pattern: &str, times: usize) {
+        *self
+            .hold
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Hold {
+            pattern: pattern.as_bytes().to_vec(),
+            seen: 0,
+            release_at: times,
+        });
+    }
+
+    /// Whether replies are still held.
+    pub fn holding(&self) -> bool {
+        self.hold
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    if needle.is_empty() {
+        return 0;
+    }
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
