@@ -12,6 +12,8 @@ pub struct Client {
     nats: async_nats::Client,
     jetstream: jetstream::Context,
     request_timeout: Duration,
+    /// The JetStream API prefix every context natty makes uses (`None`: `$JS.API`).
+    api_prefix: Option<String>,
 }
 
 impl fmt::Debug for Client {
@@ -20,6 +22,7 @@ impl fmt::Debug for Client {
             .field("server", &self.nats.server_info().server_name)
             .field("state", &self.nats.connection_state())
             .field("request_timeout", &self.request_timeout)
+            .field("api_prefix", &self.jetstream_api_prefix())
             .finish()
     }
 }
@@ -37,16 +40,26 @@ impl Client {
         request_timeout: Duration,
         api_prefix: Option<String>,
     ) -> Self {
-        let builder = jetstream::ContextBuilder::new().timeout(request_timeout);
-        let jetstream = match api_prefix {
-            Some(prefix) => builder.api_prefix(prefix).build(nats.clone()),
-            None => builder.build(nats.clone()),
-        };
+        let jetstream = context_builder(api_prefix.as_deref(), request_timeout).build(nats.clone());
         Self {
             nats,
             jetstream,
             request_timeout,
+            api_prefix,
         }
+    }
+
+    /// A builder for another JetStream context on this connection (own ack timeout, own
+    /// in-flight limit), with this client's API prefix or domain and request timeout already
+    /// set. Every context natty makes comes from here, so none of them ignores a configured
+    /// domain.
+    pub fn jetstream_builder(&self) -> jetstream::ContextBuilder<jetstream::context::Yes> {
+        context_builder(self.api_prefix.as_deref(), self.request_timeout)
+    }
+
+    /// The JetStream API prefix (`$JS.API` unless a domain or prefix was configured).
+    pub fn jetstream_api_prefix(&self) -> &str {
+        self.api_prefix.as_deref().unwrap_or(DEFAULT_API_PREFIX)
     }
 
     /// The underlying async-nats client, for anything natty does not wrap.
@@ -83,6 +96,20 @@ impl Client {
             .drain()
             .await
             .map_err(|e| Error::with_source(ErrorKind::Other, "draining the NATS connection", e))
+    }
+}
+
+/// The JetStream API prefix without a domain.
+const DEFAULT_API_PREFIX: &str = "$JS.API";
+
+fn context_builder(
+    api_prefix: Option<&str>,
+    request_timeout: Duration,
+) -> jetstream::ContextBuilder<jetstream::context::Yes> {
+    let builder = jetstream::ContextBuilder::new();
+    match api_prefix {
+        Some(prefix) => builder.api_prefix(prefix).timeout(request_timeout),
+        None => builder.timeout(request_timeout),
     }
 }
 

@@ -508,9 +508,10 @@ impl BatchPublisher {
             None => instance,
         };
         // A context of our own: acks time out after `ack_timeout`, and async-nats' own in-flight
-        // limit sits above ours so it never adds a second, hidden wait.
-        let js = jetstream::ContextBuilder::new()
-            .timeout(client.request_timeout())
+        // limit sits above ours so it never adds a second, hidden wait. From the client's
+        // builder: the configured JetStream domain / API prefix applies here too.
+        let js = client
+            .jetstream_builder()
             .ack_timeout(config.ack_timeout)
             .max_ack_inflight(config.max_in_flight.saturating_mul(2))
             .build(client.nats().clone());
