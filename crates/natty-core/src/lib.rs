@@ -21,6 +21,7 @@ mod connect;
 pub mod error;
 pub mod names;
 mod options;
+pub mod retry;
 mod tls;
 
 /// The async-nats client natty is built on: the escape hatch for anything natty does not wrap.
