@@ -27,6 +27,7 @@ use async_nats::jetstream::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use natty_core::Client;
+use natty_core::retry::RetryPolicy;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{Instrument, debug, warn};
 
@@ -40,7 +41,10 @@ use crate::{
 
 /// How many events may wait for the reader before the watch task waits too.
 const BUFFER: usize = 256;
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The pause before each re-creation of the watch consumer: from about 50 ms, doubling up to
+/// 2 s while it fails, with jitter, so the watches of many clients do not all re-create at the
+/// same instant after a server restart.
+const RECREATE: RetryPolicy = RetryPolicy::new(Duration::from_millis(50), Duration::from_secs(2));
 /// How long a watch may go without a message before it asks the server whether its bucket
 /// is still the same (one stream info request per idle period).
 pub(crate) const CHECK_AFTER: Duration = Duration::from_secs(10);
@@ -249,11 +253,17 @@ impl Watcher {
 
     async fn run(mut self, first: Messages, tx: mpsc::Sender<Result<Event, Error>>) {
         let mut messages = Some(first);
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = RECREATE.backoff();
         loop {
             let mut current = match messages.take() {
                 Some(m) => m,
                 None => {
+                    let pause = backoff.next_delay();
+                    debug!(retry_in = ?pause, "re-creating the watch consumer");
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
                     match self.check().await {
                         Some(Check::Gone(e)) => {
                             let _ = tx.send(Err(e)).await;
@@ -269,7 +279,7 @@ impl Watcher {
                     match self.open().await {
                         Ok(m) => {
                             debug!(from = ?self.last_revision, "watch resumed");
-                            backoff = Duration::from_millis(50);
+                            backoff.reset();
                             m
                         }
                         Err(e) if e.kind() == ErrorKind::BucketNotFound => {
@@ -277,12 +287,8 @@ impl Watcher {
                             return;
                         }
                         Err(e) => {
-                            warn!(error = %e, retry_in = ?backoff, "watch could not resume yet");
-                            tokio::select! {
-                                () = tx.closed() => return,
-                                () = tokio::time::sleep(backoff) => {}
-                            }
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            // The next turn waits a longer (jittered) pause first.
+                            warn!(error = %e, "watch could not resume yet; retrying with back-off");
                             continue;
                         }
                     }
