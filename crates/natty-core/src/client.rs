@@ -133,11 +133,7 @@ impl Feature {
             Self::AtomicBatch => 12,
             Self::FastIngest => 14,
         };
-        ServerVersion {
-            major: 2,
-            minor,
-            patch: 0,
-        }
+        ServerVersion::new(2, minor, 0)
     }
 }
 
@@ -154,6 +150,7 @@ impl fmt::Display for Feature {
 
 /// A NATS server version, for feature checks (`per-key TTL` needs 2.11, fast ingest 2.14).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub struct ServerVersion {
     /// Major version.
     pub major: u32,
@@ -164,6 +161,15 @@ pub struct ServerVersion {
 }
 
 impl ServerVersion {
+    /// `major.minor.patch`.
+    pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
+        Self {
+            major,
+            minor,
+            patch,
+        }
+    }
+
     /// Parses `2.11.3`, `v2.11.3` or `2.12.0-beta.1` (the pre-release part is ignored).
     pub fn parse(text: &str) -> Option<Self> {
         let text = text.trim().trim_start_matches('v');

@@ -65,6 +65,7 @@ impl Leadership {
 
 /// The current leader, as stored in the lease key.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LeaderInfo {
     /// The leader's node name.
     pub node: String,
