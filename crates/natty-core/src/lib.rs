@@ -16,6 +16,13 @@
 //! # Feature flags
 //! None: natty-core always builds with TLS (rustls, ring) and nkeys.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README (also the crates.io page): its example is compiled.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod client;
 mod connect;
 pub mod error;
