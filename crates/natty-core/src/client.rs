@@ -12,6 +12,8 @@ pub struct Client {
     nats: async_nats::Client,
     jetstream: jetstream::Context,
     request_timeout: Duration,
+    /// The JetStream API prefix every context natty makes uses (`None`: `$JS.API`).
+    api_prefix: Option<String>,
 }
 
 impl fmt::Debug for Client {
@@ -20,6 +22,7 @@ impl fmt::Debug for Client {
             .field("server", &self.nats.server_info().server_name)
             .field("state", &self.nats.connection_state())
             .field("request_timeout", &self.request_timeout)
+            .field("api_prefix", &self.jetstream_api_prefix())
             .finish()
     }
 }
@@ -37,16 +40,26 @@ impl Client {
         request_timeout: Duration,
         api_prefix: Option<String>,
     ) -> Self {
-        let builder = jetstream::ContextBuilder::new().timeout(request_timeout);
-        let jetstream = match api_prefix {
-            Some(prefix) => builder.api_prefix(prefix).build(nats.clone()),
-            None => builder.build(nats.clone()),
-        };
+        let jetstream = context_builder(api_prefix.as_deref(), request_timeout).build(nats.clone());
         Self {
             nats,
             jetstream,
             request_timeout,
+            api_prefix,
         }
+    }
+
+    /// A builder for another JetStream context on this connection (own ack timeout, own
+    /// in-flight limit), with this client's API prefix or domain and request timeout already
+    /// set. Every context natty makes comes from here, so none of them ignores a configured
+    /// domain.
+    pub fn jetstream_builder(&self) -> jetstream::ContextBuilder<jetstream::context::Yes> {
+        context_builder(self.api_prefix.as_deref(), self.request_timeout)
+    }
+
+    /// The JetStream API prefix (`$JS.API` unless a domain or prefix was configured).
+    pub fn jetstream_api_prefix(&self) -> &str {
+        self.api_prefix.as_deref().unwrap_or(DEFAULT_API_PREFIX)
     }
 
     /// The underlying async-nats client, for anything natty does not wrap.
@@ -86,6 +99,20 @@ impl Client {
     }
 }
 
+/// The JetStream API prefix without a domain.
+const DEFAULT_API_PREFIX: &str = "$JS.API";
+
+fn context_builder(
+    api_prefix: Option<&str>,
+    request_timeout: Duration,
+) -> jetstream::ContextBuilder<jetstream::context::Yes> {
+    let builder = jetstream::ContextBuilder::new();
+    match api_prefix {
+        Some(prefix) => builder.api_prefix(prefix).timeout(request_timeout),
+        None => builder.timeout(request_timeout),
+    }
+}
+
 /// An optional server feature natty uses, for [`Client::supports`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -106,11 +133,7 @@ impl Feature {
             Self::AtomicBatch => 12,
             Self::FastIngest => 14,
         };
-        ServerVersion {
-            major: 2,
-            minor,
-            patch: 0,
-        }
+        ServerVersion::new(2, minor, 0)
     }
 }
 
@@ -127,6 +150,7 @@ impl fmt::Display for Feature {
 
 /// A NATS server version, for feature checks (`per-key TTL` needs 2.11, fast ingest 2.14).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub struct ServerVersion {
     /// Major version.
     pub major: u32,
@@ -137,6 +161,15 @@ pub struct ServerVersion {
 }
 
 impl ServerVersion {
+    /// `major.minor.patch`.
+    pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
+        Self {
+            major,
+            minor,
+            patch,
+        }
+    }
+
     /// Parses `2.11.3`, `v2.11.3` or `2.12.0-beta.1` (the pre-release part is ignored).
     pub fn parse(text: &str) -> Option<Self> {
         let text = text.trim().trim_start_matches('v');

@@ -13,6 +13,7 @@ use crate::{
 
 /// One server tried while connecting, and why it failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServerAttempt {
     /// The server as configured.
     pub server: String,
@@ -24,6 +25,7 @@ pub struct ServerAttempt {
 
 /// The cause of a failed connect: every server tried, each with its reason.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConnectFailure {
     /// The servers, in the order they were configured.
     pub attempts: Vec<ServerAttempt>,

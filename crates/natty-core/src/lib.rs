@@ -16,11 +16,19 @@
 //! # Feature flags
 //! None: natty-core always builds with TLS (rustls, ring) and nkeys.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README (also the crates.io page): its example is compiled.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod client;
 mod connect;
 pub mod error;
 pub mod names;
 mod options;
+pub mod retry;
 mod tls;
 
 /// The async-nats client natty is built on: the escape hatch for anything natty does not wrap.

@@ -17,6 +17,7 @@ use crate::{Error, ErrorKind};
 
 /// Where a PEM document comes from: a file, or the PEM text itself.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Pem {
     /// A path to a PEM file.
     File(PathBuf),

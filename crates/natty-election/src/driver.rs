@@ -12,6 +12,7 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt};
+use natty_core::retry::RetryPolicy;
 use natty_kv::{EventKind, Kv};
 use tokio::{sync::broadcast, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,11 @@ use crate::{
     machine::{Action, Event, Holder, Input, Machine, State},
     store::{LeaseStore, Op, Rewatch},
 };
+
+/// Pauses between attempts to set the election up during an outage: from about 100 ms,
+/// doubling up to 2 s, with jitter (natty's one retry policy).
+const SET_UP_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2));
 
 /// What the work function gets while this node leads.
 #[derive(Debug, Clone)]
@@ -59,6 +65,7 @@ impl Leadership {
 
 /// The current leader, as stored in the lease key.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LeaderInfo {
     /// The leader's node name.
     pub node: String,
@@ -359,6 +366,11 @@ impl Election {
         let mut refusal: Option<Error> = None;
         // The watch, re-created (after a pause) when it ends, e.g. with a deleted bucket.
         let mut rewatch: Option<Rewatch> = None;
+        // Its pauses: about one poll interval first, then up to 1 s (or the poll interval, if
+        // longer), jittered so that the candidates of a fleet do not re-watch in step.
+        let poll = self.config.machine().poll_interval;
+        let mut rewatch_backoff =
+            RetryPolicy::new(poll, poll.max(Duration::from_secs(1))).backoff();
         let mut cancelled = false;
         loop {
             while let Some(action) = machine.poll_action() {
@@ -426,8 +438,9 @@ impl Election {
                         Some(w) => {
                             info!("lease watch re-established");
                             watch = Some(w);
+                            rewatch_backoff.reset();
                         }
-                        None => rewatch = Some(store.rewatch(Duration::from_secs(1))),
+                        None => rewatch = Some(store.rewatch(rewatch_backoff.next_delay())),
                     }
                 }
                 event = async { watch.as_mut().expect("guarded").next().await }, if watch.is_some() => {
@@ -456,7 +469,7 @@ impl Election {
                         None => {
                             warn!("lease watch ended (bucket deleted?); polling until it is back");
                             watch = None;
-                            rewatch = Some(store.rewatch(self.config.machine().poll_interval));
+                            rewatch = Some(store.rewatch(rewatch_backoff.next_delay()));
                         }
                     }
                 }
@@ -492,7 +505,7 @@ impl Election {
         &self,
         cancel: &CancellationToken,
     ) -> Result<Option<(LeaseStore, bool, natty_kv::Watch)>, Error> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = SET_UP_RETRY.backoff();
         loop {
             let attempt = async {
                 let (store, created) =
@@ -507,12 +520,12 @@ impl Election {
             match result {
                 Ok(ready) => return Ok(Some(ready)),
                 Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::Other) => {
-                    warn!(error = %e, retry_in = ?backoff, "election set-up failed; retrying");
+                    let pause = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?pause, "election set-up failed; retrying");
                     tokio::select! {
                         () = cancel.cancelled() => return Ok(None),
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(pause) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => return Err(e),
             }

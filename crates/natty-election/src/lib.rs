@@ -26,6 +26,13 @@
 //! # Feature flags
 //! None.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README (also the crates.io page): its example is compiled.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod config;
 mod driver;
 mod error;

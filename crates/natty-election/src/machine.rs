@@ -111,6 +111,7 @@ impl MachineConfig {
 
 /// Who holds the key, as far as a follower knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Holder {
     /// The leader's node name.
     pub node: String,
@@ -118,8 +119,19 @@ pub struct Holder {
     pub term: Term,
 }
 
+impl Holder {
+    /// The holder `node` in `term`.
+    pub fn new(node: impl Into<String>, term: Term) -> Self {
+        Self {
+            node: node.into(),
+            term,
+        }
+    }
+}
+
 /// What the driver tells the machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Input {
     /// The create we asked for succeeded: the key is ours at `revision` (our term).
     Created {
@@ -173,6 +185,7 @@ pub enum Input {
 /// What the machine asks the driver to do. At most one KV operation (`Create`, `Renew`,
 /// `Reclaim`, `Resign`) is outstanding at a time; its result must be fed back as an [`Input`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Action {
     /// Create the key (only if absent).
     Create {
@@ -233,6 +246,7 @@ pub enum LostReason {
 
 /// What happened, for subscribers.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// We lead in `term`.
     Elected {
@@ -255,6 +269,7 @@ pub enum Event {
 
 /// The machine's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum State {
     /// Not leading. `own` is our last known revision of the key, worth a reclaim.
     Follower {

@@ -40,6 +40,13 @@
 //!   `Kv::watch_bucket_json` (`JsonWatch`); a value that does not decode is a
 //!   [`ErrorKind::Decode`] error whose source, a `DecodeError`, keeps the raw bytes.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README (also the crates.io page): its example is compiled.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod bucket;
 mod config;
 mod entry;

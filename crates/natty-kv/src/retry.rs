@@ -6,14 +6,14 @@
 
 use std::time::Duration;
 
+use natty_core::retry::{Backoff, RetryPolicy};
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::Error;
 
-/// The first pause between two attempts; it doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The pauses between two attempts: from about 50 ms, doubling up to 1 s, with jitter.
+const POLICY: RetryPolicy = RetryPolicy::new(Duration::from_millis(50), Duration::from_secs(1));
 
 /// How one attempt ended.
 #[derive(Debug)]
@@ -53,7 +53,7 @@ impl Deadline {
     pub(crate) fn attempts(&self) -> Attempts {
         Attempts {
             at: self.at,
-            backoff: FIRST_BACKOFF,
+            backoff: POLICY.backoff(),
         }
     }
 }
@@ -62,20 +62,20 @@ impl Deadline {
 #[derive(Debug)]
 pub(crate) struct Attempts {
     at: Instant,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 impl Attempts {
     /// Sleeps before the next attempt; `false` (without sleeping) when that attempt would start
     /// after the deadline. Cancel safe.
     pub(crate) async fn pause(&mut self, last: &Error) -> bool {
-        let next = Instant::now() + self.backoff;
+        let pause = self.backoff.next_delay();
+        let next = Instant::now() + pause;
         if next >= self.at {
             return false;
         }
-        debug!(error = %last, retry_in = ?self.backoff, "transient failure, retrying");
+        debug!(error = %last, retry_in = ?pause, "transient failure, retrying");
         tokio::time::sleep_until(next).await;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         true
     }
 }

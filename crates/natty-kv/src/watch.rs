@@ -36,6 +36,7 @@ use async_nats::jetstream::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use natty_core::Client;
+use natty_core::retry::RetryPolicy;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{Instrument, debug, warn};
 
@@ -49,7 +50,10 @@ use crate::{
 
 /// How many events may wait for the reader before the watch task waits too.
 const BUFFER: usize = 256;
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The pause before each re-creation of the watch consumer: from about 50 ms, doubling up to
+/// 2 s while it fails, with jitter, so the watches of many clients do not all re-create at the
+/// same instant after a server restart.
+const RECREATE: RetryPolicy = RetryPolicy::new(Duration::from_millis(50), Duration::from_secs(2));
 /// How often a watch asks the server whether its bucket is still the same (one stream info
 /// request per period, busy or idle).
 pub(crate) const CHECK_AFTER: Duration = Duration::from_secs(10);
@@ -275,8 +279,9 @@ impl Watcher {
     /// re-created meanwhile is reported first. `None` when the watch ends (reader gone, or
     /// bucket gone: the error was sent).
     async fn reopen(&mut self, tx: &mpsc::Sender<Result<Event, Error>>) -> Option<Messages> {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = RECREATE.backoff();
         loop {
+            let pause = backoff.next_delay();
             match self.open().await {
                 Ok(m) => match self.check().await {
                     Some(Check::Same) => {
@@ -294,20 +299,19 @@ impl Watcher {
                         return None;
                     }
                     None => {
-                        debug!(retry_in = ?backoff, "cannot tell yet whether the bucket is the same")
+                        debug!(retry_in = ?pause, "cannot tell yet whether the bucket is the same")
                     }
                 },
                 Err(e) if e.kind() == ErrorKind::BucketNotFound => {
                     let _ = tx.send(Err(e)).await;
                     return None;
                 }
-                Err(e) => warn!(error = %e, retry_in = ?backoff, "watch could not resume yet"),
+                Err(e) => warn!(error = %e, retry_in = ?pause, "watch could not resume yet"),
             }
             tokio::select! {
                 () = tx.closed() => return None,
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(pause) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 

@@ -24,6 +24,13 @@
 //! - `metrics` (off by default): counters, histograms and the consumer lag gauge through the
 //!   `metrics` facade; names in the README's "Observability" section.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README (also the crates.io page): its example is compiled.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod admin;
 mod batch;
 mod consumer;

@@ -24,6 +24,8 @@
 //! [`CancellationToken`], [`shutdown_signal`] and [`cancel_on_shutdown_signal`] are there
 //! with any set of features.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;

@@ -235,3 +235,61 @@ async fn retry_on_initial_connect_returns_at_once_and_connects_later() -> anyhow
     natty.close().await?;
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "integration: needs a nats-server binary (NATS_SERVER_BIN)"]
+async fn the_publisher_uses_the_configured_jetstream_api_prefix() -> anyhow::Result<()> {
+    // Account APP has no JetStream of its own: it reaches account JS's JetStream API under
+    // `JS.acc.API` and publishes into its stream through a service import. `$JS.API` answers
+    // nothing in APP, so only a context with the prefix can see the stream.
+    let server = Server::start(
+        r#"jetstream { store_dir: "STORE" }
+           accounts {
+             JS: {
+               jetstream: enabled
+               users: [ { user: js, password: js } ]
+               exports: [ { service: "$JS.API.>" }, { service: "pfx.>" } ]
+             }
+             APP: {
+               users: [ { user: app, password: app } ]
+               imports: [
+                 { service: { account: JS, subject: "$JS.API.>" }, to: "JS.acc.API.>" }
+                 { service: { account: JS, subject: "pfx.>" } }
+               ]
+             }
+           }"#,
+    )
+    .await?;
+    let natty = Natty::builder(ConnectOptions::new([server.url()]).user_password("app", "app"))
+        .jetstream_api_prefix("JS.acc.API")
+        .publisher(
+            natty::stream::BatchConfig::default()
+                .mode(natty::stream::PublishMode::FastIngest)
+                .ack_timeout(Duration::from_secs(2)),
+        )
+        .connect()
+        .await?;
+    natty
+        .create_stream(StreamConfig::new("PFX", ["pfx.>"]).allow_batched(false))
+        .await?;
+    // Fast ingest into a stream that does not allow batches: the publisher must find the
+    // stream (through the prefix) and refuse the message. A publisher that asks `$JS.API`
+    // sees no stream and publishes it the ordinary way instead.
+    natty.publish("pfx.a", "x".into()).await?;
+    let err = natty.flush().await.unwrap_err();
+    assert_eq!(err.failed.len(), 1, "{err:?}");
+    let failed = &err.failed[0];
+    assert_eq!(
+        failed.error.kind(),
+        natty::stream::ErrorKind::Unsupported,
+        "{}",
+        failed.error
+    );
+    assert!(
+        failed.error.to_string().contains("allow_batched"),
+        "{}",
+        failed.error
+    );
+    natty.close().await?;
+    Ok(())
+}

@@ -29,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use async_nats::{HeaderMap, Subject, jetstream};
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use natty_core::{Client, names};
 use tokio::{
@@ -57,7 +57,8 @@ pub struct BatchConfig {
     /// Attempts per message before it is handed back as failed (default 10). A message that
     /// may already be stored is retried only inside its stream's duplicate window.
     pub max_attempts: u32,
-    /// First retry delay, doubled per attempt (default 50 ms) ...
+    /// First retry delay, doubled per attempt (default 50 ms; each delay is jittered down to
+    /// half of its value, natty's one retry policy) ...
     pub backoff_base: Duration,
     /// ... up to this (default 2 s).
     pub backoff_max: Duration,
@@ -508,9 +509,10 @@ impl BatchPublisher {
             None => instance,
         };
         // A context of our own: acks time out after `ack_timeout`, and async-nats' own in-flight
-        // limit sits above ours so it never adds a second, hidden wait.
-        let js = jetstream::ContextBuilder::new()
-            .timeout(client.request_timeout())
+        // limit sits above ours so it never adds a second, hidden wait. From the client's
+        // builder: the configured JetStream domain / API prefix applies here too.
+        let js = client
+            .jetstream_builder()
             .ack_timeout(config.ack_timeout)
             .max_ack_inflight(config.max_in_flight.saturating_mul(2))
             .build(client.nats().clone());

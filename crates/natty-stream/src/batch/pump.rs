@@ -16,6 +16,7 @@ use std::{
 
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use futures::FutureExt;
+use natty_core::retry::RetryPolicy;
 use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
@@ -444,12 +445,10 @@ impl Pump {
         if m.attempts >= self.config.max_attempts {
             return self.give_back(m, error);
         }
-        let exp = m.attempts.saturating_sub(1).min(16);
-        let delay = self
-            .config
-            .backoff_base
-            .saturating_mul(1 << exp)
-            .min(self.config.backoff_max);
+        // natty's one retry policy: doubling from `backoff_base` up to `backoff_max`, jittered
+        // (publishers that failed together do not all re-send at the same instant).
+        let delay =
+            RetryPolicy::new(self.config.backoff_base, self.config.backoff_max).delay(m.attempts);
         let at = self.now + delay;
         let cutoff = if m.maybe_stored {
             match self.routes.duplicate_window(&self.js, &m.subject).await {

@@ -1,17 +1,14 @@
 //! Is the durable still there? Back-off with jitter and one log line per change of state
 //! (REVIEW.md: hot loops, deleted behind our back).
 
-use std::{
-    future::Future,
-    hash::{BuildHasher, RandomState},
-    time::Duration,
-};
+use std::{future::Future, time::Duration};
 
 use async_nats::jetstream::{
     self,
     consumer::pull::Config as PullConfig,
     context::{ConsumerInfoError, ConsumerInfoErrorKind},
 };
+use natty_core::retry::{Backoff, RetryPolicy};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -27,8 +24,9 @@ pub(super) type Durable = jetstream::consumer::Consumer<PullConfig>;
 /// A lookup of the durable in flight.
 pub(super) type Lookup = std::pin::Pin<Box<dyn Future<Output = Result<Durable, Error>> + Send>>;
 
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Pauses between look-ups: from about 100 ms, doubling up to 5 s, with jitter (natty's one
+/// retry policy).
+const BACKOFF: RetryPolicy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -55,7 +53,7 @@ pub(super) struct Health {
     durable: String,
     grace: Duration,
     state: State,
-    backoff: Duration,
+    backoff: Backoff,
     gone_since: Option<Instant>,
 }
 
@@ -72,7 +70,7 @@ impl Health {
             durable: durable.to_owned(),
             grace,
             state: State::Healthy,
-            backoff: BACKOFF_FIRST,
+            backoff: BACKOFF.backoff(),
             gone_since: None,
         }
     }
@@ -85,7 +83,7 @@ impl Health {
         loop {
             let e = match self.check().await {
                 Ok(durable) => {
-                    self.backoff = BACKOFF_FIRST;
+                    self.backoff.reset();
                     return Ok(durable);
                 }
                 Err(e) => e,
@@ -110,7 +108,7 @@ impl Health {
             info!(was = ?self.state, "pulling again");
         }
         self.state = State::Healthy;
-        self.backoff = BACKOFF_FIRST;
+        self.backoff.reset();
         self.gone_since = None;
     }
 
@@ -196,11 +194,9 @@ impl Health {
         }
     }
 
-    /// The current back-off with ±20 % jitter; doubles it for next time.
+    /// The next pause (jittered; about twice the last one).
     fn next_backoff(&mut self) -> Duration {
-        let current = self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        jitter(current)
+        self.backoff.next_delay()
     }
 }
 
@@ -239,26 +235,4 @@ async fn closed(client: &async_nats::Client) -> bool {
         .subscribe(client.new_inbox())
         .await
         .is_err_and(|e| e.kind() == async_nats::client::SubscribeErrorKind::Other)
-}
-
-/// `d` scaled by a random factor in [0.8, 1.2).
-fn jitter(d: Duration) -> Duration {
-    let r = RandomState::new().hash_one(Instant::now()) % 400;
-    d.mul_f64(0.8 + f64::from(u32::try_from(r).unwrap_or(0)) / 1000.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_within_a_fifth() {
-        for _ in 0..1000 {
-            let j = jitter(Duration::from_secs(1));
-            assert!(
-                j >= Duration::from_millis(800) && j < Duration::from_millis(1200),
-                "{j:?}"
-            );
-        }
-    }
 }
