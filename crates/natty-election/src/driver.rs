@@ -21,8 +21,8 @@ use crate::{
     ElectionConfig, Error, ErrorKind, Term,
     error::from_kv,
     lease::{Lease, instance_id, now_ms},
-    machine::{Action, Event, Holder, Input, Machine, State},
-    store::{LeaseStore, Op, Rewatch},
+    machine::{Event, Holder, Machine, State, Work},
+    store::{InFlight, LeaseStore, Rewatch},
 };
 
 /// What the work function gets while this node leads.
@@ -352,7 +352,7 @@ impl Election {
         } else {
             Machine::new(self.config.machine(), now)
         };
-        let mut op: Option<Op> = None;
+        let mut in_flight: Option<InFlight> = None;
         let mut job: Option<Job> = None;
         let mut term_since_ms = now_ms();
         // Set when the bucket was re-created in a way we must not lead on: run ends with it.
@@ -361,9 +361,10 @@ impl Election {
         let mut rewatch: Option<Rewatch> = None;
         let mut cancelled = false;
         loop {
-            while let Some(action) = machine.poll_action() {
-                match action {
-                    Action::StartWork { term } => {
+            // Work first: it stops before the key is given up.
+            while let Some(work_control) = machine.poll_work() {
+                match work_control {
+                    Work::Start { term } => {
                         info!(%term, "elected: starting work");
                         term_since_ms = now_ms();
                         // Published before the work starts, so `is_valid` is true from its
@@ -383,18 +384,17 @@ impl Election {
                             shared: self.shared.clone(),
                         });
                     }
-                    Action::StopWork { term, abort_at } => {
+                    Work::Stop { term, abort_at } => {
                         if let Some(job) = job.take() {
                             debug_assert_eq!(job.term, term);
                             stop_work(job, Instant::from_std(abort_at)).await;
                         }
                     }
-                    kv_action => {
-                        op = Some(
-                            store.execute(kv_action, machine.term().map(|t| (t, term_since_ms))),
-                        );
-                    }
                 }
+            }
+            if let Some(request) = machine.poll_request() {
+                in_flight =
+                    Some(store.execute(request, machine.term().map(|t| (t, term_since_ms))));
             }
             while let Some(event) = machine.poll_event() {
                 debug!(?event, "election event");
@@ -409,18 +409,18 @@ impl Election {
                 biased;
                 () = cancel.cancelled(), if !cancelled => {
                     cancelled = true;
-                    machine.handle(Instant::now().into_std(), Input::Shutdown);
+                    machine.on_shutdown(Instant::now().into_std());
                 }
-                input = async { op.as_mut().expect("guarded").await }, if op.is_some() => {
-                    op = None;
-                    machine.handle(Instant::now().into_std(), input);
+                reply = next(&mut in_flight) => {
+                    in_flight = None;
+                    machine.on_reply(Instant::now().into_std(), reply);
                     if let Some(e) = store.take_refusal() {
                         refusal = Some(e);
                         cancelled = true;
-                        machine.handle(Instant::now().into_std(), Input::Shutdown);
+                        machine.on_shutdown(Instant::now().into_std());
                     }
                 }
-                new_watch = async { rewatch.as_mut().expect("guarded").await }, if rewatch.is_some() => {
+                new_watch = next(&mut rewatch) => {
                     rewatch = None;
                     match new_watch {
                         Some(w) => {
@@ -430,28 +430,25 @@ impl Election {
                         None => rewatch = Some(store.rewatch(Duration::from_secs(1))),
                     }
                 }
-                event = async { watch.as_mut().expect("guarded").next().await }, if watch.is_some() => {
+                event = next_event(&mut watch) => {
+                    let now = Instant::now().into_std();
                     match event {
-                        Some(Ok(event)) => {
-                            let input = match event.kind {
-                                EventKind::Put => Lease::decode(&event.value).map(|lease| {
+                        Some(Ok(event)) => match event.kind {
+                            EventKind::Put => {
+                                if let Some(lease) = Lease::decode(&event.value) {
                                     // A leader elected in a newer bucket epoch vetted that
                                     // epoch (it waited out any older leader): adopt it, so
                                     // our next create does not mistake it for a re-creation.
                                     store.adopt_epoch(lease.epoch);
-                                    Input::KeyWritten {
-                                        holder: Holder {
-                                            term: lease.term_at(event.revision),
-                                            node: lease.node,
-                                        },
-                                    }
-                                }),
-                                _ => Some(Input::KeyGone { revision: event.revision }),
-                            };
-                            if let Some(input) = input {
-                                machine.handle(Instant::now().into_std(), input);
+                                    let holder = Holder {
+                                        term: lease.term_at(event.revision),
+                                        node: lease.node,
+                                    };
+                                    machine.on_key_written(now, holder);
+                                }
                             }
-                        }
+                            _ => machine.on_key_gone(now, event.revision),
+                        },
                         Some(Err(e)) => warn!(error = %e, "lease watch error; polling meanwhile"),
                         None => {
                             warn!("lease watch ended (bucket deleted?); polling until it is back");
@@ -460,7 +457,7 @@ impl Election {
                         }
                     }
                 }
-                ended = async { (&mut job.as_mut().expect("guarded").handle).await }, if job.is_some() => {
+                ended = job_end(&mut job) => {
                     // The work ended by itself while we lead: resign so another node can.
                     let term = job.take().map(|j| j.term).unwrap_or_default();
                     let panicked = matches!(&ended, Err(e) if e.is_panic());
@@ -469,10 +466,10 @@ impl Election {
                     } else {
                         warn!(%term, "leader work returned while leading: resigning");
                     }
-                    machine.handle(Instant::now().into_std(), Input::WorkEnded { term, panicked });
+                    machine.on_work_ended(Instant::now().into_std(), term, panicked);
                 }
-                () = sleep_until(timeout), if timeout.is_some() => {
-                    machine.handle_timeout(Instant::now().into_std());
+                () = sleep_until(timeout) => {
+                    machine.on_timeout(Instant::now().into_std());
                 }
             }
         }
@@ -528,6 +525,32 @@ impl Election {
             _ => None,
         };
         self.shared.set_leading(leading);
+    }
+}
+
+/// The output of the future in `slot`; never ready while the slot is empty.
+async fn next<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The watch's next event; never ready without a watch.
+async fn next_event(
+    watch: &mut Option<natty_kv::Watch>,
+) -> Option<<natty_kv::Watch as futures::Stream>::Item> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How the work task ended; never ready without one.
+async fn job_end(job: &mut Option<Job>) -> Result<(), tokio::task::JoinError> {
+    match job {
+        Some(j) => (&mut j.handle).await,
+        None => std::future::pending().await,
     }
 }
 
