@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
     ElectionConfig, Error, ErrorKind, Term,
+    clock::Clock,
     error::from_kv,
     lease::{Lease, instance_id, now_ms},
     machine::{Event, Holder, Machine, State, Work},
@@ -43,7 +44,8 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// Whether this term's lease is still valid *now*, by the local monotonic clock. Check it
+    /// Whether this term's lease is still valid *now*, by the local clock (one that counts
+    /// through a host suspend on Linux: `CLOCK_BOOTTIME`). Check it
     /// right before each side effect: after a process pause (GC, SIGSTOP) the work can wake up
     /// before the driver has had a chance to fire `lost`; this check cannot be late.
     pub fn is_valid(&self) -> bool {
@@ -53,7 +55,7 @@ impl Leadership {
                 .leading
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .is_some_and(|l| l.term == self.term && Instant::now().into_std() < l.deadline)
+                .is_some_and(|l| l.term == self.term && l.clock.now() < l.deadline)
     }
 }
 
@@ -75,6 +77,8 @@ pub type ElectionEvent = Event;
 struct Leading {
     term: Term,
     deadline: std::time::Instant,
+    /// The clock `deadline` is read on (the run's).
+    clock: Clock,
 }
 
 #[derive(Debug)]
@@ -222,7 +226,7 @@ impl Election {
             .leading
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .filter(|l| Instant::now().into_std() < l.deadline)
+            .filter(|l| l.clock.now() < l.deadline)
             .map(|l| l.term)
     }
 
@@ -344,7 +348,9 @@ impl Election {
         };
         let _not_leading = NotLeadingOnDrop(&self.shared);
         let mut watch = Some(watch);
-        let now = Instant::now().into_std();
+        // The machine's time: counts through a host suspend (see `clock.rs`).
+        let clock = Clock::new();
+        let now = clock.now();
         let mut machine = if created {
             // We created the bucket: if it was deleted under a leader elsewhere, that leader
             // may work until a TTL from now.
@@ -369,7 +375,7 @@ impl Election {
                         term_since_ms = now_ms();
                         // Published before the work starts, so `is_valid` is true from its
                         // first poll.
-                        self.publish_state(&machine);
+                        self.publish_state(&machine, clock);
                         let lost = CancellationToken::new();
                         let handle = tokio::spawn(work(Leadership {
                             term,
@@ -387,7 +393,7 @@ impl Election {
                     Work::Stop { term, abort_at } => {
                         if let Some(job) = job.take() {
                             debug_assert_eq!(job.term, term);
-                            stop_work(job, Instant::from_std(abort_at)).await;
+                            stop_work(job, clock.tokio_instant(abort_at)).await;
                         }
                     }
                 }
@@ -400,24 +406,32 @@ impl Election {
                 debug!(?event, "election event");
                 let _ = self.shared.events.send(event);
             }
-            self.publish_state(&machine);
+            self.publish_state(&machine, clock);
             if machine.is_stopped() {
                 break;
             }
-            let timeout = machine.poll_timeout();
+            // While work runs, wake at least every half margin: tokio's timers stand still
+            // during a host suspend, and the deadline must be noticed soon after a resume.
+            let timeout = machine.poll_timeout().map(|t| clock.tokio_instant(t));
+            let timeout = match (timeout, &job) {
+                (Some(t), Some(_)) => {
+                    Some(t.min(Instant::now() + self.config.machine().margin / 2))
+                }
+                (t, _) => t,
+            };
             tokio::select! {
                 biased;
                 () = cancel.cancelled(), if !cancelled => {
                     cancelled = true;
-                    machine.on_shutdown(Instant::now().into_std());
+                    machine.on_shutdown(clock.now());
                 }
                 reply = next(&mut in_flight) => {
                     in_flight = None;
-                    machine.on_reply(Instant::now().into_std(), reply);
+                    machine.on_reply(clock.now(), reply);
                     if let Some(e) = store.take_refusal() {
                         refusal = Some(e);
                         cancelled = true;
-                        machine.on_shutdown(Instant::now().into_std());
+                        machine.on_shutdown(clock.now());
                     }
                 }
                 new_watch = next(&mut rewatch) => {
@@ -431,7 +445,7 @@ impl Election {
                     }
                 }
                 event = next_event(&mut watch) => {
-                    let now = Instant::now().into_std();
+                    let now = clock.now();
                     match event {
                         Some(Ok(event)) => match event.kind {
                             EventKind::Put => {
@@ -466,10 +480,10 @@ impl Election {
                     } else {
                         warn!(%term, "leader work returned while leading: resigning");
                     }
-                    machine.on_work_ended(Instant::now().into_std(), term, panicked);
+                    machine.on_work_ended(clock.now(), term, panicked);
                 }
                 () = sleep_until(timeout) => {
-                    machine.on_timeout(Instant::now().into_std());
+                    machine.on_timeout(clock.now());
                 }
             }
         }
@@ -477,7 +491,7 @@ impl Election {
             // Only when the machine stopped without stopping the work first (it never does).
             stop_work(job, Instant::now()).await;
         }
-        self.publish_state(&machine);
+        self.publish_state(&machine, clock);
         info!("election stopped");
         refusal.map_or(Ok(()), Err)
     }
@@ -516,11 +530,12 @@ impl Election {
         }
     }
 
-    fn publish_state(&self, machine: &Machine) {
+    fn publish_state(&self, machine: &Machine, clock: Clock) {
         let leading = match machine.state() {
             State::Leader { term, deadline, .. } => Some(Leading {
                 term: *term,
                 deadline: *deadline,
+                clock,
             }),
             _ => None,
         };
@@ -554,9 +569,9 @@ async fn job_end(job: &mut Option<Job>) -> Result<(), tokio::task::JoinError> {
     }
 }
 
-async fn sleep_until(deadline: Option<std::time::Instant>) {
+async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(Instant::from_std(d)).await,
+        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
