@@ -12,7 +12,7 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt};
-use natty_kv::{EventKind, Kv};
+use natty_kv::Kv;
 use tokio::{sync::broadcast, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -20,10 +20,9 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::{
     ElectionConfig, Error, ErrorKind, Term,
     clock::Clock,
-    error::from_kv,
-    lease::{Lease, instance_id, now_ms},
-    machine::{Event, Holder, Machine, State, Work},
-    store::{InFlight, LeaseStore, Rewatch},
+    lease::{instance_id, now_ms},
+    machine::{Event, Machine, State, Work},
+    store::{self, InFlight, LeaseStore, Rewatch, Watched},
 };
 
 /// What the work function gets while this node leads.
@@ -232,19 +231,7 @@ impl Election {
 
     /// The current leader as stored in the lease key, if any (Go `GetLeader`).
     pub async fn leader(&self) -> Result<Option<LeaderInfo>, Error> {
-        let entry = self
-            .kv
-            .get(&self.config.bucket, &self.config.key)
-            .await
-            .map_err(from_kv)?;
-        Ok(entry.and_then(|e| {
-            let lease = Lease::decode(&e.value)?;
-            Some(LeaderInfo {
-                node: lease.node.clone(),
-                term: lease.term_at(e.revision),
-                since: lease.since(),
-            })
-        }))
+        store::read_leader(&self.kv, &self.config).await
     }
 
     /// Election events from now on. A slow subscriber misses events (`Lagged`) rather than
@@ -447,21 +434,10 @@ impl Election {
                 event = next_event(&mut watch) => {
                     let now = clock.now();
                     match event {
-                        Some(Ok(event)) => match event.kind {
-                            EventKind::Put => {
-                                if let Some(lease) = Lease::decode(&event.value) {
-                                    // A leader elected in a newer bucket epoch vetted that
-                                    // epoch (it waited out any older leader): adopt it, so
-                                    // our next create does not mistake it for a re-creation.
-                                    store.adopt_epoch(lease.epoch);
-                                    let holder = Holder {
-                                        term: lease.term_at(event.revision),
-                                        node: lease.node,
-                                    };
-                                    machine.on_key_written(now, holder);
-                                }
-                            }
-                            _ => machine.on_key_gone(now, event.revision),
+                        Some(Ok(event)) => match store.watched(&event) {
+                            Some(Watched::Written(holder)) => machine.on_key_written(now, holder),
+                            Some(Watched::Gone { revision }) => machine.on_key_gone(now, revision),
+                            None => {}
                         },
                         Some(Err(e)) => warn!(error = %e, "lease watch error; polling meanwhile"),
                         None => {

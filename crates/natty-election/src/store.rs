@@ -1,5 +1,7 @@
-//! The KV side of the election: the bucket, the lease requests the machine asks for, and
-//! what the lease key holds. The driver (`driver.rs`) is the select loop around it.
+//! The KV side of the election: the bucket (`prepare`), the lease requests the machine asks
+//! for (`execute`), the watch on the key and what its events mean (`watched`), and what the
+//! lease key holds (`read_holder`, `read_leader`). The driver (`driver.rs`) is the select loop
+//! around it and the public `Election` API.
 //!
 //! Every lease request is conditioned (create-if-absent, update/delete at a revision); a
 //! bucket that vanished is never silently re-created by a lease request that may then lead
@@ -32,6 +34,18 @@ pub(crate) type InFlight = Pin<Box<dyn Future<Output = Reply> + Send>>;
 /// A watch being re-created.
 pub(crate) type Rewatch = Pin<Box<dyn Future<Output = Option<natty_kv::Watch>> + Send>>;
 
+/// What the watch on the lease key saw, for the machine.
+#[derive(Debug)]
+pub(crate) enum Watched {
+    /// Written by this holder.
+    Written(Holder),
+    /// Deleted, purged or expired at `revision`.
+    Gone {
+        /// The marker's revision.
+        revision: u64,
+    },
+}
+
 /// The election's bucket and lease key.
 #[derive(Debug, Clone)]
 pub(crate) struct LeaseStore {
@@ -54,6 +68,27 @@ impl LeaseStore {
             .watch_key(&self.config.bucket, &self.config.key)
             .await
             .map_err(from_kv)
+    }
+
+    /// What a watch event on the key means for the machine; `None` for a value that is not a
+    /// lease (ignored). A holder's newer bucket epoch is adopted (see `adopt_epoch`).
+    pub(crate) fn watched(&self, event: &natty_kv::Event) -> Option<Watched> {
+        match event.kind {
+            natty_kv::EventKind::Put => {
+                let lease = Lease::decode(&event.value)?;
+                // A leader elected in a newer bucket epoch vetted that epoch (it waited out
+                // any older leader): adopt it, so our next create does not mistake it for a
+                // re-creation.
+                self.adopt_epoch(lease.epoch);
+                Some(Watched::Written(Holder {
+                    term: lease.term_at(event.revision),
+                    node: lease.node,
+                }))
+            }
+            _ => Some(Watched::Gone {
+                revision: event.revision,
+            }),
+        }
     }
 
     /// Adopts a newer bucket epoch seen in a holder's lease: a leader elected in it vetted it
@@ -396,6 +431,22 @@ async fn same_epoch(kv: &Kv, bucket: &str, epoch: u64) -> Result<bool, natty_kv:
 
 /// JetStream's "stream not found".
 const STREAM_NOT_FOUND: u64 = 10059;
+
+/// The current leader as stored in the lease key, if any.
+pub(crate) async fn read_leader(
+    kv: &Kv,
+    c: &ElectionConfig,
+) -> Result<Option<crate::LeaderInfo>, Error> {
+    let entry = kv.get(&c.bucket, &c.key).await.map_err(from_kv)?;
+    Ok(entry.and_then(|e| {
+        let lease = Lease::decode(&e.value)?;
+        Some(crate::LeaderInfo {
+            node: lease.node.clone(),
+            term: lease.term_at(e.revision),
+            since: lease.since(),
+        })
+    }))
+}
 
 /// Who holds the key now, and its revision if it is this instance's own write.
 async fn read_holder(kv: &Kv, c: &ElectionConfig, instance: u64) -> (Option<Holder>, Option<u64>) {
