@@ -378,8 +378,8 @@ impl Machine {
         }
     }
 
-    /// The next change to the leader's work. Drain this before [`poll_request`]
-    /// (Self::poll_request): work stops before the key is given up.
+    /// The next change to the leader's work. Drain this before
+    /// [`poll_request`](Self::poll_request): work stops before the key is given up.
     #[must_use]
     pub fn poll_work(&mut self) -> Option<Work> {
         self.work.pop_front()
