@@ -399,11 +399,11 @@ impl Election {
             }
             // While work runs, wake at least every half margin: tokio's timers stand still
             // during a host suspend, and the deadline must be noticed soon after a resume.
+            // (Not more often than every 10 ms, even with a zero margin: never a busy loop.)
             let timeout = machine.poll_timeout().map(|t| clock.tokio_instant(t));
+            let suspend_check = (self.config.machine().margin / 2).max(Duration::from_millis(10));
             let timeout = match (timeout, &job) {
-                (Some(t), Some(_)) => {
-                    Some(t.min(Instant::now() + self.config.machine().margin / 2))
-                }
+                (Some(t), Some(_)) => Some(t.min(Instant::now() + suspend_check)),
                 (t, _) => t,
             };
             tokio::select! {
