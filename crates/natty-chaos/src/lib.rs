@@ -1,22 +1,19 @@
 //! Shared by the chaos orchestrator and its child processes: the clock and the line format.
-#![allow(
-    clippy::print_stdout,
-    reason = "child processes report on stdout, one JSON line per event"
-)]
 
 /// Consumers refuse every number divisible by this for good: it must end up in the
 /// dead-letter stream `CHAOS_DL` (subject `chaos-dl.n`) exactly once.
 pub const DEAD_LETTER_EVERY: u64 = 101;
 
-/// CLOCK_MONOTONIC in ns: comparable across processes on one host.
-pub fn mono_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
-}
+/// The clock, the typed line protocol and the process harness, shared with natty-election's
+/// multi-process suite.
+pub use natty_testkit::procs::{Event, Line, Lines, emit, mono_ns};
 
-/// Prints one JSON line (one write, so lines from concurrent tasks never interleave).
-pub fn emit(value: serde_json::Value) {
-    println!("{value}");
+/// A term on the wire.
+pub fn wire(term: natty::election::Term) -> natty_testkit::procs::Term {
+    natty_testkit::procs::Term {
+        epoch: term.epoch,
+        revision: term.revision,
+    }
 }
 
 /// Logs to stderr, filtered by RUST_LOG (warnings by default).

@@ -9,38 +9,24 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt::Write as _,
     path::PathBuf,
-    process::Stdio,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
 use futures::StreamExt;
 use natty::{BatchConfig, BatchPublisher, ConsumerConfig, StreamConfig};
-use natty_chaos::{DEAD_LETTER_EVERY, init_logs, mono_ns};
-use natty_testkit::NatsCluster;
-use rand::{Rng, SeedableRng, rngs::StdRng};
-use serde_json::Value;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
+use natty_chaos::{DEAD_LETTER_EVERY, Event, Line, Lines, init_logs, mono_ns};
+use natty_testkit::{
+    NatsCluster,
+    procs::{Term, signal},
 };
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tokio::process::{Child, Command};
 
 const TTL_SECS: u64 = 2;
 const TTL_NS: u64 = TTL_SECS * 1_000_000_000;
 const CANDIDATES: usize = 5;
 const CONSUMERS: usize = 2;
-
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<Value>>>);
-
-impl Lines {
-    fn all(&self) -> Vec<Value> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-}
 
 struct Proc {
     name: String,
@@ -64,7 +50,7 @@ struct World {
 
 impl World {
     async fn spawn(&mut self, name: &str, candidate: bool, incarnation: u32) -> anyhow::Result<()> {
-        let mut cmd = if candidate {
+        let cmd = if candidate {
             let mut c = Command::new(self.bin_dir.join("chaos-candidate"));
             c.args([
                 "--server",
@@ -91,26 +77,7 @@ impl World {
             c.args(["--server", &self.servers, "--id", name]);
             c
         };
-        let mut child = cmd.stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let lines = self.lines.clone();
-        let tag = format!("{name}#{incarnation}");
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if let Ok(mut v) = serde_json::from_str::<Value>(&line) {
-                    v["proc"] = tag.clone().into();
-                    lines
-                        .0
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(v);
-                }
-            }
-        });
+        let child = self.lines.spawn(cmd, &format!("{name}#{incarnation}"))?;
         self.procs.push(Proc {
             name: name.to_owned(),
             candidate,
@@ -123,16 +90,14 @@ impl World {
     /// The candidate that leads now, by the lines: its last `elected` after which it printed
     /// no `lost`/`exit`.
     fn leader(&self) -> Option<usize> {
-        let lines = self.lines.all();
         let mut state: HashMap<String, bool> = HashMap::new();
-        for v in &lines {
-            let tag = v["proc"].as_str().unwrap_or_default().to_owned();
-            match v["event"].as_str() {
-                Some("elected") => {
-                    state.insert(tag, true);
+        for l in self.lines.all() {
+            match l.event {
+                Event::Elected { .. } => {
+                    state.insert(l.proc, true);
                 }
-                Some("lost" | "exit") => {
-                    state.insert(tag, false);
+                Event::Lost { .. } | Event::Exit { .. } => {
+                    state.insert(l.proc, false);
                 }
                 _ => {}
             }
@@ -144,10 +109,8 @@ impl World {
 
     async fn signal(&self, idx: usize, sig: &str) -> anyhow::Result<()> {
         if let Some(pid) = self.procs[idx].pid() {
-            Command::new("kill")
-                .args([sig, &pid.to_string()])
-                .status()
-                .await?;
+            // (a process that has just exited cannot be signalled: not a failure here)
+            let _ = signal(pid, sig).await;
         }
         Ok(())
     }
@@ -287,7 +250,7 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
 
     // Faults start once a leader works (the cluster and candidates are up).
     let ready_by = mono_ns() + 60_000_000_000;
-    while !world.lines.all().iter().any(|v| v["event"] == "work") {
+    while !world.lines.any(|l| matches!(l.event, Event::Work { .. })) {
         anyhow::ensure!(mono_ns() < ready_by, "no leader within 60 s of the start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -509,11 +472,14 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
             .await
             .map(|s| s.cached_info().state.messages)
             .unwrap_or(0);
-        let lines = world.lines.all();
-        let processed: Vec<u64> = lines
+        let processed: Vec<u64> = world
+            .lines
+            .all()
             .iter()
-            .filter(|v| v["event"] == "processed")
-            .filter_map(|v| v["n"].as_u64())
+            .filter_map(|l| match l.event {
+                Event::Processed { n, .. } => Some(n),
+                _ => None,
+            })
             .collect();
         let set: HashSet<u64> = processed.iter().copied().collect();
         let all_dead = usize::try_from(dead).unwrap_or(0) >= refused;
@@ -531,6 +497,7 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
     }
     let dead_lettered = stored_numbers(&client, "CHAOS_DL").await?;
     let lines = world.lines.all();
+    let unreadable = world.lines.unreadable();
     let ok = judge(Judge {
         minutes,
         seed,
@@ -540,6 +507,7 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
         processed: &processed,
         dead_lettered: &dead_lettered,
         lines: &lines,
+        unreadable: &unreadable,
         faults: &faults,
         samples: &samples,
         cluster_healthy: all_nodes_back.is_ok(),
@@ -598,41 +566,45 @@ struct Judge<'a> {
     stored: &'a [u64],
     processed: &'a [u64],
     dead_lettered: &'a [u64],
-    lines: &'a [Value],
+    lines: &'a [Line],
+    unreadable: &'a [String],
     faults: &'a [Fault],
     samples: &'a BTreeMap<String, Vec<(u64, u64)>>,
     cluster_healthy: bool,
     out: &'a std::path::Path,
 }
 
-/// A line's term (a serialized `natty::election::Term`) as one ordered number; 0 if absent.
-fn term(v: &Value) -> u128 {
-    serde_json::from_value::<natty::election::Term>(v["term"].clone())
-        .map_or(0, natty::election::Term::as_u128)
-}
-
-fn mono(v: &Value) -> u64 {
-    // (every line carries the emitter's CLOCK_MONOTONIC in ns)
-    v["mono_ns"].as_u64().unwrap_or(0)
-}
-
-/// The election's safety checks on the candidates' lines: (1) work spans of terms never
-/// overlap, (2) no work under a term after that process's `lost` of it, (3) the fenced sink
-/// accepted no write issued after a newer term was elected, (4) terms strictly increase in
-/// election order. Each is `(name, passed, detail)`.
-fn election_checks(lines: &[Value]) -> Vec<(String, bool, String)> {
+/// The election's safety checks on the candidates' lines: (0) every line printed was read
+/// (a line that does not parse is a failure, never a line of zeros), (1) work spans of terms
+/// never overlap, (2) no work under a term after that process's `lost` of it, (3) the fenced
+/// sink accepted no write issued after a newer term was elected, (4) terms strictly increase
+/// in election order. Each is `(name, passed, detail)`.
+fn election_checks(lines: &[Line], unreadable: &[String]) -> Vec<(String, bool, String)> {
     let mut checks: Vec<(String, bool, String)> = Vec::new();
-    let of = |e: &'static str| lines.iter().filter(move |v| v["event"] == e);
+    checks.push((
+        "every line the processes printed is readable".into(),
+        unreadable.is_empty(),
+        format!(
+            "{} lines, {} unreadable{}",
+            lines.len() + unreadable.len(),
+            unreadable.len(),
+            unreadable
+                .first()
+                .map_or_else(String::new, |l| format!(", first: {l}"))
+        ),
+    ));
+    let works = || {
+        lines.iter().filter_map(|l| match l.event {
+            Event::Work { term } => Some((l, term)),
+            _ => None,
+        })
+    };
 
     // 1. Leadership (acting) intervals never overlap: per term, first to last work line.
-    let mut spans: BTreeMap<u128, (u64, u64, String)> = BTreeMap::new();
-    for v in of("work") {
-        let term = term(v);
-        let t = mono(v);
-        let e =
-            spans
-                .entry(term)
-                .or_insert((t, t, v["proc"].as_str().unwrap_or_default().to_owned()));
+    let mut spans: BTreeMap<Term, (u64, u64, String)> = BTreeMap::new();
+    for (l, term) in works() {
+        let t = l.mono_ns;
+        let e = spans.entry(term).or_insert((t, t, l.proc.clone()));
         e.0 = e.0.min(t);
         e.1 = e.1.max(t);
     }
@@ -643,7 +615,7 @@ fn election_checks(lines: &[Value]) -> Vec<(String, bool, String)> {
         .filter(|w| w[0].1.1 >= w[1].1.0)
         .map(|w| {
             format!(
-                "term {} ({}) until {} overlaps term {} ({}) from {}",
+                "term {:?} ({}) until {} overlaps term {:?} ({}) from {}",
                 w[0].0, w[0].1.2, w[0].1.1, w[1].0, w[1].1.2, w[1].1.0
             )
         })
@@ -662,45 +634,57 @@ fn election_checks(lines: &[Value]) -> Vec<(String, bool, String)> {
     ));
 
     // 2. No work under a term after that node's `lost` of the term.
-    let mut lost_at: HashMap<(String, u128), u64> = HashMap::new();
-    for v in of("lost") {
-        lost_at.insert(
-            (v["proc"].as_str().unwrap_or_default().to_owned(), term(v)),
-            mono(v),
-        );
+    let mut lost_at: HashMap<(&str, Term), u64> = HashMap::new();
+    for l in lines {
+        if let Event::Lost { term } = l.event {
+            lost_at.insert((&l.proc, term), l.mono_ns);
+        }
     }
-    let late: Vec<&Value> = of("work")
-        .filter(|v| {
+    let late = works()
+        .filter(|(l, term)| {
             lost_at
-                .get(&(v["proc"].as_str().unwrap_or_default().to_owned(), term(v)))
-                .is_some_and(|l| mono(v) > *l)
+                .get(&(l.proc.as_str(), *term))
+                .is_some_and(|lost| l.mono_ns > *lost)
         })
-        .collect();
+        .count();
     checks.push((
         "no work after `lost`".into(),
-        late.is_empty(),
-        format!("{} late work lines", late.len()),
+        late == 0,
+        format!("{late} late work lines"),
     ));
 
     // 3. Fenced sink: no write accepted from a term issued after a newer term was elected.
-    let elected: Vec<(u64, u128)> = of("elected").map(|v| (mono(v), term(v))).collect();
-    let sink_ok: Vec<&Value> = of("sink").filter(|v| v["accepted"] == true).collect();
-    let stale: Vec<&&Value> = sink_ok
+    let elected: Vec<(u64, Term)> = lines
         .iter()
-        .filter(|v| {
-            let (term, issued) = (term(v), v["issued_ns"].as_u64().unwrap_or(0));
-            elected.iter().any(|(t, e)| *e > term && *t < issued)
+        .filter_map(|l| match l.event {
+            Event::Elected { term, .. } => Some((l.mono_ns, term)),
+            _ => None,
         })
         .collect();
-    let fenced = of("sink").filter(|v| v["accepted"] == false).count();
+    let sinks: Vec<(Term, bool, u64)> = lines
+        .iter()
+        .filter_map(|l| match l.event {
+            Event::Sink {
+                term,
+                accepted,
+                issued_ns,
+            } => Some((term, accepted, issued_ns)),
+            _ => None,
+        })
+        .collect();
+    let accepted = sinks.iter().filter(|s| s.1).count();
+    let stale = sinks
+        .iter()
+        .filter(|(term, accepted, issued)| {
+            *accepted && elected.iter().any(|(t, e)| e > term && t < issued)
+        })
+        .count();
     checks.push((
         "fenced sink accepted zero stale writes".into(),
-        stale.is_empty(),
+        stale == 0,
         format!(
-            "{} accepted, {} stale accepted, {} refused by the fence",
-            sink_ok.len(),
-            stale.len(),
-            fenced
+            "{accepted} accepted, {stale} stale accepted, {} refused by the fence",
+            sinks.len() - accepted
         ),
     ));
 
@@ -720,16 +704,19 @@ fn election_checks(lines: &[Value]) -> Vec<(String, bool, String)> {
 fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
     let mut checks: Vec<(String, bool, String)> = Vec::new();
     let lines = j.lines;
-    let of = |e: &'static str| lines.iter().filter(move |v| v["event"] == e);
 
-    // 1-4. The election's safety checks.
-    checks.extend(election_checks(lines));
+    // 0-4. The election's safety checks.
+    checks.extend(election_checks(lines, j.unreadable));
 
     // 5. A leader acts again within TTL + 2 s after each process fault (someone works in the
     //    last second of that window). Node faults are held to TTL + 2 s plus the server's own
     //    raft election bound (a stream whose leader is cut off elects a new one after 4-9 s,
     //    and no client can write to it meanwhile); how long each took is reported.
-    let works: Vec<u64> = of("work").map(mono).collect();
+    let works: Vec<u64> = lines
+        .iter()
+        .filter(|l| matches!(l.event, Event::Work { .. }))
+        .map(|l| l.mono_ns)
+        .collect();
     // Any work after `start + TTL` is done under a lease renewed or won after the fault (a
     // lease renewed before it has expired by then), so it shows leadership working again.
     let recovered_after = |start: u64| -> Option<f64> {
@@ -961,32 +948,54 @@ mod tests {
         reason = "in a test a panic is the failure report"
     )]
 
-    use serde_json::{Value, json};
+    use natty_chaos::{Event, Line};
+    use natty_testkit::procs::{Lines, Term};
 
     use super::election_checks;
 
-    fn line(event: &str, proc: &str, revision: u64, mono_ns: u64) -> Value {
-        json!({"event": event, "proc": proc, "node": proc,
-               "term": {"epoch": 5, "revision": revision}, "mono_ns": mono_ns})
+    fn at(event: Event, proc: &str, mono_ns: u64) -> Line {
+        Line {
+            node: proc.into(),
+            mono_ns,
+            event,
+            proc: proc.into(),
+        }
     }
 
-    fn sink(proc: &str, revision: u64, accepted: bool, issued_ns: u64, mono_ns: u64) -> Value {
-        let mut v = line("sink", proc, revision, mono_ns);
-        v["accepted"] = accepted.into();
-        v["issued_ns"] = issued_ns.into();
-        v
+    fn tm(revision: u64) -> Term {
+        Term { epoch: 5, revision }
+    }
+
+    fn line(event: &str, proc: &str, revision: u64, mono_ns: u64) -> Line {
+        let term = tm(revision);
+        let event = match event {
+            "elected" => Event::Elected { term, server: None },
+            "work" => Event::Work { term },
+            "lost" => Event::Lost { term },
+            other => panic!("no such event {other}"),
+        };
+        at(event, proc, mono_ns)
+    }
+
+    fn sink(proc: &str, revision: u64, accepted: bool, issued_ns: u64, mono_ns: u64) -> Line {
+        let event = Event::Sink {
+            term: tm(revision),
+            accepted,
+            issued_ns,
+        };
+        at(event, proc, mono_ns)
     }
 
     /// The verdict of the check whose name starts with `name`.
-    fn verdict(lines: &[Value], name: &str) -> bool {
-        election_checks(lines)
+    fn verdict(lines: &[Line], name: &str) -> bool {
+        election_checks(lines, &[])
             .into_iter()
             .find(|(n, _, _)| n.starts_with(name))
             .unwrap()
             .1
     }
 
-    fn clean() -> Vec<Value> {
+    fn clean() -> Vec<Line> {
         vec![
             line("elected", "a#0", 10, 100),
             line("work", "a#0", 10, 110),
@@ -1003,8 +1012,8 @@ mod tests {
 
     #[test]
     fn a_clean_history_passes_every_check() {
-        let checks = election_checks(&clean());
-        assert_eq!(checks.len(), 4);
+        let checks = election_checks(&clean(), &[]);
+        assert_eq!(checks.len(), 5);
         for (name, ok, detail) in checks {
             assert!(ok, "{name}: {detail}");
         }
@@ -1013,7 +1022,7 @@ mod tests {
     #[test]
     fn overlapping_terms_fail() {
         let mut lines = clean();
-        lines.retain(|v| v["event"] != "lost");
+        lines.retain(|l| !matches!(l.event, Event::Lost { .. }));
         lines.push(line("work", "a#0", 10, 415)); // a still works after b started (410)
         assert!(verdict(&lines, "no work after `lost`"));
         assert!(!verdict(&lines, "leaders never act at once"));
@@ -1042,18 +1051,28 @@ mod tests {
         assert!(!verdict(&lines, "terms strictly increase"));
         // a re-created bucket's term (later epoch, low revision) is higher: fine
         let mut lines = clean();
-        lines.push(json!({"event": "elected", "proc": "c#0", "node": "c",
-                          "term": {"epoch": 6, "revision": 1}, "mono_ns": 500}));
+        let term = Term {
+            epoch: 6,
+            revision: 1,
+        };
+        lines.push(at(Event::Elected { term, server: None }, "c#0", 500));
         assert!(verdict(&lines, "terms strictly increase"));
     }
 
     #[test]
-    fn a_line_without_a_readable_term_is_not_silently_term_zero() {
-        // Before the typed terms, `as_u64().unwrap_or(0)` read a missing term as 0.
-        let lines = vec![
-            line("elected", "a#0", 10, 100),
-            json!({"event": "elected", "proc": "b#0", "term": "garbage", "mono_ns": 200}),
-        ];
-        assert!(!verdict(&lines, "terms strictly increase"));
+    fn a_line_without_a_readable_term_is_a_failure_not_term_zero() {
+        // Before the typed lines, `as_u64().unwrap_or(0)` read a missing term as 0.
+        let printed = Lines::default();
+        printed.push_text(
+            "a#0",
+            r#"{"node":"a","mono_ns":100,"event":"elected","term":{"epoch":5,"revision":10}}"#,
+        );
+        printed.push_text(
+            "b#0",
+            r#"{"node":"b","mono_ns":200,"event":"elected","term":"garbage"}"#,
+        );
+        let checks = election_checks(&printed.all(), &printed.unreadable());
+        assert!(!checks[0].1, "{:?}", checks[0]);
+        assert!(checks[1..].iter().all(|c| c.1), "{checks:?}");
     }
 }

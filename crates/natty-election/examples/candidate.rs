@@ -1,11 +1,9 @@
 //! One election candidate as a process, for multi-process fault tests.
 //!
-//! Prints one JSON line per transition on stdout, with `mono_ns` from CLOCK_MONOTONIC
-//! (comparable across processes on one host):
-//! `{"node":"n1","event":"elected","term":{"epoch":..,"revision":7},"mono_ns":..,"server":".."}`,
-//! `{"node":"n1","event":"work","term":{..},"mono_ns":..}` each time its work runs,
-//! `{"node":"n1","event":"lost","term":{..},"mono_ns":..}`, and `{"event":"ready"}` once running.
-//! SIGTERM/SIGINT: resign and exit.
+//! Prints one JSON line per transition on stdout in natty-testkit's typed protocol
+//! (`natty_testkit::procs::Line`, `mono_ns` from CLOCK_MONOTONIC, comparable across processes
+//! on one host): `ready` once running, `elected` (with its term and server), `work` each time
+//! its work runs, `lost`, `exit`. SIGTERM/SIGINT: resign and exit.
 //!
 //! ```text
 //! cargo run -p natty-election --example candidate -- --server nats://127.0.0.1:4222 \
@@ -15,18 +13,12 @@
 use std::time::Duration;
 
 use natty_election::{CancellationToken, Election, ElectionConfig};
-use serde_json::json;
+use natty_testkit::procs::{Event, emit};
 
-fn mono_ns() -> u128 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    (t.tv_sec as u128) * 1_000_000_000 + t.tv_nsec as u128
-}
-
-fn emit(value: serde_json::Value) {
-    // One write per line so lines from concurrent tasks never interleave.
-    #[allow(clippy::print_stdout, reason = "this example's output is its protocol")]
-    {
-        println!("{value}");
+fn wire(term: natty_election::Term) -> natty_testkit::procs::Term {
+    natty_testkit::procs::Term {
+        epoch: term.epoch,
+        revision: term.revision,
     }
 }
 
@@ -95,7 +87,12 @@ async fn main() -> anyhow::Result<()> {
         on_signal.cancel();
     });
 
-    emit(json!({"node": args.node, "event": "ready", "mono_ns": mono_ns() as u64}));
+    emit(
+        &args.node,
+        Event::Ready {
+            pid: std::process::id(),
+        },
+    );
     let node = args.node.clone();
     let interval = Duration::from_millis(args.work_interval_ms);
     election
@@ -103,24 +100,28 @@ async fn main() -> anyhow::Result<()> {
             let node = node.clone();
             let server = client.nats().server_info().server_name;
             async move {
-                emit(json!({"node": node, "event": "elected", "term": lead.term,
-                            "mono_ns": mono_ns() as u64, "server": server}));
+                let term = wire(lead.term);
+                emit(
+                    &node,
+                    Event::Elected {
+                        term,
+                        server: Some(server),
+                    },
+                );
                 loop {
                     // The fence check comes right before the side effect.
                     if lead.is_valid() {
-                        emit(json!({"node": node, "event": "work", "term": lead.term,
-                                    "mono_ns": mono_ns() as u64}));
+                        emit(&node, Event::Work { term });
                     }
                     tokio::select! {
                         () = lead.lost.cancelled() => break,
                         () = tokio::time::sleep(interval) => {}
                     }
                 }
-                emit(json!({"node": node, "event": "lost", "term": lead.term,
-                            "mono_ns": mono_ns() as u64}));
+                emit(&node, Event::Lost { term });
             }
         })
         .await?;
-    emit(json!({"node": args.node, "event": "exit", "mono_ns": mono_ns() as u64}));
+    emit(&args.node, Event::Exit { acked: None });
     Ok(())
 }

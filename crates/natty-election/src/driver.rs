@@ -13,17 +13,17 @@ use std::{
 
 use futures::{FutureExt, StreamExt};
 use natty_core::retry::RetryPolicy;
-use natty_kv::{EventKind, Kv};
+use natty_kv::Kv;
 use tokio::{sync::broadcast, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
     ElectionConfig, Error, ErrorKind, Term,
-    error::from_kv,
-    lease::{Lease, instance_id, now_ms},
-    machine::{Action, Event, Holder, Input, Machine, State},
-    store::{LeaseStore, Op, Rewatch},
+    clock::Clock,
+    lease::{instance_id, now_ms},
+    machine::{Event, Machine, State, Work},
+    store::{self, InFlight, LeaseStore, Rewatch, Watched},
 };
 
 /// Pauses between attempts to set the election up during an outage: from about 100 ms,
@@ -49,7 +49,8 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// Whether this term's lease is still valid *now*, by the local monotonic clock. Check it
+    /// Whether this term's lease is still valid *now*, by the local clock (one that counts
+    /// through a host suspend on Linux: `CLOCK_BOOTTIME`). Check it
     /// right before each side effect: after a process pause (GC, SIGSTOP) the work can wake up
     /// before the driver has had a chance to fire `lost`; this check cannot be late.
     pub fn is_valid(&self) -> bool {
@@ -59,7 +60,7 @@ impl Leadership {
                 .leading
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .is_some_and(|l| l.term == self.term && Instant::now().into_std() < l.deadline)
+                .is_some_and(|l| l.term == self.term && l.clock.now() < l.deadline)
     }
 }
 
@@ -82,6 +83,8 @@ pub type ElectionEvent = Event;
 struct Leading {
     term: Term,
     deadline: std::time::Instant,
+    /// The clock `deadline` is read on (the run's).
+    clock: Clock,
 }
 
 #[derive(Debug)]
@@ -229,25 +232,13 @@ impl Election {
             .leading
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .filter(|l| Instant::now().into_std() < l.deadline)
+            .filter(|l| l.clock.now() < l.deadline)
             .map(|l| l.term)
     }
 
     /// The current leader as stored in the lease key, if any (Go `GetLeader`).
     pub async fn leader(&self) -> Result<Option<LeaderInfo>, Error> {
-        let entry = self
-            .kv
-            .get(&self.config.bucket, &self.config.key)
-            .await
-            .map_err(from_kv)?;
-        Ok(entry.and_then(|e| {
-            let lease = Lease::decode(&e.value)?;
-            Some(LeaderInfo {
-                node: lease.node.clone(),
-                term: lease.term_at(e.revision),
-                since: lease.since(),
-            })
-        }))
+        store::read_leader(&self.kv, &self.config).await
     }
 
     /// Election events from now on. A slow subscriber misses events (`Lagged`) rather than
@@ -351,7 +342,9 @@ impl Election {
         };
         let _not_leading = NotLeadingOnDrop(&self.shared);
         let mut watch = Some(watch);
-        let now = Instant::now().into_std();
+        // The machine's time: counts through a host suspend (see `clock.rs`).
+        let clock = Clock::new();
+        let now = clock.now();
         let mut machine = if created {
             // We created the bucket: if it was deleted under a leader elsewhere, that leader
             // may work until a TTL from now.
@@ -359,7 +352,7 @@ impl Election {
         } else {
             Machine::new(self.config.machine(), now)
         };
-        let mut op: Option<Op> = None;
+        let mut in_flight: Option<InFlight> = None;
         let mut job: Option<Job> = None;
         let mut term_since_ms = now_ms();
         // Set when the bucket was re-created in a way we must not lead on: run ends with it.
@@ -373,14 +366,15 @@ impl Election {
             RetryPolicy::new(poll, poll.max(Duration::from_secs(1))).backoff();
         let mut cancelled = false;
         loop {
-            while let Some(action) = machine.poll_action() {
-                match action {
-                    Action::StartWork { term } => {
+            // Work first: it stops before the key is given up.
+            while let Some(work_control) = machine.poll_work() {
+                match work_control {
+                    Work::Start { term } => {
                         info!(%term, "elected: starting work");
                         term_since_ms = now_ms();
                         // Published before the work starts, so `is_valid` is true from its
                         // first poll.
-                        self.publish_state(&machine);
+                        self.publish_state(&machine, clock);
                         let lost = CancellationToken::new();
                         let handle = tokio::spawn(work(Leadership {
                             term,
@@ -395,44 +389,51 @@ impl Election {
                             shared: self.shared.clone(),
                         });
                     }
-                    Action::StopWork { term, abort_at } => {
+                    Work::Stop { term, abort_at } => {
                         if let Some(job) = job.take() {
                             debug_assert_eq!(job.term, term);
-                            stop_work(job, Instant::from_std(abort_at)).await;
+                            stop_work(job, clock.tokio_instant(abort_at)).await;
                         }
                     }
-                    kv_action => {
-                        op = Some(
-                            store.execute(kv_action, machine.term().map(|t| (t, term_since_ms))),
-                        );
-                    }
                 }
+            }
+            if let Some(request) = machine.poll_request() {
+                in_flight =
+                    Some(store.execute(request, machine.term().map(|t| (t, term_since_ms))));
             }
             while let Some(event) = machine.poll_event() {
                 debug!(?event, "election event");
                 let _ = self.shared.events.send(event);
             }
-            self.publish_state(&machine);
+            self.publish_state(&machine, clock);
             if machine.is_stopped() {
                 break;
             }
-            let timeout = machine.poll_timeout();
+            // While work runs, wake at least every half margin: tokio's timers stand still
+            // during a host suspend, and the deadline must be noticed soon after a resume.
+            // (Not more often than every 10 ms, even with a zero margin: never a busy loop.)
+            let timeout = machine.poll_timeout().map(|t| clock.tokio_instant(t));
+            let suspend_check = (self.config.machine().margin / 2).max(Duration::from_millis(10));
+            let timeout = match (timeout, &job) {
+                (Some(t), Some(_)) => Some(t.min(Instant::now() + suspend_check)),
+                (t, _) => t,
+            };
             tokio::select! {
                 biased;
                 () = cancel.cancelled(), if !cancelled => {
                     cancelled = true;
-                    machine.handle(Instant::now().into_std(), Input::Shutdown);
+                    machine.on_shutdown(clock.now());
                 }
-                input = async { op.as_mut().expect("guarded").await }, if op.is_some() => {
-                    op = None;
-                    machine.handle(Instant::now().into_std(), input);
+                reply = next(&mut in_flight) => {
+                    in_flight = None;
+                    machine.on_reply(clock.now(), reply);
                     if let Some(e) = store.take_refusal() {
                         refusal = Some(e);
                         cancelled = true;
-                        machine.handle(Instant::now().into_std(), Input::Shutdown);
+                        machine.on_shutdown(clock.now());
                     }
                 }
-                new_watch = async { rewatch.as_mut().expect("guarded").await }, if rewatch.is_some() => {
+                new_watch = next(&mut rewatch) => {
                     rewatch = None;
                     match new_watch {
                         Some(w) => {
@@ -443,28 +444,14 @@ impl Election {
                         None => rewatch = Some(store.rewatch(rewatch_backoff.next_delay())),
                     }
                 }
-                event = async { watch.as_mut().expect("guarded").next().await }, if watch.is_some() => {
+                event = next_event(&mut watch) => {
+                    let now = clock.now();
                     match event {
-                        Some(Ok(event)) => {
-                            let input = match event.kind {
-                                EventKind::Put => Lease::decode(&event.value).map(|lease| {
-                                    // A leader elected in a newer bucket epoch vetted that
-                                    // epoch (it waited out any older leader): adopt it, so
-                                    // our next create does not mistake it for a re-creation.
-                                    store.adopt_epoch(lease.epoch);
-                                    Input::KeyWritten {
-                                        holder: Holder {
-                                            term: lease.term_at(event.revision),
-                                            node: lease.node,
-                                        },
-                                    }
-                                }),
-                                _ => Some(Input::KeyGone { revision: event.revision }),
-                            };
-                            if let Some(input) = input {
-                                machine.handle(Instant::now().into_std(), input);
-                            }
-                        }
+                        Some(Ok(event)) => match store.watched(&event) {
+                            Some(Watched::Written(holder)) => machine.on_key_written(now, holder),
+                            Some(Watched::Gone { revision }) => machine.on_key_gone(now, revision),
+                            None => {}
+                        },
                         Some(Err(e)) => warn!(error = %e, "lease watch error; polling meanwhile"),
                         None => {
                             warn!("lease watch ended (bucket deleted?); polling until it is back");
@@ -473,7 +460,7 @@ impl Election {
                         }
                     }
                 }
-                ended = async { (&mut job.as_mut().expect("guarded").handle).await }, if job.is_some() => {
+                ended = job_end(&mut job) => {
                     // The work ended by itself while we lead: resign so another node can.
                     let term = job.take().map(|j| j.term).unwrap_or_default();
                     let panicked = matches!(&ended, Err(e) if e.is_panic());
@@ -482,10 +469,10 @@ impl Election {
                     } else {
                         warn!(%term, "leader work returned while leading: resigning");
                     }
-                    machine.handle(Instant::now().into_std(), Input::WorkEnded { term, panicked });
+                    machine.on_work_ended(clock.now(), term, panicked);
                 }
-                () = sleep_until(timeout), if timeout.is_some() => {
-                    machine.handle_timeout(Instant::now().into_std());
+                () = sleep_until(timeout) => {
+                    machine.on_timeout(clock.now());
                 }
             }
         }
@@ -493,7 +480,7 @@ impl Election {
             // Only when the machine stopped without stopping the work first (it never does).
             stop_work(job, Instant::now()).await;
         }
-        self.publish_state(&machine);
+        self.publish_state(&machine, clock);
         info!("election stopped");
         refusal.map_or(Ok(()), Err)
     }
@@ -532,11 +519,12 @@ impl Election {
         }
     }
 
-    fn publish_state(&self, machine: &Machine) {
+    fn publish_state(&self, machine: &Machine, clock: Clock) {
         let leading = match machine.state() {
             State::Leader { term, deadline, .. } => Some(Leading {
                 term: *term,
                 deadline: *deadline,
+                clock,
             }),
             _ => None,
         };
@@ -544,9 +532,35 @@ impl Election {
     }
 }
 
-async fn sleep_until(deadline: Option<std::time::Instant>) {
+/// The output of the future in `slot`; never ready while the slot is empty.
+async fn next<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The watch's next event; never ready without a watch.
+async fn next_event(
+    watch: &mut Option<natty_kv::Watch>,
+) -> Option<<natty_kv::Watch as futures::Stream>::Item> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How the work task ended; never ready without one.
+async fn job_end(job: &mut Option<Job>) -> Result<(), tokio::task::JoinError> {
+    match job {
+        Some(j) => (&mut j.handle).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(Instant::from_std(d)).await,
+        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }

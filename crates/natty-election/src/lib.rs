@@ -4,7 +4,7 @@
 //!   a write conditioned on the revision held — never a blind put — so a delayed renew can
 //!   never overwrite a newer leader's key.
 //! - **Self-fencing.** Work gets a `lost` token that fires the moment leadership is lost, or
-//!   when no renew has succeeded for `ttl - margin` by the local monotonic clock, even if the
+//!   when no renew has succeeded for `ttl - margin` by the local clock, even if the
 //!   server never answered.
 //! - **Fencing token.** [`Leadership::term`] is a [`Term`]: the bucket's creation time and the
 //!   revision the lease was created at, strictly increasing even across the bucket's deletion
@@ -14,14 +14,17 @@
 //!   on server 2.11+; polling as a fallback).
 //! - **Sans-IO core.** [`machine`] is a pure state machine; [`Election`] drives it on tokio.
 //!
-//! Limits, honestly: safety relies on the local monotonic clock running at about the server's
-//! rate during one TTL, and on the work honouring `lost` within half the margin (it is then
+//! Limits, honestly: safety relies on the local clock running at about the server's rate
+//! during one TTL, and on the work honouring `lost` within half the margin (it is then
 //! aborted — at the latest `margin / 2` before the lease could expire on the server — which
-//! only takes effect at its next `.await`). The deadlines use tokio's clock (`CLOCK_MONOTONIC`
-//! on Linux), which **stops while the machine is suspended** (laptop sleep, some VM pauses)
-//! while the server's TTL keeps running: do not run a leader on a host that may suspend. A process paused past its lease
-//! (SIGSTOP, GC) resumes with `lost` already firing, but code that was mid-write to another
-//! system may still complete that write: that is what the fencing token is for.
+//! only takes effect at its next `.await`). On Linux the deadlines are read on a clock that
+//! keeps counting while the host is suspended (`CLOCK_BOOTTIME`; tokio's own clock stops):
+//! after a resume, [`Leadership::is_valid`] and [`Election::is_leader`] read false at once if
+//! the lease ran out meanwhile, and `lost` fires within `margin / 2` (the driver wakes at least
+//! that often while work runs). Elsewhere only tokio's clock is used: there, do not run a
+//! leader on a host that may suspend. A process paused past its lease (SIGSTOP, GC, suspend)
+//! resumes with `lost` about to fire, but code that was mid-write to another system may still
+//! complete that write: that is what the fencing token is for.
 //!
 //! # Feature flags
 //! None.
@@ -33,6 +36,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod clock;
 mod config;
 mod driver;
 mod error;

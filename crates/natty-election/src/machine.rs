@@ -1,9 +1,13 @@
 //! The election as a pure state machine: no async runtime, no I/O, no clock. Time is passed in.
 //!
-//! The driver feeds it [`Input`]s (results of the KV operations it asked for, and what the
-//! watch on the key saw) and the current time; it answers with [`Action`]s to carry out,
-//! [`Event`]s to report, and [`Machine::poll_timeout`], the instant at which it must be told
-//! the time again (quinn-proto / str0m style).
+//! The driver tells it what happened through one `on_*` method per input, each with the
+//! current time: [`Machine::on_timeout`], [`Machine::on_reply`] (the outcome of the lease
+//! request it asked for), [`Machine::on_key_gone`] / [`Machine::on_key_written`] (what the
+//! watch on the key saw), [`Machine::on_work_ended`] and [`Machine::on_shutdown`]. Each method's
+//! doc lists its transitions. The machine answers, typed by kind, with [`Work`] to start or
+//! stop ([`Machine::poll_work`], carried out first), at most one lease [`Request`] in flight
+//! ([`Machine::poll_request`]), [`Event`]s to report, and [`Machine::poll_timeout`], the
+//! instant at which it must be told the time again (quinn-proto / str0m style).
 //!
 //! Safety rules, all enforced here:
 //! - Acquire only with a create (one winner); renew only with a write conditioned on the
@@ -16,13 +20,13 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use natty_election::{Term, machine::{Action, Input, Machine, MachineConfig}};
+//! use natty_election::{Term, machine::{Machine, MachineConfig, Reply, Request, Work}};
 //!
 //! let t0 = Instant::now();
 //! let mut m = Machine::new(MachineConfig::new(Duration::from_secs(3)), t0);
-//! assert_eq!(m.poll_action(), Some(Action::Create { make_bucket: false }));
-//! m.handle(t0, Input::Created { revision: 7, epoch: 1 });
-//! assert_eq!(m.poll_action(), Some(Action::StartWork { term: Term::new(1, 7) }));
+//! assert_eq!(m.poll_request(), Some(Request::Create { make_bucket: false }));
+//! m.on_reply(t0, Reply::Created { revision: 7, epoch: 1 });
+//! assert_eq!(m.poll_work(), Some(Work::Start { term: Term::new(1, 7) }));
 //! assert!(m.is_leader(t0));
 //! ```
 
@@ -129,18 +133,18 @@ impl Holder {
     }
 }
 
-/// What the driver tells the machine.
+/// The outcome of the [`Request`] in flight, fed back with [`Machine::on_reply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Input {
-    /// The create we asked for succeeded: the key is ours at `revision` (our term).
+pub enum Reply {
+    /// The create succeeded: the key is ours at `revision` (our term).
     Created {
         /// The new key's revision.
         revision: u64,
         /// The bucket's epoch (see [`Term`]), the same before and after the create.
         epoch: u64,
     },
-    /// The renew or reclaim we asked for succeeded; the key is now at `revision`.
+    /// The renew or reclaim succeeded; the key is now at `revision`.
     Updated {
         /// The key's new revision.
         revision: u64,
@@ -161,36 +165,17 @@ pub enum Input {
     BucketGone,
     /// The resign finished (deleted, or the key was no longer ours).
     Resigned,
-    /// The watch saw the key deleted, purged or expired at `revision`.
-    KeyGone {
-        /// The revision of the delete/expiry marker.
-        revision: u64,
-    },
-    /// The watch saw the key written by `holder` (ignored while we lead).
-    KeyWritten {
-        /// Who wrote it.
-        holder: Holder,
-    },
-    /// The work of `term` ended by itself (returned, or `panicked`): resign, then follow.
-    WorkEnded {
-        /// The term whose work ended.
-        term: Term,
-        /// Whether it panicked.
-        panicked: bool,
-    },
-    /// Stop: resign if leading, then end.
-    Shutdown,
 }
 
-/// What the machine asks the driver to do. At most one KV operation (`Create`, `Renew`,
-/// `Reclaim`, `Resign`) is outstanding at a time; its result must be fed back as an [`Input`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A lease request: a KV operation on the key. At most one is outstanding at a time; its
+/// outcome must be fed back with [`Machine::on_reply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Action {
+pub enum Request {
     /// Create the key (only if absent).
     Create {
         /// Create the bucket first if it is missing. Unset, a missing bucket is reported as
-        /// [`Input::BucketGone`] and nothing is created: only after a full TTL without a
+        /// [`Reply::BucketGone`] and nothing is created: only after a full TTL without a
         /// bucket may a candidate re-create it, when no old leader can still be working.
         make_bucket: bool,
     },
@@ -209,14 +194,21 @@ pub enum Action {
         /// The revision we hold.
         revision: u64,
     },
+}
+
+/// Control of the leader's work. Carry these out before the next [`Request`]: work stops
+/// before the key is given up, so the next leader never overlaps with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Work {
     /// Start the leader's work for `term`.
-    StartWork {
+    Start {
         /// The term (fencing token).
         term: Term,
     },
     /// Stop the work of `term` now: fire its `lost`, and abort it if it has not ended by
     /// `abort_at` (at the latest `margin / 2` before the lease could expire on the server).
-    StopWork {
+    Stop {
         /// The term.
         term: Term,
         /// Abort work that ignores `lost` at this instant.
@@ -299,22 +291,16 @@ pub enum State {
     Stopped,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Create,
-    Renew,
-    Reclaim,
-    Resign,
-}
-
 /// The election state machine. See the [module docs](self).
 #[derive(Debug)]
 pub struct Machine {
     config: MachineConfig,
     state: State,
-    /// The KV operation in flight, with the instant it was asked for.
-    pending: Option<(Op, Instant)>,
-    actions: VecDeque<Action>,
+    /// The lease request in flight, with the instant it was asked for.
+    pending: Option<(Request, Instant)>,
+    /// A request asked for and not yet polled (at most one: see `pending`).
+    request: Option<Request>,
+    work: VecDeque<Work>,
     events: VecDeque<Event>,
     shutdown: bool,
     /// After a shutdown, the machine stops by this instant whatever is in flight: past the
@@ -332,7 +318,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// A new follower that contests at once (its first action is [`Action::Create`]).
+    /// A new follower that contests at once (its first request is [`Request::Create`]).
     pub fn new(config: MachineConfig, now: Instant) -> Self {
         Self::contesting_at(config, now, now)
     }
@@ -347,7 +333,8 @@ impl Machine {
                 next_try: first_try,
             },
             pending: None,
-            actions: VecDeque::new(),
+            request: None,
+            work: VecDeque::new(),
             events: VecDeque::new(),
             shutdown: false,
             stop_by: None,
@@ -356,7 +343,7 @@ impl Machine {
             make_bucket: false,
             hold_off: None,
         };
-        machine.handle_timeout(now);
+        machine.on_timeout(now);
         machine
     }
 
@@ -378,8 +365,13 @@ impl Machine {
         }
     }
 
-    /// The instant at which [`handle_timeout`](Self::handle_timeout) must be called. After
-    /// handling it, the next one is always later (never a busy loop); `None` once stopped.
+    /// Whether the machine has finished (after a shutdown).
+    pub fn is_stopped(&self) -> bool {
+        self.state == State::Stopped
+    }
+
+    /// The instant at which [`on_timeout`](Self::on_timeout) must be called. After handling
+    /// it, the next one is always later (never a busy loop); `None` once stopped.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let own = match self.state {
@@ -402,10 +394,18 @@ impl Machine {
         }
     }
 
-    /// The next action to carry out.
+    /// The next change to the leader's work. Drain this before
+    /// [`poll_request`](Self::poll_request): work stops before the key is given up.
     #[must_use]
-    pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+    pub fn poll_work(&mut self) -> Option<Work> {
+        self.work.pop_front()
+    }
+
+    /// The lease request to send, if one is due. Its outcome goes to
+    /// [`on_reply`](Self::on_reply).
+    #[must_use]
+    pub fn poll_request(&mut self) -> Option<Request> {
+        self.request.take()
     }
 
     /// The next event to report.
@@ -414,8 +414,15 @@ impl Machine {
         self.events.pop_front()
     }
 
-    /// Time has passed: fence past the deadline, renew or contest when due.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    /// Time has passed. In order:
+    /// - shutting down and `now` ≥ `shutdown + ttl` → `Stopped`, abandoning what is in flight;
+    /// - `Leader` and `now` ≥ its deadline (`sent + ttl - margin`) → [`Work::Stop`],
+    ///   [`LostReason::DeadlineExpired`], `Follower` that may reclaim its key;
+    /// - with no request in flight: `Leader` past `renew_at` → [`Request::Renew`];
+    ///   `Follower` while shutting down → `Resigning` with [`Request::Resign`] if the key may
+    ///   still be ours, else `Stopped`; `Resigning` → [`Request::Resign`]; `Follower` past
+    ///   `next_try` → [`Request::Reclaim`] of our key, else [`Request::Create`].
+    pub fn on_timeout(&mut self, now: Instant) {
         if self.stop_by.is_some_and(|t| now >= t) {
             // Shut down and nothing answered in time: abandon what is in flight.
             self.stop();
@@ -434,99 +441,72 @@ impl Machine {
         match self.state {
             State::Leader {
                 revision, renew_at, ..
-            } if now >= renew_at => self.request(Op::Renew, Action::Renew { revision }, now),
+            } if now >= renew_at => self.request(Request::Renew { revision }, now),
             // Shutting down: resign a key that may still be ours, else stop.
             State::Follower { own, .. } if self.shutdown => match own {
                 Some(revision) => {
                     self.state = State::Resigning { revision };
-                    self.request(Op::Resign, Action::Resign { revision }, now);
+                    self.request(Request::Resign { revision }, now);
                 }
                 None => self.stop(),
             },
-            State::Resigning { revision } => {
-                self.request(Op::Resign, Action::Resign { revision }, now);
-            }
+            State::Resigning { revision } => self.request(Request::Resign { revision }, now),
             State::Follower { own, next_try } if now >= next_try => match own {
-                Some(revision) => self.request(Op::Reclaim, Action::Reclaim { revision }, now),
+                Some(revision) => self.request(Request::Reclaim { revision }, now),
                 None => {
                     let make_bucket = std::mem::take(&mut self.make_bucket);
-                    self.request(Op::Create, Action::Create { make_bucket }, now);
+                    self.request(Request::Create { make_bucket }, now);
                 }
             },
             _ => {}
         }
     }
 
-    /// Feeds a result or an observation.
-    pub fn handle(&mut self, now: Instant, input: Input) {
-        // The deadline comes first: a reply arriving after it cannot extend a lease we
-        // already stopped trusting.
-        self.handle_timeout(now);
-        match input {
-            Input::Shutdown => self.shutdown(now),
-            Input::Created { revision, epoch } => {
-                if let Some((Op::Create, sent)) = self.pending.take() {
-                    self.lead(Term::new(epoch, revision), revision, sent, now);
+    /// The outcome of the request in flight (ignored when none is). The deadline is checked
+    /// first: a reply arriving after it cannot extend a lease we already stopped trusting.
+    ///
+    /// | reply | to | in state | becomes |
+    /// |---|---|---|---|
+    /// | `Created` / `Updated` | `Create` / `Reclaim` | any | `Leader` of (`epoch`, `revision`) with [`Work::Start`], [`Event::Elected`]; shutting down → `Resigning` with [`Request::Resign`]; past the deadline already → `Follower` that reclaims |
+    /// | `Updated` | `Renew` | `Leader` | `Leader`, deadline `sent + ttl - margin` |
+    /// | `Updated` | `Renew` | `Resigning` | [`Request::Resign`] of the new revision |
+    /// | `Updated` | `Renew` | `Follower` (fenced meanwhile) | `Follower` that reclaims the key at once (a new term) |
+    /// | `Conflict { ours }` | not `Resign` | `Leader` | `Leader` on that revision, same deadline, renew at once |
+    /// | `Conflict { ours }` | not `Resign` | `Resigning` / `Follower` | resign / reclaim that revision |
+    /// | `Conflict` | `Renew` | `Leader` | [`Work::Stop`], [`LostReason::Conflict`], `Follower` |
+    /// | `Conflict` | `Renew` | `Resigning` | `Stopped` (nothing to resign) |
+    /// | `Conflict` | `Create` / `Reclaim` | `Follower` | `Follower` of the holder, next try after the poll interval; shutting down → `Stopped` |
+    /// | `Conflict` / `Failed` / `Resigned` | `Resign` | `Resigning` | `Stopped`, or (work ended) `Follower` holding off a TTL |
+    /// | `Failed` | `Renew` | `Leader` | `Leader` until the deadline, retry after the retry interval |
+    /// | `Failed` | `Renew` | `Resigning` | [`Request::Resign`] of the revision we knew |
+    /// | `Failed` | `Create` / `Reclaim` | `Follower` | retry after the retry interval; shutting down → `Stopped` |
+    /// | `BucketGone` | any | any | shutting down → `Stopped`; else [`LostReason::BucketDeleted`] if leading, `Follower` holding off a TTL, then creating the bucket |
+    pub fn on_reply(&mut self, now: Instant, reply: Reply) {
+        self.on_timeout(now);
+        let Some((request, sent)) = self.pending.take() else {
+            return;
+        };
+        match reply {
+            Reply::Created { revision, epoch } => match request {
+                Request::Create { .. } => {
+                    self.lead(Term::new(epoch, revision), revision, sent, now)
                 }
-            }
-            Input::Updated { revision, epoch } => match self.pending.take() {
-                Some((Op::Renew, sent)) => {
-                    if let State::Leader { term, .. } = self.state {
-                        self.state = State::Leader {
-                            term,
-                            revision,
-                            deadline: sent + self.config.ttl - self.config.margin,
-                            renew_at: sent + self.config.renew_interval,
-                        };
-                    } else if let State::Resigning { .. } = self.state {
-                        self.request(Op::Resign, Action::Resign { revision }, now);
-                    } else {
-                        // We fenced while the renew was in flight, yet it landed: the key is
-                        // ours at `revision`. Reclaim it (new term) right away.
-                        self.state = State::Follower {
-                            own: Some(revision),
-                            next_try: now,
-                        };
-                    }
-                }
-                Some((Op::Reclaim, sent)) => {
-                    self.lead(Term::new(epoch, revision), revision, sent, now);
-                }
-                other => self.pending = other,
+                // (a reply of another kind than asked: not ours to act on)
+                _ => self.pending = Some((request, sent)),
             },
-            Input::Conflict {
+            Reply::Updated { revision, epoch } => match request {
+                Request::Renew { .. } => self.renewed(revision, sent, now),
+                Request::Reclaim { .. } => {
+                    self.lead(Term::new(epoch, revision), revision, sent, now);
+                }
+                _ => self.pending = Some((request, sent)),
+            },
+            Reply::Conflict {
                 ours: Some(revision),
                 ..
-            } if self.pending.is_some_and(|(op, _)| op != Op::Resign) => {
-                self.pending = None;
-                match self.state {
-                    // Our earlier renew landed after all. The deadline stays where the last
-                    // *confirmed* renew put it (that landed write was sent no earlier), and we
-                    // renew on the revision it left, at once.
-                    State::Leader { term, deadline, .. } => {
-                        self.state = State::Leader {
-                            term,
-                            revision,
-                            deadline,
-                            renew_at: now,
-                        };
-                    }
-                    State::Resigning { .. } => {
-                        self.state = State::Resigning { revision };
-                        self.request(Op::Resign, Action::Resign { revision }, now);
-                    }
-                    // Our key, and nobody else's: reclaim it rather than wait out its TTL.
-                    State::Follower { .. } => {
-                        self.state = State::Follower {
-                            own: Some(revision),
-                            next_try: now,
-                        };
-                    }
-                    State::Stopped => {}
-                }
-            }
-            Input::Conflict { holder, .. } => match self.pending.take() {
-                Some((Op::Renew, _)) => match self.state {
+            } if !matches!(request, Request::Resign { .. }) => self.found_our_write(revision, now),
+            Reply::Conflict { holder, .. } => match request {
+                Request::Renew { .. } => match self.state {
                     State::Leader { term, .. } => {
                         self.lose(term, LostReason::Conflict, None, now);
                         self.follow(holder, now);
@@ -538,107 +518,141 @@ impl Machine {
                         self.follow(holder, now);
                     }
                 },
-                Some((Op::Create | Op::Reclaim, _)) if self.shutdown => self.stop(),
-                Some((Op::Create | Op::Reclaim, _)) => {
+                Request::Create { .. } | Request::Reclaim { .. } if self.shutdown => self.stop(),
+                Request::Create { .. } | Request::Reclaim { .. } => {
                     self.forget_own(now);
                     self.follow(holder, now);
                 }
-                Some((Op::Resign, _)) => self.resigned(now),
-                None => {}
+                Request::Resign { .. } => self.resigned(now),
             },
-            Input::Failed => match self.pending.take() {
-                Some((Op::Renew, _)) => {
-                    if let State::Leader {
-                        term,
-                        revision,
-                        deadline,
-                        ..
-                    } = self.state
-                    {
-                        // Keep leading until the deadline; retry soon.
-                        self.state = State::Leader {
-                            term,
-                            revision,
-                            deadline,
-                            renew_at: now + self.config.retry_interval,
-                        };
-                    } else if let State::Resigning { revision } = self.state {
-                        // Unknown whether it landed: resign with the revision we knew.
-                        self.request(Op::Resign, Action::Resign { revision }, now);
-                    } else {
-                        self.retry_soon(now);
+            Reply::Failed => match request {
+                Request::Renew { .. } => match self.state {
+                    // Keep leading until the deadline; retry soon.
+                    State::Leader {
+                        ref mut renew_at, ..
+                    } => {
+                        *renew_at = now + self.config.retry_interval;
                     }
-                }
-                Some((Op::Create | Op::Reclaim, _)) if self.shutdown => self.stop(),
-                Some((Op::Create | Op::Reclaim, _)) => self.retry_soon(now),
+                    // Unknown whether it landed: resign with the revision we knew.
+                    State::Resigning { revision } => {
+                        self.request(Request::Resign { revision }, now);
+                    }
+                    _ => self.retry_soon(now),
+                },
+                Request::Create { .. } | Request::Reclaim { .. } if self.shutdown => self.stop(),
+                Request::Create { .. } | Request::Reclaim { .. } => self.retry_soon(now),
                 // The resign's effect is unknown; the lease expires by itself at worst.
-                Some((Op::Resign, _)) => self.resigned(now),
-                None => {}
+                Request::Resign { .. } => self.resigned(now),
             },
-            Input::BucketGone => match self.pending.take() {
-                Some(_) if self.shutdown => self.stop(),
-                Some(_) => {
-                    if let State::Leader { term, .. } = self.state {
-                        self.lose(term, LostReason::BucketDeleted, None, now);
-                    }
-                    // Whoever led may work until its last `sent + ttl - margin`: nobody
-                    // contests (and re-creates the bucket) before a TTL from now.
-                    self.make_bucket = true;
-                    self.hold_off_for_a_ttl(now);
+            Reply::BucketGone if self.shutdown => self.stop(),
+            Reply::BucketGone => {
+                if let State::Leader { term, .. } = self.state {
+                    self.lose(term, LostReason::BucketDeleted, None, now);
                 }
-                None => {}
-            },
-            Input::WorkEnded {
-                term: ended,
-                panicked,
-            } => {
-                if let State::Leader { term, revision, .. } = self.state
-                    && term == ended
-                {
-                    // Leading without working starves everyone: hand the key back.
-                    self.stop_work(term, now);
-                    self.events.push_back(Event::Lost {
-                        term,
-                        reason: if panicked {
-                            LostReason::WorkPanicked
-                        } else {
-                            LostReason::WorkEnded
-                        },
-                    });
-                    self.state = State::Resigning { revision };
-                    // With a renew in flight, the resign follows its reply.
-                }
+                // Whoever led may work until its last `sent + ttl - margin`: nobody
+                // contests (and re-creates the bucket) before a TTL from now.
+                self.make_bucket = true;
+                self.hold_off_for_a_ttl(now);
             }
-            Input::Resigned => {
-                if let Some((Op::Resign, _)) = self.pending {
-                    self.pending = None;
-                    self.resigned(now);
-                }
-            }
-            Input::KeyGone { revision } => match self.state {
-                State::Leader { term, .. } if revision > term.revision => {
-                    // Deleted or expired after we took it: we do not lead any more.
-                    self.lose(term, LostReason::KeyGone, None, now);
-                    self.contest_now(now);
-                }
-                // After a missing bucket or failed work, the TTL wait is not shortened.
-                State::Follower { .. } if self.hold_off.is_some_and(|t| now < t) => {}
-                State::Follower { .. } => {
-                    self.forget_own(now);
-                    self.contest_now(now);
-                    if self.pending.is_some() {
-                        self.contest_asap = true;
-                    }
-                }
-                _ => {}
+            Reply::Resigned => match request {
+                Request::Resign { .. } => self.resigned(now),
+                _ => self.pending = Some((request, sent)),
             },
-            Input::KeyWritten { holder } => {
-                if matches!(self.state, State::Follower { .. }) {
-                    self.report_holder(Some(holder));
+        }
+        self.on_timeout(now);
+    }
+
+    /// Stop: resign if leading, then end.
+    /// - `Leader` → [`Work::Stop`], [`LostReason::Resigned`], `Resigning` with
+    ///   [`Request::Resign`] (with a renew in flight, the resign follows its reply with the
+    ///   revision it leaves);
+    /// - `Follower` with nothing in flight → `Resigning` if the key may still be ours, else
+    ///   `Stopped`; with a create/reclaim in flight, its reply decides (a won key is resigned
+    ///   at once, no work started).
+    ///
+    /// Whatever happens next, the machine is `Stopped` by `now + ttl` (past that, the key
+    /// expires on the server by itself).
+    pub fn on_shutdown(&mut self, now: Instant) {
+        self.on_timeout(now);
+        if !self.shutdown {
+            self.shutdown = true;
+            self.stop_by = Some(now + self.config.ttl);
+            if let State::Leader { term, revision, .. } = self.state {
+                // Work stops before the key is given up, so the next leader never overlaps.
+                self.stop_work(term, now);
+                self.events.push_back(Event::Lost {
+                    term,
+                    reason: LostReason::Resigned,
+                });
+                self.state = State::Resigning { revision };
+                if self.pending.is_none() {
+                    self.request(Request::Resign { revision }, now);
                 }
             }
         }
-        self.handle_timeout(now);
+        self.on_timeout(now);
+    }
+
+    /// The work of `term` ended by itself (returned, or `panicked`). Leading in `term` →
+    /// [`Work::Stop`], [`LostReason::WorkPanicked`] / [`LostReason::WorkEnded`],
+    /// `Resigning` with [`Request::Resign`] (after a renew in flight); once resigned, a
+    /// `Follower` that contests again only a TTL later. Another term: nothing.
+    pub fn on_work_ended(&mut self, now: Instant, ended: Term, panicked: bool) {
+        self.on_timeout(now);
+        if let State::Leader { term, revision, .. } = self.state
+            && term == ended
+        {
+            // Leading without working starves everyone: hand the key back.
+            self.stop_work(term, now);
+            self.events.push_back(Event::Lost {
+                term,
+                reason: if panicked {
+                    LostReason::WorkPanicked
+                } else {
+                    LostReason::WorkEnded
+                },
+            });
+            self.state = State::Resigning { revision };
+            // With a renew in flight, the resign follows its reply.
+        }
+        self.on_timeout(now);
+    }
+
+    /// The watch saw the key deleted, purged or expired at `revision`.
+    /// - `Leader` of a term before `revision` → [`Work::Stop`], [`LostReason::KeyGone`],
+    ///   `Follower` that contests at once (an older marker means nothing);
+    /// - `Follower` → contest at once (right after the request in flight, if any), unless
+    ///   holding off after a missing bucket or failed work.
+    pub fn on_key_gone(&mut self, now: Instant, revision: u64) {
+        self.on_timeout(now);
+        match self.state {
+            State::Leader { term, .. } if revision > term.revision => {
+                // Deleted or expired after we took it: we do not lead any more.
+                self.lose(term, LostReason::KeyGone, None, now);
+                self.contest_now(now);
+            }
+            // After a missing bucket or failed work, the TTL wait is not shortened.
+            State::Follower { .. } if self.hold_off.is_some_and(|t| now < t) => {}
+            State::Follower { .. } => {
+                self.forget_own(now);
+                self.contest_now(now);
+                if self.pending.is_some() {
+                    self.contest_asap = true;
+                }
+            }
+            _ => {}
+        }
+        self.on_timeout(now);
+    }
+
+    /// The watch saw the key written by `holder`: a `Follower` reports it
+    /// ([`Event::Following`], once per holder); ignored otherwise.
+    pub fn on_key_written(&mut self, now: Instant, holder: Holder) {
+        self.on_timeout(now);
+        if matches!(self.state, State::Follower { .. }) {
+            self.report_holder(Some(holder));
+        }
+        self.on_timeout(now);
     }
 
     fn own_revision(&self) -> Option<u64> {
@@ -648,13 +662,66 @@ impl Machine {
         }
     }
 
-    fn request(&mut self, op: Op, action: Action, now: Instant) {
+    fn request(&mut self, request: Request, now: Instant) {
         debug_assert!(self.pending.is_none());
-        if op == Op::Create {
+        if let Request::Create { .. } = request {
             self.contest_asap = false;
         }
-        self.pending = Some((op, now));
-        self.actions.push_back(action);
+        self.pending = Some((request, now));
+        self.request = Some(request);
+    }
+
+    /// A renew succeeded.
+    fn renewed(&mut self, revision: u64, sent: Instant, now: Instant) {
+        match self.state {
+            State::Leader { term, .. } => {
+                self.state = State::Leader {
+                    term,
+                    revision,
+                    deadline: sent + self.config.ttl - self.config.margin,
+                    renew_at: sent + self.config.renew_interval,
+                };
+            }
+            State::Resigning { .. } => self.request(Request::Resign { revision }, now),
+            // We fenced while the renew was in flight, yet it landed: the key is ours at
+            // `revision`. Reclaim it (new term) right away.
+            _ => {
+                self.state = State::Follower {
+                    own: Some(revision),
+                    next_try: now,
+                };
+            }
+        }
+    }
+
+    /// A request found the key at `revision`, written by an earlier request of ours whose
+    /// reply was lost.
+    fn found_our_write(&mut self, revision: u64, now: Instant) {
+        match self.state {
+            // Our earlier renew landed after all. The deadline stays where the last
+            // *confirmed* renew put it (that landed write was sent no earlier), and we renew
+            // on the revision it left, at once.
+            State::Leader { term, deadline, .. } => {
+                self.state = State::Leader {
+                    term,
+                    revision,
+                    deadline,
+                    renew_at: now,
+                };
+            }
+            State::Resigning { .. } => {
+                self.state = State::Resigning { revision };
+                self.request(Request::Resign { revision }, now);
+            }
+            // Our key, and nobody else's: reclaim it rather than wait out its TTL.
+            State::Follower { .. } => {
+                self.state = State::Follower {
+                    own: Some(revision),
+                    next_try: now,
+                };
+            }
+            State::Stopped => {}
+        }
     }
 
     fn report_holder(&mut self, holder: Option<Holder>) {
@@ -668,7 +735,7 @@ impl Machine {
         if self.shutdown {
             // Won while shutting down: give it straight back, no work started.
             self.state = State::Resigning { revision };
-            self.request(Op::Resign, Action::Resign { revision }, now);
+            self.request(Request::Resign { revision }, now);
             return;
         }
         let deadline = sent + self.config.ttl - self.config.margin;
@@ -687,7 +754,7 @@ impl Machine {
             renew_at: sent + self.config.renew_interval,
         };
         self.known = None;
-        self.actions.push_back(Action::StartWork { term });
+        self.work.push_back(Work::Start { term });
         self.events.push_back(Event::Elected { term });
     }
 
@@ -701,7 +768,7 @@ impl Machine {
             State::Leader { deadline, .. } => deadline.min(now),
             _ => now,
         };
-        self.actions.push_back(Action::StopWork {
+        self.work.push_back(Work::Stop {
             term,
             abort_at: (deadline + self.config.margin / 2).max(now + self.config.margin / 4),
         });
@@ -745,32 +812,6 @@ impl Machine {
         }
     }
 
-    fn shutdown(&mut self, now: Instant) {
-        if self.shutdown {
-            return;
-        }
-        self.shutdown = true;
-        self.stop_by = Some(now + self.config.ttl);
-        match self.state {
-            State::Leader { term, revision, .. } => {
-                // Work stops before the key is given up, so the next leader never overlaps.
-                self.stop_work(term, now);
-                self.events.push_back(Event::Lost {
-                    term,
-                    reason: LostReason::Resigned,
-                });
-                self.state = State::Resigning { revision };
-                if self.pending.is_none() {
-                    self.request(Op::Resign, Action::Resign { revision }, now);
-                }
-                // Otherwise a renew is in flight: resign with the revision it leaves.
-            }
-            // Nothing in flight: `handle_timeout` resigns a key that may be ours, or stops.
-            // A create/reclaim in flight: wait for it (if it wins we resign at once).
-            State::Follower { .. } | State::Resigning { .. } | State::Stopped => {}
-        }
-    }
-
     /// The resign is over (done, or its effect unknown): stop if shutting down. Otherwise
     /// the work ended by itself: follow, and contest again only a TTL later (others,
     /// watching, contest at once), so work that keeps failing never makes a hot loop.
@@ -796,11 +837,7 @@ impl Machine {
     fn stop(&mut self) {
         self.state = State::Stopped;
         self.pending = None;
-    }
-
-    /// Whether the machine has finished (after a shutdown).
-    pub fn is_stopped(&self) -> bool {
-        self.state == State::Stopped
+        self.request = None;
     }
 }
 

@@ -1,9 +1,11 @@
-//! The KV side of the election: the bucket, the lease requests the machine asks for, and
-//! what the lease key holds. The driver (`driver.rs`) is the select loop around it.
+//! The KV side of the election: the bucket (`prepare`), the lease requests the machine asks
+//! for (`execute`), the watch on the key and what its events mean (`watched`), and what the
+//! lease key holds (`read_holder`, `read_leader`). The driver (`driver.rs`) is the select loop
+//! around it and the public `Election` API.
 //!
 //! Every lease request is conditioned (create-if-absent, update/delete at a revision); a
 //! bucket that vanished is never silently re-created by a lease request that may then lead
-//! (see [`Action::Create`]); the bucket epoch of a [`Term`] is checked after each write that
+//! (see [`Request::Create`]); the bucket epoch of a [`Term`] is checked after each write that
 //! starts a term.
 
 use std::{
@@ -23,14 +25,26 @@ use crate::{
     ElectionConfig, Error, ErrorKind, Term,
     error::from_kv,
     lease::{Lease, now_ms},
-    machine::{Action, Holder, Input},
+    machine::{Holder, Reply, Request},
 };
 
-/// A lease request in flight, yielding the machine's input.
-pub(crate) type Op = Pin<Box<dyn Future<Output = Input> + Send>>;
+/// A lease request in flight, yielding its outcome for the machine.
+pub(crate) type InFlight = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
 /// A watch being re-created.
 pub(crate) type Rewatch = Pin<Box<dyn Future<Output = Option<natty_kv::Watch>> + Send>>;
+
+/// What the watch on the lease key saw, for the machine.
+#[derive(Debug)]
+pub(crate) enum Watched {
+    /// Written by this holder.
+    Written(Holder),
+    /// Deleted, purged or expired at `revision`.
+    Gone {
+        /// The marker's revision.
+        revision: u64,
+    },
+}
 
 /// The election's bucket and lease key.
 #[derive(Debug, Clone)]
@@ -54,6 +68,27 @@ impl LeaseStore {
             .watch_key(&self.config.bucket, &self.config.key)
             .await
             .map_err(from_kv)
+    }
+
+    /// What a watch event on the key means for the machine; `None` for a value that is not a
+    /// lease (ignored). A holder's newer bucket epoch is adopted (see `adopt_epoch`).
+    pub(crate) fn watched(&self, event: &natty_kv::Event) -> Option<Watched> {
+        match event.kind {
+            natty_kv::EventKind::Put => {
+                let lease = Lease::decode(&event.value)?;
+                // A leader elected in a newer bucket epoch vetted that epoch (it waited out
+                // any older leader): adopt it, so our next create does not mistake it for a
+                // re-creation.
+                self.adopt_epoch(lease.epoch);
+                Some(Watched::Written(Holder {
+                    term: lease.term_at(event.revision),
+                    node: lease.node,
+                }))
+            }
+            _ => Some(Watched::Gone {
+                revision: event.revision,
+            }),
+        }
     }
 
     /// Adopts a newer bucket epoch seen in a holder's lease: a leader elected in it vetted it
@@ -145,9 +180,9 @@ impl LeaseStore {
         ))
     }
 
-    /// The KV request for an action, as a future that yields the machine's input. `held` is
+    /// The KV request for a lease request, as a future that yields its outcome. `held` is
     /// the term we lead in and since when (ms since the Unix epoch), for a renew.
-    pub(crate) fn execute(&self, action: Action, held: Option<(Term, u64)>) -> Op {
+    pub(crate) fn execute(&self, request: Request, held: Option<(Term, u64)>) -> InFlight {
         let kv = self.kv.clone();
         let known_epoch = self.known_epoch.clone();
         let refused = self.refused.clone();
@@ -156,8 +191,8 @@ impl LeaseStore {
         let instance = self.instance;
         let machine = c.machine();
         // A renew must not wait past the next renew; other requests get the client's timeout.
-        let limit = match action {
-            Action::Renew { .. } => machine.renew_interval,
+        let limit = match request {
+            Request::Renew { .. } => machine.renew_interval,
             _ => kv.client().request_timeout(),
         };
         Box::pin(async move {
@@ -168,9 +203,9 @@ impl LeaseStore {
                 epoch,
                 since_ms,
             };
-            let request = async {
-                match action {
-                    Action::Create { make_bucket } => {
+            let attempt = async {
+                match request {
+                    Request::Create { make_bucket } => {
                         if make_bucket {
                             // A TTL after the bucket was found missing: nobody can still
                             // work under its old lease, so re-create it and take its epoch.
@@ -182,7 +217,7 @@ impl LeaseStore {
                                 Err(_) => {}
                             }
                             let Some(epoch) = bucket_epoch(&kv, &c.bucket).await? else {
-                                return Ok(Input::BucketGone);
+                                return Ok(Reply::BucketGone);
                             };
                             // Someone may have re-created it with a shorter TTL or without
                             // per-key TTL: never lead with a lease shorter than we believe.
@@ -206,7 +241,7 @@ impl LeaseStore {
                                 *refused
                                     .lock()
                                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
-                                return Ok(Input::Failed);
+                                return Ok(Reply::Failed);
                             }
                             known_epoch.store(epoch, Ordering::Relaxed);
                         }
@@ -221,14 +256,14 @@ impl LeaseStore {
                             kv.create(&c.bucket, &c.key, value).await
                         }?;
                         if !same_epoch(&kv, &c.bucket, epoch).await? {
-                            return Ok(Input::BucketGone);
+                            return Ok(Reply::BucketGone);
                         }
-                        Ok(Input::Created {
+                        Ok(Reply::Created {
                             revision: created,
                             epoch,
                         })
                     }
-                    Action::Renew { revision } => {
+                    Request::Renew { revision } => {
                         let (term, since_ms) = held.unwrap_or_default();
                         let value = lease(Some(term.revision), term.epoch, since_ms).encode();
                         let updated = if per_key_ttl {
@@ -237,12 +272,12 @@ impl LeaseStore {
                         } else {
                             kv.update(&c.bucket, &c.key, value, revision).await
                         }?;
-                        Ok(Input::Updated {
+                        Ok(Reply::Updated {
                             revision: updated,
                             epoch: term.epoch,
                         })
                     }
-                    Action::Reclaim { revision } => {
+                    Request::Reclaim { revision } => {
                         let epoch = known_epoch.load(Ordering::Relaxed);
                         let value = lease(None, epoch, now_ms()).encode();
                         let updated = if per_key_ttl {
@@ -252,14 +287,14 @@ impl LeaseStore {
                             kv.update(&c.bucket, &c.key, value, revision).await
                         }?;
                         if !same_epoch(&kv, &c.bucket, epoch).await? {
-                            return Ok(Input::BucketGone);
+                            return Ok(Reply::BucketGone);
                         }
-                        Ok(Input::Updated {
+                        Ok(Reply::Updated {
                             revision: updated,
                             epoch,
                         })
                     }
-                    Action::Resign { revision } => {
+                    Request::Resign { revision } => {
                         let mut revision = revision;
                         // If a renew of ours landed unseen, the key is ours at a later
                         // revision: resign that one (twice at most).
@@ -271,17 +306,14 @@ impl LeaseStore {
                                         _ => break,
                                     }
                                 }
-                                other => return other.map(|()| Input::Resigned),
+                                other => return other.map(|()| Reply::Resigned),
                             }
                         }
-                        Ok(Input::Resigned)
-                    }
-                    Action::StartWork { .. } | Action::StopWork { .. } => {
-                        unreachable!("work actions are handled by the driver")
+                        Ok(Reply::Resigned)
                     }
                 }
             };
-            match tokio::time::timeout(limit, request).await {
+            match tokio::time::timeout(limit, attempt).await {
                 Ok(Ok(input)) => input,
                 // A write answered "no responders" (503) also reads as `BucketNotFound`, yet a
                 // replicated stream electing its leader answers that for seconds: only the
@@ -289,12 +321,12 @@ impl LeaseStore {
                 Ok(Err(e)) if e.kind() == natty_kv::ErrorKind::BucketNotFound => {
                     match bucket_epoch(&kv, &c.bucket).await {
                         Ok(None) => {
-                            warn!(error = %e, ?action, "the election bucket is gone");
-                            Input::BucketGone
+                            warn!(error = %e, ?request, "the election bucket is gone");
+                            Reply::BucketGone
                         }
                         _ => {
-                            warn!(error = %e, ?action, "election request failed (the bucket exists)");
-                            Input::Failed
+                            warn!(error = %e, ?request, "election request failed (the bucket exists)");
+                            Reply::Failed
                         }
                     }
                 }
@@ -309,15 +341,15 @@ impl LeaseStore {
                         // (see the watch: a holder's newer epoch was vetted by its election)
                         known_epoch.fetch_max(h.term.epoch, Ordering::Relaxed);
                     }
-                    Input::Conflict { holder, ours }
+                    Reply::Conflict { holder, ours }
                 }
                 Ok(Err(e)) => {
-                    warn!(error = %e, ?action, "election request failed");
-                    Input::Failed
+                    warn!(error = %e, ?request, "election request failed");
+                    Reply::Failed
                 }
                 Err(_) => {
-                    warn!(?action, ?limit, "election request timed out");
-                    Input::Failed
+                    warn!(?request, ?limit, "election request timed out");
+                    Reply::Failed
                 }
             }
         })
@@ -399,6 +431,22 @@ async fn same_epoch(kv: &Kv, bucket: &str, epoch: u64) -> Result<bool, natty_kv:
 
 /// JetStream's "stream not found".
 const STREAM_NOT_FOUND: u64 = 10059;
+
+/// The current leader as stored in the lease key, if any.
+pub(crate) async fn read_leader(
+    kv: &Kv,
+    c: &ElectionConfig,
+) -> Result<Option<crate::LeaderInfo>, Error> {
+    let entry = kv.get(&c.bucket, &c.key).await.map_err(from_kv)?;
+    Ok(entry.and_then(|e| {
+        let lease = Lease::decode(&e.value)?;
+        Some(crate::LeaderInfo {
+            node: lease.node.clone(),
+            term: lease.term_at(e.revision),
+            since: lease.since(),
+        })
+    }))
+}
 
 /// Who holds the key now, and its revision if it is this instance's own write.
 async fn read_holder(kv: &Kv, c: &ElectionConfig, instance: u64) -> (Option<Holder>, Option<u64>) {

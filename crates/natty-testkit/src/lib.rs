@@ -5,6 +5,8 @@
 //! - [`NatsCluster::start`]: three (or more) JetStream nodes on their own Docker network.
 //! - Fault hooks on every server: stop, kill, start again (same storage and port), pause,
 //!   unpause, and for cluster nodes disconnect/reconnect from the cluster network.
+//! - [`procs`]: multi-process tests — spawn, signal, and a typed JSON-line protocol with
+//!   monotonic timestamps.
 //!
 //! The image is found or built by [`setup`] (see [`image`]); containers are removed when their
 //! handle drops. Integration tests are `#[ignore]`d so a plain `cargo test` passes without
@@ -21,6 +23,8 @@ pub mod certs;
 mod cluster;
 #[cfg(feature = "containers")]
 pub mod image;
+#[cfg(feature = "containers")]
+pub mod procs;
 #[cfg(feature = "containers")]
 mod server;
 pub mod setup;

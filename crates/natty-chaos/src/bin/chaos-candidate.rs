@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use natty::{ElectionConfig, Kv, kv::ErrorKind};
-use natty_chaos::{arg, cancel_on_sigterm, emit, init_logs, mono_ns};
-use serde_json::json;
+use natty_chaos::{Event, arg, cancel_on_sigterm, emit, init_logs, mono_ns, wire};
 
 /// Writes `term` to the sink if the sink holds no higher term (compared as
 /// `Term::as_u128`). `Ok(true)`: accepted.
@@ -67,7 +66,12 @@ async fn main() -> anyhow::Result<()> {
     // `--drop-on-term`: on SIGTERM, drop the `run` future instead of cancelling it (what
     // `select!`/`timeout` users do): the work must stop at once, without a resign.
     let drop_on_term = std::env::args().any(|a| a == "--drop-on-term");
-    emit(json!({"node": node, "event": "ready", "pid": std::process::id(), "mono_ns": mono_ns()}));
+    emit(
+        &node,
+        Event::Ready {
+            pid: std::process::id(),
+        },
+    );
     let n = node.clone();
     let run_cancel = if drop_on_term {
         natty::CancellationToken::new()
@@ -75,39 +79,51 @@ async fn main() -> anyhow::Result<()> {
         cancel.clone()
     };
     let run = election.run(run_cancel, move |lead| {
-            let (node, kv, sink) = (n.clone(), kv.clone(), sink.clone());
-            async move {
-                emit(json!({"node": node, "event": "elected", "term": lead.term, "mono_ns": mono_ns()}));
-                loop {
-                    if unsafe_no_check || lead.is_valid() {
-                        emit(json!({"node": node, "event": "work", "term": lead.term, "mono_ns": mono_ns()}));
-                        let issued = mono_ns();
-                        match sink_write(&kv, &sink, lead.term).await {
-                            Ok(accepted) => emit(json!({"node": node, "event": "sink", "term": lead.term,
-                                "accepted": accepted, "issued_ns": issued, "mono_ns": mono_ns()})),
-                            Err(e) => emit(json!({"node": node, "event": "sink-error", "term": lead.term,
-                                "error": e.to_string(), "mono_ns": mono_ns()})),
-                        }
-                    }
-                    tokio::select! {
-                        () = lead.lost.cancelled() => break,
-                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        let (node, kv, sink) = (n.clone(), kv.clone(), sink.clone());
+        async move {
+            let term = wire(lead.term);
+            emit(&node, Event::Elected { term, server: None });
+            loop {
+                if unsafe_no_check || lead.is_valid() {
+                    emit(&node, Event::Work { term });
+                    let issued = mono_ns();
+                    match sink_write(&kv, &sink, lead.term).await {
+                        Ok(accepted) => emit(
+                            &node,
+                            Event::Sink {
+                                term,
+                                accepted,
+                                issued_ns: issued,
+                            },
+                        ),
+                        Err(e) => emit(
+                            &node,
+                            Event::SinkError {
+                                term,
+                                error: e.to_string(),
+                            },
+                        ),
                     }
                 }
-                emit(json!({"node": node, "event": "lost", "term": lead.term, "mono_ns": mono_ns()}));
+                tokio::select! {
+                    () = lead.lost.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
             }
+            emit(&node, Event::Lost { term });
+        }
     });
     if drop_on_term {
         tokio::select! {
             result = run => result?,
             () = cancel.cancelled() => {
-                emit(json!({"node": node, "event": "dropped", "mono_ns": mono_ns()}));
+                emit(&node, Event::Dropped);
             }
         }
         // The run future is gone: its work was aborted; nothing of ours runs any more.
     } else {
         run.await?;
     }
-    emit(json!({"node": node, "event": "exit", "mono_ns": mono_ns()}));
+    emit(&node, Event::Exit { acked: None });
     Ok(())
 }

@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use natty::{ConsumeOptions, Consumer};
-use natty_chaos::{DEAD_LETTER_EVERY, arg, cancel_on_sigterm, emit, init_logs, mono_ns};
-use serde_json::json;
+use natty_chaos::{DEAD_LETTER_EVERY, Event, arg, cancel_on_sigterm, emit, init_logs};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -35,7 +34,12 @@ async fn main() -> anyhow::Result<()> {
             .retry_delay(Duration::from_millis(100), Duration::from_secs(2)),
     )?;
     let cancel = cancel_on_sigterm();
-    emit(json!({"node": id, "event": "ready", "pid": std::process::id(), "mono_ns": mono_ns()}));
+    emit(
+        &id,
+        Event::Ready {
+            pid: std::process::id(),
+        },
+    );
     let who = id.clone();
     let stats = consumer
         .consume(cancel, move |m| {
@@ -47,7 +51,13 @@ async fn main() -> anyhow::Result<()> {
                         .try_into()
                         .map_err(|_| natty::HandlerError::permanent("not a number"))?,
                 );
-                emit(json!({"node": who, "event": "processed", "n": n, "delivered": m.delivered}));
+                emit(
+                    &who,
+                    Event::Processed {
+                        n,
+                        delivered: m.delivered,
+                    },
+                );
                 if n % DEAD_LETTER_EVERY == 0 {
                     return Err(natty::HandlerError::permanent("chaos: refused for good"));
                 }
@@ -55,6 +65,11 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await?;
-    emit(json!({"node": id, "event": "exit", "acked": stats.acked, "mono_ns": mono_ns()}));
+    emit(
+        &id,
+        Event::Exit {
+            acked: Some(stats.acked),
+        },
+    );
     Ok(())
 }

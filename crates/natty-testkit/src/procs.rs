@@ -1,0 +1,295 @@
+//! Multi-process tests: child processes (election candidates, consumers) report what they do
+//! as JSON lines on stdout, stamped with `CLOCK_MONOTONIC` (comparable across processes on one
+//! host); the test spawns them, signals them (SIGSTOP/SIGCONT/SIGTERM/SIGKILL) and judges from
+//! the lines. One typed protocol ([`Line`], [`Event`]) for the children that write and the
+//! tests that read: a line that does not parse is kept as such ([`Lines::unreadable`]), never
+//! read as zeros.
+//!
+//! Used by natty-election's `processes` suite (its `candidate` example) and by natty-chaos.
+
+use std::{
+    process::Stdio,
+    sync::{Arc, Mutex},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+/// `CLOCK_MONOTONIC` in ns: comparable across processes on one host.
+pub fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+}
+
+/// A leader's term on the wire: the same fields and order as `natty_election::Term`
+/// (`epoch`, then `revision`), which serializes to this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Term {
+    /// The bucket's epoch.
+    pub epoch: u64,
+    /// The key's revision when the term began.
+    pub revision: u64,
+}
+
+/// What a child process reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// Started (before anything else).
+    Ready {
+        /// Its process id.
+        pid: u32,
+    },
+    /// Became leader in `term`.
+    Elected {
+        /// The term.
+        term: Term,
+        /// The server it is connected to, if it knows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server: Option<String>,
+    },
+    /// Did its leader work in `term` (after checking the lease right before).
+    Work {
+        /// The term.
+        term: Term,
+    },
+    /// Wrote `term` to a fenced sink: `accepted` unless a newer term had written.
+    Sink {
+        /// The term.
+        term: Term,
+        /// Whether the sink took the write.
+        accepted: bool,
+        /// When the write was issued (`mono_ns`).
+        issued_ns: u64,
+    },
+    /// The sink write failed.
+    SinkError {
+        /// The term.
+        term: Term,
+        /// Why.
+        error: String,
+    },
+    /// Its work saw `lost` for `term`.
+    Lost {
+        /// The term.
+        term: Term,
+    },
+    /// It dropped its `run` future (instead of cancelling it).
+    Dropped,
+    /// A consumer handled message number `n` (delivery attempt `delivered`).
+    Processed {
+        /// The number.
+        n: u64,
+        /// The delivery attempt.
+        delivered: u64,
+    },
+    /// About to exit normally.
+    Exit {
+        /// Messages acked, for a consumer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        acked: Option<u64>,
+    },
+}
+
+/// One line: who, when, what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    /// The process's name (node or consumer id).
+    pub node: String,
+    /// When, by `CLOCK_MONOTONIC` ([`mono_ns`]).
+    pub mono_ns: u64,
+    /// What.
+    #[serde(flatten)]
+    pub event: Event,
+    /// Which incarnation of `node` printed it (`name#n`), set by the reader.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub proc: String,
+}
+
+impl Line {
+    /// The line's term, if its event has one.
+    pub fn term(&self) -> Option<Term> {
+        match &self.event {
+            Event::Elected { term, .. }
+            | Event::Work { term }
+            | Event::Sink { term, .. }
+            | Event::SinkError { term, .. }
+            | Event::Lost { term } => Some(*term),
+            _ => None,
+        }
+    }
+
+    /// Parses a line as printed by [`emit`].
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+/// Prints `event` of `node` as one JSON line, stamped now (one write, so lines from concurrent
+/// tasks never interleave).
+#[allow(
+    clippy::print_stdout,
+    reason = "child processes report on stdout, one JSON line per event"
+)]
+pub fn emit(node: &str, event: Event) {
+    let line = Line {
+        node: node.to_owned(),
+        mono_ns: mono_ns(),
+        event,
+        proc: String::new(),
+    };
+    if let Ok(text) = serde_json::to_string(&line) {
+        println!("{text}");
+    }
+}
+
+/// Every line the spawned processes printed, in arrival order, shared with the readers.
+#[derive(Debug, Clone, Default)]
+pub struct Lines(Arc<Mutex<Collected>>);
+
+#[derive(Debug, Default)]
+struct Collected {
+    lines: Vec<Line>,
+    unreadable: Vec<String>,
+}
+
+impl Lines {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Collected> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A copy of every line so far.
+    pub fn all(&self) -> Vec<Line> {
+        self.lock().lines.clone()
+    }
+
+    /// The first line so far that `pred` accepts.
+    pub fn find(&self, pred: impl Fn(&Line) -> bool) -> Option<Line> {
+        self.lock().lines.iter().find(|l| pred(l)).cloned()
+    }
+
+    /// Whether some line so far matches `pred`.
+    pub fn any(&self, pred: impl Fn(&Line) -> bool) -> bool {
+        self.lock().lines.iter().any(pred)
+    }
+
+    /// Output lines that are not [`Line`]s (a protocol mismatch, a stray print).
+    pub fn unreadable(&self) -> Vec<String> {
+        self.lock().unreadable.clone()
+    }
+
+    /// Records a printed line of process `tag`.
+    pub fn push_text(&self, tag: &str, text: &str) {
+        match Line::parse(text) {
+            Ok(mut line) => {
+                line.proc = tag.to_owned();
+                self.lock().lines.push(line);
+            }
+            Err(_) => self.lock().unreadable.push(format!("{tag}: {text}")),
+        }
+    }
+
+    /// Spawns `cmd` (killed when its handle drops) and collects its stdout lines, tagged `tag`.
+    pub fn spawn(&self, mut cmd: Command, tag: &str) -> anyhow::Result<Child> {
+        let mut child = cmd.stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let (lines, tag) = (self.clone(), tag.to_owned());
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(text)) = reader.next_line().await {
+                lines.push_text(&tag, &text);
+            }
+        });
+        Ok(child)
+    }
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`, `-TERM`, `-KILL`) to process `pid`.
+pub async fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "kill {sig} {pid} failed");
+    Ok(())
+}
+
+/// The path of a sibling binary of the running test or program: `target/<profile>/<name>`
+/// from a binary in `target/<profile>/`, or from a test in `target/<profile>/deps/`,
+/// `target/<profile>/examples/<name>` when `example` is set.
+pub fn sibling_binary(name: &str, example: bool) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no parent of {}", exe.display()))?
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = if example {
+        dir.join("examples").join(name)
+    } else {
+        dir.join(name)
+    };
+    anyhow::ensure!(
+        path.exists(),
+        "{} missing: build it first (cargo test builds the examples)",
+        path.display()
+    );
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip_and_garbage_is_kept_apart() {
+        let term = Term {
+            epoch: 5,
+            revision: 7,
+        };
+        let line = Line {
+            node: "a".into(),
+            mono_ns: 42,
+            event: Event::Sink {
+                term,
+                accepted: true,
+                issued_ns: 40,
+            },
+            proc: String::new(),
+        };
+        let text = serde_json::to_string(&line).unwrap_or_default();
+        assert_eq!(
+            text,
+            r#"{"node":"a","mono_ns":42,"event":"sink","term":{"epoch":5,"revision":7},"accepted":true,"issued_ns":40}"#
+        );
+        assert_eq!(Line::parse(&text).ok(), Some(line));
+        let lines = Lines::default();
+        lines.push_text("a#0", &text);
+        lines.push_text(
+            "a#0",
+            r#"{"node":"b","mono_ns":1,"event":"work","term":"garbage"}"#,
+        );
+        lines.push_text(
+            "a#0",
+            r#"{"node":"b","event":"work","term":{"epoch":1,"revision":2}}"#,
+        );
+        assert_eq!(lines.all().len(), 1);
+        assert_eq!(lines.all()[0].proc, "a#0");
+        assert_eq!(lines.all()[0].term(), Some(term));
+        assert_eq!(
+            lines.unreadable().len(),
+            2,
+            "a bad term or a missing time is not zero"
+        );
+    }
+}
