@@ -37,6 +37,11 @@ use std::{
 
 pub use crate::lease::Term;
 
+/// The smallest safety margin accepted: the driver wakes at most every 10 ms while work runs,
+/// and work that ignores `lost` is aborted half a margin before the lease can expire, so a
+/// margin below twice that granularity could let work outlive the lease.
+pub const MIN_MARGIN: Duration = Duration::from_millis(20);
+
 /// Timing of an election.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -91,6 +96,13 @@ impl MachineConfig {
 
     /// Why this timing is unsafe, if it is.
     pub fn check(&self) -> Result<(), String> {
+        if self.margin < MIN_MARGIN {
+            return Err(format!(
+                "margin {:?} must be at least {MIN_MARGIN:?} (work that ignores `lost` is \
+                 aborted half a margin before the lease can expire)",
+                self.margin
+            ));
+        }
         if self.ttl < Duration::from_secs(1) {
             return Err(format!("ttl must be at least 1s, got {:?}", self.ttl));
         }
