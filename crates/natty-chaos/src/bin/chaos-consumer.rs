@@ -47,7 +47,11 @@ async fn main() -> anyhow::Result<()> {
                         .try_into()
                         .map_err(|_| natty::HandlerError::permanent("not a number"))?,
                 );
-                emit(json!({"node": who, "event": "processed", "n": n, "delivered": m.delivered}));
+                emit(
+                    json!({"node": who, "event": "processed", "n": n, "delivered": m.delivered,
+                            "seq": m.stream_sequence, "cseq": m.consumer_sequence,
+                            "mono_ns": mono_ns()}),
+                );
                 if n % DEAD_LETTER_EVERY == 0 {
                     return Err(natty::HandlerError::permanent("chaos: refused for good"));
                 }
