@@ -1094,7 +1094,11 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
             (f.end_ns - f.start_ns) as f64 / 1e9
         )?;
     }
-    writeln!(md, "\n## Diagnostics\n")?;
+    writeln!(
+        md,
+        "\n## Diagnostics\n\nFaults started at CLOCK_MONOTONIC {} ns (times above and below are from there); every process line is in `lines.jsonl` beside this report.\n",
+        j.start
+    )?;
     for n in j.notes {
         writeln!(md, "- {n}")?;
     }
@@ -1135,6 +1139,12 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
     }
     std::fs::create_dir_all(j.out)?;
     std::fs::write(j.out.join("report.md"), &md)?;
+    // Every process line (with `proc` and `mono_ns`), for a post-mortem of a failed check.
+    let mut all = String::new();
+    for v in j.lines {
+        writeln!(all, "{v}")?;
+    }
+    std::fs::write(j.out.join("lines.jsonl"), all)?;
     println!("{md}");
     Ok(checks.iter().all(|(_, ok, _)| *ok))
 }
