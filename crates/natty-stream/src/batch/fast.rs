@@ -138,7 +138,7 @@ impl FastFailure {
 /// message (~1,500 warnings in half a second in a chaos run). An *episode* runs from the first
 /// failed batch to the next batch the server accepts: only its first failure is a warning,
 /// and after a failure for want of a leader no new batch opens before a pause that doubles
-/// from `backoff_base` up to `backoff_max`.
+/// from `backoff_base` up to `backoff_max` (the pump publishes one by one meanwhile).
 #[derive(Debug, Default)]
 pub(super) struct FastTrouble {
     /// Batches failed in this episode (0: none).

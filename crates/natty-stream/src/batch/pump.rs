@@ -516,31 +516,18 @@ impl Pump {
     }
 
     /// Adds a message to the open fast batch (opening one if needed).
-    async fn fast_add(&mut self, stream: Arc<str>, m: Outgoing) {
+    async fn fast_add(&mut self, stream: Arc<str>, mut m: Outgoing) {
         self.last_fast_add = self.now;
         if self.fast.as_ref().is_some_and(|f| f.stream != stream) {
             self.commit_fast().await;
         }
-        // The last batches failed for want of a stream leader: no new one before the pause
-        // is over (the message waits with the retries, which push back on senders).
-        if self.fast.is_none()
-            && let Some(until) = self.fast_trouble.paused(self.now)
-        {
-            let error = Error::new(
-                ErrorKind::Other,
-                format!(
-                    "publishing {:?} to {:?}: waiting for stream {stream:?} to have a leader",
-                    m.msg_id,
-                    m.subject.as_str()
-                ),
-            );
-            self.retries.push(Retry {
-                at: until,
-                cutoff: None,
-                error,
-                m,
-            });
-            return;
+        // The last batches failed for want of a stream leader: no new batch before the pause
+        // is over. Meanwhile the message goes out on its own (pipelined), judged and retried
+        // with back-off like any refused publish — parked instead, a stream that never gets a
+        // leader (or was deleted) would let only one message a pause reach that judgement.
+        if self.fast.is_none() && self.fast_trouble.paused(self.now).is_some() {
+            m.pipelined = true;
+            return self.publish(m).await;
         }
         let batch = match self.fast.take() {
             Some(batch) => batch,
