@@ -409,13 +409,21 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
             // Deleted behind the consumers' back and re-created (from its ack floor, as an
             // operator would) within their grace period: they must carry on.
             let before = retrying("reading the durable's ack floor", || async {
-                Ok(client
+                let info = client
                     .jetstream()
                     .get_stream("CHAOS")
                     .await?
                     .consumer_info("workers")
                     .await?
-                    .clone())
+                    .clone();
+                // A durable without a leader (just re-created, or electing one) answers with
+                // its positions all 0 (seen in this run's diagnostics): not a floor to trust.
+                anyhow::ensure!(
+                    info.cluster.as_ref().is_some_and(|c| c.leader.is_some()),
+                    "the durable has no leader: {}",
+                    durable_state(&info)
+                );
+                Ok(info)
             })
             .await?;
             let from = resume_from(
