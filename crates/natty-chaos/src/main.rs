@@ -9,7 +9,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt::Write as _,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -257,6 +257,9 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
     let start = mono_ns();
     let end = start + duration_ns;
     let mut faults: Vec<Fault> = Vec::new();
+    // Diagnostics: the durable's state every second, and what each re-creation read and made.
+    let notes = Notes::default();
+    let watcher = tokio::spawn(watch_durable(client.clone(), notes.clone(), start));
     let mut rss_due = start;
     while mono_ns() < end {
         // Sample RSS.
@@ -368,17 +371,28 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
         } else if roll < 82 {
             // Deleted behind the consumers' back and re-created (from its ack floor, as an
             // operator would) within their grace period: they must carry on.
-            let floor = retrying("reading the durable's ack floor", || async {
-                Ok(client
+            let before = retrying("reading the durable's ack floor", || async {
+                let info = client
                     .jetstream()
                     .get_stream("CHAOS")
                     .await?
                     .consumer_info("workers")
                     .await?
-                    .ack_floor
-                    .stream_sequence)
+                    .clone();
+                // A durable without a leader (just re-created, or electing one) answers with
+                // its positions all 0 (seen in this run's diagnostics): not a floor to trust.
+                anyhow::ensure!(
+                    info.cluster.as_ref().is_some_and(|c| c.leader.is_some()),
+                    "the durable has no leader: {}",
+                    durable_state(&info)
+                );
+                Ok(info)
             })
             .await?;
+            let from = resume_from(
+                before.ack_floor.stream_sequence,
+                &before.config.deliver_policy,
+            );
             retrying("deleting the durable", || async {
                 Ok(natty::stream::delete_consumer(&client, "CHAOS", "workers").await?)
             })
@@ -386,11 +400,26 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
             tokio::time::sleep(Duration::from_millis(rng.random_range(1000..5000))).await;
             let again = durable
                 .clone()
-                .deliver_from(natty::stream::DeliverFrom::Sequence(floor + 1));
+                .deliver_from(natty::stream::DeliverFrom::Sequence(from));
             retrying("re-creating the durable", || async {
                 Ok(natty::stream::ensure_consumer(&client, &again).await?)
             })
             .await?;
+            let after = client
+                .jetstream()
+                .get_stream("CHAOS")
+                .await?
+                .consumer_info("workers")
+                .await
+                .map(|i| durable_state(&i))
+                .unwrap_or_else(|e| format!("(info failed: {e})"));
+            notes.push(format!(
+                "[{:>6.1}s] durable re-created from {}: before deletion {}; after re-creation {}",
+                (t0 - start) as f64 / 1e9,
+                from,
+                durable_state(&before),
+                after
+            ));
             Some(("delete durable", "workers".to_owned()))
         } else if roll < 90 {
             // The dead-letter subject captured by no stream for a while: refused messages
@@ -448,6 +477,7 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
         tokio::time::sleep(Duration::from_millis(TTL_SECS * 1000 + 2500)).await;
     }
     eprintln!("chaos: faults over, healing and draining");
+    watcher.abort();
     let all_nodes_back = cluster.wait_meta_leader().await;
 
     publish.await??;
@@ -495,7 +525,8 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
     for p in &mut world.procs {
         let _ = tokio::time::timeout(Duration::from_secs(5), p.child.wait()).await;
     }
-    let dead_lettered = stored_numbers(&client, "CHAOS_DL").await?;
+    let dead_records = stored_records(&client, "CHAOS_DL").await?;
+    let dead_lettered: Vec<u64> = dead_records.iter().map(|r| r.n).collect();
     let lines = world.lines.all();
     let unreadable = world.lines.unreadable();
     let ok = judge(Judge {
@@ -506,6 +537,9 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
         stored: &stored,
         processed: &processed,
         dead_lettered: &dead_lettered,
+        dead_records: &dead_records,
+        notes: &notes.all(),
+        start,
         lines: &lines,
         unreadable: &unreadable,
         faults: &faults,
@@ -537,6 +571,124 @@ where
     }
 }
 
+/// The stream sequence an operator re-creates the durable from: the one after its ack floor.
+/// A durable created at a start sequence reports an ack floor of 0 until its first ack
+/// (nats-server 2.15.1, R3; seen in this run's diagnostics), not start - 1: its real floor is
+/// the later of the two. Taken at face value, a durable re-created and then deleted again
+/// before any ack (idle, or its consumers down) came back at sequence 1 and delivered the
+/// whole stream again (seed 7, 10 min: 200,138 repeats and 1,248 numbers dead-lettered twice,
+/// the first copies long out of the dead-letter stream's duplicate window).
+fn resume_from(
+    ack_floor: u64,
+    deliver: &natty::async_nats::jetstream::consumer::DeliverPolicy,
+) -> u64 {
+    let start = match deliver {
+        natty::async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence,
+        } => start_sequence.saturating_sub(1),
+        _ => 0,
+    };
+    ack_floor.max(start) + 1
+}
+
+/// Diagnostic lines for the report (also printed as they happen).
+#[derive(Clone, Default)]
+struct Notes(Arc<Mutex<Vec<String>>>);
+
+impl Notes {
+    fn push(&self, line: String) {
+        eprintln!("chaos: {line}");
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(line);
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The durable's positions, one line.
+fn durable_state(i: &natty::async_nats::jetstream::consumer::Info) -> String {
+    format!(
+        "created {} deliver {:?}, ack floor {}, delivered {}, pending {}, ack pending {}, leader {:?}",
+        i.created,
+        i.config.deliver_policy,
+        i.ack_floor.stream_sequence,
+        i.delivered.stream_sequence,
+        i.num_pending,
+        i.num_ack_pending,
+        i.cluster.as_ref().and_then(|c| c.leader.clone()),
+    )
+}
+
+/// Reads the durable's state every second and notes each time its ack floor (as
+/// [`resume_from`] reads it) or delivered position goes backwards (a re-created durable
+/// included: it should start at its old floor).
+async fn watch_durable(client: natty::Client, notes: Notes, start: u64) {
+    let mut last: Option<(u64, u64, String)> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let info = async {
+            let s = client.jetstream().get_stream("CHAOS").await?;
+            anyhow::Ok(s.consumer_info("workers").await?.clone())
+        };
+        let Ok(Ok(info)) = tokio::time::timeout(Duration::from_secs(2), info).await else {
+            continue;
+        };
+        let floor = resume_from(info.ack_floor.stream_sequence, &info.config.deliver_policy) - 1;
+        let delivered = info.delivered.stream_sequence;
+        if let Some((f, d, was)) = &last
+            && (floor < *f || delivered < *d)
+        {
+            notes.push(format!(
+                "[{:>6.1}s] the durable went backwards: was {was}; now {}",
+                (mono_ns() - start) as f64 / 1e9,
+                durable_state(&info)
+            ));
+        }
+        last = Some((floor, delivered, durable_state(&info)));
+    }
+}
+
+/// A stored message: its number, when it was stored (unix ns) and its `Natty-Deliveries`.
+struct Record {
+    n: u64,
+    stored_unix_ns: i128,
+    deliveries: String,
+}
+
+async fn stored_records(client: &natty::Client, stream: &str) -> anyhow::Result<Vec<Record>> {
+    let stream = client.jetstream().get_stream(stream).await?;
+    let total = stream.cached_info().state.messages;
+    let consumer = stream
+        .create_consumer(natty::async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await?;
+    let mut messages = consumer.messages().await?.take(usize::try_from(total)?);
+    let mut out = Vec::new();
+    while let Some(m) = messages.next().await {
+        let m = m?;
+        out.push(Record {
+            n: number(&m.payload),
+            stored_unix_ns: m
+                .info()
+                .map(|i| i.published.unix_timestamp_nanos())
+                .unwrap_or(0),
+            deliveries: m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Natty-Deliveries"))
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
 fn number(payload: &[u8]) -> u64 {
     payload
         .try_into()
@@ -566,6 +718,10 @@ struct Judge<'a> {
     stored: &'a [u64],
     processed: &'a [u64],
     dead_lettered: &'a [u64],
+    dead_records: &'a [Record],
+    notes: &'a [String],
+    /// When the faults started (mono ns): times in the report are from here.
+    start: u64,
     lines: &'a [Line],
     unreadable: &'a [String],
     faults: &'a [Fault],
@@ -933,10 +1089,103 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
             (f.end_ns - f.start_ns) as f64 / 1e9
         )?;
     }
+    writeln!(
+        md,
+        "\n## Diagnostics\n\nFaults started at CLOCK_MONOTONIC {} ns (times above and below are from there); every process line is in `lines.jsonl` beside this report.\n",
+        j.start
+    )?;
+    for n in j.notes {
+        writeln!(md, "- {n}")?;
+    }
+    writeln!(
+        md,
+        "\nRepeated processing by 10 s window (a number processed again; first delivery = `delivered` 1):\n\n| from | repeats | of which delivered 1 | numbers | stream seqs |\n|---|---|---|---|---|"
+    )?;
+    for w in redelivery_windows(j.lines, j.start) {
+        writeln!(md, "{w}")?;
+    }
+    let mut by_n: BTreeMap<u64, Vec<&Record>> = BTreeMap::new();
+    for r in j.dead_records {
+        by_n.entry(r.n).or_default().push(r);
+    }
+    let twice: Vec<(u64, f64, String)> = by_n
+        .iter()
+        .filter(|(_, rs)| rs.len() > 1)
+        .map(|(n, rs)| {
+            let gap = (rs[rs.len() - 1].stored_unix_ns - rs[0].stored_unix_ns) as f64 / 1e9;
+            let deliveries: Vec<&str> = rs.iter().map(|r| r.deliveries.as_str()).collect();
+            (*n, gap, deliveries.join("/"))
+        })
+        .collect();
+    if !twice.is_empty() {
+        let min = twice.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
+        let max = twice.iter().map(|t| t.1).fold(0.0, f64::max);
+        writeln!(
+            md,
+            "\nDead-lettered more than once: {} numbers, copies {min:.1}s to {max:.1}s apart; first: {}",
+            twice.len(),
+            twice
+                .iter()
+                .take(10)
+                .map(|(n, g, d)| format!("{n} ({g:.1}s, deliveries {d})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+    }
     std::fs::create_dir_all(j.out)?;
     std::fs::write(j.out.join("report.md"), &md)?;
+    // Every process line (with `proc` and `mono_ns`), for a post-mortem of a failed check.
+    let mut all = String::new();
+    for line in j.lines {
+        writeln!(all, "{}", serde_json::to_string(line)?)?;
+    }
+    std::fs::write(j.out.join("lines.jsonl"), all)?;
     println!("{md}");
     Ok(checks.iter().all(|(_, ok, _)| *ok))
+}
+
+/// Table rows: per 10 s window (from `start`), how many `processed` lines repeated a number
+/// already processed, how many of those were first deliveries, and their ranges.
+fn redelivery_windows(lines: &[Line], start: u64) -> Vec<String> {
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut processed: Vec<(u64, u64, u64, u64)> = lines
+        .iter()
+        .filter_map(|l| match l.event {
+            Event::Processed {
+                n, delivered, seq, ..
+            } => Some((l.mono_ns, n, delivered, seq)),
+            _ => None,
+        })
+        .collect();
+    processed.sort_by_key(|p| p.0);
+    // window -> (repeats, delivered 1, min n, max n, min seq, max seq)
+    let mut windows: BTreeMap<i64, (u64, u64, u64, u64, u64, u64)> = BTreeMap::new();
+    for (mono, n, delivered, seq) in processed {
+        if seen.insert(n) {
+            continue;
+        }
+        let at = (i128::from(mono) - i128::from(start)) / 10_000_000_000;
+        let w = windows.entry(i64::try_from(at).unwrap_or(0)).or_insert((
+            0,
+            0,
+            u64::MAX,
+            0,
+            u64::MAX,
+            0,
+        ));
+        w.0 += 1;
+        w.1 += u64::from(delivered == 1);
+        w.2 = w.2.min(n);
+        w.3 = w.3.max(n);
+        w.4 = w.4.min(seq);
+        w.5 = w.5.max(seq);
+    }
+    windows
+        .iter()
+        .map(|(at, (k, d1, n0, n1, s0, s1))| {
+            format!("| {}s | {k} | {d1} | {n0}..={n1} | {s0}..={s1} |", at * 10)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -948,10 +1197,29 @@ mod tests {
         reason = "in a test a panic is the failure report"
     )]
 
+    use natty::async_nats::jetstream::consumer::DeliverPolicy;
     use natty_chaos::{Event, Line};
     use natty_testkit::procs::{Lines, Term};
 
-    use super::election_checks;
+    use super::{election_checks, resume_from};
+
+    #[test]
+    fn a_durable_is_re_created_after_its_real_ack_floor() {
+        let at = |start_sequence| DeliverPolicy::ByStartSequence { start_sequence };
+        let table = [
+            (0, DeliverPolicy::All, 1),
+            (500, DeliverPolicy::All, 501),
+            (500, at(301), 501),
+            // Measured (nats-server 2.15.1, R3): a durable created at a start sequence reports
+            // an ack floor of 0 until its first ack, not start - 1. Read as the floor, it made
+            // the next re-creation deliver the whole stream again.
+            (0, at(18_001), 18_001),
+            (0, at(1), 1),
+        ];
+        for (floor, policy, want) in table {
+            assert_eq!(resume_from(floor, &policy), want, "{floor} {policy:?}");
+        }
+    }
 
     fn at(event: Event, proc: &str, mono_ns: u64) -> Line {
         Line {

@@ -407,3 +407,45 @@ async fn an_outage_pushes_back_on_senders_instead_of_piling_up_retries() -> anyh
     );
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_fast_stream_deleted_under_the_publisher_hands_its_messages_back_promptly()
+-> anyhow::Result<()> {
+    // A batch to a subject no stream answers gets an empty 503, read as "no leader": the
+    // publisher pauses new batches but must still judge every message (one by one) and hand
+    // it back, not hold the queue for a pause per message.
+    let (_nats, client, name) = setup("GONE").await?;
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&name, [format!("{name}.>")]).allow_batched(true),
+    )
+    .await?;
+    let publisher = BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default()
+            .mode(PublishMode::FastIngest)
+            .ack_timeout(Duration::from_secs(2)),
+    )?;
+    let subject = format!("{name}.x");
+    for i in 0..100u64 {
+        publisher
+            .send(&subject, i.to_be_bytes().to_vec().into())
+            .await?;
+    }
+    publisher.flush().await?;
+    client.jetstream().delete_stream(&name).await?;
+    const N: u64 = 2_000;
+    for i in 100..100 + N {
+        publisher
+            .send(&subject, i.to_be_bytes().to_vec().into())
+            .await?;
+    }
+    let report = tokio::time::timeout(Duration::from_secs(30), publisher.close()).await??;
+    eprintln!("{:?}", report.stats);
+    assert_eq!(report.failed.len() as u64, N, "{:?}", report.failed.first());
+    for f in &report.failed {
+        assert_eq!(f.error.kind(), ErrorKind::NoStreamForSubject, "{}", f.error);
+    }
+    Ok(())
+}

@@ -85,6 +85,12 @@ pub enum Event {
         n: u64,
         /// The delivery attempt.
         delivered: u64,
+        /// Its stream sequence (0 if not reported).
+        #[serde(default)]
+        seq: u64,
+        /// Its consumer sequence (0 if not reported).
+        #[serde(default)]
+        cseq: u64,
     },
     /// About to exit normally.
     Exit {

@@ -56,6 +56,8 @@ async fn main() -> anyhow::Result<()> {
                     Event::Processed {
                         n,
                         delivered: m.delivered,
+                        seq: m.stream_sequence,
+                        cseq: m.consumer_sequence,
                     },
                 );
                 if n % DEAD_LETTER_EVERY == 0 {

@@ -21,11 +21,11 @@ use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     BatchConfig, Command, Counters, FailedMessage, Outgoing, PublishMode,
-    fast::{FastBatch, FastFailure},
+    fast::{FastBatch, FastFailure, FastTrouble, unavailable},
     gate::Gate,
     route::{Route, Routes},
 };
@@ -164,6 +164,8 @@ pub(super) struct Pump {
     /// When a message last went into the open fast batch: it is committed once nothing came
     /// for [`FAST_LINGER`] after.
     last_fast_add: Instant,
+    /// Fast batches failing in a row: the pause before the next one, one warning per episode.
+    fast_trouble: FastTrouble,
 }
 
 impl Pump {
@@ -190,6 +192,7 @@ impl Pump {
             now: Instant::now(),
             gate: None,
             last_fast_add: Instant::now(),
+            fast_trouble: FastTrouble::default(),
         }
     }
 
@@ -512,10 +515,18 @@ impl Pump {
     }
 
     /// Adds a message to the open fast batch (opening one if needed).
-    async fn fast_add(&mut self, stream: Arc<str>, m: Outgoing) {
+    async fn fast_add(&mut self, stream: Arc<str>, mut m: Outgoing) {
         self.last_fast_add = self.now;
         if self.fast.as_ref().is_some_and(|f| f.stream != stream) {
             self.commit_fast().await;
+        }
+        // The last batches failed for want of a stream leader: no new batch before the pause
+        // is over. Meanwhile the message goes out on its own (pipelined), judged and retried
+        // with back-off like any refused publish — parked instead, a stream that never gets a
+        // leader (or was deleted) would let only one message a pause reach that judgement.
+        if self.fast.is_none() && self.fast_trouble.paused(self.now).is_some() {
+            m.pipelined = true;
+            return self.publish(m).await;
         }
         let batch = match self.fast.take() {
             Some(batch) => batch,
@@ -537,6 +548,9 @@ impl Pump {
         let mut batch = batch;
         match batch.add(m).await {
             Ok(()) => {
+                if let Some(failed) = self.fast_trouble.accepted() {
+                    info!(stream = %stream, failed, "fast batches accepted again");
+                }
                 let (ledger, stats) = (&mut self.ledger, &self.stats);
                 batch.settle(|m| finish(ledger, stats, &m));
                 self.fast = Some(batch);
@@ -552,6 +566,7 @@ impl Pump {
         };
         match batch.commit().await {
             Ok(stored) => {
+                self.fast_trouble.accepted();
                 for (_, m) in stored {
                     self.done(m);
                 }
@@ -570,12 +585,22 @@ impl Pump {
             tail,
         } = failure;
         let stopped = error.kind() == ErrorKind::Unsupported;
+        let starts_episode = self.fast_trouble.failed(
+            self.now,
+            unavailable(&error),
+            self.config.backoff_base,
+            self.config.backoff_max,
+        );
         if stopped {
             // The stream no longer allows batches: Auto mode sends to it pipelined from now
             // on; FastIngest mode hands its messages back.
             self.routes.stop_batching(&stream);
         }
-        warn!(stream = %stream, unacked = tail.len(), error = %error, "fast batch failed; re-sending its unacknowledged messages one by one");
+        if starts_episode {
+            warn!(stream = %stream, unacked = tail.len(), error = %error, "fast batch failed; re-sending its unacknowledged messages one by one (further failures until a batch is accepted are logged at debug)");
+        } else {
+            debug!(stream = %stream, unacked = tail.len(), error = %error, "fast batch failed again; re-sending its unacknowledged messages one by one");
+        }
         for (_, mut m) in tail {
             m.pipelined = true;
             let error = Error::new(error.kind(), error.to_string());
