@@ -130,17 +130,23 @@ impl Publisher {
         async {
             let context = || format!("publishing to {subject:?}");
             let timer = crate::obs::Timer::start();
-            crate::obs::published("single");
-            let ack = self
-                .client
-                .jetstream()
-                .publish_with_headers(subject.to_owned(), options.header_map(), payload)
-                .await
-                .map_err(|e| from_publish(e, context()))?
-                .await
-                .map_err(|e| from_publish(e, context()))
-                .inspect_err(|_| crate::obs::failed("single"))?;
-            crate::obs::acked(&ack.stream, timer);
+            let single = crate::obs::Via::Single;
+            let ack = async {
+                self.client
+                    .jetstream()
+                    .publish_with_headers(subject.to_owned(), options.header_map(), payload)
+                    .await?
+                    .await
+            }
+            .await
+            .map_err(|e| {
+                // The stream is only known from an ack: a failed publish counts under "".
+                crate::obs::published("", single);
+                crate::obs::failed("", single);
+                from_publish(e, context())
+            })?;
+            crate::obs::published(&ack.stream, single);
+            crate::obs::acked(&ack.stream, single, timer);
             debug!(stream = %ack.stream, sequence = ack.sequence, "published");
             Ok(ack.into())
         }

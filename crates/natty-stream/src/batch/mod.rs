@@ -579,7 +579,6 @@ impl BatchPublisher {
             return Err(self.gone(&format!("queueing a message for {subject:?}")));
         }
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        crate::obs::published("batch");
         Ok(())
     }
 
