@@ -216,7 +216,9 @@ async fn every_stream_metric_moves_including_dead_letter_and_lag() -> anyhow::Re
     let c = |n: &str| s.counter(n);
     // Per stream: "" is a subject no known stream captures.
     let p = |what: &str, stream: &str, via: &str| {
-        c(&format!("natty_stream_{what},stream={stream},publisher={via}"))
+        c(&format!(
+            "natty_stream_{what},stream={stream},publisher={via}"
+        ))
     };
     assert_eq!(p("published_total", &stream, "single"), 1);
     assert_eq!(p("acked_total", &stream, "single"), 1);

@@ -14,6 +14,7 @@
 //! - `containers` (default): everything above. Without it only [`setup`] is built — finding,
 //!   installing and starting a NATS server with nothing but `std` — which is all `cargo xtask`
 //!   needs, so `cargo xtask help` compiles a handful of crates, not testcontainers.
+//! - `metrics`: `Recorded`, what a `metrics-util` DebuggingRecorder saw, as running totals.
 
 #[cfg(feature = "containers")]
 pub mod certs;
@@ -21,6 +22,8 @@ pub mod certs;
 mod cluster;
 #[cfg(feature = "containers")]
 pub mod image;
+#[cfg(feature = "metrics")]
+pub mod recorded;
 #[cfg(feature = "containers")]
 mod server;
 pub mod setup;
@@ -29,6 +32,8 @@ pub mod setup;
 pub use certs::TestCerts;
 #[cfg(feature = "containers")]
 pub use cluster::NatsCluster;
+#[cfg(feature = "metrics")]
+pub use recorded::{Recorded, Totals};
 #[cfg(feature = "containers")]
 pub use server::{Nats, ServerAuth, ServerOptions, TlsFiles, TlsMode, unique_name};
 
