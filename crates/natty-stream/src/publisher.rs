@@ -126,7 +126,20 @@ impl Publisher {
     ) -> Result<PublishAck, Error> {
         names::subject(subject).map_err(from_core)?;
         options.validate()?;
-        let span = info_span!("natty.stream.publish", subject, bytes = payload.len());
+        let span = info_span!(
+            "natty.stream.publish",
+            subject,
+            bytes = payload.len(),
+            otel.name = %format_args!("send {subject}"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = subject,
+        );
+        #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
+        let mut headers = options.header_map();
+        #[cfg(feature = "otel")]
+        crate::trace::inject_headers(&span, &mut headers);
         async {
             let context = || format!("publishing to {subject:?}");
             let timer = crate::obs::Timer::start();
@@ -134,7 +147,7 @@ impl Publisher {
             let ack = async {
                 self.client
                     .jetstream()
-                    .publish_with_headers(subject.to_owned(), options.header_map(), payload)
+                    .publish_with_headers(subject.to_owned(), headers, payload)
                     .await?
                     .await
             }
