@@ -102,13 +102,16 @@ mod otel {
         fn get(&self, key: &str) -> Option<&str> {
             self.0
                 .iter()
-                .find(|(name, _)| name.as_ref().eq_ignore_ascii_case(key))
+                .find(|(name, _)| AsRef::<str>::as_ref(*name).eq_ignore_ascii_case(key))
                 .and_then(|(_, values)| values.first())
                 .map(|v| v.as_str())
         }
 
         fn keys(&self) -> Vec<&str> {
-            self.0.iter().map(|(name, _)| name.as_ref()).collect()
+            self.0
+                .iter()
+                .map(|(name, _)| AsRef::<str>::as_ref(name))
+                .collect()
         }
     }
 

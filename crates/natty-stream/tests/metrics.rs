@@ -1,5 +1,5 @@
-//! Metrics (feature `metrics`) against a real NATS server, read through a `metrics-util`
-//! DebuggingRecorder: every publish and consume counter moves as the operations run,
+//! Metrics (feature `metrics`) against a real NATS server, read back through natty-testkit's
+//! recorder: every publish and consume counter moves as the operations run,
 //! dead-letter and consumer lag included. The stream is fast-ingest capable (natty's default on
 //! a 2.14+ server), so the batch publisher's acks come from fast-ingest flow acks and commits.
 #![allow(
@@ -7,71 +7,21 @@
     reason = "in a test a panic is the failure report"
 )]
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use metrics_util::{
-    MetricKind,
-    debugging::{DebugValue, DebuggingRecorder, Snapshotter},
-};
 use natty_core::ConnectOptions;
 use natty_stream::{
     BatchConfig, BatchPublisher, CancellationToken, ConsumeOptions, Consumer, ConsumerConfig,
     HandlerError, Message, Publisher, StreamConfig, ensure_consumer, ensure_stream,
 };
-use natty_testkit::{Nats, init_tracing, unique_name, wait_for};
+use natty_testkit::{Nats, Recorded, init_tracing, unique_name, wait_for};
 use tokio::sync::Notify;
-
-/// What the recorder saw so far (a snapshot drains counters and histograms: add them up).
-#[derive(Default)]
-struct Seen {
-    counters: HashMap<String, u64>,
-    max_gauge: HashMap<String, f64>,
-    last_gauge: HashMap<String, f64>,
-    samples: HashMap<String, usize>,
-}
-
-impl Seen {
-    fn take(&mut self, s: &Snapshotter) {
-        for (key, _, _, value) in s.snapshot().into_vec() {
-            let (kind, key) = key.into_parts();
-            let mut name = key.name().to_owned();
-            for l in key.labels() {
-                name.push_str(&format!(",{}={}", l.key(), l.value()));
-            }
-            match (kind, value) {
-                (MetricKind::Counter, DebugValue::Counter(n)) => {
-                    *self.counters.entry(name).or_default() += n;
-                }
-                (MetricKind::Gauge, DebugValue::Gauge(v)) => {
-                    let max = self.max_gauge.entry(name.clone()).or_insert(f64::MIN);
-                    *max = max.max(v.0);
-                    self.last_gauge.insert(name, v.0);
-                }
-                (MetricKind::Histogram, DebugValue::Histogram(v)) => {
-                    *self.samples.entry(name).or_default() += v.len();
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn counter(&self, name: &str) -> u64 {
-        self.counters.get(name).copied().unwrap_or(0)
-    }
-}
 
 #[tokio::test]
 #[ignore = "integration: needs Docker; run `cargo xtask integration`"]
 async fn every_stream_metric_moves_including_dead_letter_and_lag() -> anyhow::Result<()> {
     init_tracing();
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder.install().unwrap();
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let recorded = Recorded::install();
 
     let nats = Nats::start().await?;
     let client = ConnectOptions::new([nats.url()]).connect().await?;
@@ -148,20 +98,18 @@ async fn every_stream_metric_moves_including_dead_letter_and_lag() -> anyhow::Re
         Duration::from_secs(20),
         || {
             std::future::ready({
-                let mut s = seen.lock().unwrap();
-                s.take(&snapshotter);
+                let s = recorded.snapshot();
                 (s.max_gauge.get(&lag).copied().unwrap_or(0.0) >= 3.0).then_some(())
             })
         },
     )
     .await
-    .map_err(|e| anyhow::anyhow!("{e}: gauges {:?}", seen.lock().unwrap().max_gauge))?;
+    .map_err(|e| anyhow::anyhow!("{e}: gauges {:?}", recorded.snapshot().max_gauge))?;
     release.notify_one();
     let labels = format!("stream={stream},consumer=workers");
     wait_for("every message settled", Duration::from_secs(20), || {
         std::future::ready({
-            let mut s = seen.lock().unwrap();
-            s.take(&snapshotter);
+            let s = recorded.snapshot();
             (s.counter(&format!("natty_stream_consumer_acked_total,{labels}")) == 3
                 && s.counter(&format!(
                     "natty_stream_consumer_dead_lettered_total,{labels}"
@@ -185,8 +133,7 @@ async fn every_stream_metric_moves_including_dead_letter_and_lag() -> anyhow::Re
     slow.send(&format!("{stream}.late"), "late".into()).await?;
     wait_for("a retry", Duration::from_secs(20), || {
         std::future::ready({
-            let mut s = seen.lock().unwrap();
-            s.take(&snapshotter);
+            let s = recorded.snapshot();
             (s.counter(&format!(
                 "natty_stream_publish_retried_total,stream={stream},publisher=batch"
             )) > 0)
@@ -200,8 +147,7 @@ async fn every_stream_metric_moves_including_dead_letter_and_lag() -> anyhow::Re
     batch.send("nowhere.at.all", "x".into()).await?;
     let _ = batch.flush().await; // its failure is handed back on the error channel
     wait_for("a failed batch publish", Duration::from_secs(20), || {
-        let mut s = seen.lock().unwrap();
-        s.take(&snapshotter);
+        let s = recorded.snapshot();
         std::future::ready(
             (s.counter("natty_stream_publish_failed_total,stream=,publisher=batch") > 0)
                 .then_some(()),
@@ -211,8 +157,7 @@ async fn every_stream_metric_moves_including_dead_letter_and_lag() -> anyhow::Re
     cancel.cancel();
     task.await??;
 
-    let mut s = seen.lock().unwrap();
-    s.take(&snapshotter);
+    let s = recorded.snapshot();
     let c = |n: &str| s.counter(n);
     // Per stream: "" is a subject no known stream captures.
     let p = |what: &str, stream: &str, via: &str| {

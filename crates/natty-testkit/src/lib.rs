@@ -14,7 +14,7 @@
 //! - `containers` (default): everything above. Without it only [`setup`] is built — finding,
 //!   installing and starting a NATS server with nothing but `std` — which is all `cargo xtask`
 //!   needs, so `cargo xtask help` compiles a handful of crates, not testcontainers.
-//! - `metrics`: `Recorded`, what a `metrics-util` DebuggingRecorder saw, as running totals.
+//! - `metrics`: `Recorded`, a `metrics` recorder for tests that reads back what was recorded.
 
 #[cfg(feature = "containers")]
 pub mod certs;

@@ -1,26 +1,26 @@
-//! What a `metrics` recorder saw (feature `metrics`): a `metrics-util` DebuggingRecorder
-//! installed for the whole test binary, read into running totals. Metrics are named
-//! `name,label=value,...` with the labels in the order they were given.
+//! What a `metrics` recorder saw (feature `metrics`): a recorder over a `metrics-util`
+//! registry of atomics, installed for the whole test binary and read without resetting
+//! anything (metrics-util's DebuggingRecorder swaps gauges to 0 on every snapshot, so a gauge
+//! read twice would read 0). Metrics are named `name,label=value,...` with the labels in the
+//! order they were given.
 
 use std::{
     collections::HashMap,
     fmt::Write as _,
-    sync::{Mutex, OnceLock},
+    sync::{Arc, Mutex, OnceLock, atomic::Ordering},
 };
 
-use metrics_util::{
-    MetricKind,
-    debugging::{DebugValue, DebuggingRecorder, Snapshotter},
-};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics_util::registry::{AtomicStorage, Registry};
 
-/// Running totals: a snapshot drains counters and histograms, so they are added up here.
-#[derive(Debug, Default)]
+/// What was recorded so far.
+#[derive(Debug, Default, Clone)]
 pub struct Totals {
     /// Counter totals.
     pub counters: HashMap<String, u64>,
-    /// The highest value each gauge had at a snapshot.
+    /// The highest value each gauge had at a read.
     pub max_gauge: HashMap<String, f64>,
-    /// The value each gauge had at the last snapshot.
+    /// The value each gauge has now.
     pub last_gauge: HashMap<String, f64>,
     /// Histogram samples recorded.
     pub samples: HashMap<String, usize>,
@@ -37,15 +37,39 @@ impl Totals {
         self.samples.get(name).copied().unwrap_or(0)
     }
 
-    /// A gauge's last value, if it was ever set.
+    /// A gauge's value, if it was ever set.
     pub fn gauge(&self, name: &str) -> Option<f64> {
         self.last_gauge.get(name).copied()
     }
 }
 
+/// The metrics recorder (this test binary's).
+struct Shared(Arc<Registry<Key, AtomicStorage>>);
+
+impl Recorder for Shared {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        self.0
+            .get_or_create_counter(key, |c| Counter::from_arc(c.clone()))
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        self.0
+            .get_or_create_gauge(key, |g| Gauge::from_arc(g.clone()))
+    }
+
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        self.0
+            .get_or_create_histogram(key, |h| Histogram::from_arc(h.clone()))
+    }
+}
+
 /// The recorder of this test binary.
 pub struct Recorded {
-    snapshotter: Snapshotter,
+    registry: Arc<Registry<Key, AtomicStorage>>,
     totals: Mutex<Totals>,
 }
 
@@ -55,50 +79,54 @@ impl std::fmt::Debug for Recorded {
     }
 }
 
+fn name_of(key: &Key) -> String {
+    let mut name = key.name().to_owned();
+    for l in key.labels() {
+        let _ = write!(name, ",{}={}", l.key(), l.value());
+    }
+    name
+}
+
 impl Recorded {
     /// Installs the recorder (once per binary) and returns it.
     pub fn install() -> &'static Self {
         static ONCE: OnceLock<Recorded> = OnceLock::new();
         ONCE.get_or_init(|| {
-            let recorder = DebuggingRecorder::new();
-            let snapshotter = recorder.snapshotter();
-            recorder
-                .install()
+            let registry = Arc::new(Registry::new(AtomicStorage));
+            metrics::set_global_recorder(Shared(registry.clone()))
                 .unwrap_or_else(|e| panic!("another metrics recorder is installed: {e}"));
             Self {
-                snapshotter,
+                registry,
                 totals: Mutex::new(Totals::default()),
             }
         })
     }
 
-    /// Takes a snapshot into the totals and runs `f` on them.
+    /// Reads every metric: a copy of the totals.
+    pub fn snapshot(&self) -> Totals {
+        self.read(Totals::clone)
+    }
+
+    /// Reads every metric into the totals and runs `f` on them.
     pub fn read<T>(&self, f: impl FnOnce(&Totals) -> T) -> T {
         let mut totals = self
             .totals
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
-            let (kind, key) = key.into_parts();
-            let mut name = key.name().to_owned();
-            for l in key.labels() {
-                let _ = write!(name, ",{}={}", l.key(), l.value());
-            }
-            match (kind, value) {
-                (MetricKind::Counter, DebugValue::Counter(n)) => {
-                    *totals.counters.entry(name).or_default() += n;
-                }
-                (MetricKind::Gauge, DebugValue::Gauge(v)) => {
-                    let max = totals.max_gauge.entry(name.clone()).or_insert(f64::MIN);
-                    *max = max.max(v.0);
-                    totals.last_gauge.insert(name, v.0);
-                }
-                (MetricKind::Histogram, DebugValue::Histogram(v)) => {
-                    *totals.samples.entry(name).or_default() += v.len();
-                }
-                _ => {}
-            }
-        }
+        let t = &mut *totals;
+        self.registry.visit_counters(|key, c| {
+            t.counters.insert(name_of(key), c.load(Ordering::SeqCst));
+        });
+        self.registry.visit_gauges(|key, g| {
+            let name = name_of(key);
+            let value = f64::from_bits(g.load(Ordering::SeqCst));
+            let max = t.max_gauge.entry(name.clone()).or_insert(f64::MIN);
+            *max = max.max(value);
+            t.last_gauge.insert(name, value);
+        });
+        self.registry.visit_histograms(|key, h| {
+            t.samples.insert(name_of(key), h.data().len());
+        });
         f(&totals)
     }
 }
