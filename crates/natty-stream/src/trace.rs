@@ -18,11 +18,9 @@ use tracing::{Span, debug_span, field};
 /// The span a handler runs in: one per delivery (a child of the publisher's span when the
 /// message carries a trace context and feature `otel` is on).
 pub(crate) fn process_span(m: &jetstream::Message, durable: &str) -> Span {
-    let info = m.info().ok();
-    let stream = info.as_ref().map_or("", |i| i.stream);
     let span = debug_span!(
         "natty.stream.process",
-        otel.name = %format_args!("process {stream}"),
+        otel.name = field::Empty,
         otel.kind = "consumer",
         messaging.system = "nats",
         messaging.operation.type = "process",
@@ -30,12 +28,22 @@ pub(crate) fn process_span(m: &jetstream::Message, durable: &str) -> Span {
         messaging.destination.name = %m.subject,
         messaging.consumer.group.name = durable,
         messaging.message.id = field::Empty,
-        messaging.nats.stream = stream,
-        messaging.nats.stream.sequence = info.as_ref().map_or(0, |i| i.stream_sequence),
-        messaging.nats.message.delivery_count = info.as_ref().map_or(0, |i| i.delivered),
+        messaging.nats.stream = field::Empty,
+        messaging.nats.stream.sequence = field::Empty,
+        messaging.nats.message.delivery_count = field::Empty,
     );
+    // Nothing more (not even the reply subject parsed) when the span is off.
     if span.is_disabled() {
         return span;
+    }
+    if let Ok(info) = m.info() {
+        span.record(
+            "otel.name",
+            field::display(format_args!("process {}", info.stream)),
+        );
+        span.record("messaging.nats.stream", info.stream);
+        span.record("messaging.nats.stream.sequence", info.stream_sequence);
+        span.record("messaging.nats.message.delivery_count", info.delivered);
     }
     if let Some(id) = m
         .headers
