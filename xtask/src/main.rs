@@ -312,14 +312,37 @@ fn chaos(minutes: f64, seed: u64) -> anyhow::Result<()> {
     )
 }
 
-/// A crate that depends only on natty-kv (or natty-election) must not pull natty-stream.
+/// A crate that depends only on natty-kv (or natty-election) must not pull natty-stream (nor
+/// the fast-ingest crate only streams use), with or without their `metrics` feature; and with
+/// the observability features off (the default), natty's dependency tree has none of the
+/// metrics or OpenTelemetry crates.
 fn check_a_la_carte() -> anyhow::Result<()> {
-    for krate in ["natty-kv", "natty-election"] {
-        eprintln!("\n==> cargo tree -p {krate} -e normal (must not contain natty-stream)");
+    const STREAM_CODE: &[&str] = &["natty-stream", "jetstream-extra"];
+    const OBSERVABILITY: &[&str] = &[
+        "metrics",
+        "metrics-util",
+        "opentelemetry",
+        "opentelemetry_sdk",
+        "tracing-opentelemetry",
+    ];
+    let checks: &[(&str, &[&str], &[&str])] = &[
+        ("natty-kv", &[], STREAM_CODE),
+        ("natty-kv", &["--features", "metrics"], STREAM_CODE),
+        ("natty-election", &[], STREAM_CODE),
+        ("natty-election", &["--features", "metrics"], STREAM_CODE),
+        ("natty", &[], OBSERVABILITY),
+    ];
+    for (krate, features, forbidden) in checks {
+        eprintln!(
+            "\n==> cargo tree -p {krate} -e normal {} (must not contain {})",
+            features.join(" "),
+            forbidden.join(", ")
+        );
         let out = Command::new("cargo")
             .args([
                 "tree", "-p", krate, "-e", "normal", "--prefix", "none", "--format", "{p}",
             ])
+            .args(*features)
             .output()?;
         anyhow::ensure!(
             out.status.success(),
@@ -327,10 +350,18 @@ fn check_a_la_carte() -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
         let tree = String::from_utf8_lossy(&out.stdout);
-        if let Some(line) = tree.lines().find(|l| l.starts_with("natty-stream")) {
-            bail!("{krate} depends on {line}: it must build without natty-stream");
+        // Lines are `name vX.Y.Z (path)`: compare the name exactly (`metrics` is not
+        // `metrics-util`).
+        if let Some(line) = tree
+            .lines()
+            .find(|l| forbidden.contains(&l.split(' ').next().unwrap_or("")))
+        {
+            bail!(
+                "{krate} {} depends on {line}: it must build without it",
+                features.join(" ")
+            );
         }
-        eprintln!("{krate}: {} crates, no natty-stream", tree.lines().count());
+        eprintln!("{krate}: {} crates, none of them", tree.lines().count());
     }
     // The README's quick start needs nothing but the `stream` feature.
     run(
@@ -359,7 +390,12 @@ const EXAMPLES: &[&str] = &[
     "dead_letter",
     "concurrency",
     "publisher_failures",
+    "observability",
 ];
+
+/// The features the demo builds the examples with: the defaults plus those examples need
+/// (`observability` prints spans and metrics).
+const DEMO_FEATURES: &str = "metrics,otel";
 
 /// Runs the facade's examples end to end and says what happened.
 fn demo() -> anyhow::Result<()> {
@@ -367,7 +403,15 @@ fn demo() -> anyhow::Result<()> {
     eprintln!("==> NATS server: {server}");
     run(
         "cargo",
-        &["build", "--quiet", "-p", "natty", "--examples"],
+        &[
+            "build",
+            "--quiet",
+            "-p",
+            "natty",
+            "--examples",
+            "--features",
+            DEMO_FEATURES,
+        ],
         &[],
     )?;
     let examples = target_dir().join("debug/examples");
@@ -408,8 +452,9 @@ fn demo() -> anyhow::Result<()> {
     }
     eprintln!(
         "\n==> demo done: the quick start stopped cleanly on SIGTERM; a publish/consume round \
-         trip, KV operations, a leader hand-over, dead-lettering, concurrent handlers and the \
-         publisher's failure channel all ran{}",
+         trip, KV operations, a leader hand-over, dead-lettering, concurrent handlers, the \
+         publisher's failure channel, and one trace from publish to handler with its metrics \
+         all ran{}",
         if matches!(server, Server::Url(_)) {
             ""
         } else {

@@ -181,11 +181,12 @@ impl Drop for Running<'_> {
 
 /// Clears the shared "leading" state when `run` ends or its future is dropped, so
 /// `is_leader()` reads false from that moment.
-struct NotLeadingOnDrop<'a>(&'a Shared);
+struct NotLeadingOnDrop<'a>(&'a Shared, &'a ElectionConfig);
 
 impl Drop for NotLeadingOnDrop<'_> {
     fn drop(&mut self) {
         self.0.set_leading(None);
+        crate::obs::stopped(self.1);
     }
 }
 
@@ -340,7 +341,7 @@ impl Election {
         let Some((store, created, watch)) = self.set_up(&cancel).await? else {
             return Ok(()); // cancelled before the election could start
         };
-        let _not_leading = NotLeadingOnDrop(&self.shared);
+        let _not_leading = NotLeadingOnDrop(&self.shared, &self.config);
         let mut watch = Some(watch);
         // The machine's time: counts through a host suspend (see `clock.rs`).
         let clock = Clock::new();
@@ -403,6 +404,7 @@ impl Election {
             }
             while let Some(event) = machine.poll_event() {
                 debug!(?event, "election event");
+                crate::obs::event(&self.config, &event);
                 let _ = self.shared.events.send(event);
             }
             self.publish_state(&machine, clock);

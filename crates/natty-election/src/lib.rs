@@ -27,7 +27,10 @@
 //! complete that write: that is what the fencing token is for.
 //!
 //! # Feature flags
-//! None.
+//! - `metrics` (off by default): the leader flag and term gauges and the elections / losses
+//!   counters (`natty_election_*`), through the `metrics` facade; see the README's
+//!   "Observability" section. With it, natty-kv's `metrics` is on too (the lease's KV
+//!   operations are timed).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -42,6 +45,7 @@ mod driver;
 mod error;
 mod lease;
 pub mod machine;
+mod obs;
 mod store;
 
 #[cfg(test)]

@@ -111,16 +111,20 @@ impl Kv {
     pub async fn get(&self, bucket: &str, key: &str) -> Result<Option<Entry>, Error> {
         validate(bucket, key)?;
         let span = info_span!("natty.kv.get", bucket, key);
-        async {
-            let Some(b) = self.buckets.find(bucket, &self.deadline()).await? else {
-                return Ok(None);
-            };
-            match self.last_message(&b, key, ReadFrom::AnyReplica).await {
-                Err(e) if e.kind() == ErrorKind::BucketNotFound => Ok(None),
-                other => other.map(|m| m.and_then(|m| entry::decode(key, m))),
+        crate::obs::timed(
+            "get",
+            bucket,
+            async {
+                let Some(b) = self.buckets.find(bucket, &self.deadline()).await? else {
+                    return Ok(None);
+                };
+                match self.last_message(&b, key, ReadFrom::AnyReplica).await {
+                    Err(e) if e.kind() == ErrorKind::BucketNotFound => Ok(None),
+                    other => other.map(|m| m.and_then(|m| entry::decode(key, m))),
+                }
             }
-        }
-        .instrument(span)
+            .instrument(span),
+        )
         .await
     }
 
@@ -135,18 +139,24 @@ impl Kv {
     ) -> Result<Option<Entry>, Error> {
         validate(bucket, key)?;
         let span = info_span!("natty.kv.get_revision", bucket, key, revision);
-        async {
-            let Some(b) = self.buckets.find(bucket, &self.deadline()).await? else {
-                return Ok(None);
-            };
-            match self.message_at(&b, revision).await {
-                Ok(Some(m)) if m.subject.as_str() == b.subject(key) => Ok(entry::decode(key, m)),
-                Ok(_) => Ok(None),
-                Err(e) if e.kind() == ErrorKind::BucketNotFound => Ok(None),
-                Err(e) => Err(e),
+        crate::obs::timed(
+            "get_revision",
+            bucket,
+            async {
+                let Some(b) = self.buckets.find(bucket, &self.deadline()).await? else {
+                    return Ok(None);
+                };
+                match self.message_at(&b, revision).await {
+                    Ok(Some(m)) if m.subject.as_str() == b.subject(key) => {
+                        Ok(entry::decode(key, m))
+                    }
+                    Ok(_) => Ok(None),
+                    Err(e) if e.kind() == ErrorKind::BucketNotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
             }
-        }
-        .instrument(span)
+            .instrument(span),
+        )
         .await
     }
 
@@ -156,20 +166,24 @@ impl Kv {
     pub async fn history(&self, bucket: &str, key: &str) -> Result<Vec<Event>, Error> {
         validate(bucket, key)?;
         let span = info_span!("natty.kv.history", bucket, key);
-        async {
-            let Some(b) = self.buckets.find(bucket, &self.deadline()).await? else {
-                return Ok(Vec::new());
-            };
-            let last = match self.last_message(&b, key, ReadFrom::Leader).await {
-                Err(e) if e.kind() == ErrorKind::BucketNotFound => return Ok(Vec::new()),
-                other => other?,
-            };
-            if last.is_none() {
-                return Ok(Vec::new());
+        crate::obs::timed(
+            "history",
+            bucket,
+            async {
+                let Some(b) = self.buckets.find(bucket, &self.deadline()).await? else {
+                    return Ok(Vec::new());
+                };
+                let last = match self.last_message(&b, key, ReadFrom::Leader).await {
+                    Err(e) if e.kind() == ErrorKind::BucketNotFound => return Ok(Vec::new()),
+                    other => other?,
+                };
+                if last.is_none() {
+                    return Ok(Vec::new());
+                }
+                scan::history(self, &b, key, self.deadline()).await
             }
-            scan::history(self, &b, key, self.deadline()).await
-        }
-        .instrument(span)
+            .instrument(span),
+        )
         .await
     }
 
@@ -180,7 +194,7 @@ impl Kv {
     pub async fn keys(&self, bucket: &str) -> Result<Vec<String>, Error> {
         names::bucket(bucket).map_err(from_core)?;
         let span = info_span!("natty.kv.keys", bucket);
-        async {
+        crate::obs::timed("keys", bucket, async {
             let mut keys = std::collections::BTreeSet::new();
             let listing = self.keys_stream(bucket).await?;
             futures::pin_mut!(listing);
@@ -206,7 +220,7 @@ impl Kv {
                 }
             }
         }
-        .instrument(span)
+        .instrument(span))
         .await
     }
 
@@ -312,9 +326,13 @@ impl Kv {
     /// revision.
     pub async fn put(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64, Error> {
         validate(bucket, key)?;
-        self.write(
-            &Write::new(Op::Put, bucket, key, value),
-            IfMissing::CreateBucket,
+        crate::obs::timed(
+            "put",
+            bucket,
+            self.write(
+                &Write::new(Op::Put, bucket, key, value),
+                IfMissing::CreateBucket,
+            ),
         )
         .await
     }
@@ -323,7 +341,12 @@ impl Kv {
     /// bucket if missing. `KeyExists` otherwise.
     pub async fn create(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64, Error> {
         validate(bucket, key)?;
-        self.create_inner(bucket, key, value, None).await
+        crate::obs::timed(
+            "create",
+            bucket,
+            self.create_inner(bucket, key, value, None),
+        )
+        .await
     }
 
     /// Like [`create`](Self::create), with a per-key TTL: the key expires `ttl` after its last
@@ -339,8 +362,12 @@ impl Kv {
     ) -> Result<u64, Error> {
         validate(bucket, key)?;
         let secs = validate_key_ttl(ttl)?;
-        self.create_inner(bucket, key, value, Some(KeyTtl::Secs(secs)))
-            .await
+        crate::obs::timed(
+            "create",
+            bucket,
+            self.create_inner(bucket, key, value, Some(KeyTtl::Secs(secs))),
+        )
+        .await
     }
 
     /// `create` is a write expecting "no message" (revision 0), or, over a delete marker, a
@@ -404,9 +431,13 @@ impl Kv {
         expected_revision: u64,
     ) -> Result<u64, Error> {
         validate(bucket, key)?;
-        self.write(
-            &Write::new(Op::Update, bucket, key, value).expect(expected_revision),
-            IfMissing::Fail,
+        crate::obs::timed(
+            "update",
+            bucket,
+            self.write(
+                &Write::new(Op::Update, bucket, key, value).expect(expected_revision),
+                IfMissing::Fail,
+            ),
         )
         .await
     }
@@ -422,11 +453,15 @@ impl Kv {
     ) -> Result<u64, Error> {
         validate(bucket, key)?;
         let secs = validate_key_ttl(ttl)?;
-        self.write(
-            &Write::new(Op::Update, bucket, key, value)
-                .expect(expected_revision)
-                .ttl(Some(KeyTtl::Secs(secs))),
-            IfMissing::Fail,
+        crate::obs::timed(
+            "update",
+            bucket,
+            self.write(
+                &Write::new(Op::Update, bucket, key, value)
+                    .expect(expected_revision)
+                    .ttl(Some(KeyTtl::Secs(secs))),
+                IfMissing::Fail,
+            ),
         )
         .await
     }
@@ -438,19 +473,23 @@ impl Kv {
     pub async fn refresh(&self, bucket: &str, key: &str) -> Result<u64, Error> {
         validate(bucket, key)?;
         let span = info_span!("natty.kv.refresh", bucket, key);
-        async {
-            let b = self
-                .buckets
-                .require(bucket, "refreshing a key", &self.deadline())
-                .await?;
-            let entry = self
-                .last_message(&b, key, ReadFrom::Leader)
-                .await?
-                .and_then(|m| entry::decode(key, m))
-                .ok_or_else(|| key_not_found(bucket, key, "refreshing"))?;
-            self.refresh_entry(bucket, &entry).await
-        }
-        .instrument(span)
+        crate::obs::timed(
+            "refresh",
+            bucket,
+            async {
+                let b = self
+                    .buckets
+                    .require(bucket, "refreshing a key", &self.deadline())
+                    .await?;
+                let entry = self
+                    .last_message(&b, key, ReadFrom::Leader)
+                    .await?
+                    .and_then(|m| entry::decode(key, m))
+                    .ok_or_else(|| key_not_found(bucket, key, "refreshing"))?;
+                self.refresh_entry_untimed(bucket, &entry).await
+            }
+            .instrument(span),
+        )
         .await
     }
 
@@ -458,6 +497,10 @@ impl Kv {
     /// TTL. `RevisionMismatch` if the key was written, deleted or expired since.
     pub async fn refresh_entry(&self, bucket: &str, entry: &Entry) -> Result<u64, Error> {
         validate(bucket, &entry.key)?;
+        crate::obs::timed("refresh", bucket, self.refresh_entry_untimed(bucket, entry)).await
+    }
+
+    async fn refresh_entry_untimed(&self, bucket: &str, entry: &Entry) -> Result<u64, Error> {
         self.write(
             &Write::new(Op::Refresh, bucket, &entry.key, entry.value.clone())
                 .expect(entry.revision)
@@ -473,9 +516,12 @@ impl Kv {
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), Error> {
         validate(bucket, key)?;
         let span = info_span!("natty.kv.delete", bucket, key);
-        async { self.remove(Write::delete(bucket, key)).await }
-            .instrument(span)
-            .await
+        crate::obs::timed(
+            "delete",
+            bucket,
+            async { self.remove(Write::delete(bucket, key)).await }.instrument(span),
+        )
+        .await
     }
 
     /// Purges the key: writes a purge marker and removes the key's earlier revisions (its
@@ -483,9 +529,12 @@ impl Kv {
     pub async fn purge(&self, bucket: &str, key: &str) -> Result<(), Error> {
         validate(bucket, key)?;
         let span = info_span!("natty.kv.purge", bucket, key);
-        async { self.remove(Write::purge(bucket, key)).await }
-            .instrument(span)
-            .await
+        crate::obs::timed(
+            "purge",
+            bucket,
+            async { self.remove(Write::purge(bucket, key)).await }.instrument(span),
+        )
+        .await
     }
 
     /// Writes a delete or purge marker if the key has any message (a purge also clears the
@@ -522,9 +571,13 @@ impl Kv {
         expected_revision: u64,
     ) -> Result<(), Error> {
         validate(bucket, key)?;
-        self.write(
-            &Write::delete(bucket, key).expect(expected_revision),
-            IfMissing::Fail,
+        crate::obs::timed(
+            "delete_if",
+            bucket,
+            self.write(
+                &Write::delete(bucket, key).expect(expected_revision),
+                IfMissing::Fail,
+            ),
         )
         .await
         .map(drop)

@@ -39,6 +39,9 @@
 //!   `Kv::create_json`, `Kv::update_json`, `Kv::watch_key_json` /
 //!   `Kv::watch_bucket_json` (`JsonWatch`); a value that does not decode is a
 //!   [`ErrorKind::Decode`] error whose source, a `DecodeError`, keeps the raw bytes.
+//! - `metrics` (off by default): the latency of every key operation (`natty_kv_op_seconds`,
+//!   labels `op` and `bucket`) and its errors by kind (`natty_kv_op_errors_total`), through
+//!   the `metrics` facade; see the README's "Observability" section.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -54,6 +57,7 @@ mod error;
 #[cfg(feature = "serde")]
 mod json;
 mod kv;
+mod obs;
 mod read;
 mod retry;
 mod scan;

@@ -23,6 +23,11 @@
 //!   back as a `DecodeError` naming the subject and keeping the raw bytes.
 //! - `metrics` (off by default): counters, histograms and the consumer lag gauge through the
 //!   `metrics` facade; names in the README's "Observability" section.
+//! - `otel` (off by default): trace propagation. Publishing writes the current span's W3C
+//!   `traceparent` / `tracestate` into the message headers (OpenTelemetry's
+//!   `TraceContextPropagator`); the consumer runs each handler in a `debug`-level span
+//!   `natty.stream.process` that continues that trace, with OpenTelemetry messaging attributes.
+//!   Install a `tracing-opentelemetry` layer that lets `natty_stream=debug` through.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -40,6 +45,7 @@ mod json;
 mod message;
 mod obs;
 mod publisher;
+mod trace;
 
 #[cfg(test)]
 mod fuzz;

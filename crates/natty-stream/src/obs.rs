@@ -3,16 +3,33 @@
 //! `#[inline(always)]` body and [`Timer`] is a zero-sized type: nothing is compiled in.
 //!
 //! Names (see the README's "Observability" section): `natty_stream_*`, counters end in
-//! `_total`, durations are histograms in seconds ending in `_seconds`; labels `stream` and
-//! `consumer`. The stream of a publish is only known from its ack, so the counters of
-//! attempts that may have no ack (`published`, `retried`, `failed`) carry a `publisher`
-//! label (`batch` or `single`) instead.
+//! `_total`, durations are histograms in seconds ending in `_seconds`. Publish metrics carry
+//! `stream` (empty when no known stream captures the subject) and `publisher` (`single` or
+//! `batch`); consume metrics carry `stream` and `consumer`.
+
+/// Which publisher a publish metric comes from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Via {
+    Single,
+    Batch,
+}
 
 #[cfg(feature = "metrics")]
 mod imp {
     use std::time::Instant;
 
     use async_nats::jetstream;
+
+    use super::Via;
+
+    impl Via {
+        fn label(self) -> &'static str {
+            match self {
+                Self::Single => "single",
+                Self::Batch => "batch",
+            }
+        }
+    }
 
     /// When an operation started.
     #[derive(Debug, Clone, Copy)]
@@ -27,25 +44,39 @@ mod imp {
         }
     }
 
-    pub(crate) fn published(publisher: &'static str) {
-        metrics::counter!("natty_stream_published_total", "publisher" => publisher).increment(1);
-    }
-
-    pub(crate) fn retried(publisher: &'static str) {
-        metrics::counter!("natty_stream_publish_retried_total", "publisher" => publisher)
+    fn publish_counter(name: &'static str, stream: &str, via: Via) {
+        metrics::counter!(name, "stream" => stream.to_owned(), "publisher" => via.label())
             .increment(1);
     }
 
-    pub(crate) fn failed(publisher: &'static str) {
-        metrics::counter!("natty_stream_publish_failed_total", "publisher" => publisher)
-            .increment(1);
+    /// A message handed to the server for the first time (counted once per message).
+    pub(crate) fn published(stream: &str, via: Via) {
+        publish_counter("natty_stream_published_total", stream, via);
     }
 
-    pub(crate) fn acked(stream: &str, since: Timer) {
-        let stream = stream.to_owned();
-        metrics::counter!("natty_stream_acked_total", "stream" => stream.clone()).increment(1);
-        metrics::histogram!("natty_stream_publish_ack_seconds", "stream" => stream)
-            .record(since.seconds());
+    pub(crate) fn retried(stream: &str, via: Via) {
+        publish_counter("natty_stream_publish_retried_total", stream, via);
+    }
+
+    pub(crate) fn failed(stream: &str, via: Via) {
+        publish_counter("natty_stream_publish_failed_total", stream, via);
+    }
+
+    /// A message acknowledged by its stream, `since` it was sent.
+    pub(crate) fn acked(stream: &str, via: Via, since: Timer) {
+        acked_seconds(stream, via, since.seconds());
+    }
+
+    /// A message acknowledged by its stream, `since` the batch publisher's task took it (fast
+    /// ingest: one ack covers many messages, so the timer is the message's own).
+    pub(crate) fn acked_since(stream: &str, via: Via, since: tokio::time::Instant) {
+        acked_seconds(stream, via, since.elapsed().as_secs_f64());
+    }
+
+    fn acked_seconds(stream: &str, via: Via, seconds: f64) {
+        publish_counter("natty_stream_acked_total", stream, via);
+        metrics::histogram!("natty_stream_publish_ack_seconds", "stream" => stream.to_owned(), "publisher" => via.label())
+            .record(seconds);
     }
 
     fn labels(m: &jetstream::Message) -> (String, String, u64) {
@@ -100,6 +131,8 @@ mod imp {
 mod imp {
     use async_nats::jetstream;
 
+    use super::Via;
+
     #[derive(Debug, Clone, Copy)]
     pub(crate) struct Timer;
 
@@ -119,13 +152,15 @@ mod imp {
     }
 
     #[inline(always)]
-    pub(crate) fn published(_: &'static str) {}
+    pub(crate) fn published(_: &str, _: Via) {}
     #[inline(always)]
-    pub(crate) fn retried(_: &'static str) {}
+    pub(crate) fn retried(_: &str, _: Via) {}
     #[inline(always)]
-    pub(crate) fn failed(_: &'static str) {}
+    pub(crate) fn failed(_: &str, _: Via) {}
     #[inline(always)]
-    pub(crate) fn acked(_: &str, _: Timer) {}
+    pub(crate) fn acked(_: &str, _: Via, _: Timer) {}
+    #[inline(always)]
+    pub(crate) fn acked_since(_: &str, _: Via, _: tokio::time::Instant) {}
     #[inline(always)]
     pub(crate) fn consumed(_: &jetstream::Message) {}
     #[inline(always)]

@@ -126,21 +126,40 @@ impl Publisher {
     ) -> Result<PublishAck, Error> {
         names::subject(subject).map_err(from_core)?;
         options.validate()?;
-        let span = info_span!("natty.stream.publish", subject, bytes = payload.len());
+        let span = info_span!(
+            "natty.stream.publish",
+            subject,
+            bytes = payload.len(),
+            otel.name = %format_args!("send {subject}"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = subject,
+        );
+        #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
+        let mut headers = options.header_map();
+        #[cfg(feature = "otel")]
+        crate::trace::inject_headers(&span, &mut headers);
         async {
             let context = || format!("publishing to {subject:?}");
             let timer = crate::obs::Timer::start();
-            crate::obs::published("single");
-            let ack = self
-                .client
-                .jetstream()
-                .publish_with_headers(subject.to_owned(), options.header_map(), payload)
-                .await
-                .map_err(|e| from_publish(e, context()))?
-                .await
-                .map_err(|e| from_publish(e, context()))
-                .inspect_err(|_| crate::obs::failed("single"))?;
-            crate::obs::acked(&ack.stream, timer);
+            let single = crate::obs::Via::Single;
+            let ack = async {
+                self.client
+                    .jetstream()
+                    .publish_with_headers(subject.to_owned(), headers, payload)
+                    .await?
+                    .await
+            }
+            .await
+            .map_err(|e| {
+                // The stream is only known from an ack: a failed publish counts under "".
+                crate::obs::published("", single);
+                crate::obs::failed("", single);
+                from_publish(e, context())
+            })?;
+            crate::obs::published(&ack.stream, single);
+            crate::obs::acked(&ack.stream, single, timer);
             debug!(stream = %ack.stream, sequence = ack.sequence, "published");
             Ok(ack.into())
         }

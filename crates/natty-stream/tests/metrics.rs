@@ -1,76 +1,27 @@
-//! Metrics (feature `metrics`) against a real NATS server, read through a `metrics-util`
-//! DebuggingRecorder: every publish and consume counter moves as the operations run,
-//! dead-letter and consumer lag included.
+//! Metrics (feature `metrics`) against a real NATS server, read back through natty-testkit's
+//! recorder: every publish and consume counter moves as the operations run,
+//! dead-letter and consumer lag included. The stream is fast-ingest capable (natty's default on
+//! a 2.14+ server), so the batch publisher's acks come from fast-ingest flow acks and commits.
 #![allow(
     clippy::unwrap_used,
     reason = "in a test a panic is the failure report"
 )]
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use metrics_util::{
-    MetricKind,
-    debugging::{DebugValue, DebuggingRecorder, Snapshotter},
-};
 use natty_core::ConnectOptions;
 use natty_stream::{
     BatchConfig, BatchPublisher, CancellationToken, ConsumeOptions, Consumer, ConsumerConfig,
     HandlerError, Message, Publisher, StreamConfig, ensure_consumer, ensure_stream,
 };
-use natty_testkit::{Nats, init_tracing, unique_name, wait_for};
+use natty_testkit::{Nats, Recorded, init_tracing, unique_name, wait_for};
 use tokio::sync::Notify;
-
-/// What the recorder saw so far (a snapshot drains counters and histograms: add them up).
-#[derive(Default)]
-struct Seen {
-    counters: HashMap<String, u64>,
-    max_gauge: HashMap<String, f64>,
-    last_gauge: HashMap<String, f64>,
-    samples: HashMap<String, usize>,
-}
-
-impl Seen {
-    fn take(&mut self, s: &Snapshotter) {
-        for (key, _, _, value) in s.snapshot().into_vec() {
-            let (kind, key) = key.into_parts();
-            let mut name = key.name().to_owned();
-            for l in key.labels() {
-                name.push_str(&format!(",{}={}", l.key(), l.value()));
-            }
-            match (kind, value) {
-                (MetricKind::Counter, DebugValue::Counter(n)) => {
-                    *self.counters.entry(name).or_default() += n;
-                }
-                (MetricKind::Gauge, DebugValue::Gauge(v)) => {
-                    let max = self.max_gauge.entry(name.clone()).or_insert(f64::MIN);
-                    *max = max.max(v.0);
-                    self.last_gauge.insert(name, v.0);
-                }
-                (MetricKind::Histogram, DebugValue::Histogram(v)) => {
-                    *self.samples.entry(name).or_default() += v.len();
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn counter(&self, name: &str) -> u64 {
-        self.counters.get(name).copied().unwrap_or(0)
-    }
-}
 
 #[tokio::test]
 #[ignore = "integration: needs Docker; run `cargo xtask integration`"]
 async fn every_stream_metric_moves_including_dead_letter_and_lag() -> anyhow::Result<()> {
     init_tracing();
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder.install().unwrap();
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let recorded = Recorded::install();
 
     let nats = Nats::start().await?;
     let client = ConnectOptions::new([nats.url()]).connect().await?;
@@ -147,20 +98,18 @@ async fn every_stream_metric_moves_including_dead_letter_and_lag() -> anyhow::Re
         Duration::from_secs(20),
         || {
             std::future::ready({
-                let mut s = seen.lock().unwrap();
-                s.take(&snapshotter);
+                let s = recorded.snapshot();
                 (s.max_gauge.get(&lag).copied().unwrap_or(0.0) >= 3.0).then_some(())
             })
         },
     )
     .await
-    .map_err(|e| anyhow::anyhow!("{e}: gauges {:?}", seen.lock().unwrap().max_gauge))?;
+    .map_err(|e| anyhow::anyhow!("{e}: gauges {:?}", recorded.snapshot().max_gauge))?;
     release.notify_one();
     let labels = format!("stream={stream},consumer=workers");
     wait_for("every message settled", Duration::from_secs(20), || {
         std::future::ready({
-            let mut s = seen.lock().unwrap();
-            s.take(&snapshotter);
+            let s = recorded.snapshot();
             (s.counter(&format!("natty_stream_consumer_acked_total,{labels}")) == 3
                 && s.counter(&format!(
                     "natty_stream_consumer_dead_lettered_total,{labels}"
@@ -184,9 +133,11 @@ async fn every_stream_metric_moves_including_dead_letter_and_lag() -> anyhow::Re
     slow.send(&format!("{stream}.late"), "late".into()).await?;
     wait_for("a retry", Duration::from_secs(20), || {
         std::future::ready({
-            let mut s = seen.lock().unwrap();
-            s.take(&snapshotter);
-            (s.counter("natty_stream_publish_retried_total,publisher=batch") > 0).then_some(())
+            let s = recorded.snapshot();
+            (s.counter(&format!(
+                "natty_stream_publish_retried_total,stream={stream},publisher=batch"
+            )) > 0)
+                .then_some(())
         })
     })
     .await?;
@@ -196,31 +147,53 @@ async fn every_stream_metric_moves_including_dead_letter_and_lag() -> anyhow::Re
     batch.send("nowhere.at.all", "x".into()).await?;
     let _ = batch.flush().await; // its failure is handed back on the error channel
     wait_for("a failed batch publish", Duration::from_secs(20), || {
-        let mut s = seen.lock().unwrap();
-        s.take(&snapshotter);
+        let s = recorded.snapshot();
         std::future::ready(
-            (s.counter("natty_stream_publish_failed_total,publisher=batch") > 0).then_some(()),
+            (s.counter("natty_stream_publish_failed_total,stream=,publisher=batch") > 0)
+                .then_some(()),
         )
     })
     .await?;
     cancel.cancel();
     task.await??;
 
-    let mut s = seen.lock().unwrap();
-    s.take(&snapshotter);
+    let s = recorded.snapshot();
     let c = |n: &str| s.counter(n);
-    assert_eq!(c("natty_stream_published_total,publisher=single"), 2);
-    assert_eq!(c("natty_stream_publish_failed_total,publisher=single"), 1);
-    assert_eq!(c("natty_stream_published_total,publisher=batch"), 7);
-    assert_eq!(c("natty_stream_publish_failed_total,publisher=batch"), 1);
-    assert!(c("natty_stream_publish_retried_total,publisher=batch") >= 1);
-    assert!(c(&format!("natty_stream_acked_total,stream={stream}")) >= 6);
-    assert_eq!(
-        c(&format!("natty_stream_acked_total,stream={dlq}")),
-        0,
-        "dead letters are not counted as publishes"
+    // Per stream: "" is a subject no known stream captures.
+    let p = |what: &str, stream: &str, via: &str| {
+        c(&format!(
+            "natty_stream_{what},stream={stream},publisher={via}"
+        ))
+    };
+    assert_eq!(p("published_total", &stream, "single"), 1);
+    assert_eq!(p("acked_total", &stream, "single"), 1);
+    assert_eq!(p("published_total", "", "single"), 1);
+    assert_eq!(p("publish_failed_total", "", "single"), 1);
+    // Four batched, then "early" and "late" (retried through the pause): each published and
+    // acked once, the fast-ingest acks included.
+    assert_eq!(p("published_total", &stream, "batch"), 6);
+    assert_eq!(p("acked_total", &stream, "batch"), 6);
+    assert_eq!(p("publish_failed_total", &stream, "batch"), 0);
+    assert!(p("publish_retried_total", &stream, "batch") >= 1);
+    assert_eq!(p("published_total", "", "batch"), 1);
+    assert_eq!(p("publish_failed_total", "", "batch"), 1);
+    assert!(
+        !s.counters
+            .keys()
+            .any(|k| k.starts_with("natty_stream_acked_total") && k.contains(&dlq)),
+        "dead letters are not counted as publishes: {:?}",
+        s.counters
     );
-    assert!(s.samples[&format!("natty_stream_publish_ack_seconds,stream={stream}")] >= 6);
+    let samples = |via: &str| {
+        s.samples
+            .get(&format!(
+                "natty_stream_publish_ack_seconds,stream={stream},publisher={via}"
+            ))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(samples("single"), 1);
+    assert_eq!(samples("batch"), 6, "every fast-ingest ack is timed");
     // 6 deliveries (5 + the retry; the late message is consumed or not by cancel time).
     assert!(c(&format!("natty_stream_consumed_total,{labels}")) >= 6);
     // 3 of the first five, then the early/late messages published later.

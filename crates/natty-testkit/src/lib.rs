@@ -16,6 +16,7 @@
 //! - `containers` (default): everything above. Without it only [`setup`] is built — finding,
 //!   installing and starting a NATS server with nothing but `std` — which is all `cargo xtask`
 //!   needs, so `cargo xtask help` compiles a handful of crates, not testcontainers.
+//! - `metrics`: `Recorded`, a `metrics` recorder for tests that reads back what was recorded.
 
 #[cfg(feature = "containers")]
 pub mod certs;
@@ -23,6 +24,8 @@ pub mod certs;
 mod cluster;
 #[cfg(feature = "containers")]
 pub mod image;
+#[cfg(feature = "metrics")]
+pub mod recorded;
 #[cfg(feature = "containers")]
 pub mod procs;
 #[cfg(feature = "containers")]
@@ -33,6 +36,8 @@ pub mod setup;
 pub use certs::TestCerts;
 #[cfg(feature = "containers")]
 pub use cluster::NatsCluster;
+#[cfg(feature = "metrics")]
+pub use recorded::{Recorded, Totals};
 #[cfg(feature = "containers")]
 pub use server::{Nats, ServerAuth, ServerOptions, TlsFiles, TlsMode, unique_name};
 

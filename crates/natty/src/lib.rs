@@ -20,6 +20,9 @@
 //! - `election` (default, implies `kv`): [`election`] — leader election.
 //! - `serde` (off): typed payloads — `Natty::publish_json`, `Message::json`,
 //!   `Natty::get_json` / `put_json` / `create_json`, `watch_key_json` / `watch_bucket_json`.
+//! - `metrics` (off): stream, KV and election metrics through the `metrics` facade.
+//! - `otel` (off): W3C trace context carried in message headers from publish to handler
+//!   (see the README's "Observability" section and `examples/observability.rs`).
 //!
 //! [`CancellationToken`], [`shutdown_signal`] and [`cancel_on_shutdown_signal`] are there
 //! with any set of features.

@@ -81,11 +81,11 @@ impl FastBatch {
 
     /// Hands every message the flow acks have covered to `done` (call after a successful
     /// [`add`](Self::add) only: acks that arrive with a failure are not trusted).
-    pub(super) fn settle(&mut self, mut done: impl FnMut(Outgoing)) {
+    pub(super) fn settle(&mut self, mut done: impl FnMut(&str, Outgoing)) {
         let acked = self.publisher.last_ack_sequence();
         while self.pending.front().is_some_and(|(seq, _)| *seq <= acked) {
             if let Some((_, m)) = self.pending.pop_front() {
-                done(m);
+                done(&self.stream, m);
             }
         }
     }

@@ -581,7 +581,6 @@ impl BatchPublisher {
             return Err(self.gone(&format!("queueing a message for {subject:?}")));
         }
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        crate::obs::published("batch");
         Ok(())
     }
 
@@ -607,10 +606,15 @@ impl BatchPublisher {
         &self,
         subject: &str,
         payload: Bytes,
-        options: PublishOptions,
+        #[cfg_attr(not(feature = "otel"), allow(unused_mut))] mut options: PublishOptions,
     ) -> Result<Outgoing, Error> {
         names::subject(subject).map_err(from_core)?;
         options.validate()?;
+        // The message's own span (debug-level: free when off); its trace context goes in
+        // the headers every attempt is sent with.
+        let _span = crate::trace::send_span(subject);
+        #[cfg(feature = "otel")]
+        crate::trace::inject_pairs(&_span, &mut options.headers);
         if self.closed.load(Ordering::Acquire) {
             return Err(self.gone(&format!("queueing a message for {subject:?}")));
         }

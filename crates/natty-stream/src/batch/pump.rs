@@ -68,7 +68,7 @@ impl InFlight {
         ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
     ) -> AckResult {
         if let Ok(ack) = &ack {
-            crate::obs::acked(&ack.stream, self.timer);
+            crate::obs::acked(&ack.stream, crate::obs::Via::Batch, self.timer);
         }
         ack.map_err(|e| from_publish(e, self.context()))
     }
@@ -316,7 +316,7 @@ impl Pump {
                 m.seq = self.received;
                 m.first_seen = self.now;
                 self.ledger.open(m.seq);
-                self.dispatch(m).await;
+                self.dispatch(m, true).await;
             }
             Command::Flush(tx) => self.flushes.push((self.received, tx)),
             Command::Close(tx) => {
@@ -341,12 +341,23 @@ impl Pump {
         }
     }
 
-    /// Sends a message the way its stream takes it.
-    async fn dispatch(&mut self, m: Outgoing) {
+    /// Sends a message the way its stream takes it (`first`: its first time here, counted as
+    /// published).
+    async fn dispatch(&mut self, m: Outgoing, first: bool) {
         let route = self.routes.route(&self.js, &m.subject).await;
+        if first {
+            match &route {
+                Route::Fast(stream) | Route::Pipelined(Some(stream)) => {
+                    crate::obs::published(stream, crate::obs::Via::Batch);
+                }
+                Route::Pipelined(None) | Route::Refused(..) => {
+                    crate::obs::published(&self.stream_label(&m), crate::obs::Via::Batch);
+                }
+            }
+        }
         match route {
             Route::Fast(_) if m.pipelined => self.publish(m).await,
-            Route::Pipelined => self.publish(m).await,
+            Route::Pipelined(_) => self.publish(m).await,
             Route::Fast(stream) => self.fast_add(stream, m).await,
             Route::Refused(kind, why) => {
                 let error = Error::new(
@@ -509,8 +520,8 @@ impl Pump {
                 continue;
             }
             self.stats.retried.fetch_add(1, Ordering::Relaxed);
-            crate::obs::retried("batch");
-            self.dispatch(r.m).await;
+            crate::obs::retried(&self.stream_label(&r.m), crate::obs::Via::Batch);
+            self.dispatch(r.m, false).await;
         }
     }
 
@@ -552,7 +563,10 @@ impl Pump {
                     info!(stream = %stream, failed, "fast batches accepted again");
                 }
                 let (ledger, stats) = (&mut self.ledger, &self.stats);
-                batch.settle(|m| finish(ledger, stats, &m));
+                batch.settle(|stream, m| {
+                    crate::obs::acked_since(stream, crate::obs::Via::Batch, m.first_seen);
+                    finish(ledger, stats, &m);
+                });
                 self.fast = Some(batch);
             }
             Err(error) => self.fast_failed(batch.fail(error)).await,
@@ -564,10 +578,12 @@ impl Pump {
         let Some(batch) = self.fast.take() else {
             return;
         };
+        let stream = batch.stream.clone();
         match batch.commit().await {
             Ok(stored) => {
                 self.fast_trouble.accepted();
                 for (_, m) in stored {
+                    crate::obs::acked_since(&stream, crate::obs::Via::Batch, m.first_seen);
                     self.done(m);
                 }
             }
@@ -612,6 +628,14 @@ impl Pump {
         }
     }
 
+    /// The `stream` label of `m`'s metrics: its stream if known, else empty (cold paths only:
+    /// a scan of the stream list).
+    fn stream_label(&self, m: &Outgoing) -> Arc<str> {
+        self.routes
+            .known_stream(&m.subject)
+            .unwrap_or_else(|| Arc::from(""))
+    }
+
     fn done(&mut self, m: Outgoing) {
         finish(&mut self.ledger, &self.stats, &m);
     }
@@ -620,7 +644,7 @@ impl Pump {
         warn!(msg_id = %m.msg_id, subject = %m.subject, attempts = m.attempts, maybe_stored = m.maybe_stored, error = %error, "message not stored; handing it back");
         self.ledger.finish(m.seq);
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        crate::obs::failed("batch");
+        crate::obs::failed(&self.stream_label(&m), crate::obs::Via::Batch);
         let _ = self.failed.send(m.into_failed(error));
     }
 }

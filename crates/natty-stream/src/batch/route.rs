@@ -20,8 +20,8 @@ const MAX_CACHED: usize = 10_000;
 /// How one message is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Route {
-    /// One publish, one ack.
-    Pipelined,
+    /// One publish, one ack; the stream that captures the subject, if one is known.
+    Pipelined(Option<Arc<str>>),
     /// Into the open fast-ingest batch of this stream.
     Fast(Arc<str>),
     /// Not at all: handed back with this error kind and reason.
@@ -85,7 +85,7 @@ impl Routes {
         let Some(stream) = self.find(js, subject).await else {
             // No known stream: pipelined (its ack will say), and not cached: the stream may
             // appear later.
-            return Route::Pipelined;
+            return Route::Pipelined(None);
         };
         let route = if stream.no_ack {
             Route::Refused(
@@ -99,7 +99,9 @@ impl Routes {
             )
         } else {
             match (mode, stream.batched && fast_capable) {
-                (PublishMode::Pipelined, _) | (PublishMode::Auto, false) => Route::Pipelined,
+                (PublishMode::Pipelined, _) | (PublishMode::Auto, false) => {
+                    Route::Pipelined(Some(stream.name.clone()))
+                }
                 (_, true) => Route::Fast(stream.name.clone()),
                 (_, false) => Route::Refused(
                     ErrorKind::Unsupported,
@@ -127,6 +129,12 @@ impl Routes {
         subject: &str,
     ) -> Option<Duration> {
         self.find(js, subject).await.map(|s| s.duplicate_window)
+    }
+
+    /// The stream known to capture `subject`, without listing streams (for metric labels on
+    /// the cold paths: retries, failures).
+    pub(super) fn known_stream(&self, subject: &str) -> Option<Arc<str>> {
+        self.index_of(subject).map(|i| self.streams[i].name.clone())
     }
 
     /// `stream` refused a batch as not enabled: it no longer allows batches.

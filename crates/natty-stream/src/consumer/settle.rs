@@ -130,7 +130,23 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) async fn process<H, Fut>(
+    /// Handles and settles `m` inside its per-message span (continuing the publisher's trace
+    /// with feature `otel`).
+    pub(super) fn process<H, Fut>(
+        self: Arc<Self>,
+        m: jetstream::Message,
+        handler: Arc<H>,
+        settings: Settings,
+    ) -> tracing::instrument::Instrumented<impl Future<Output = ()>>
+    where
+        H: Fn(Message) -> Fut,
+        Fut: Future<Output = Result<(), HandlerError>>,
+    {
+        let span = crate::trace::process_span(&m, &self.durable);
+        tracing::Instrument::instrument(self.handle(m, handler, settings), span)
+    }
+
+    async fn handle<H, Fut>(
         self: Arc<Self>,
         m: jetstream::Message,
         handler: Arc<H>,
