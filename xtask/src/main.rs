@@ -303,10 +303,16 @@ fn chaos(minutes: f64, seed: u64) -> anyhow::Result<()> {
     )
 }
 
-/// A crate that depends only on natty-kv (or natty-election) must not pull natty-stream.
+/// A crate that depends only on natty-kv (or natty-election) must not pull natty-stream or
+/// natty-group; natty-stream pulls neither natty-election nor natty-group (the group depends on
+/// them, never the other way).
 fn check_a_la_carte() -> anyhow::Result<()> {
-    for krate in ["natty-kv", "natty-election"] {
-        eprintln!("\n==> cargo tree -p {krate} -e normal (must not contain natty-stream)");
+    for (krate, forbidden) in [
+        ("natty-kv", &["natty-stream", "natty-group"][..]),
+        ("natty-election", &["natty-stream", "natty-group"][..]),
+        ("natty-stream", &["natty-election", "natty-group"][..]),
+    ] {
+        eprintln!("\n==> cargo tree -p {krate} -e normal (must not contain {forbidden:?})");
         let out = Command::new("cargo")
             .args([
                 "tree", "-p", krate, "-e", "normal", "--prefix", "none", "--format", "{p}",
@@ -318,10 +324,16 @@ fn check_a_la_carte() -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
         let tree = String::from_utf8_lossy(&out.stdout);
-        if let Some(line) = tree.lines().find(|l| l.starts_with("natty-stream")) {
-            bail!("{krate} depends on {line}: it must build without natty-stream");
+        if let Some(line) = tree
+            .lines()
+            .find(|l| forbidden.iter().any(|f| l.starts_with(&format!("{f} "))))
+        {
+            bail!("{krate} depends on {line}: it must build without {forbidden:?}");
         }
-        eprintln!("{krate}: {} crates, no natty-stream", tree.lines().count());
+        eprintln!(
+            "{krate}: {} crates, none of {forbidden:?}",
+            tree.lines().count()
+        );
     }
     // The README's quick start needs nothing but the `stream` feature.
     run(

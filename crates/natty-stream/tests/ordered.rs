@@ -16,8 +16,8 @@ use std::{
 
 use natty_core::{Client, ConnectOptions};
 use natty_stream::{
-    Action, BatchConfig, BatchPublisher, CancellationToken, ConsumeError, ConsumeOptions,
-    Consumer, ConsumerConfig, ConsumerStats, HandlerError, Message, StreamConfig, ensure_consumer,
+    Action, BatchConfig, BatchPublisher, CancellationToken, ConsumeError, ConsumeOptions, Consumer,
+    ConsumerConfig, ConsumerStats, HandlerError, Message, StreamConfig, ensure_consumer,
     ensure_stream,
 };
 use natty_testkit::{Nats, init_tracing, unique_name, wait_for};
@@ -179,7 +179,8 @@ async fn sixty_four_keys_keep_their_order_at_ten_times_the_serial_rate() -> anyh
         (serial.handled.load(Ordering::SeqCst) >= SERIAL).then_some(())
     })
     .await?;
-    let serial_rate = serial.handled.load(Ordering::SeqCst) as f64 / started.elapsed().as_secs_f64();
+    let serial_rate =
+        serial.handled.load(Ordering::SeqCst) as f64 / started.elapsed().as_secs_f64();
     cancel.cancel();
     task.await??;
 
@@ -195,9 +196,11 @@ async fn sixty_four_keys_keep_their_order_at_ten_times_the_serial_rate() -> anyh
         pause,
         |_, _, _| Ok(()),
     );
-    wait_for("every message, ordered", Duration::from_secs(120), || async {
-        (seen.handled.load(Ordering::SeqCst) >= KEYS * PER_KEY).then_some(())
-    })
+    wait_for(
+        "every message, ordered",
+        Duration::from_secs(120),
+        || async { (seen.handled.load(Ordering::SeqCst) >= KEYS * PER_KEY).then_some(()) },
+    )
     .await?;
     let ordered_rate = (KEYS * PER_KEY) as f64 / started.elapsed().as_secs_f64();
     cancel.cancel();
@@ -209,10 +212,18 @@ async fn sixty_four_keys_keep_their_order_at_ten_times_the_serial_rate() -> anyh
         let want: Vec<(u64, u64)> = (0..PER_KEY as u64).map(|i| (i, 1)).collect();
         assert!(got == &want, "key {key} out of order or repeated: {got:?}");
     }
-    assert_eq!(seen.overlaps.load(Ordering::SeqCst), 0, "two handlers ran for one key");
+    assert_eq!(
+        seen.overlaps.load(Ordering::SeqCst),
+        0,
+        "two handlers ran for one key"
+    );
     let peak = seen.peak.load(Ordering::SeqCst);
     assert!(peak <= 16, "{peak} handlers at once, over the concurrency");
-    assert_eq!((stats.redelivered, stats.acked), (0, (KEYS * PER_KEY) as u64), "{stats:?}");
+    assert_eq!(
+        (stats.redelivered, stats.acked),
+        (0, (KEYS * PER_KEY) as u64),
+        "{stats:?}"
+    );
     let ratio = ordered_rate / serial_rate;
     eprintln!(
         "ordered_by_key: {ordered_rate:.0} msg/s at concurrency 16 vs {serial_rate:.0} msg/s at \
@@ -279,7 +290,11 @@ async fn a_failed_message_blocks_its_key_until_handled_or_dead_lettered() -> any
     }
     let d = Duration::from_millis;
     assert_eq!(
-        actions.iter().filter(|(k, _)| k == "k1").map(|(_, a)| a.clone()).collect::<Vec<_>>(),
+        actions
+            .iter()
+            .filter(|(k, _)| k == "k1")
+            .map(|(_, a)| a.clone())
+            .collect::<Vec<_>>(),
         [
             Action::Held { delay: d(400) },
             Action::Held { delay: d(800) },
@@ -287,7 +302,12 @@ async fn a_failed_message_blocks_its_key_until_handled_or_dead_lettered() -> any
         ],
     );
     assert_eq!(
-        (stats.held, stats.dead_lettered, stats.naked, stats.redelivered),
+        (
+            stats.held,
+            stats.dead_lettered,
+            stats.naked,
+            stats.redelivered
+        ),
         (3, 1, 0, 0),
         "{stats:?}"
     );
@@ -334,12 +354,23 @@ async fn cancel_finishes_pulled_keys_in_order_and_hands_back_blocked_ones() -> a
     cancel.cancel();
     let stats = task.await??;
     let took = begun.elapsed();
-    assert!(took < Duration::from_secs(5), "cancel waited {took:?} (for the retry?)");
+    assert!(
+        took < Duration::from_secs(5),
+        "cancel waited {took:?} (for the retry?)"
+    );
     let order = seen.order.lock().unwrap().clone();
     assert_eq!(order["k0"], [(0, 1)], "k0 ran past its failed message");
-    assert_eq!(order["k1"], [(0, 1), (1, 1), (2, 1)], "k1 not finished in order");
+    assert_eq!(
+        order["k1"],
+        [(0, 1), (1, 1), (2, 1)],
+        "k1 not finished in order"
+    );
     // k0's three are handed back (the held one and the two it blocked).
-    assert_eq!((stats.held, stats.naked, stats.acked), (1, 3, 3), "{stats:?}");
+    assert_eq!(
+        (stats.held, stats.naked, stats.acked),
+        (1, 3, 3),
+        "{stats:?}"
+    );
 
     let again = Arc::new(Seen::default());
     let (cancel, task) = start(
@@ -364,6 +395,9 @@ async fn cancel_finishes_pulled_keys_in_order_and_hands_back_blocked_ones() -> a
     let mut k0 = again.order.lock().unwrap()["k0"].clone();
     k0.sort_unstable();
     assert_eq!(k0, [(0, 2), (1, 2), (2, 2)]);
-    assert!(!again.order.lock().unwrap().contains_key("k1"), "k1 handed back");
+    assert!(
+        !again.order.lock().unwrap().contains_key("k1"),
+        "k1 handed back"
+    );
     Ok(())
 }

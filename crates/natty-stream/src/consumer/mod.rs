@@ -331,9 +331,10 @@ impl Consumer {
                         break;
                     };
                     let seq = w.message.info().map_or(0, |i| i.stream_sequence);
-                    let work = shared
-                        .clone()
-                        .process(w.message, handler.clone(), settings, w.retries);
+                    let work =
+                        shared
+                            .clone()
+                            .process(w.message, handler.clone(), settings, w.retries);
                     running.push(spawn_handler(work, w.key, seq));
                 }
                 match running.next().await {

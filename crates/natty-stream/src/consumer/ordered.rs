@@ -100,7 +100,10 @@ impl Keys {
         let message = Message::from_jetstream(&m);
         let seq = message.stream_sequence;
         if seq != 0 && !self.held.insert(seq) {
-            debug!(seq, "redelivery of a message already held: not queued twice");
+            debug!(
+                seq,
+                "redelivery of a message already held: not queued twice"
+            );
             if let Some(w) = waiting
                 .iter_mut()
                 .find(|w| w.message.info().is_ok_and(|i| i.stream_sequence == seq))
@@ -115,7 +118,11 @@ impl Keys {
     }
 
     /// Takes the first waiting message that may start now, marking its key running.
-    pub(super) fn pick(&mut self, waiting: &mut VecDeque<Waiting>, now: Instant) -> Option<Waiting> {
+    pub(super) fn pick(
+        &mut self,
+        waiting: &mut VecDeque<Waiting>,
+        now: Instant,
+    ) -> Option<Waiting> {
         let i = self.choose(waiting.iter().map(|w| (w.key.as_ref(), w.not_before)), now)?;
         waiting.remove(i)
     }
