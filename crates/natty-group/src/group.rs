@@ -455,7 +455,7 @@ impl ConsumerGroup {
     /// Live members (this one included even when its key is not visible yet).
     async fn count_members(&self) -> usize {
         let count = match self.kv.keys(&self.config.members_bucket()).await {
-            Ok(keys) => keys.len() + usize::from(!keys.iter().any(|k| *k == self.config.member)),
+            Ok(keys) => keys.len() + usize::from(!keys.contains(&self.config.member)),
             Err(e) => {
                 warn!(error = %e, "counting members failed: keeping the last count");
                 self.shared.members.load(Ordering::Relaxed).max(1)

@@ -467,7 +467,7 @@ fn finished(keys: &mut Keys, waiting: &mut VecDeque<Waiting>, done: Finished) {
         retries,
     } = done.outcome
     {
-        let mut w = Waiting::new(message);
+        let mut w = Waiting::new(*message);
         (w.key, w.retries) = (done.key, retries);
         w.not_before = Some(Instant::now() + delay);
         waiting.push_front(w);

@@ -21,11 +21,14 @@ use tracing::debug;
 use super::Waiting;
 use crate::Message;
 
+/// A message's key, or `None`.
+type KeyFn = dyn Fn(&Message) -> Option<String> + Send + Sync;
+
 /// The key messages are ordered by; messages with the same key are handled one at a time, in
 /// stream order. `None`: no key, the message is ordered with nothing.
 #[derive(Clone)]
 pub struct OrderKey {
-    f: Arc<dyn Fn(&Message) -> Option<String> + Send + Sync>,
+    f: Arc<KeyFn>,
     what: String,
 }
 

@@ -135,7 +135,8 @@ pub(super) enum Outcome {
     /// The handler failed and the consumer orders by key: the message stays with natty, to
     /// run again after `delay` (the server's delivery count does not move; `retries` counts).
     Hold {
-        message: jetstream::Message,
+        /// Boxed: the common outcome, `Settled`, stays small.
+        message: Box<jetstream::Message>,
         delay: Duration,
         retries: u64,
     },
@@ -247,7 +248,7 @@ impl Shared {
                     action: Action::Held { delay },
                 });
                 return Outcome::Hold {
-                    message: m,
+                    message: Box::new(m),
                     delay,
                     retries: retries + 1,
                 };
