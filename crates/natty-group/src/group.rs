@@ -479,6 +479,7 @@ impl ConsumerGroup {
             self.shared.clone(),
         );
         let work_shared = shared.clone();
+        let ttl = self.config.ttl;
         let run = election.clone();
         let token = cancel.clone();
         let task = tokio::spawn(
@@ -496,7 +497,11 @@ impl ConsumerGroup {
                     })
                     .await;
                 if let Err(e) = result {
-                    warn!(partition, error = %e, "partition election ended with an error");
+                    // A configuration the election refuses (e.g. a lease bucket with another
+                    // TTL): the slot ends and would be contested again at once. Wait a TTL
+                    // first, so the refusal is not a hot loop.
+                    warn!(partition, error = %e, retry_in = ?ttl, "partition election ended with an error");
+                    tokio::time::sleep(ttl).await;
                 }
                 shared.changed.notify_one();
             }
