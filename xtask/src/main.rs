@@ -313,11 +313,14 @@ fn chaos(minutes: f64, seed: u64) -> anyhow::Result<()> {
 }
 
 /// A crate that depends only on natty-kv (or natty-election) must not pull natty-stream (nor
-/// the fast-ingest crate only streams use), with or without their `metrics` feature; and with
+/// the fast-ingest crate only streams use, nor natty-group), with or without their `metrics`
+/// feature; natty-stream pulls neither natty-election nor natty-group; and with
 /// the observability features off (the default), natty's dependency tree has none of the
 /// metrics or OpenTelemetry crates.
 fn check_a_la_carte() -> anyhow::Result<()> {
-    const STREAM_CODE: &[&str] = &["natty-stream", "jetstream-extra"];
+    const STREAM_CODE: &[&str] = &["natty-stream", "jetstream-extra", "natty-group"];
+    // The group depends on stream and election, never the other way.
+    const ELECTION_CODE: &[&str] = &["natty-election", "natty-group"];
     const OBSERVABILITY: &[&str] = &[
         "metrics",
         "metrics-util",
@@ -330,6 +333,7 @@ fn check_a_la_carte() -> anyhow::Result<()> {
         ("natty-kv", &["--features", "metrics"], STREAM_CODE),
         ("natty-election", &[], STREAM_CODE),
         ("natty-election", &["--features", "metrics"], STREAM_CODE),
+        ("natty-stream", &[], ELECTION_CODE),
         ("natty", &[], OBSERVABILITY),
     ];
     for (krate, features, forbidden) in checks {

@@ -58,7 +58,7 @@ pub use batch::{
     BatchConfig, BatchPublisher, BatchStats, CloseReport, FailedMessage, FlushError, PublishMode,
     Stored,
 };
-pub use consumer::{Action, ConsumeError, ConsumeOptions, Consumer, ConsumerStats};
+pub use consumer::{Action, ConsumeError, ConsumeOptions, Consumer, ConsumerStats, OrderKey};
 pub use error::{Error, ErrorKind};
 #[cfg(feature = "serde")]
 pub use json::{DecodeError, JSON_CONTENT_TYPE};

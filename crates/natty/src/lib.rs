@@ -18,6 +18,9 @@
 //! - `stream` (default): [`stream`] — publish/consume.
 //! - `kv` (default): [`kv`] — key/value.
 //! - `election` (default, implies `kv`): [`election`] — leader election.
+//! - `group` (off, implies `stream` and `election`): `group` — consumer groups (natty-group):
+//!   per-key order, partitions leased and balanced across processes. Off by default while it
+//!   is new: its multi-process chaos scenario is still to come.
 //! - `serde` (off): typed payloads — `Natty::publish_json`, `Message::json`,
 //!   `Natty::get_json` / `put_json` / `create_json`, `watch_key_json` / `watch_bucket_json`.
 //! - `metrics` (off): stream, KV and election metrics through the `metrics` facade.
@@ -47,6 +50,11 @@ pub use natty_core::{Client, ConnectOptions, ConnectionEvent, async_nats};
 pub use natty_election as election;
 #[cfg(feature = "election")]
 pub use natty_election::{Election, ElectionConfig, LeaderInfo, Leadership};
+#[cfg(feature = "group")]
+#[doc(inline)]
+pub use natty_group as group;
+#[cfg(feature = "group")]
+pub use natty_group::{ConsumerGroup, GroupConfig};
 #[cfg(feature = "kv")]
 #[doc(inline)]
 pub use natty_kv as kv;

@@ -5,10 +5,12 @@
 //!   `Batch` goes deaf after an idle heartbeat).
 //! - `health.rs`: is the durable still there; back-off with jitter; one warning per change.
 //! - `settle.rs`: the handler on one message, then ack / nak / dead-letter / term.
+//! - `ordered.rs`: per-key order, which waiting message may start next.
 //! - `stats.rs`: counters.
 
 mod health;
 mod options;
+mod ordered;
 mod pull;
 mod settle;
 mod stats;
@@ -29,13 +31,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use options::ConsumeOptions;
+pub use ordered::OrderKey;
 pub use settle::{Action, ConsumeError};
 pub use stats::ConsumerStats;
 
 use self::{
     health::{Durable, Health, Lookup, Presence},
+    ordered::Keys,
     pull::{Pull, PullEvent},
-    settle::{Settings, Shared},
+    settle::{Outcome, Settings, Shared},
     stats::Counters,
 };
 use crate::{Error, ErrorKind, HandlerError, Message, error::from_core};
@@ -140,8 +144,10 @@ impl Consumer {
         });
         let o = &self.options;
         let mut waiting: VecDeque<Waiting> = VecDeque::new();
-        let mut running: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
-            FuturesUnordered::new();
+        let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
+        // Ordered by key: which keys are busy (handlers always run as tasks then).
+        let mut keys = o.ordered.clone().map(Keys::new);
+        let inline_mode = o.concurrency == 1 && keys.is_none();
         let mut inline = pin!(None);
         let mut pull: Option<Pull> = None;
         // When set, no pull is issued before this instant (back-off after a problem), and the
@@ -156,29 +162,30 @@ impl Consumer {
             // Start handlers while there are free slots. One at a time (concurrency 1) the
             // handler is polled right here, in order, without a task or an allocation, and
             // most handlers finish on their first poll.
-            while let Some(w) = (if o.concurrency == 1 {
+            while let Some(w) = (if inline_mode {
                 inline.is_none()
             } else {
                 running.len() < o.concurrency
             })
-            .then(|| waiting.pop_front())
+            .then(|| match keys.as_mut() {
+                Some(keys) => keys.pick(&mut waiting, Instant::now()),
+                None => waiting.pop_front(),
+            })
             .flatten()
             {
-                let work = shared.clone().process(w.message, handler.clone(), settings);
-                if o.concurrency == 1 {
+                let (key, retries) = (w.key, w.retries);
+                let seq = w.message.info().map_or(0, |i| i.stream_sequence);
+                let work = shared
+                    .clone()
+                    .process(w.message, handler.clone(), settings, retries);
+                if inline_mode {
                     inline.set(Some(work));
                     if run_slot(inline.as_mut()).now_or_never().is_none() {
                         break;
                     }
                     inline.set(None);
                 } else {
-                    let task = AbortOnDrop(tokio::spawn(work));
-                    running.push(Box::pin(async move {
-                        if let Err(e) = task.wait().await {
-                            // Panics are caught in `process`; this is an abort.
-                            warn!(error = %e, "handler task ended abnormally; its message comes back after ack_wait");
-                        }
-                    }));
+                    running.push(spawn_handler(work, key, seq));
                 }
             }
             if pull.is_none() && waiting.len() <= o.batch / 2 && hold.is_none() {
@@ -199,10 +206,21 @@ impl Consumer {
                     }
                 }
             }
+            // A retry held for its key (ordered by key) becomes due.
+            let next_due = keys
+                .is_some()
+                .then(|| Keys::next_due(&waiting))
+                .flatten()
+                .filter(|_| running.len() < o.concurrency);
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break Ok(()),
-                Some(()) = running.next(), if !running.is_empty() => {}
+                Some(done) = running.next(), if !running.is_empty() => {
+                    if let (Some(done), Some(keys)) = (done, keys.as_mut()) {
+                        finished(keys, &mut waiting, done);
+                    }
+                }
+                () = sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {}
                 () = run_slot(inline.as_mut()), if inline.is_some() => inline.set(None),
                 event = next_event(&mut pull) => {
                     let Some(p) = pull.as_mut() else { continue };
@@ -218,7 +236,7 @@ impl Consumer {
                     match event {
                         PullEvent::Message(m) => {
                             self.received(&m);
-                            waiting.push_back(Waiting { message: m, touched: Instant::now() });
+                            queue(&mut waiting, keys.as_mut(), m);
                         }
                         PullEvent::Done => {
                             if early {
@@ -231,7 +249,7 @@ impl Consumer {
                             Counters::add(&self.stats.repulls);
                             for m in p.ready() {
                                 self.received(&m);
-                                waiting.push_back(Waiting { message: m, touched: Instant::now() });
+                                queue(&mut waiting, keys.as_mut(), m);
                             }
                             pull = None;
                         }
@@ -256,7 +274,7 @@ impl Consumer {
                             }
                             for m in p.ready() {
                                 self.received(&m);
-                                waiting.push_back(Waiting { message: m, touched: Instant::now() });
+                                queue(&mut waiting, keys.as_mut(), m);
                             }
                             pull = None;
                             hold = Some(health.trouble(format!("pull ended by the server: {status}")));
@@ -294,10 +312,40 @@ impl Consumer {
         };
         // Stop pulling: hand back what arrived but was not started.
         if let Some(mut p) = pull.take() {
-            waiting.extend(p.ready().into_iter().map(|message| Waiting {
-                message,
-                touched: Instant::now(),
-            }));
+            waiting.extend(p.ready().into_iter().map(Waiting::new));
+        }
+        // Ordered by key: finish what was pulled, key by key, instead of handing it back. The
+        // server does not redeliver nak'ed messages in the order they were nak'ed (measured:
+        // three naks in stream order came back second, third, first), so handing back would
+        // let the next consumer (a group's next partition owner) run a key out of order. Only
+        // keys blocked by a failed message waiting for its retry are handed back.
+        if let Some(keys) = keys.as_mut() {
+            info!(
+                running = running.len(),
+                pulled = waiting.len(),
+                "stopping: handling what was pulled, in key order"
+            );
+            loop {
+                while running.len() < o.concurrency {
+                    let Some(w) = keys.pick(&mut waiting, Instant::now()) else {
+                        break;
+                    };
+                    let seq = w.message.info().map_or(0, |i| i.stream_sequence);
+                    let work =
+                        shared
+                            .clone()
+                            .process(w.message, handler.clone(), settings, w.retries);
+                    running.push(spawn_handler(work, w.key, seq));
+                }
+                match running.next().await {
+                    None => break,
+                    Some(done) => {
+                        if let Some(done) = done {
+                            finished(keys, &mut waiting, done);
+                        }
+                    }
+                }
+            }
         }
         info!(
             running = running.len() + usize::from(inline.is_some()),
@@ -310,7 +358,18 @@ impl Consumer {
             crate::obs::settled(&w.message, crate::obs::Settled::Naked);
         }
         run_slot(inline.as_mut()).await;
-        while running.next().await.is_some() {}
+        while let Some(done) = running.next().await {
+            // A failed message held for its key's order: handed back too.
+            if let Some(Finished {
+                outcome: Outcome::Hold { message, .. },
+                ..
+            }) = done
+            {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                Counters::add(&self.stats.naked);
+                crate::obs::settled(&message, crate::obs::Settled::Naked);
+            }
+        }
         // Acks are fire-and-forget publishes: make sure they left before we report done. The
         // wait is bounded: during an outage flush waits for the reconnect, and cancel must
         // still return (the server redelivers unacked messages after ack_wait).
@@ -351,10 +410,85 @@ impl Consumer {
 struct Waiting {
     message: jetstream::Message,
     touched: Instant,
+    /// Ordered by key: its key (`None`: none, or not ordered).
+    key: Option<Arc<str>>,
+    /// A failed message held for a retry: not started before this.
+    not_before: Option<Instant>,
+    /// Times natty ran it and held it for a retry.
+    retries: u64,
+}
+
+impl Waiting {
+    fn new(message: jetstream::Message) -> Self {
+        Self {
+            message,
+            touched: Instant::now(),
+            key: None,
+            not_before: None,
+            retries: 0,
+        }
+    }
+}
+
+/// A handler task that ended (spawned handlers only).
+struct Finished {
+    key: Option<Arc<str>>,
+    seq: u64,
+    outcome: Outcome,
+}
+
+type Running = Pin<Box<dyn Future<Output = Option<Finished>> + Send>>;
+
+/// A handler as a task, aborted if the consume future is dropped.
+fn spawn_handler(
+    work: impl Future<Output = Outcome> + Send + 'static,
+    key: Option<Arc<str>>,
+    seq: u64,
+) -> Running {
+    let task = AbortOnDrop(tokio::spawn(work));
+    Box::pin(async move {
+        let outcome = task.wait().await.unwrap_or_else(|e| {
+            // Panics are caught in `process`; this is an abort.
+            warn!(error = %e, "handler task ended abnormally; its message comes back after ack_wait");
+            Outcome::Settled
+        });
+        Some(Finished { key, seq, outcome })
+    })
+}
+
+/// Ordered by key: a handler ended; a message held for a retry goes back to the front, where
+/// it blocks its key's later messages until it is due.
+fn finished(keys: &mut Keys, waiting: &mut VecDeque<Waiting>, done: Finished) {
+    let held = matches!(done.outcome, Outcome::Hold { .. });
+    keys.finished(done.key.as_ref(), done.seq, !held);
+    if let Outcome::Hold {
+        message,
+        delay,
+        retries,
+    } = done.outcome
+    {
+        let mut w = Waiting::new(*message);
+        (w.key, w.retries) = (done.key, retries);
+        w.not_before = Some(Instant::now() + delay);
+        waiting.push_front(w);
+    }
+}
+
+/// Queues an arriving message (with its key when ordered by key; a redelivery of one already
+/// held is not queued twice).
+fn queue(waiting: &mut VecDeque<Waiting>, keys: Option<&mut Keys>, m: jetstream::Message) {
+    match keys {
+        None => waiting.push_back(Waiting::new(m)),
+        Some(keys) => {
+            if let Some(w) = keys.arrive(m, waiting) {
+                waiting.push_back(w);
+            }
+        }
+    }
 }
 
 /// Runs the handler in the slot to completion; pending forever when the slot is empty.
-async fn run_slot<F: Future<Output = ()>>(slot: Pin<&mut Option<F>>) {
+async fn run_slot<F: Future>(slot: Pin<&mut Option<F>>) {
     if let Some(work) = slot.as_pin_mut() {
         work.await;
     }
@@ -422,15 +556,15 @@ fn refused_by_config(status: &str) -> bool {
 }
 
 /// A spawned handler, aborted if the consume future is dropped (REVIEW.md: drop, not cancel).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl AbortOnDrop {
-    async fn wait(mut self) -> Result<(), tokio::task::JoinError> {
+impl<T> AbortOnDrop<T> {
+    async fn wait(mut self) -> Result<T, tokio::task::JoinError> {
         (&mut self.0).await
     }
 }
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use natty_core::names;
 
-use crate::{ConsumeError, Error, ErrorKind, error::from_core};
+use super::OrderKey;
+use crate::{ConsumeError, Error, ErrorKind, Message, error::from_core};
 
 /// How [`Consumer::consume`](super::Consumer::consume) behaves.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct ConsumeOptions {
     /// Handler failures are reported here if set; never blocks consumption (a full channel
     /// drops the report and counts it in [`ConsumerStats::errors_dropped`](super::ConsumerStats)).
     pub errors: Option<tokio::sync::mpsc::Sender<ConsumeError>>,
+    /// Per-key order (default none): see [`ordered_by_key`](Self::ordered_by_key).
+    pub ordered: Option<OrderKey>,
 }
 
 impl Default for ConsumeOptions {
@@ -53,6 +56,7 @@ impl Default for ConsumeOptions {
             heartbeat: Duration::from_secs(5),
             consumer_gone_grace: Duration::from_secs(30),
             errors: None,
+            ordered: None,
         }
     }
 }
@@ -115,6 +119,55 @@ impl ConsumeOptions {
     #[must_use]
     pub fn errors(mut self, tx: tokio::sync::mpsc::Sender<ConsumeError>) -> Self {
         self.errors = Some(tx);
+        self
+    }
+
+    /// Handles messages with the same key one at a time and in stream order, and different
+    /// keys in parallel, up to [`concurrency`](Self::concurrency) handlers at once (Kafka's
+    /// per-partition order, per key). `key_fn` gives a message's key; a message without one
+    /// (`None`) is ordered with nothing.
+    ///
+    /// Retry policy — a failed message blocks its key: when a handler fails with a retryable
+    /// error, the message is *not* nak'ed back to the server (the server would redeliver it
+    /// after later messages of its key had run) but held by natty, kept alive with in-progress
+    /// acks, and run again after the retry delay; its key's later messages wait for it, other
+    /// keys go on. It stops blocking when its handler succeeds, or when it is given up on: a
+    /// permanent error, or the delivery limit of [`ensure_consumer`](crate::ensure_consumer)
+    /// (the server's delivery count plus natty's retries, as the handler sees in
+    /// [`Message::delivered`]), then it is dead-lettered (or terminated) and the key moves on.
+    /// No failure skips a message silently. Failures are reported as
+    /// [`Action::Held`](crate::Action::Held) on the error channel.
+    ///
+    /// Limits: messages waiting for a busy key count against [`batch`](Self::batch); when
+    /// `batch` messages of blocked keys are held, no more are pulled until one key moves
+    /// (bounded memory at the price of head-of-line blocking: raise `batch` if one key often
+    /// fails for long). Order is per consumer: several processes on one durable each order
+    /// only what they get (use a consumer group for order across processes). On cancel,
+    /// held messages are handed back (nak'ed); a redelivery by the server (a process that
+    /// died, an ack lost) may come after a key's later messages, and is counted in
+    /// [`ConsumerStats::redelivered`](super::ConsumerStats).
+    #[must_use]
+    pub fn ordered_by_key<F>(mut self, key_fn: F) -> Self
+    where
+        F: Fn(&Message) -> Option<String> + Send + Sync + 'static,
+    {
+        self.ordered = Some(OrderKey::from_fn(key_fn));
+        self
+    }
+
+    /// [`ordered_by_key`](Self::ordered_by_key) with subject token `index` (0-based) as the
+    /// key: `ordered_by_subject_token(2)` orders `orders.eu.42` by `42`.
+    #[must_use]
+    pub fn ordered_by_subject_token(mut self, index: usize) -> Self {
+        self.ordered = Some(OrderKey::subject_token(index));
+        self
+    }
+
+    /// [`ordered_by_key`](Self::ordered_by_key) with the first value of header `name` as the
+    /// key.
+    #[must_use]
+    pub fn ordered_by_header(mut self, name: impl Into<String>) -> Self {
+        self.ordered = Some(OrderKey::header(name));
         self
     }
 

@@ -21,6 +21,12 @@ pub enum Action {
         /// The redelivery delay asked for.
         delay: Duration,
     },
+    /// Kept by natty (the consumer orders by key) and run again after `delay`; the key's later
+    /// messages wait for it.
+    Held {
+        /// The retry delay.
+        delay: Duration,
+    },
     /// Terminated without a dead-letter subject configured: never redelivered.
     Terminated,
     /// Published to the dead-letter subject, then terminated.
@@ -39,6 +45,7 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Nak { delay } => write!(f, "nak'ed, back in {delay:?}"),
+            Self::Held { delay } => write!(f, "held, its key waiting; retried in {delay:?}"),
             Self::Terminated => f.write_str("terminated"),
             Self::DeadLettered => f.write_str("dead-lettered"),
             Self::DeadLetterFailed { reason, delay } => {
@@ -121,6 +128,20 @@ impl Settings {
     }
 }
 
+/// What became of a message after its handler ran.
+pub(super) enum Outcome {
+    /// Acked, given up on, nak'ed back to the server, or failed to settle: not ours any more.
+    Settled,
+    /// The handler failed and the consumer orders by key: the message stays with natty, to
+    /// run again after `delay` (the server's delivery count does not move; `retries` counts).
+    Hold {
+        /// Boxed: the common outcome, `Settled`, stays small.
+        message: Box<jetstream::Message>,
+        delay: Duration,
+        retries: u64,
+    },
+}
+
 pub(super) struct Shared {
     pub(super) js: jetstream::Context,
     /// The durable's name, part of the dead-letter message id.
@@ -131,19 +152,21 @@ pub(super) struct Shared {
 
 impl Shared {
     /// Handles and settles `m` inside its per-message span (continuing the publisher's trace
-    /// with feature `otel`).
+    /// with feature `otel`). `retries`: times natty already ran it and held it for a retry
+    /// (ordered by key), added to the server's delivery count.
     pub(super) fn process<H, Fut>(
         self: Arc<Self>,
         m: jetstream::Message,
         handler: Arc<H>,
         settings: Settings,
-    ) -> tracing::instrument::Instrumented<impl Future<Output = ()>>
+        retries: u64,
+    ) -> tracing::instrument::Instrumented<impl Future<Output = Outcome>>
     where
         H: Fn(Message) -> Fut,
         Fut: Future<Output = Result<(), HandlerError>>,
     {
         let span = crate::trace::process_span(&m, &self.durable);
-        tracing::Instrument::instrument(self.handle(m, handler, settings), span)
+        tracing::Instrument::instrument(self.handle(m, handler, settings, retries), span)
     }
 
     async fn handle<H, Fut>(
@@ -151,11 +174,14 @@ impl Shared {
         m: jetstream::Message,
         handler: Arc<H>,
         settings: Settings,
-    ) where
+        retries: u64,
+    ) -> Outcome
+    where
         H: Fn(Message) -> Fut,
         Fut: Future<Output = Result<(), HandlerError>>,
     {
-        let message = Message::from_jetstream(&m);
+        let mut message = Message::from_jetstream(&m);
+        message.delivered = message.delivered.saturating_add(retries);
         let (subject, seq, delivered) = (
             message.subject.clone(),
             message.stream_sequence,
@@ -176,7 +202,7 @@ impl Shared {
                 error,
                 action,
             });
-            return;
+            return Outcome::Settled;
         }
         // A panicking handler (when it is called or while it runs) is a retryable failure:
         // it must neither unwind out of `consume` nor leave its message to `ack_wait`.
@@ -220,12 +246,29 @@ impl Shared {
                     Counters::add(&self.stats.acked);
                     crate::obs::settled(&m, crate::obs::Settled::Acked);
                 }
-                return;
+                return Outcome::Settled;
             }
             Err(error) => error,
         };
         let exhausted = settings.max_deliver.is_some_and(|max| delivered >= max);
         let action = match error.retry_delay() {
+            Some(asked) if !exhausted && self.options.ordered.is_some() => {
+                let delay = asked.unwrap_or_else(|| self.options.retry_delay_for(delivered));
+                debug!(seq, delivered, ?delay, error = %error, "handler failed: held, its key waits");
+                Counters::add(&self.stats.held);
+                self.report(ConsumeError {
+                    subject,
+                    stream_sequence: seq,
+                    delivered,
+                    error,
+                    action: Action::Held { delay },
+                });
+                return Outcome::Hold {
+                    message: Box::new(m),
+                    delay,
+                    retries: retries + 1,
+                };
+            }
             Some(asked) if !exhausted => {
                 let delay = asked.unwrap_or_else(|| self.options.retry_delay_for(delivered));
                 debug!(seq, delivered, ?delay, error = %error, "handler failed: nak");
@@ -241,6 +284,7 @@ impl Shared {
             error,
             action,
         });
+        Outcome::Settled
     }
 
     async fn nak(&self, m: &jetstream::Message, delay: Duration) {

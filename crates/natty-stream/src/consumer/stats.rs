@@ -18,6 +18,8 @@ pub struct ConsumerStats {
     pub acked: u64,
     /// Messages nak'ed for redelivery.
     pub naked: u64,
+    /// Failed messages held by natty for a retry in place (the consumer orders by key).
+    pub held: u64,
     /// Messages terminated.
     pub termed: u64,
     /// Messages sent to the dead-letter subject.
@@ -37,6 +39,7 @@ pub(super) struct Counters {
     pub(super) delivered: AtomicU64,
     pub(super) acked: AtomicU64,
     pub(super) naked: AtomicU64,
+    pub(super) held: AtomicU64,
     pub(super) termed: AtomicU64,
     pub(super) dead_lettered: AtomicU64,
     pub(super) redelivered: AtomicU64,
@@ -63,6 +66,7 @@ impl Counters {
             delivered: l(&self.delivered),
             acked: l(&self.acked),
             naked: l(&self.naked),
+            held: l(&self.held),
             termed: l(&self.termed),
             dead_lettered: l(&self.dead_lettered),
             redelivered: l(&self.redelivered),

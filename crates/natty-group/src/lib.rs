@@ -1,0 +1,44 @@
+//! natty-group: Kafka-like consumer groups on NATS JetStream — per-key order, partitions in
+//! parallel, spread over whichever processes are alive, without an operator.
+//!
+//! - **Partitions by subject.** A message with key `k` is published to
+//!   `<prefix>.<partition>.<k>` ([`GroupConfig::subject_for`]), the partition being FNV-1a of
+//!   the key modulo the partition count: stable across versions and languages (FNV-1a is a
+//!   published spec). The publisher puts the partition in the subject — rather than a stream
+//!   subject transform — so any existing stream works, the hash is ours to pin, and a reader
+//!   of a subject sees its partition.
+//! - **One owner per partition.** Each partition has a lease (a natty-election on
+//!   `<name>_leases`/`p<i>`) and a durable pull consumer filtered on `<prefix>.<i>.>`; only
+//!   the lease holder consumes it, with per-key order
+//!   ([`ConsumeOptions::ordered_by_key`](natty_stream::ConsumeOptions::ordered_by_key)). The
+//!   lease term is handed to the handler as a fencing token ([`Partition::term`]). Durable
+//!   consumers filtered per partition rather than ADR-42 pinned-client priority groups: they
+//!   need no server 2.11 feature beyond what natty already uses, and the lease (not the
+//!   server's pin) decides the owner, which is what lets the hand-over wait until the previous
+//!   owner's handlers are done.
+//! - **Self-balancing.** Members announce themselves in `<name>_members` (a key with the
+//!   group's TTL); a member contests partitions only while it owns fewer than ⌈P/N⌉ and
+//!   resigns those above it. A member that leaves (cancel) resigns at once; one that dies
+//!   loses its leases after the TTL.
+//! - **Hand-over after the previous owner stopped.** A resigned or lost partition's
+//!   consumer stops first (handlers finish — or are aborted `ttl / 8` later —, acks are
+//!   flushed), and only then is the lease released.
+//!
+//! Limits: a member that was killed mid-message, or frozen past its lease, has its unacked
+//! messages redelivered to the next owner, possibly after that key's later messages were
+//! handled (at-least-once; the consumer counts redeliveries). Balance is ⌈P/N⌉ at most per
+//! member; with P not a multiple of N a member may own fewer than ⌊P/N⌋ until the next
+//! change.
+//!
+//! # Feature flags
+//! None.
+
+mod config;
+mod error;
+mod group;
+
+pub use config::{GroupConfig, MAX_PARTITIONS, partition_of};
+pub use error::{Error, ErrorKind};
+pub use group::{ConsumerGroup, GroupEvent, Partition};
+pub use natty_election::Term;
+pub use tokio_util::sync::CancellationToken;

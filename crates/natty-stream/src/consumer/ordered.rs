@@ -1,0 +1,176 @@
+//! Per-key order ([`ConsumeOptions::ordered_by_key`](super::ConsumeOptions::ordered_by_key)):
+//! which waiting message may start next.
+//!
+//! Waiting messages sit in arrival (stream) order. A message may start when no handler runs
+//! for its key and no earlier waiting message of its key is held back (a failed message
+//! waiting for its retry delay is put back at the front, so it blocks its key's later
+//! messages until it is handled or given up on). Memory: the keys and sequences of held
+//! messages only (at most `batch` waiting plus `concurrency` running), nothing per key once its
+//! messages are settled.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    fmt,
+    sync::Arc,
+};
+
+use async_nats::jetstream;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::Waiting;
+use crate::Message;
+
+/// A message's key, or `None`.
+type KeyFn = dyn Fn(&Message) -> Option<String> + Send + Sync;
+
+/// The key messages are ordered by; messages with the same key are handled one at a time, in
+/// stream order. `None`: no key, the message is ordered with nothing.
+#[derive(Clone)]
+pub struct OrderKey {
+    f: Arc<KeyFn>,
+    what: String,
+}
+
+impl OrderKey {
+    /// The key is computed by `key_fn`.
+    pub fn from_fn<F>(key_fn: F) -> Self
+    where
+        F: Fn(&Message) -> Option<String> + Send + Sync + 'static,
+    {
+        Self {
+            f: Arc::new(key_fn),
+            what: "a function".to_owned(),
+        }
+    }
+
+    /// The key is subject token `index` (0-based: in `orders.eu.42`, token 2 is `42`);
+    /// a subject with fewer tokens has no key.
+    pub fn subject_token(index: usize) -> Self {
+        Self {
+            f: Arc::new(move |m: &Message| m.subject.split('.').nth(index).map(str::to_owned)),
+            what: format!("subject token {index}"),
+        }
+    }
+
+    /// The key is the first value of header `name`; a message without it has no key.
+    pub fn header(name: impl Into<String>) -> Self {
+        let name = name.into();
+        Self {
+            what: format!("header {name:?}"),
+            f: Arc::new(move |m: &Message| m.header(&name).map(str::to_owned)),
+        }
+    }
+
+    pub(super) fn of(&self, m: &Message) -> Option<String> {
+        (self.f)(m)
+    }
+}
+
+impl fmt::Debug for OrderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OrderKey({})", self.what)
+    }
+}
+
+/// Which keys are busy and which sequences are held.
+#[derive(Debug)]
+pub(super) struct Keys {
+    key: OrderKey,
+    /// Keys with a handler running.
+    running: HashSet<Arc<str>>,
+    /// Stream sequences waiting or running: a redelivery of one of them is not queued twice.
+    held: HashSet<u64>,
+}
+
+impl Keys {
+    pub(super) fn new(key: OrderKey) -> Self {
+        Self {
+            key,
+            running: HashSet::new(),
+            held: HashSet::new(),
+        }
+    }
+
+    /// An arriving message with its key, to queue; `None` if its sequence is already held
+    /// (the server redelivered it while we still hold the earlier delivery, e.g. after a
+    /// missed in-progress ack): a waiting one takes the newer delivery's handle, in place.
+    pub(super) fn arrive(
+        &mut self,
+        m: jetstream::Message,
+        waiting: &mut VecDeque<Waiting>,
+    ) -> Option<Waiting> {
+        let message = Message::from_jetstream(&m);
+        let seq = message.stream_sequence;
+        if seq != 0 && !self.held.insert(seq) {
+            debug!(
+                seq,
+                "redelivery of a message already held: not queued twice"
+            );
+            if let Some(w) = waiting
+                .iter_mut()
+                .find(|w| w.message.info().is_ok_and(|i| i.stream_sequence == seq))
+            {
+                w.message = m;
+            }
+            return None;
+        }
+        let mut w = Waiting::new(m);
+        w.key = self.key.of(&message).map(Arc::from);
+        Some(w)
+    }
+
+    /// Takes the first waiting message that may start now, marking its key running.
+    pub(super) fn pick(
+        &mut self,
+        waiting: &mut VecDeque<Waiting>,
+        now: Instant,
+    ) -> Option<Waiting> {
+        let i = self.choose(waiting.iter().map(|w| (w.key.as_ref(), w.not_before)), now)?;
+        waiting.remove(i)
+    }
+
+    /// The index of the first of `queue` (key, not before) that may start now; marks its key
+    /// running.
+    fn choose<'a>(
+        &mut self,
+        queue: impl Iterator<Item = (Option<&'a Arc<str>>, Option<Instant>)>,
+        now: Instant,
+    ) -> Option<usize> {
+        // Keys blocked by an earlier waiting message (a retry not yet due); rarely non-empty.
+        let mut blocked: Vec<&Arc<str>> = Vec::new();
+        for (i, (key, not_before)) in queue.enumerate() {
+            let due = not_before.is_none_or(|t| t <= now);
+            match key {
+                None if due => return Some(i),
+                None => {}
+                Some(k) if self.running.contains(k) || blocked.contains(&k) => {}
+                Some(k) if !due => blocked.push(k),
+                Some(k) => {
+                    self.running.insert(k.clone());
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// A handler finished: its key may run again. `settled`: the message is done with (acked,
+    /// given up on, or abandoned), not held for a retry.
+    pub(super) fn finished(&mut self, key: Option<&Arc<str>>, seq: u64, settled: bool) {
+        if let Some(k) = key {
+            self.running.remove(k);
+        }
+        if settled {
+            self.held.remove(&seq);
+        }
+    }
+
+    /// When the earliest held retry is due.
+    pub(super) fn next_due(waiting: &VecDeque<Waiting>) -> Option<Instant> {
+        waiting.iter().filter_map(|w| w.not_before).min()
+    }
+}
+
+#[cfg(test)]
+mod tests;
