@@ -92,7 +92,6 @@ impl Judge {
             );
         }
         (redelivered, out_of_order)
-        redelivered
     }
 }
 

@@ -24,10 +24,10 @@ pub mod certs;
 mod cluster;
 #[cfg(feature = "containers")]
 pub mod image;
-#[cfg(feature = "metrics")]
-pub mod recorded;
 #[cfg(feature = "containers")]
 pub mod procs;
+#[cfg(feature = "metrics")]
+pub mod recorded;
 #[cfg(feature = "containers")]
 mod server;
 pub mod setup;

@@ -760,7 +760,12 @@ fn config_checks() {
     // No margin (or one below the driver's wake-up granularity) leaves no time to abort work
     // that ignores `lost` before the lease can expire.
     assert!(cfg().margin(Duration::ZERO).check().is_err());
-    assert!(cfg().margin(MIN_MARGIN - Duration::from_millis(1)).check().is_err());
+    assert!(
+        cfg()
+            .margin(MIN_MARGIN - Duration::from_millis(1))
+            .check()
+            .is_err()
+    );
     assert!(cfg().margin(MIN_MARGIN).check().is_ok());
 }
 
