@@ -157,6 +157,13 @@ impl Consumer {
         let mut checking: Option<Lookup> = None;
         // The last pull was refused for its configuration (409 Exceeded MaxRequest...).
         let mut refused_for_config = false;
+        // While a back-off holds, the connection is watched: once it is back after being down
+        // (a server restart), the durable is looked up at once instead of after the rest of a
+        // back-off that grew during the outage.
+        let nats = self.client.nats().clone();
+        let mut connection_watch = tokio::time::interval(CONNECTION_WATCH);
+        connection_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_down = false;
         info!("consuming");
         let outcome = loop {
             // Start handlers while there are free slots. One at a time (concurrency 1) the
@@ -294,6 +301,15 @@ impl Consumer {
                 }
                 () = sleep_until(hold.unwrap_or_else(Instant::now)), if hold.is_some() && checking.is_none() => {
                     checking = Some(Box::pin(health.check()));
+                }
+                _ = connection_watch.tick(), if hold.is_some() && checking.is_none() => {
+                    let up = nats.connection_state() == async_nats::connection::State::Connected;
+                    if !up {
+                        was_down = true;
+                    } else if std::mem::take(&mut was_down) {
+                        debug!("reconnected: looking the durable up now");
+                        hold = Some(Instant::now());
+                    }
                 }
                 found = poll_check(&mut checking) => {
                     checking = None;
@@ -488,6 +504,9 @@ fn queue(waiting: &mut VecDeque<Waiting>, keys: Option<&mut Keys>, m: jetstream:
 }
 
 /// Runs the handler in the slot to completion; pending forever when the slot is empty.
+/// How often the connection is looked at while a back-off holds the pull loop.
+const CONNECTION_WATCH: Duration = Duration::from_millis(100);
+
 async fn run_slot<F: Future>(slot: Pin<&mut Option<F>>) {
     if let Some(work) = slot.as_pin_mut() {
         work.await;
