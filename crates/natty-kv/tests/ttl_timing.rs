@@ -43,10 +43,7 @@ async fn expiry_trials(kv: Kv, b: String, key: String, trials: usize) -> Vec<(f6
     let mut out = Vec::new();
     for _ in 0..trials {
         let sent = SystemTime::now();
-        let rev = kv
-            .create_with_ttl(&b, &key, "v".into(), TTL)
-            .await
-            .unwrap();
+        let rev = kv.create_with_ttl(&b, &key, "v".into(), TTL).await.unwrap();
         let mut written = None;
         loop {
             let e = tokio::time::timeout(TTL * 3, watch.next())
@@ -85,10 +82,7 @@ async fn renew_at_expiry_trials(
     let mut watch = kv.watch_key(&b, &key).await.unwrap();
     let (mut acked, mut wiped) = (0, Vec::new());
     for i in 0..trials {
-        let rev = kv
-            .create_with_ttl(&b, &key, "v".into(), TTL)
-            .await
-            .unwrap();
+        let rev = kv.create_with_ttl(&b, &key, "v".into(), TTL).await.unwrap();
         let written = loop {
             let e = watch.next().await.unwrap().unwrap();
             if e.revision == rev {
@@ -207,7 +201,10 @@ async fn measure(kv: Kv, replicas: usize, name: &str) {
         wiped.len()
     );
     assert!(min_ts >= 0.0, "{name}: expired {min_ts} ms before ts + ttl");
-    assert!(min_sent >= 0.0, "{name}: expired {min_sent} ms before send + ttl");
+    assert!(
+        min_sent >= 0.0,
+        "{name}: expired {min_sent} ms before send + ttl"
+    );
     // What the election relies on: only a re-write answered at or after the old write's
     // expiry can be wiped (so a reply that arrives before `sent + ttl` of the old write is
     // safe to trust).
