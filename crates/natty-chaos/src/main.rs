@@ -751,28 +751,44 @@ fn election_checks(lines: &[Line], unreadable: &[String]) -> Vec<(String, bool, 
     ));
     let works = || {
         lines.iter().filter_map(|l| match l.event {
-            Event::Work { term } => Some((l, term)),
+            Event::Work { term, checked_ns } => Some((l, term, checked_ns)),
             _ => None,
         })
     };
 
     // 1. Leadership (acting) intervals never overlap: per term, first to last work line.
-    let mut spans: BTreeMap<Term, (u64, u64, String)> = BTreeMap::new();
-    for (l, term) in works() {
+    // (first, last, proc, the lease check of the last line); the largest check-to-line gap.
+    let mut spans: BTreeMap<Term, (u64, u64, String, u64)> = BTreeMap::new();
+    let mut max_gap = 0;
+    for (l, term, checked) in works() {
         let t = l.mono_ns;
-        let e = spans.entry(term).or_insert((t, t, l.proc.clone()));
+        if checked > 0 {
+            max_gap = max_gap.max(t.saturating_sub(checked));
+        }
+        let e = spans.entry(term).or_insert((t, t, l.proc.clone(), checked));
         e.0 = e.0.min(t);
-        e.1 = e.1.max(t);
+        if t >= e.1 {
+            e.1 = t;
+            e.3 = checked;
+        }
     }
     let mut ordered: Vec<_> = spans.iter().collect();
-    ordered.sort_by_key(|(_, (s, _, _))| *s);
+    ordered.sort_by_key(|(_, (s, _, _, _))| *s);
     let overlaps: Vec<String> = ordered
         .windows(2)
         .filter(|w| w[0].1.1 >= w[1].1.0)
         .map(|w| {
             format!(
-                "term {:?} ({}) until {} overlaps term {:?} ({}) from {}",
-                w[0].0, w[0].1.2, w[0].1.1, w[1].0, w[1].1.2, w[1].1.0
+                "term {:?} ({}) until {} (lease checked valid at {}, {:.1} ms before) overlaps \
+                 term {:?} ({}) from {}",
+                w[0].0,
+                w[0].1.2,
+                w[0].1.1,
+                w[0].1.3,
+                w[0].1.1.saturating_sub(w[0].1.3) as f64 / 1e6,
+                w[1].0,
+                w[1].1.2,
+                w[1].1.0
             )
         })
         .collect();
@@ -780,12 +796,13 @@ fn election_checks(lines: &[Line], unreadable: &[String]) -> Vec<(String, bool, 
         "leaders never act at once (work spans of terms do not overlap)".into(),
         overlaps.is_empty(),
         format!(
-            "{} terms acted; {}",
+            "{} terms acted; {}; largest gap from a lease check to its work line {:.1} ms",
             spans.len(),
             overlaps
                 .first()
                 .cloned()
-                .unwrap_or_else(|| "no overlap".into())
+                .unwrap_or_else(|| "no overlap".into()),
+            max_gap as f64 / 1e6
         ),
     ));
 
@@ -797,7 +814,7 @@ fn election_checks(lines: &[Line], unreadable: &[String]) -> Vec<(String, bool, 
         }
     }
     let late = works()
-        .filter(|(l, term)| {
+        .filter(|(l, term, _)| {
             lost_at
                 .get(&(l.proc.as_str(), *term))
                 .is_some_and(|lost| l.mono_ns > *lost)
@@ -1238,7 +1255,10 @@ mod tests {
         let term = tm(revision);
         let event = match event {
             "elected" => Event::Elected { term, server: None },
-            "work" => Event::Work { term },
+            "work" => Event::Work {
+                term,
+                checked_ns: mono_ns,
+            },
             "lost" => Event::Lost { term },
             other => panic!("no such event {other}"),
         };

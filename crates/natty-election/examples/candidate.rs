@@ -111,7 +111,13 @@ async fn main() -> anyhow::Result<()> {
                 loop {
                     // The fence check comes right before the side effect.
                     if lead.is_valid() {
-                        emit(&node, Event::Work { term });
+                        emit(
+                            &node,
+                            Event::Work {
+                                term,
+                                checked_ns: 0,
+                            },
+                        );
                     }
                     tokio::select! {
                         () = lead.lost.cancelled() => break,

@@ -17,6 +17,9 @@
 //!   Past that instant the machine stops work even if no reply ever came.
 //! - After a fence or a failed renew, we try to *reclaim* our own key (a write conditioned on
 //!   our last revision): if nobody else took it, we lead again without waiting out the TTL.
+//!   A reclaim leads only if answered before the revision it is conditioned on could expire
+//!   (`its send + ttl - margin / 2`): the server can ack a write that arrives at the expiry of
+//!   the revision it replaces and then wipe it with that revision's expiry marker.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -327,6 +330,11 @@ pub struct Machine {
     /// No contest before this instant, whatever the watch says (after a missing bucket, or
     /// after resigning because the work ended).
     hold_off: Option<Instant>,
+    /// When the write that left our own revision (`State::Follower::own`) was sent, if known:
+    /// the server cannot expire it before `own_sent + ttl`.
+    own_sent: Option<Instant>,
+    /// `own_sent` of the revision the reclaim in flight is conditioned on.
+    reclaim_base: Option<Instant>,
 }
 
 impl Machine {
@@ -354,6 +362,8 @@ impl Machine {
             contest_asap: false,
             make_bucket: false,
             hold_off: None,
+            own_sent: None,
+            reclaim_base: None,
         };
         machine.on_timeout(now);
         machine
@@ -464,7 +474,10 @@ impl Machine {
             },
             State::Resigning { revision } => self.request(Request::Resign { revision }, now),
             State::Follower { own, next_try } if now >= next_try => match own {
-                Some(revision) => self.request(Request::Reclaim { revision }, now),
+                Some(revision) => {
+                    self.reclaim_base = self.own_sent;
+                    self.request(Request::Reclaim { revision }, now);
+                }
                 None => {
                     let make_bucket = std::mem::take(&mut self.make_bucket);
                     self.request(Request::Create { make_bucket }, now);
@@ -480,6 +493,7 @@ impl Machine {
     /// | reply | to | in state | becomes |
     /// |---|---|---|---|
     /// | `Created` / `Updated` | `Create` / `Reclaim` | any | `Leader` of (`epoch`, `revision`) with [`Work::Start`], [`Event::Elected`]; shutting down → `Resigning` with [`Request::Resign`]; past the deadline already → `Follower` that reclaims |
+    /// | `Updated` | `Reclaim` answered when the revision it is conditioned on may have expired (its send + `ttl - margin / 2`, or its send unknown) | `Follower` | `Follower` that reclaims the new revision at once (the server can wipe such a write) |
     /// | `Updated` | `Renew` | `Leader` | `Leader`, deadline `sent + ttl - margin` |
     /// | `Updated` | `Renew` | `Resigning` | [`Request::Resign`] of the new revision |
     /// | `Updated` | `Renew` | `Follower` (fenced meanwhile) | `Follower` that reclaims the key at once (a new term) |
@@ -509,7 +523,7 @@ impl Machine {
             Reply::Updated { revision, epoch } => match request {
                 Request::Renew { .. } => self.renewed(revision, sent, now),
                 Request::Reclaim { .. } => {
-                    self.lead(Term::new(epoch, revision), revision, sent, now);
+                    self.reclaimed(Term::new(epoch, revision), revision, sent, now);
                 }
                 _ => self.pending = Some((request, sent)),
             },
@@ -698,11 +712,33 @@ impl Machine {
             // We fenced while the renew was in flight, yet it landed: the key is ours at
             // `revision`. Reclaim it (new term) right away.
             _ => {
+                self.own_sent = Some(sent);
                 self.state = State::Follower {
                     own: Some(revision),
                     next_try: now,
                 };
             }
+        }
+    }
+
+    /// A reclaim succeeded. The server may ack a write conditioned on revision r that
+    /// reaches it at r's TTL expiry and then wipe it with r's expiry marker (measured:
+    /// docs/upstream/ttl-marker-wipes-acked-write.md), after which a follower can take the
+    /// key. So the reclaim leads only if answered while the write it is conditioned on cannot
+    /// have expired yet (`sent of that write + ttl - margin / 2`: half the margin for clock
+    /// rates); else its revision is reclaimed once more (a write conditioned on a revision
+    /// that is at most a round trip old, far from its expiry).
+    fn reclaimed(&mut self, term: Term, revision: u64, sent: Instant, now: Instant) {
+        let base = self.reclaim_base.take();
+        let in_time = base.is_some_and(|b| now + self.config.margin / 2 < b + self.config.ttl);
+        if in_time || self.shutdown {
+            self.lead(term, revision, sent, now);
+        } else {
+            self.own_sent = Some(sent);
+            self.state = State::Follower {
+                own: Some(revision),
+                next_try: now,
+            };
         }
     }
 
@@ -725,8 +761,10 @@ impl Machine {
                 self.state = State::Resigning { revision };
                 self.request(Request::Resign { revision }, now);
             }
-            // Our key, and nobody else's: reclaim it rather than wait out its TTL.
+            // Our key, and nobody else's: reclaim it rather than wait out its TTL. When that
+            // write was sent is unknown, so the reclaim is confirmed by a second one.
             State::Follower { .. } => {
+                self.own_sent = None;
                 self.state = State::Follower {
                     own: Some(revision),
                     next_try: now,
@@ -753,6 +791,7 @@ impl Machine {
         let deadline = sent + self.config.ttl - self.config.margin;
         if now >= deadline {
             // The answer came too late to trust: try to reclaim instead.
+            self.own_sent = Some(sent);
             self.state = State::Follower {
                 own: Some(revision),
                 next_try: now,
@@ -787,6 +826,11 @@ impl Machine {
     }
 
     fn lose(&mut self, term: Term, reason: LostReason, own: Option<u64>, now: Instant) {
+        // Our revision was written by the last confirmed renew/create (sent at
+        // `deadline - (ttl - margin)`) or by a later request that landed unseen.
+        if let State::Leader { deadline, .. } = self.state {
+            self.own_sent = Some(deadline - (self.config.ttl - self.config.margin));
+        }
         self.stop_work(term, now);
         self.events.push_back(Event::Lost { term, reason });
         self.state = State::Follower { own, next_try: now };

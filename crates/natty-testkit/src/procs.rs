@@ -55,6 +55,11 @@ pub enum Event {
     Work {
         /// The term.
         term: Term,
+        /// When the lease was checked valid (`mono_ns`, taken just before the check; 0 if not
+        /// recorded). The line's own `mono_ns` is taken after it: a process descheduled or
+        /// frozen in between stamps the line late.
+        #[serde(default)]
+        checked_ns: u64,
     },
     /// Wrote `term` to a fenced sink: `accepted` unless a newer term had written.
     Sink {
@@ -120,7 +125,7 @@ impl Line {
     pub fn term(&self) -> Option<Term> {
         match &self.event {
             Event::Elected { term, .. }
-            | Event::Work { term }
+            | Event::Work { term, .. }
             | Event::Sink { term, .. }
             | Event::SinkError { term, .. }
             | Event::Lost { term } => Some(*term),

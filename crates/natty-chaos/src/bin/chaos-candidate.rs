@@ -84,8 +84,9 @@ async fn main() -> anyhow::Result<()> {
             let term = wire(lead.term);
             emit(&node, Event::Elected { term, server: None });
             loop {
+                let checked_ns = mono_ns();
                 if unsafe_no_check || lead.is_valid() {
-                    emit(&node, Event::Work { term });
+                    emit(&node, Event::Work { term, checked_ns });
                     let issued = mono_ns();
                     match sink_write(&kv, &sink, lead.term).await {
                         Ok(accepted) => emit(
