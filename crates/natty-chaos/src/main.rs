@@ -697,17 +697,11 @@ fn number(payload: &[u8]) -> u64 {
 }
 
 async fn stored_numbers(client: &natty::Client, stream: &str) -> anyhow::Result<Vec<u64>> {
-    let stream = client.jetstream().get_stream(stream).await?;
-    let total = stream.cached_info().state.messages;
-    let consumer = stream
-        .create_consumer(natty::async_nats::jetstream::consumer::pull::OrderedConfig::default())
-        .await?;
-    let mut messages = consumer.messages().await?.take(usize::try_from(total)?);
-    let mut out = Vec::new();
-    while let Some(m) = messages.next().await {
-        out.push(number(&m?.payload));
-    }
-    Ok(out)
+    Ok(stored_records(client, stream)
+        .await?
+        .into_iter()
+        .map(|r| r.n)
+        .collect())
 }
 
 struct Judge<'a> {
