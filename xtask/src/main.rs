@@ -326,13 +326,15 @@ fn chaos(minutes: f64, seed: u64) -> anyhow::Result<()> {
     )
 }
 
-/// A crate that depends only on natty-kv (or natty-election) must not pull natty-stream (nor
-/// the fast-ingest crate only streams use, nor natty-group), with or without their `metrics`
-/// feature; natty-stream pulls neither natty-election nor natty-group; and with
+/// A crate that depends only on natty-kv must not pull natty-stream (nor jetstream-extra, nor
+/// natty-group), one that depends only on natty-election neither natty-stream nor natty-group
+/// (it uses jetstream-extra's atomic batches for fenced writes), with or without their
+/// `metrics` feature; natty-stream pulls neither natty-election nor natty-group; and with
 /// the observability features off (the default), natty's dependency tree has none of the
 /// metrics or OpenTelemetry crates.
 fn check_a_la_carte() -> anyhow::Result<()> {
     const STREAM_CODE: &[&str] = &["natty-stream", "jetstream-extra", "natty-group"];
+    const STREAM_CRATES: &[&str] = &["natty-stream", "natty-group"];
     // The group depends on stream and election, never the other way.
     const ELECTION_CODE: &[&str] = &["natty-election", "natty-group"];
     const OBSERVABILITY: &[&str] = &[
@@ -345,8 +347,8 @@ fn check_a_la_carte() -> anyhow::Result<()> {
     let checks: &[(&str, &[&str], &[&str])] = &[
         ("natty-kv", &[], STREAM_CODE),
         ("natty-kv", &["--features", "metrics"], STREAM_CODE),
-        ("natty-election", &[], STREAM_CODE),
-        ("natty-election", &["--features", "metrics"], STREAM_CODE),
+        ("natty-election", &[], STREAM_CRATES),
+        ("natty-election", &["--features", "metrics"], STREAM_CRATES),
         ("natty-stream", &[], ELECTION_CODE),
         ("natty", &[], OBSERVABILITY),
     ];

@@ -22,8 +22,9 @@ use crate::{
     ElectionConfig, Error, ErrorKind, Term,
     clock::Clock,
     lease::{instance_id, now_ms},
-    machine::{Event, Machine, State, Work},
-    store::{self, InFlight, LeaseStore, Rewatch, Watched},
+    fence,
+    machine::{Event, Machine, Reply, Request, State, Work},
+    store::{self, FenceFlight, LeaseStore, Rewatch, Watched},
 };
 
 /// Pauses between attempts to set the election up during an outage: from about 100 ms,
@@ -46,6 +47,8 @@ pub struct Leadership {
     /// This node's name.
     pub node: String,
     shared: Arc<Shared>,
+    /// Where fenced writes go: the driver of the run that elected us (`fence.rs`).
+    pub(crate) fences: fence::Sender,
 }
 
 impl Leadership {
@@ -237,6 +240,13 @@ impl Election {
             .map(|l| l.term)
     }
 
+    /// The key under which the leader's fenced key `key` ([`Leadership::put`]) is stored in
+    /// the election's bucket: `<election key>.fenced.<key>`. Read it with any KV reader, e.g.
+    /// `Kv::get(bucket, &election.fenced_key(key))`.
+    pub fn fenced_key(&self, key: &str) -> String {
+        fence::fenced_key(&self.config.key, key)
+    }
+
     /// The current leader as stored in the lease key, if any (Go `GetLeader`).
     pub async fn leader(&self) -> Result<Option<LeaderInfo>, Error> {
         store::read_leader(&self.kv, &self.config).await
@@ -353,8 +363,13 @@ impl Election {
         } else {
             Machine::new(self.config.machine(), now)
         };
-        let mut in_flight: Option<InFlight> = None;
+        // The lease request in flight; a fenced write's also says what to tell its caller.
+        let mut in_flight: Option<FenceFlight> = None;
         let mut job: Option<Job> = None;
+        // Fenced writes from the work, queued until the machine sends them, and the one sent.
+        let (fence_tx, mut fence_rx) = tokio::sync::mpsc::unbounded_channel::<fence::Job>();
+        let mut fences = std::collections::VecDeque::<fence::Job>::new();
+        let mut fence_in_flight: Option<fence::Job> = None;
         let mut term_since_ms = now_ms();
         // Set when the bucket was re-created in a way we must not lead on: run ends with it.
         let mut refusal: Option<Error> = None;
@@ -382,6 +397,7 @@ impl Election {
                             lost: lost.clone(),
                             node: self.config.node_name.clone(),
                             shared: self.shared.clone(),
+                            fences: fence_tx.clone(),
                         }));
                         job = Some(Job {
                             term,
@@ -398,9 +414,34 @@ impl Election {
                     }
                 }
             }
+            // Fenced writes of a term we no longer lead in are refused here, unsent.
+            let term = machine.term();
+            if fences.iter().any(|f| Some(f.term) != term) {
+                let stale;
+                (fences, stale) = fences.drain(..).partition(|f| Some(f.term) == term);
+                for f in stale {
+                    f.deposed("leadership was lost");
+                }
+            }
             if let Some(request) = machine.poll_request() {
-                in_flight =
-                    Some(store.execute(request, machine.term().map(|t| (t, term_since_ms))));
+                let held = machine.term().map(|t| (t, term_since_ms));
+                in_flight = Some(match (request, fences.pop_front()) {
+                    (Request::Fence { revision }, Some(f)) => {
+                        let flight = store.execute_fence(revision, held, f.ops.clone());
+                        fence_in_flight = Some(f);
+                        flight
+                    }
+                    // (a fence whose write is gone: the caller stopped waiting; renew)
+                    (Request::Fence { revision }, None) => {
+                        Box::pin(store.execute(Request::Renew { revision }, held).map(|r| (r, None)))
+                    }
+                    (request, queued) => {
+                        if let Some(f) = queued {
+                            fences.push_front(f);
+                        }
+                        Box::pin(store.execute(request, held).map(|r| (r, None)))
+                    }
+                });
             }
             while let Some(event) = machine.poll_event() {
                 debug!(?event, "election event");
@@ -426,9 +467,15 @@ impl Election {
                     cancelled = true;
                     machine.on_shutdown(clock.now());
                 }
-                reply = next(&mut in_flight) => {
+                (reply, why) = next(&mut in_flight) => {
                     in_flight = None;
+                    if let Some(f) = fence_in_flight.take() {
+                        settle(f, &reply, why, &mut fences);
+                    }
                     machine.on_reply(clock.now(), reply);
+                    if !fences.is_empty() {
+                        machine.on_fence_wanted(clock.now());
+                    }
                     if let Some(e) = store.take_refusal() {
                         refusal = Some(e);
                         cancelled = true;
@@ -462,6 +509,16 @@ impl Election {
                         }
                     }
                 }
+                Some(f) = fence_rx.recv() => {
+                    if Some(f.term) != machine.term() {
+                        f.deposed("leadership was lost");
+                    } else if let Err(e) = store.check_fence(&f.ops) {
+                        f.answer(Err(e));
+                    } else {
+                        fences.push_back(f);
+                        machine.on_fence_wanted(clock.now());
+                    }
+                }
                 ended = job_end(&mut job) => {
                     // The work ended by itself while we lead: resign so another node can.
                     let term = job.take().map(|j| j.term).unwrap_or_default();
@@ -481,6 +538,9 @@ impl Election {
         if let Some(job) = job.take() {
             // Only when the machine stopped without stopping the work first (it never does).
             stop_work(job, Instant::now()).await;
+        }
+        for f in fences.drain(..) {
+            f.deposed("the election stopped");
         }
         self.publish_state(&machine, clock);
         info!("election stopped");
@@ -531,6 +591,32 @@ impl Election {
             _ => None,
         };
         self.shared.set_leading(leading);
+    }
+}
+
+/// Tells a fenced write's caller how it went, from the reply to its batch (`why`: the error
+/// for the caller, when there is more to say). Refused because of a write of our own that
+/// landed unseen (the key is still ours), it is queued again, to go on the revision that
+/// write left.
+fn settle(
+    f: fence::Job,
+    reply: &Reply,
+    why: Option<Error>,
+    fences: &mut std::collections::VecDeque<fence::Job>,
+) {
+    match reply {
+        Reply::Updated { .. } => f.answer(Ok(())),
+        Reply::Conflict { ours: Some(_), .. } => fences.push_front(f),
+        Reply::Conflict { holder, .. } => {
+            let who = holder
+                .as_ref()
+                .map_or_else(|| "someone else".to_owned(), |h| format!("{:?} (term {})", h.node, h.term));
+            f.deposed(&format!("the server refused it: the lease was taken by {who}"));
+        }
+        Reply::BucketGone => f.deposed("the server refused it: the election's bucket is gone"),
+        _ => f.answer(Err(why.unwrap_or_else(|| {
+            Error::new(ErrorKind::Other, "fenced write failed; nothing was applied")
+        }))),
     }
 }
 

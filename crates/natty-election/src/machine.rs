@@ -204,6 +204,13 @@ pub enum Request {
         /// Our last known revision.
         revision: u64,
     },
+    /// A fenced write ([`Machine::on_fence_wanted`]): one atomic batch of the leader's writes
+    /// and the key re-written conditioned on `revision` (we lead with it). The server applies
+    /// all of it or none; applied, it is also a renew (its reply is handled as one).
+    Fence {
+        /// The revision we hold.
+        revision: u64,
+    },
     /// Delete the key conditioned on `revision`.
     Resign {
         /// The revision we hold.
@@ -335,6 +342,8 @@ pub struct Machine {
     own_sent: Option<Instant>,
     /// `own_sent` of the revision the reclaim in flight is conditioned on.
     reclaim_base: Option<Instant>,
+    /// A fenced write waits for the leader's next request (see `on_fence_wanted`).
+    fence_wanted: bool,
 }
 
 impl Machine {
@@ -364,6 +373,7 @@ impl Machine {
             hold_off: None,
             own_sent: None,
             reclaim_base: None,
+            fence_wanted: false,
         };
         machine.on_timeout(now);
         machine
@@ -440,7 +450,8 @@ impl Machine {
     /// - shutting down and `now` ≥ `shutdown + ttl` → `Stopped`, abandoning what is in flight;
     /// - `Leader` and `now` ≥ its deadline (`sent + ttl - margin`) → [`Work::Stop`],
     ///   [`LostReason::DeadlineExpired`], `Follower` that may reclaim its key;
-    /// - with no request in flight: `Leader` past `renew_at` → [`Request::Renew`];
+    /// - with no request in flight: `Leader` with a fenced write wanted → [`Request::Fence`];
+    ///   `Leader` past `renew_at` → [`Request::Renew`];
     ///   `Follower` while shutting down → `Resigning` with [`Request::Resign`] if the key may
     ///   still be ours, else `Stopped`; `Resigning` → [`Request::Resign`]; `Follower` past
     ///   `next_try` → [`Request::Reclaim`] of our key, else [`Request::Create`].
@@ -461,6 +472,11 @@ impl Machine {
             return;
         }
         match self.state {
+            // A fenced write renews too: it goes first.
+            State::Leader { revision, .. } if self.fence_wanted => {
+                self.fence_wanted = false;
+                self.request(Request::Fence { revision }, now);
+            }
             State::Leader {
                 revision, renew_at, ..
             } if now >= renew_at => self.request(Request::Renew { revision }, now),
@@ -506,6 +522,7 @@ impl Machine {
     /// | `Failed` | `Renew` | `Leader` | `Leader` until the deadline, retry after the retry interval |
     /// | `Failed` | `Renew` | `Resigning` | [`Request::Resign`] of the revision we knew |
     /// | `Failed` | `Create` / `Reclaim` | `Follower` | retry after the retry interval; shutting down → `Stopped` |
+    /// | (`Fence`) | | | as `Renew` in every row above |
     /// | `BucketGone` | any | any | shutting down → `Stopped`; else [`LostReason::BucketDeleted`] if leading, `Follower` holding off a TTL, then creating the bucket |
     pub fn on_reply(&mut self, now: Instant, reply: Reply) {
         self.on_timeout(now);
@@ -521,7 +538,9 @@ impl Machine {
                 _ => self.pending = Some((request, sent)),
             },
             Reply::Updated { revision, epoch } => match request {
-                Request::Renew { .. } => self.renewed(revision, sent, now),
+                Request::Renew { .. } | Request::Fence { .. } => {
+                    self.renewed(revision, sent, now);
+                }
                 Request::Reclaim { .. } => {
                     self.reclaimed(Term::new(epoch, revision), revision, sent, now);
                 }
@@ -532,7 +551,7 @@ impl Machine {
                 ..
             } if !matches!(request, Request::Resign { .. }) => self.found_our_write(revision, now),
             Reply::Conflict { holder, .. } => match request {
-                Request::Renew { .. } => match self.state {
+                Request::Renew { .. } | Request::Fence { .. } => match self.state {
                     State::Leader { term, .. } => {
                         self.lose(term, LostReason::Conflict, None, now);
                         self.follow(holder, now);
@@ -552,7 +571,7 @@ impl Machine {
                 Request::Resign { .. } => self.resigned(now),
             },
             Reply::Failed => match request {
-                Request::Renew { .. } => match self.state {
+                Request::Renew { .. } | Request::Fence { .. } => match self.state {
                     // Keep leading until the deadline; retry soon.
                     State::Leader {
                         ref mut renew_at, ..
@@ -611,6 +630,7 @@ impl Machine {
                     reason: LostReason::Resigned,
                 });
                 self.state = State::Resigning { revision };
+                self.fence_wanted = false;
                 if self.pending.is_none() {
                     self.request(Request::Resign { revision }, now);
                 }
@@ -639,6 +659,7 @@ impl Machine {
                 },
             });
             self.state = State::Resigning { revision };
+            self.fence_wanted = false;
             // With a renew in flight, the resign follows its reply.
         }
         self.on_timeout(now);
@@ -667,6 +688,19 @@ impl Machine {
                 }
             }
             _ => {}
+        }
+        self.on_timeout(now);
+    }
+
+    /// The leader's work has a fenced write ready. `Leader` → [`Request::Fence`] on the
+    /// revision held, at once or right after the request in flight (a fence conditioned on a
+    /// revision a renew in flight is replacing would be refused); its reply is handled as a
+    /// renew's. Not leading (or shutting down): nothing — the driver answers the write
+    /// `Deposed` (it checks [`term`](Self::term)).
+    pub fn on_fence_wanted(&mut self, now: Instant) {
+        self.on_timeout(now);
+        if matches!(self.state, State::Leader { .. }) && !self.shutdown {
+            self.fence_wanted = true;
         }
         self.on_timeout(now);
     }
@@ -834,6 +868,7 @@ impl Machine {
         self.stop_work(term, now);
         self.events.push_back(Event::Lost { term, reason });
         self.state = State::Follower { own, next_try: now };
+        self.fence_wanted = false;
     }
 
     fn follow(&mut self, holder: Option<Holder>, now: Instant) {
@@ -891,6 +926,7 @@ impl Machine {
     }
 
     fn stop(&mut self) {
+        self.fence_wanted = false;
         self.state = State::Stopped;
         self.pending = None;
         self.request = None;

@@ -24,12 +24,17 @@ use tracing::{debug, error, info, warn};
 use crate::{
     ElectionConfig, Error, ErrorKind, Term,
     error::from_kv,
+    fence::{self, Op},
     lease::{Lease, now_ms},
     machine::{Holder, Reply, Request},
 };
 
 /// A lease request in flight, yielding its outcome for the machine.
 pub(crate) type InFlight = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+/// A fenced write in flight: its outcome for the machine, and what to tell the caller when
+/// that is more than the reply says (why it failed).
+pub(crate) type FenceFlight = Pin<Box<dyn Future<Output = (Reply, Option<Error>)> + Send>>;
 
 /// A watch being re-created.
 pub(crate) type Rewatch = Pin<Box<dyn Future<Output = Option<natty_kv::Watch>> + Send>>;
@@ -138,10 +143,13 @@ impl LeaseStore {
             .client()
             .server_version()
             .is_some_and(|v| v.at_least(2, 11));
+        // Fenced writes are atomic batches in this bucket (server 2.12+).
+        let atomic = kv.client().supports(natty_core::Feature::AtomicBatch);
         let wanted = BucketConfig::new(&c.bucket)
             .replicas(c.replicas)
             .description(c.description.clone())
-            .per_key_ttl(per_key_ttl);
+            .per_key_ttl(per_key_ttl)
+            .atomic_writes(atomic);
         let wanted = if per_key_ttl {
             wanted
         } else {
@@ -263,7 +271,8 @@ impl LeaseStore {
                             epoch,
                         })
                     }
-                    Request::Renew { revision } => {
+                    // (A fence is sent by `execute_fence`; without writes it is a renew.)
+                    Request::Renew { revision } | Request::Fence { revision } => {
                         let (term, since_ms) = held.unwrap_or_default();
                         let value = lease(Some(term.revision), term.epoch, since_ms).encode();
                         let updated = if per_key_ttl {
@@ -351,6 +360,129 @@ impl LeaseStore {
                     warn!(?request, ?limit, "election request timed out");
                     Reply::Failed
                 }
+            }
+        })
+    }
+}
+
+impl LeaseStore {
+    /// Why a fenced write of `ops` cannot be sent, if it cannot: bad keys, too many writes,
+    /// too large, or a server without atomic batches (`Unsupported`, its version named).
+    pub(crate) fn check_fence(&self, ops: &[Op]) -> Result<(), Error> {
+        let client = self.kv.client();
+        let feature = natty_core::Feature::AtomicBatch;
+        if !client.supports(feature) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "fenced writes in bucket {:?} need {feature}; the server is {}",
+                    self.config.bucket,
+                    client
+                        .server_version()
+                        .map_or_else(|| "of unknown version".to_owned(), |v| v.to_string())
+                ),
+            ));
+        }
+        let max_payload = client.nats().server_info().max_payload;
+        fence::check(ops, &self.config.key, max_payload)
+    }
+
+    /// The fenced write `ops` as one atomic batch, the lease re-written conditioned on
+    /// `revision` (see `fence.rs`). `held` as for [`execute`](Self::execute). The reply is
+    /// the machine's (a renew's); the error, if any, is the caller's.
+    pub(crate) fn execute_fence(
+        &self,
+        revision: u64,
+        held: Option<(Term, u64)>,
+        ops: Vec<Op>,
+    ) -> FenceFlight {
+        let kv = self.kv.clone();
+        let known_epoch = self.known_epoch.clone();
+        let c = self.config.clone();
+        let instance = self.instance;
+        let ttl = self.per_key_ttl.then_some(c.ttl);
+        // Like a renew, it must not wait past the next renew.
+        let limit = c.machine().renew_interval;
+        Box::pin(async move {
+            let (term, since_ms) = held.unwrap_or_default();
+            let lease = Lease {
+                node: c.node_name.clone(),
+                instance,
+                term: Some(term.revision),
+                epoch: term.epoch,
+                since_ms,
+            }
+            .encode();
+            let js = kv.client().jetstream().clone();
+            let batch = || fence::Batch {
+                bucket: &c.bucket,
+                lease_key: &c.key,
+                lease: lease.clone(),
+                revision,
+                ttl,
+                ops: &ops,
+            };
+            let attempt = async {
+                match batch().commit(&js, limit).await {
+                    // A bucket made before natty allowed atomic writes: allow them, once.
+                    Err(e) if fence::is_not_enabled(&e) => {
+                        kv.allow_atomic_writes(&c.bucket).await?;
+                        Ok(batch().commit(&js, limit).await)
+                    }
+                    other => Ok(other),
+                }
+            };
+            let unknown = || {
+                Some(Error::new(
+                    ErrorKind::TimedOut,
+                    format!(
+                        "fenced write of term {term}: no answer within {limit:?}; whether it \
+                         was applied (all of it or none) is unknown"
+                    ),
+                ))
+            };
+            match tokio::time::timeout(limit, attempt).await {
+                Ok(Ok(Ok(revision))) => (
+                    Reply::Updated {
+                        revision,
+                        epoch: term.epoch,
+                    },
+                    None,
+                ),
+                Ok(Ok(Err(e))) if fence::is_refused(&e) => {
+                    let (holder, ours) = read_holder(&kv, &c, instance).await;
+                    if let Some(h) = &holder {
+                        known_epoch.fetch_max(h.term.epoch, Ordering::Relaxed);
+                    }
+                    (Reply::Conflict { holder, ours }, None)
+                }
+                Ok(Ok(Err(e))) if fence::outcome_unknown(&e) => {
+                    warn!(error = %e, "fenced write unanswered");
+                    (Reply::Failed, unknown())
+                }
+                Ok(Ok(Err(e))) => {
+                    // Refused for another reason (nothing applied): a deleted bucket means
+                    // the lease is gone with it.
+                    if fence::is_no_responders(&e)
+                        && matches!(bucket_epoch(&kv, &c.bucket).await, Ok(None))
+                    {
+                        return (Reply::BucketGone, None);
+                    }
+                    warn!(error = %e, "fenced write refused");
+                    let kind = if fence::is_not_enabled(&e) {
+                        ErrorKind::Unsupported
+                    } else {
+                        ErrorKind::Other
+                    };
+                    let error = Error::with_source(
+                        kind,
+                        format!("fenced write of term {term} was not applied"),
+                        e,
+                    );
+                    (Reply::Failed, Some(error))
+                }
+                Ok(Err(e)) => (Reply::Failed, Some(from_kv(e))),
+                Err(_) => (Reply::Failed, unknown()),
             }
         })
     }

@@ -258,9 +258,47 @@ impl Buckets {
             })
             .await
             .map_err(|e| from_request(e, format!("creating bucket {:?}", config.name)))?;
-        let b = Bucket::from_stream(&config.name, store.stream);
+        let mut stream = store.stream;
+        if config.atomic_writes {
+            stream = self.allow_atomic(&config.name, stream).await?;
+        }
+        let b = Bucket::from_stream(&config.name, stream);
         self.remember(&b);
         Ok(b)
+    }
+}
+
+impl Buckets {
+    /// Caches `stream` as the bucket `name`'s.
+    pub(crate) fn remember_stream(&self, name: &str, stream: jetstream::stream::Stream) {
+        self.remember(&Bucket::from_stream(name, stream));
+    }
+
+    /// Turns on atomic batch writes (`allow_atomic`) on the bucket's stream: async-nats's
+    /// key-value config has no such field, so the stream is updated right after its creation
+    /// (until then a batch is refused, never half applied). On a server older than 2.12 the
+    /// bucket stays as it is, with a warning.
+    pub(crate) async fn allow_atomic(
+        &self,
+        name: &str,
+        stream: jetstream::stream::Stream,
+    ) -> Result<jetstream::stream::Stream, Error> {
+        if !self.client.supports(Feature::AtomicBatch) {
+            tracing::warn!(bucket = %name, "server older than 2.12: bucket created without atomic batch writes");
+            return Ok(stream);
+        }
+        let mut config = stream.cached_info().config.clone();
+        if config.allow_atomic_publish {
+            return Ok(stream);
+        }
+        config.allow_atomic_publish = true;
+        let js = self.client.jetstream();
+        js.update_stream(config)
+            .await
+            .map_err(|e| from_request(e, format!("allowing atomic writes in bucket {name:?}")))?;
+        js.get_stream(stream_name(name))
+            .await
+            .map_err(|e| from_request(e, format!("looking up bucket {name:?}")))
     }
 }
 

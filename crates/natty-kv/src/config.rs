@@ -59,6 +59,10 @@ pub struct BucketConfig {
     /// are removed too, so a watch disconnected for longer may miss an `Expired` event (it
     /// then sees the key's next write only).
     pub marker_ttl: Duration,
+    /// Allow atomic batch writes to the bucket's stream (`allow_atomic`, server 2.12+; default
+    /// off): all of a batch's writes are stored or none. natty-election's fenced writes need it
+    /// in the election's bucket. Ignored (with a warning) on an older server.
+    pub atomic_writes: bool,
 }
 
 impl Default for BucketConfig {
@@ -81,7 +85,15 @@ impl BucketConfig {
             storage: Storage::File,
             per_key_ttl: true,
             marker_ttl: DEFAULT_MARKER_TTL,
+            atomic_writes: false,
         }
+    }
+
+    /// Allow atomic batch writes (see [`atomic_writes`](Self::atomic_writes)).
+    #[must_use]
+    pub fn atomic_writes(mut self, enabled: bool) -> Self {
+        self.atomic_writes = enabled;
+        self
     }
 
     /// How long delete, purge and expiry markers stay (bucket with per-key TTL only).

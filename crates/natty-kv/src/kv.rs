@@ -607,6 +607,36 @@ impl Kv {
         .await
     }
 
+    /// Turns on atomic batch writes in an existing bucket (see
+    /// [`BucketConfig::atomic_writes`]); nothing to do if they are on. `Unsupported` on a
+    /// server older than 2.12, `BucketNotFound` if the bucket does not exist.
+    pub async fn allow_atomic_writes(&self, bucket: &str) -> Result<(), Error> {
+        names::bucket(bucket).map_err(from_core)?;
+        let span = info_span!("natty.kv.allow_atomic_writes", bucket = %bucket);
+        async {
+            let feature = natty_core::Feature::AtomicBatch;
+            if !self.client().supports(feature) {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "atomic writes in bucket {bucket:?} need {feature}; the server is {}",
+                        self.client()
+                            .server_version()
+                            .map_or_else(|| "of unknown version".to_owned(), |v| v.to_string())
+                    ),
+                ));
+            }
+            let Some(found) = self.buckets.lookup(bucket, &self.deadline()).await? else {
+                return Err(not_found(bucket, "allowing atomic writes"));
+            };
+            let stream = self.buckets.allow_atomic(bucket, found.stream).await?;
+            self.buckets.remember_stream(bucket, stream);
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
     /// Creates the bucket if missing; if it exists, checks that its TTL, history, storage and
     /// per-key TTL match `config` (`BucketConfigMismatch` naming both values otherwise).
     pub async fn ensure_bucket(&self, config: BucketConfig) -> Result<BucketStatus, Error> {

@@ -277,7 +277,9 @@ impl Sim {
         self.revision += 1;
         match request {
             Request::Create { .. } => created(self.revision),
-            Request::Renew { .. } | Request::Reclaim { .. } => updated(self.revision),
+            Request::Renew { .. } | Request::Reclaim { .. } | Request::Fence { .. } => {
+                updated(self.revision)
+            }
             Request::Resign { .. } => Reply::Resigned,
         }
     }
@@ -294,6 +296,11 @@ impl Sim {
 
     fn key_written(&mut self, holder: Holder) {
         self.m.on_key_written(self.now, holder);
+        self.collect();
+    }
+
+    fn fence_wanted(&mut self) {
+        self.m.on_fence_wanted(self.now);
         self.collect();
     }
 
@@ -814,6 +821,86 @@ fn config_checks() {
     assert!(cfg().margin(MIN_MARGIN).check().is_ok());
 }
 
+fn fence(revision: u64) -> Request {
+    Request::Fence { revision }
+}
+
+#[test]
+fn a_fenced_write_goes_out_at_once_and_renews_the_lease() {
+    let mut s = Sim::leader();
+    s.advance(Duration::from_millis(300));
+    let sent = s.now;
+    s.fence_wanted();
+    assert_eq!(s.requests(), [fence(10)]);
+    s.advance(Duration::from_millis(20));
+    s.reply(updated(11));
+    assert_eq!(s.out(), (vec![], vec![], vec![]));
+    // The deadline moved with the fenced write, from when it was sent.
+    assert!(s.m.is_leader(sent + TTL - s.c.margin - MS));
+    assert!(!s.m.is_leader(sent + TTL - s.c.margin));
+    // The next renew is on the revision the fenced write left, an interval after it.
+    s.advance_to(sent + s.c.renew_interval - MS);
+    assert_eq!(s.requests(), []);
+    s.advance_to(sent + s.c.renew_interval);
+    assert_eq!(s.requests(), [renew(11)]);
+}
+
+#[test]
+fn a_fenced_write_waits_for_the_renew_in_flight_and_uses_the_revision_it_leaves() {
+    let mut s = Sim::renewing();
+    s.fence_wanted();
+    // Conditioned on revision 10 while the renew replaces it, it would be refused.
+    assert_eq!(s.requests(), []);
+    s.reply(updated(11));
+    assert_eq!(s.requests(), [fence(11)]);
+}
+
+#[test]
+fn a_refused_fenced_write_means_someone_else_leads() {
+    let mut s = Sim::leader();
+    s.fence_wanted();
+    assert_eq!(s.requests(), [fence(10)]);
+    s.reply(conflict(Some(holder("b", 12))));
+    assert_eq!(
+        s.out(),
+        (
+            vec![],
+            vec![stop(10)],
+            vec![
+                lost(10, LostReason::Conflict),
+                following(Some(holder("b", 12)))
+            ]
+        )
+    );
+    assert!(!s.m.is_leader(s.now));
+}
+
+#[test]
+fn a_fenced_write_is_not_sent_when_not_leading_or_shutting_down() {
+    let mut s = Sim::new();
+    s.fence_wanted();
+    assert_eq!(s.requests(), []);
+    let mut s = Sim::leader();
+    s.shutdown();
+    assert_eq!(s.requests(), [resign(10)]);
+    s.fence_wanted();
+    assert_eq!(s.requests(), []);
+}
+
+#[test]
+fn a_fenced_write_with_an_unknown_outcome_keeps_leading_until_the_deadline() {
+    let mut s = Sim::leader();
+    s.fence_wanted();
+    assert_eq!(s.requests(), [fence(10)]);
+    s.reply(Reply::Failed);
+    assert!(s.m.is_leader(s.now));
+    // Retried as a renew on the revision we knew; our batch landed after all:
+    s.advance(s.c.retry_interval);
+    assert_eq!(s.requests(), [renew(10)]);
+    s.reply(ours(11));
+    assert_eq!(s.requests(), [renew(11)]);
+}
+
 #[derive(Debug, Clone)]
 enum Step {
     Wait(u64),
@@ -825,6 +912,7 @@ enum Step {
     KeyGone,
     KeyWritten,
     WorkEnded,
+    Fence,
     Shutdown,
 }
 
@@ -839,6 +927,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::KeyGone),
         1 => Just(Step::KeyWritten),
         1 => Just(Step::WorkEnded),
+        2 => Just(Step::Fence),
         1 => (0u8..20).prop_map(|n| if n == 0 { Step::Shutdown } else { Step::Wait(10) }),
     ]
 }
@@ -888,6 +977,7 @@ proptest! {
                         s.work_ended(term, true);
                     }
                 }
+                (Step::Fence, _) => s.fence_wanted(),
                 (Step::Shutdown, _) => s.shutdown(),
                 // A reply with nothing in flight: the driver never sends one.
                 (_, None) => {}
