@@ -51,6 +51,11 @@ struct Args {
     /// Bucket replicas.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    /// Also write `<node>@<term>` to this fenced key every work interval, from a task that
+    /// ignores `lost` (the stale writer fencing must stop): a `sink` line per write,
+    /// `accepted: false` once it is refused `Deposed` (then that task ends).
+    #[arg(long = "fenced-key")]
+    fenced_key: Option<String>,
 }
 
 #[tokio::main]
@@ -95,10 +100,15 @@ async fn main() -> anyhow::Result<()> {
     );
     let node = args.node.clone();
     let interval = Duration::from_millis(args.work_interval_ms);
+    let fenced_key = args.fenced_key.clone();
     election
         .run(cancel, move |lead| {
             let node = node.clone();
             let server = client.nats().server_info().server_name;
+            if let Some(key) = fenced_key.clone() {
+                // Detached: it outlives the work (aborted or not), as a stale writer would.
+                tokio::spawn(write_fenced(lead.clone(), key, node.clone(), interval));
+            }
             async move {
                 let term = wire(lead.term);
                 emit(
@@ -130,4 +140,48 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     emit(&args.node, Event::Exit { acked: None });
     Ok(())
+}
+
+/// Writes `<node>@<term>` to fenced key `key` every `interval` until refused `Deposed`,
+/// whatever `lost` says; one `sink` (or `sink-error`) line per write.
+async fn write_fenced(
+    lead: natty_election::Leadership,
+    key: String,
+    node: String,
+    interval: Duration,
+) {
+    let term = wire(lead.term);
+    let value = format!("{node}@{}", lead.term);
+    loop {
+        let issued_ns = natty_testkit::procs::mono_ns();
+        match lead.put(key.clone(), value.clone()).await {
+            Ok(()) => emit(
+                &node,
+                Event::Sink {
+                    term,
+                    accepted: true,
+                    issued_ns,
+                },
+            ),
+            Err(e) if e.kind() == natty_election::ErrorKind::Deposed => {
+                emit(
+                    &node,
+                    Event::Sink {
+                        term,
+                        accepted: false,
+                        issued_ns,
+                    },
+                );
+                return;
+            }
+            Err(e) => emit(
+                &node,
+                Event::SinkError {
+                    term,
+                    error: e.to_string(),
+                },
+            ),
+        }
+        tokio::time::sleep(interval).await;
+    }
 }

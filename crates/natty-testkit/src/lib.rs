@@ -5,6 +5,8 @@
 //! - [`NatsCluster::start`]: three (or more) JetStream nodes on their own Docker network.
 //! - Fault hooks on every server: stop, kill, start again (same storage and port), pause,
 //!   unpause, and for cluster nodes disconnect/reconnect from the cluster network.
+//! - [`proxy::Proxy`]: a NATS-aware TCP proxy that swallows one chosen client message (a
+//!   fault exactly between two protocol messages).
 //! - [`procs`]: multi-process tests — spawn, signal, and a typed JSON-line protocol with
 //!   monotonic timestamps.
 //!
@@ -26,6 +28,8 @@ mod cluster;
 pub mod image;
 #[cfg(feature = "containers")]
 pub mod procs;
+#[cfg(feature = "containers")]
+pub mod proxy;
 #[cfg(feature = "metrics")]
 pub mod recorded;
 #[cfg(feature = "containers")]

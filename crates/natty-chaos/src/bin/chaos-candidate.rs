@@ -1,36 +1,20 @@
 //! A chaos election candidate: works every 50 ms while leader and writes its term to a fenced
-//! sink (a KV key that only accepts a term at least as high as the one it holds, by
-//! compare-and-set). Prints `elected` / `work` / `sink` / `lost` JSON lines.
+//! sink — the election's fenced key `sink`, written with natty's fenced writes
+//! (`Leadership::put`: the server refuses the write once another node took the lease).
+//! Prints `elected` / `work` / `sink` / `lost` JSON lines.
 
 use std::time::Duration;
 
-use natty::{ElectionConfig, Kv, kv::ErrorKind};
+use natty::{ElectionConfig, Kv, election::ErrorKind};
 use natty_chaos::{Event, arg, cancel_on_sigterm, emit, init_logs, mono_ns, wire};
 
-/// Writes `term` to the sink if the sink holds no higher term (compared as
-/// `Term::as_u128`). `Ok(true)`: accepted.
-async fn sink_write(kv: &Kv, bucket: &str, term: natty::election::Term) -> anyhow::Result<bool> {
-    let term = term.as_u128();
-    let current = kv.get(bucket, "sink").await?;
-    let (held, revision) = match &current {
-        Some(e) => (
-            std::str::from_utf8(&e.value)?.parse::<u128>()?,
-            Some(e.revision),
-        ),
-        None => (0, None),
-    };
-    if term < held {
-        return Ok(false); // fenced: a newer term has written
-    }
-    let written = match revision {
-        Some(r) => kv.update(bucket, "sink", term.to_string().into(), r).await,
-        None => kv.create(bucket, "sink", term.to_string().into()).await,
-    };
-    match written {
-        Ok(_) => Ok(true),
-        Err(e) if matches!(e.kind(), ErrorKind::RevisionMismatch | ErrorKind::KeyExists) => {
-            Ok(false)
-        }
+/// Writes `term` to the sink: natty's fenced write (`Leadership::put`), which the server
+/// refuses once another node took the lease. `Ok(true)`: accepted; `Ok(false)`: refused,
+/// `Deposed`.
+async fn sink_write(lead: &natty::Leadership) -> anyhow::Result<bool> {
+    match lead.put("sink", lead.term.to_string()).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::Deposed => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -46,7 +30,6 @@ async fn main() -> anyhow::Result<()> {
     let node = arg("--node").unwrap_or_else(|| format!("c{}", std::process::id()));
     let ttl = Duration::from_secs(arg("--ttl").and_then(|t| t.parse().ok()).unwrap_or(2));
     let bucket = arg("--bucket").unwrap_or_else(|| "chaos_el".into());
-    let sink = arg("--sink").unwrap_or_else(|| "chaos_sink".into());
     // For verifying the checker: skip the lease check before side effects.
     let unsafe_no_check = std::env::args().any(|a| a == "--unsafe-skip-validity-check");
     let client = natty::ConnectOptions::new(servers)
@@ -79,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
         cancel.clone()
     };
     let run = election.run(run_cancel, move |lead| {
-        let (node, kv, sink) = (n.clone(), kv.clone(), sink.clone());
+        let node = n.clone();
         async move {
             let term = wire(lead.term);
             emit(&node, Event::Elected { term, server: None });
@@ -88,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
                 if unsafe_no_check || lead.is_valid() {
                     emit(&node, Event::Work { term, checked_ns });
                     let issued = mono_ns();
-                    match sink_write(&kv, &sink, lead.term).await {
+                    match sink_write(&lead).await {
                         Ok(accepted) => emit(
                             &node,
                             Event::Sink {
