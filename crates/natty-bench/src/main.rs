@@ -70,6 +70,8 @@ enum Part {
     /// Publish-to-handler latency at a low fixed rate with idle gaps.
     Latency,
     Kv,
+    /// Fenced writes (`Leadership::put`) against a raw KV put.
+    Fenced,
     Election,
     Memory,
 }
@@ -424,6 +426,41 @@ async fn run(url: &str, quick: bool, only: &[Part]) -> anyhow::Result<Results> {
         ));
         let (a, b) = std::mem::take(&mut kv_p99[slot]);
         workloads.push(workload(&format!("KV {name} p99"), "µs", a, b, None, quick));
+    }
+
+    // Fenced writes: the p50 target is 1.5 x a raw KV put (one atomic batch with the lease).
+    let (mut fenced, mut fenced_p99) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    for i in (0..s.pairs).filter(|_| want(Part::Fenced)) {
+        let n = workloads::fenced_natty(url, s.kv_ops).await?;
+        let (r, _, _) = workloads::kv_raw(&client, "bench_fenced_raw", s.kv_ops).await?;
+        fenced.0.push(percentile(&n, 0.5));
+        fenced.1.push(percentile(&r, 0.5));
+        fenced_p99.0.push(percentile(&n, 0.99));
+        fenced_p99.1.push(percentile(&r, 0.99));
+        eprintln!(
+            "fenced pair {}: p50 fenced {:.0} µs, raw put {:.0} µs",
+            i + 1,
+            fenced.0[i],
+            fenced.1[i]
+        );
+    }
+    if want(Part::Fenced) {
+        workloads.push(workload(
+            "fenced write p50 (vs raw KV put)",
+            "µs",
+            fenced.0,
+            fenced.1,
+            Some((1.5, false, true)),
+            quick,
+        ));
+        workloads.push(workload(
+            "fenced write p99 (vs raw KV put)",
+            "µs",
+            fenced_p99.0,
+            fenced_p99.1,
+            None,
+            quick,
+        ));
     }
 
     let failover = if want(Part::Election) {

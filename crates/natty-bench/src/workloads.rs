@@ -505,6 +505,48 @@ pub(crate) async fn kv_natty(
     Ok((put, get, refresh))
 }
 
+/// Latencies of `ops` sequential fenced writes (`Leadership::put`) by the leader of a fresh
+/// election, in microseconds.
+pub(crate) async fn fenced_natty(url: &str, ops: usize) -> anyhow::Result<Vec<f64>> {
+    let client = natty::ConnectOptions::new([url]).connect().await?;
+    let bucket = format!("bench_fenced_{}", std::process::id());
+    let election = natty::Election::new(
+        Kv::new(client),
+        ElectionConfig::new(&bucket, "leader", "bench").ttl(Duration::from_secs(10)),
+    )?;
+    let cancel = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let (e, c) = (election.clone(), cancel.clone());
+    let task = tokio::spawn(async move {
+        e.run(c, move |lead: natty::Leadership| {
+            let tx = tx.lock().ok().and_then(|mut t| t.take());
+            async move {
+                let lost = lead.lost.clone();
+                if let Some(tx) = tx {
+                    let _ = tx.send(lead);
+                }
+                lost.cancelled().await;
+            }
+        })
+        .await
+    });
+    let lead = tokio::time::timeout(Duration::from_secs(10), rx).await??;
+    let mut out = Vec::with_capacity(ops);
+    for i in 0..ops {
+        let key = format!("k{}", i % 100);
+        let t = Instant::now();
+        lead.put(key, "value").await?;
+        out.push(us(t.elapsed()));
+    }
+    cancel.cancel();
+    task.await??;
+    Kv::new(natty::ConnectOptions::new([url]).connect().await?)
+        .delete_bucket(&bucket)
+        .await?;
+    Ok(out)
+}
+
 /// Time from the leader's shutdown (resign) or crash (its driver gone, no resign) to the new
 /// leader's first work, in milliseconds, over `trials` trials with two candidates.
 pub(crate) async fn failover(

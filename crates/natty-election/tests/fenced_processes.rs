@@ -32,6 +32,14 @@ fn sink(l: &Line, node: &str, term: Term, accepted: bool) -> bool {
         && matches!(l.event, Event::Sink { term: t, accepted: a, .. } if t == term && a == accepted)
 }
 
+/// Prints what the candidates said (all but their work lines), for a failure's report.
+fn dump(lines: &Lines) {
+    for l in lines.all().iter().filter(|l| !matches!(l.event, Event::Work { .. })) {
+        eprintln!("{l:?}");
+    }
+    eprintln!("unreadable: {:?}", lines.unreadable());
+}
+
 fn spawn(url: &str, bucket: &str, node: &str, lines: &Lines) -> anyhow::Result<Child> {
     let mut cmd = Command::new(sibling_binary("candidate", true)?);
     cmd.args(["--server", url, "--bucket", bucket, "--key", "leader"])
@@ -55,14 +63,15 @@ async fn a_frozen_leaders_fenced_writes_are_refused_after_its_successor_wrote() 
     }
     let pid = |node: &str| procs[node].id().unwrap();
     let stored = "leader.fenced.x";
-    let mut last: Option<Term> = None;
     let mut stale_accepted = Vec::new();
+    // The current leader: the first one, then each round's successor.
+    let mut elected = wait_for("a leader", Duration::from_secs(10), || async {
+        lines.find(|l| elected_after(l, None))
+    })
+    .await
+    .inspect_err(|_| dump(&lines))?;
     for round in 0..ROUNDS {
-        // The current leader, and one of its fenced writes accepted.
-        let elected = wait_for("a leader", Duration::from_secs(10), || async {
-            lines.find(|l| elected_after(l, last))
-        })
-        .await?;
+        // One of the leader's fenced writes accepted.
         let (node, term) = (elected.node.clone(), elected.term().unwrap());
         wait_for("the leader's fenced write", Duration::from_secs(5), || async {
             lines.find(|l| sink(l, &node, term, true))
@@ -74,7 +83,8 @@ async fn a_frozen_leaders_fenced_writes_are_refused_after_its_successor_wrote() 
         let successor = wait_for("a successor", Duration::from_secs(TTL_SECS + 5), || async {
             lines.find(|l| elected_after(l, Some(term)))
         })
-        .await?;
+        .await
+        .inspect_err(|_| dump(&lines))?;
         let (next, next_term) = (successor.node.clone(), successor.term().unwrap());
         assert_ne!(next, node, "round {round}: a frozen process cannot be elected");
         wait_for("the successor's fenced write", Duration::from_secs(5), || async {
@@ -101,7 +111,7 @@ async fn a_frozen_leaders_fenced_writes_are_refused_after_its_successor_wrote() 
             value, expected,
             "round {round}: the key must hold the successor's value"
         );
-        last = Some(next_term);
+        elected = successor;
     }
     assert!(
         stale_accepted.is_empty(),
