@@ -76,6 +76,8 @@ pub(crate) struct Results {
     /// Only when the memory part ran.
     pub(crate) memory: Option<MemoryResult>,
     pub(crate) memory_target: Option<Target>,
+    /// What the run found out about a target it missed (causes, with the numbers).
+    pub(crate) notes: Vec<String>,
 }
 
 pub(crate) fn median(v: &[f64]) -> f64 {
@@ -181,6 +183,9 @@ pub(crate) fn write(dir: &Path, r: &Results) -> anyhow::Result<String> {
         .collect();
     if !missed.is_empty() {
         writeln!(md, "\n**Targets missed:** {}.", missed.join(", "))?;
+    }
+    for note in &r.notes {
+        writeln!(md, "\n{note}")?;
     }
     std::fs::write(dir.join("report.md"), &md)?;
     svg(&dir.join("report.svg"), r)?;

@@ -512,7 +512,7 @@ pub(crate) async fn fenced_natty(url: &str, ops: usize) -> anyhow::Result<Vec<f6
     let bucket = format!("bench_fenced_{}", std::process::id());
     let election = natty::Election::new(
         Kv::new(client),
-        ElectionConfig::new(&bucket, "leader", "bench").ttl(Duration::from_secs(10)),
+        ElectionConfig::new(&bucket, "leader", "bench").ttl(Duration::from_secs(3)),
     )?;
     let cancel = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -531,7 +531,8 @@ pub(crate) async fn fenced_natty(url: &str, ops: usize) -> anyhow::Result<Vec<f6
         })
         .await
     });
-    let lead = tokio::time::timeout(Duration::from_secs(10), rx).await??;
+    // (The candidate that creates the bucket waits a TTL before its first contest.)
+    let lead = tokio::time::timeout(Duration::from_secs(30), rx).await??;
     let mut out = Vec::with_capacity(ops);
     for i in 0..ops {
         let key = format!("k{}", i % 100);
@@ -544,6 +545,48 @@ pub(crate) async fn fenced_natty(url: &str, ops: usize) -> anyhow::Result<Vec<f6
     Kv::new(natty::ConnectOptions::new([url]).connect().await?)
         .delete_bucket(&bucket)
         .await?;
+    Ok(out)
+}
+
+/// Latencies of `ops` raw atomic batches (jetstream-extra, no natty) of a fenced write's shape —
+/// one write, then a commit conditioned on its subject's last sequence — on a file-backed
+/// stream like an election bucket, in microseconds: the server's own cost of a fenced write.
+pub(crate) async fn atomic_raw(client: &Client, ops: usize) -> anyhow::Result<Vec<f64>> {
+    use jetstream_extra::batch_publish::BatchPublishExt;
+    let js = jetstream::new(client.nats().clone());
+    let name = format!("BENCH_ATOMIC_{}", std::process::id());
+    let _ = js.delete_stream(&name).await;
+    js.create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{name}.>")],
+        storage: stream::StorageType::File,
+        max_messages_per_subject: 1,
+        allow_atomic_publish: true,
+        allow_message_ttl: true,
+        ..Default::default()
+    })
+    .await?;
+    let mut last = 0;
+    let mut out = Vec::with_capacity(ops);
+    for i in 0..ops {
+        let t = Instant::now();
+        let mut batch = js
+            .batch_publish()
+            .ack_first(false)
+            .timeout(Duration::from_secs(5))
+            .build();
+        batch
+            .add(format!("{name}.data.k{}", i % 100), "value".into())
+            .await?;
+        let lease = jetstream::message::PublishMessage::build()
+            .payload("lease".into())
+            .expected_last_subject_sequence(last)
+            .ttl(Duration::from_secs(10))
+            .outbound_message(format!("{name}.lease"));
+        last = batch.commit_message(lease).await?.sequence;
+        out.push(us(t.elapsed()));
+    }
+    js.delete_stream(&name).await?;
     Ok(out)
 }
 

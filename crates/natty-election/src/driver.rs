@@ -367,7 +367,8 @@ impl Election {
         let mut in_flight: Option<FenceFlight> = None;
         let mut job: Option<Job> = None;
         // Fenced writes from the work, queued until the machine sends them, and the one sent.
-        let (fence_tx, mut fence_rx) = tokio::sync::mpsc::unbounded_channel::<fence::Job>();
+        let (fence_tx, mut fence_rx): (fence::Sender, fence::Receiver) =
+            tokio::sync::mpsc::unbounded_channel();
         let mut fences = std::collections::VecDeque::<fence::Job>::new();
         let mut fence_in_flight: Option<fence::Job> = None;
         let mut term_since_ms = now_ms();
@@ -407,9 +408,20 @@ impl Election {
                         });
                     }
                     Work::Stop { term, abort_at } => {
+                        // The work may be waiting on a fenced write: answer it before waiting
+                        // for the work to end.
+                        if let Some(f) = fence_in_flight.take() {
+                            f.answer(Err(fence::unknown(
+                                term,
+                                "leadership ended while it was in flight",
+                            )));
+                        }
+                        for f in fences.drain(..) {
+                            f.deposed("leadership was lost");
+                        }
                         if let Some(job) = job.take() {
                             debug_assert_eq!(job.term, term);
-                            stop_work(job, clock.tokio_instant(abort_at)).await;
+                            stop_work(job, clock.tokio_instant(abort_at), &mut fence_rx).await;
                         }
                     }
                 }
@@ -537,7 +549,7 @@ impl Election {
         }
         if let Some(job) = job.take() {
             // Only when the machine stopped without stopping the work first (it never does).
-            stop_work(job, Instant::now()).await;
+            stop_work(job, Instant::now(), &mut fence_rx).await;
         }
         for f in fences.drain(..) {
             f.deposed("the election stopped");
@@ -653,12 +665,21 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Fires the work's `lost` and waits for it to end until `abort_at`; then aborts it.
-async fn stop_work(mut job: Job, abort_at: Instant) {
+/// Fires the work's `lost` and waits for it to end until `abort_at`; then aborts it. Fenced
+/// writes the work sends meanwhile are refused `Deposed` (the work may wait on one).
+async fn stop_work(mut job: Job, abort_at: Instant, fences: &mut fence::Receiver) {
     info!(term = %job.term, "stopping work");
     job.fire_lost();
     let term = job.term;
-    match tokio::time::timeout_at(abort_at, &mut job.handle).await {
+    let ended = async {
+        loop {
+            tokio::select! {
+                ended = &mut job.handle => return ended,
+                Some(f) = fences.recv() => f.deposed("leadership was lost"),
+            }
+        }
+    };
+    match tokio::time::timeout_at(abort_at, ended).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) if e.is_panic() => error!(%term, "leader work panicked"),
         Ok(Err(_)) => {}

@@ -94,6 +94,17 @@ pub(crate) fn deposed(term: Term, why: &str) -> Error {
     )
 }
 
+/// A fenced write whose outcome is unknown (all of it or none was applied).
+pub(crate) fn unknown(term: Term, why: &str) -> Error {
+    Error::new(
+        ErrorKind::TimedOut,
+        format!(
+            "fenced write of term {term}: {why}; whether it was applied (all of it or none) is \
+             unknown"
+        ),
+    )
+}
+
 /// Checks a transaction before anything is sent: keys, count, size.
 pub(crate) fn check(ops: &[Op], lease_key: &str, max_payload: usize) -> Result<(), Error> {
     if ops.is_empty() {
@@ -266,6 +277,9 @@ impl Txn {
 /// Where the leader's work sends its fenced writes: the running election's driver.
 pub(crate) type Sender = mpsc::UnboundedSender<Job>;
 
+/// The driver's end of [`Sender`].
+pub(crate) type Receiver = mpsc::UnboundedReceiver<Job>;
+
 impl Leadership {
     /// Writes `value` to fenced key `key` — only while this node leads in this term, as
     /// judged by the server. A successful fenced write also renews the lease. Errors as
@@ -311,13 +325,9 @@ impl Leadership {
             return Err(deposed(self.term, "the election has stopped"));
         }
         answer.await.unwrap_or_else(|_| {
-            Err(Error::new(
-                ErrorKind::TimedOut,
-                format!(
-                    "fenced write of term {}: the election stopped with it queued or in flight; \
-                     whether it was applied (all of it or none) is unknown",
-                    self.term
-                ),
+            Err(unknown(
+                self.term,
+                "the election stopped with it queued or in flight",
             ))
         })
     }

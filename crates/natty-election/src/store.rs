@@ -433,12 +433,9 @@ impl LeaseStore {
                 }
             };
             let unknown = || {
-                Some(Error::new(
-                    ErrorKind::TimedOut,
-                    format!(
-                        "fenced write of term {term}: no answer within {limit:?}; whether it \
-                         was applied (all of it or none) is unknown"
-                    ),
+                Some(fence::unknown(
+                    term,
+                    &format!("no answer within {limit:?}"),
                 ))
             };
             match tokio::time::timeout(limit, attempt).await {

@@ -275,3 +275,51 @@ async fn a_ten_key_transaction_is_all_or_nothing_across_a_server_restart() -> an
     assert_eq!(values(&reader, &b, &stored).await?, all("3"));
     leader.stop().await
 }
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn work_waiting_on_a_fenced_write_is_answered_not_aborted_when_leadership_ends()
+-> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let b = bucket();
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    let kv = Kv::new(client);
+    let election = Election::new(kv.clone(), config(&b, "a"))?;
+    let cancel = CancellationToken::new();
+    // The work writes back to back and ignores `lost`: it learns of the loss only from the
+    // answer to the write it is waiting on.
+    let (tx, mut outcome) = tokio::sync::mpsc::unbounded_channel();
+    let (writing_tx, mut writing) = tokio::sync::mpsc::unbounded_channel();
+    let (e, c) = (election.clone(), cancel.clone());
+    let task = tokio::spawn(async move {
+        e.run(c, move |lead: Leadership| {
+            let (tx, writing_tx) = (tx.clone(), writing_tx.clone());
+            async move {
+                let mut n = 0u64;
+                loop {
+                    n += 1;
+                    if let Err(e) = lead.put("n", n.to_string()).await {
+                        let _ = tx.send(e.kind());
+                        return;
+                    }
+                    let _ = writing_tx.send(n);
+                }
+            }
+        })
+        .await
+    });
+    tokio::time::timeout(Duration::from_secs(15), writing.recv()).await?;
+    // The lease key deleted behind the leader's back: it loses at once (the watch).
+    kv.delete(&b, "leader").await?;
+    let kind = tokio::time::timeout(Duration::from_secs(5), outcome.recv())
+        .await?
+        .expect("the work was aborted before its write was answered");
+    assert!(
+        matches!(kind, ErrorKind::Deposed | ErrorKind::TimedOut),
+        "{kind:?}"
+    );
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await???;
+    Ok(())
+}
