@@ -475,9 +475,10 @@ async fn run(url: &str, quick: bool, only: &[Part]) -> anyhow::Result<Results> {
              {:.1} x a raw KV put in this run, and natty's fenced write {:.2} x that raw batch: \
              the cost is the server's. nats-server syncs R1 file-backed atomic batches to disk \
              (SyncAlways while staging and committing; nats-server PRs 7298 and 8539), a KV put \
-             is not synced. A memory-storage stream measured here: batch ~1.2 x put. What would \
-             meet the target: a server that coalesces those syncs, or R3 buckets (replicated \
-             batches are staged in memory and made durable by raft).",
+             is not synced (a memory-storage stream, measured once by hand here: batch ~1.2 x put). \
+             What would meet the target: a server that coalesces or skips those syncs; R3 \
+             buckets stage batches in memory and make them durable by raft instead (not \
+             measured here).",
             server.median_ratio, natty_vs_batch.median_ratio
         ));
         workloads.push(workload(
