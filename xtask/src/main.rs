@@ -291,6 +291,25 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
 /// rotting in CI without a release build of every dependency).
 fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     let reference = nats_image()?;
+    let profile = if quick { "debug" } else { "release" };
+    // The features part compares with a build that has natty's observability features: build
+    // that first and keep its binary beside the other (cargo keeps both feature sets of the
+    // dependencies, so the default build afterwards only re-links).
+    let exe = std::env::consts::EXE_SUFFIX;
+    let obs = target_dir()
+        .join(profile)
+        .join(format!("natty-bench-obs{exe}"));
+    if only.is_none_or(|o| o.split(',').any(|p| p.trim() == "features")) {
+        let mut args = vec!["build", "--quiet", "-p", "natty-bench", "--features", "observability"];
+        if !quick {
+            args.push("--release");
+        }
+        run("cargo", &args, &[])?;
+        std::fs::copy(
+            target_dir().join(profile).join(format!("natty-bench{exe}")),
+            &obs,
+        )?;
+    }
     let mut args = vec!["run", "--quiet", "-p", "natty-bench"];
     if !quick {
         args.push("--release");
@@ -302,7 +321,12 @@ fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     if let Some(only) = only {
         args.extend(["--only", only]);
     }
-    run("cargo", &args, &[("NATTY_NATS_IMAGE", &reference)])
+    let obs = obs.display().to_string();
+    run(
+        "cargo",
+        &args,
+        &[("NATTY_NATS_IMAGE", &reference), ("NATTY_BENCH_OBS", &obs)],
+    )
 }
 
 /// Runs natty-chaos (debug build: the faults, not the speed, are what it measures).

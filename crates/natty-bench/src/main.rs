@@ -74,6 +74,9 @@ enum Part {
     Fenced,
     Election,
     Memory,
+    /// The default publish path and consume again, built with natty's observability features
+    /// off (this binary) and on (natty-bench-obs): the ratios side by side.
+    Features,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -81,15 +84,38 @@ enum Child {
     /// The child process of the memory workload.
     #[command(hide = true)]
     Memory { url: String, n: u64 },
+    /// The features workloads alone, printed as JSON (this binary's build's ratios).
+    #[command(hide = true)]
+    Ratios {
+        url: String,
+        #[arg(long)]
+        quick: bool,
+    },
 }
+
+/// natty's observability features in this build.
+const FEATURES: &str = if cfg!(feature = "observability") {
+    "metrics, otel and serde compiled in"
+} else {
+    "metrics, otel and serde off (not compiled in)"
+};
 
 fn main() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
     let runtime = tokio::runtime::Runtime::new()?;
-    if let Some(Child::Memory { url, n }) = args.child {
-        let result = runtime.block_on(memory::run(&url, n))?;
-        println!("{}", serde_json::to_string(&result)?);
-        return Ok(());
+    match args.child {
+        Some(Child::Memory { url, n }) => {
+            let result = runtime.block_on(memory::run(&url, n))?;
+            println!("{}", serde_json::to_string(&result)?);
+            return Ok(());
+        }
+        Some(Child::Ratios { url, quick }) => {
+            let s = if quick { QUICK } else { FULL };
+            let ratios = runtime.block_on(feature_ratios(&url, &s))?;
+            println!("{}", serde_json::to_string(&ratios)?);
+            return Ok(());
+        }
+        None => {}
     }
     let (quick, out) = (args.quick, args.out);
     let only = args.only;
@@ -501,6 +527,12 @@ async fn run(url: &str, quick: bool, only: &[Part]) -> anyhow::Result<Results> {
         workloads.push(server);
     }
 
+    let features = if want(Part::Features) {
+        Some(features_run(url, &s, quick).await?)
+    } else {
+        None
+    };
+
     let failover = if want(Part::Election) {
         Some(election(url, &s, quick).await?)
     } else {
@@ -534,6 +566,76 @@ async fn run(url: &str, quick: bool, only: &[Part]) -> anyhow::Result<Results> {
         memory,
         memory_target,
         notes,
+        features_in_build: FEATURES,
+        features,
+    })
+}
+
+/// The workloads of the features comparison, with this build's features: median natty/raw
+/// ratios of the default publish path (128 B) and of consume + ack (raw: `messages()`).
+async fn feature_ratios(url: &str, s: &Sizes) -> anyhow::Result<Vec<(String, f64)>> {
+    let client = natty::ConnectOptions::new([url]).connect().await?;
+    let (a, b) = pairs(
+        "features: default publish 128 B",
+        s.pairs,
+        || workloads::publish_natty(&client, "BENCH_FEAT", s.publish_n, 128, PublishMode::Auto),
+        || workloads::publish_raw(&client, "BENCH_FEAT", s.publish_n, 128),
+    )
+    .await?;
+    let publish = workload("", "msg/s", a, b, None, true).median_ratio;
+    workloads::fill(&client, "BENCH_FEAT_CONSUME", s.consume_n).await?;
+    let (a, b) = pairs(
+        "features: consume + ack 128 B",
+        s.pairs,
+        || workloads::consume_natty(&client, "BENCH_FEAT_CONSUME", "natty", s.consume_n),
+        || {
+            workloads::consume_raw(
+                &client,
+                "BENCH_FEAT_CONSUME",
+                "raw",
+                s.consume_n,
+                workloads::RawPull::Messages,
+            )
+        },
+    )
+    .await?;
+    let consume = workload("", "msg/s", a, b, None, true).median_ratio;
+    Ok(vec![
+        ("default publish (Auto) vs raw pipelined 128 B".to_owned(), publish),
+        ("consume + ack 128 B vs raw messages()".to_owned(), consume),
+    ])
+}
+
+/// The features comparison: this build's ratios, then natty-bench-obs's (the same workloads
+/// built with natty's `metrics`, `otel` and `serde`; `cargo xtask bench` builds it and names
+/// it in `NATTY_BENCH_OBS`) against the same server.
+async fn features_run(url: &str, s: &Sizes, quick: bool) -> anyhow::Result<report::Features> {
+    let off = feature_ratios(url, s).await?;
+    let obs = std::env::var("NATTY_BENCH_OBS").map_err(|_| {
+        anyhow::anyhow!(
+            "the features part needs NATTY_BENCH_OBS, the natty-bench binary built with \
+             `--features observability` (run it through `cargo xtask bench`)"
+        )
+    })?;
+    let mut cmd = tokio::process::Command::new(obs);
+    cmd.args(["ratios", url]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let output = cmd.output().await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the features-on run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let on: Vec<(String, f64)> = serde_json::from_slice(&output.stdout)
+        .map_err(|e| anyhow::anyhow!("features-on run output: {e}"))?;
+    Ok(report::Features {
+        rows: off
+            .into_iter()
+            .zip(on)
+            .map(|((name, off), (_, on))| (name, off, on))
+            .collect(),
     })
 }
 

@@ -78,6 +78,17 @@ pub(crate) struct Results {
     pub(crate) memory_target: Option<Target>,
     /// What the run found out about a target it missed (causes, with the numbers).
     pub(crate) notes: Vec<String>,
+    /// natty's observability features in the build that measured the workloads above.
+    pub(crate) features_in_build: &'static str,
+    /// Only when the features part ran.
+    pub(crate) features: Option<Features>,
+}
+
+/// The same workloads built with natty's observability features off and on.
+#[derive(Debug, Serialize)]
+pub(crate) struct Features {
+    /// (workload, median natty/raw ratio with the features off, with them on).
+    pub(crate) rows: Vec<(String, f64, f64)>,
 }
 
 pub(crate) fn median(v: &[f64]) -> f64 {
@@ -118,6 +129,7 @@ pub(crate) fn write(dir: &Path, r: &Results) -> anyhow::Result<String> {
         "Machine: {} core(s), {}, {}. Server: nats-server {}, {}.\n",
         r.machine.cores, r.machine.model, r.machine.os, r.server_version, r.server
     )?;
+    writeln!(md, "natty's observability features in this build: {}.\n", r.features_in_build)?;
     writeln!(
         md,
         "{} build, {} pair(s) per workload run alternately (natty, raw, natty, raw, ...); medians.{}\n",
@@ -151,6 +163,20 @@ pub(crate) fn write(dir: &Path, r: &Results) -> anyhow::Result<String> {
             per_pair.join(", "),
             w.median_ratio
         )?;
+    }
+    if let Some(f) = &r.features {
+        writeln!(
+            md,
+            "\n## natty's observability features off and on\n\nThe same workloads, \
+             built without natty's `metrics`, `otel` and `serde` (the default) and with them \
+             (compiled in, no recorder or exporter installed); median natty/raw ratios, each \
+             against raw measured in its own run.\n"
+        )?;
+        writeln!(md, "| workload | features off | features on |")?;
+        writeln!(md, "|---|---|---|")?;
+        for (name, off, on) in &f.rows {
+            writeln!(md, "| {name} | {off:.3} | {on:.3} |")?;
+        }
     }
     if let Some(f) = &r.failover {
         failover_md(&mut md, f)?;

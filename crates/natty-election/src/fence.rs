@@ -269,6 +269,10 @@ impl Txn {
     /// [`ErrorKind::TimedOut`] (no answer: all or nothing was applied, which is unknown),
     /// [`ErrorKind::InvalidName`] / [`ErrorKind::InvalidWrite`] (nothing sent),
     /// [`ErrorKind::Unsupported`] (server older than 2.12).
+    ///
+    /// Writes go out one batch at a time, in the order they were committed (concurrent callers
+    /// are queued). Dropping this future does not withdraw the write: once handed to the
+    /// election it may still be applied.
     pub async fn commit(self) -> Result<(), Error> {
         self.leadership.fenced(self.ops).await
     }

@@ -466,14 +466,19 @@ impl LeaseStore {
                         return (Reply::BucketGone, None);
                     }
                     warn!(error = %e, "fenced write refused");
-                    let kind = if fence::is_not_enabled(&e) {
-                        ErrorKind::Unsupported
+                    let (kind, why) = if fence::is_not_enabled(&e) {
+                        (ErrorKind::Unsupported, "the bucket does not allow atomic batches")
+                    } else if fence::is_no_responders(&e) {
+                        (
+                            ErrorKind::Other,
+                            "no responder for the bucket (its stream electing a leader?); retry",
+                        )
                     } else {
-                        ErrorKind::Other
+                        (ErrorKind::Other, "refused by the server")
                     };
                     let error = Error::with_source(
                         kind,
-                        format!("fenced write of term {term} was not applied"),
+                        format!("fenced write of term {term} was not applied: {why}"),
                         e,
                     );
                     (Reply::Failed, Some(error))
