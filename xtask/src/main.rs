@@ -300,7 +300,14 @@ fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         .join(profile)
         .join(format!("natty-bench-obs{exe}"));
     if only.is_none_or(|o| o.split(',').any(|p| p.trim() == "features")) {
-        let mut args = vec!["build", "--quiet", "-p", "natty-bench", "--features", "observability"];
+        let mut args = vec![
+            "build",
+            "--quiet",
+            "-p",
+            "natty-bench",
+            "--features",
+            "observability",
+        ];
         if !quick {
             args.push("--release");
         }

@@ -601,7 +601,10 @@ async fn feature_ratios(url: &str, s: &Sizes) -> anyhow::Result<Vec<(String, f64
     .await?;
     let consume = workload("", "msg/s", a, b, None, true).median_ratio;
     Ok(vec![
-        ("default publish (Auto) vs raw pipelined 128 B".to_owned(), publish),
+        (
+            "default publish (Auto) vs raw pipelined 128 B".to_owned(),
+            publish,
+        ),
         ("consume + ack 128 B vs raw messages()".to_owned(), consume),
     ])
 }

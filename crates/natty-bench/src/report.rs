@@ -129,7 +129,11 @@ pub(crate) fn write(dir: &Path, r: &Results) -> anyhow::Result<String> {
         "Machine: {} core(s), {}, {}. Server: nats-server {}, {}.\n",
         r.machine.cores, r.machine.model, r.machine.os, r.server_version, r.server
     )?;
-    writeln!(md, "natty's observability features in this build: {}.\n", r.features_in_build)?;
+    writeln!(
+        md,
+        "natty's observability features in this build: {}.\n",
+        r.features_in_build
+    )?;
     writeln!(
         md,
         "{} build, {} pair(s) per workload run alternately (natty, raw, natty, raw, ...); medians.{}\n",

@@ -21,8 +21,8 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::{
     ElectionConfig, Error, ErrorKind, Term,
     clock::Clock,
-    lease::{instance_id, now_ms},
     fence,
+    lease::{instance_id, now_ms},
     machine::{Event, Machine, Reply, Request, State, Work},
     store::{self, FenceFlight, LeaseStore, Rewatch, Watched},
 };
@@ -444,9 +444,11 @@ impl Election {
                         flight
                     }
                     // (a fence whose write is gone: the caller stopped waiting; renew)
-                    (Request::Fence { revision }, None) => {
-                        Box::pin(store.execute(Request::Renew { revision }, held).map(|r| (r, None)))
-                    }
+                    (Request::Fence { revision }, None) => Box::pin(
+                        store
+                            .execute(Request::Renew { revision }, held)
+                            .map(|r| (r, None)),
+                    ),
                     (request, queued) => {
                         if let Some(f) = queued {
                             fences.push_front(f);
@@ -620,10 +622,13 @@ fn settle(
         Reply::Updated { .. } => f.answer(Ok(())),
         Reply::Conflict { ours: Some(_), .. } => fences.push_front(f),
         Reply::Conflict { holder, .. } => {
-            let who = holder
-                .as_ref()
-                .map_or_else(|| "someone else".to_owned(), |h| format!("{:?} (term {})", h.node, h.term));
-            f.deposed(&format!("the server refused it: the lease was taken by {who}"));
+            let who = holder.as_ref().map_or_else(
+                || "someone else".to_owned(),
+                |h| format!("{:?} (term {})", h.node, h.term),
+            );
+            f.deposed(&format!(
+                "the server refused it: the lease was taken by {who}"
+            ));
         }
         Reply::BucketGone => f.deposed("the server refused it: the election's bucket is gone"),
         _ => f.answer(Err(why.unwrap_or_else(|| {

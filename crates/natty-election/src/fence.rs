@@ -167,13 +167,11 @@ impl Batch<'_> {
         timeout: Duration,
     ) -> Result<u64, BatchPublishError> {
         // No flow-control ack on the first message: one round trip for the whole batch.
-        let mut batch = js
-            .batch_publish()
-            .ack_first(false)
-            .timeout(timeout)
-            .build();
+        let mut batch = js.batch_publish().ack_first(false).timeout(timeout).build();
         for op in self.ops {
-            batch.add_message(op.message(self.bucket, self.lease_key)).await?;
+            batch
+                .add_message(op.message(self.bucket, self.lease_key))
+                .await?;
         }
         let mut message = PublishMessage::build()
             .payload(self.lease)
@@ -182,7 +180,9 @@ impl Batch<'_> {
             message = message.ttl(ttl);
         }
         let subject = format!("$KV.{}.{}", self.bucket, self.lease_key);
-        let ack = batch.commit_message(message.outbound_message(subject)).await?;
+        let ack = batch
+            .commit_message(message.outbound_message(subject))
+            .await?;
         // The lease is the batch's last message: its revision is the batch's sequence.
         Ok(ack.sequence)
     }

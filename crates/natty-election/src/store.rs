@@ -432,12 +432,7 @@ impl LeaseStore {
                     other => Ok(other),
                 }
             };
-            let unknown = || {
-                Some(fence::unknown(
-                    term,
-                    &format!("no answer within {limit:?}"),
-                ))
-            };
+            let unknown = || Some(fence::unknown(term, &format!("no answer within {limit:?}")));
             match tokio::time::timeout(limit, attempt).await {
                 Ok(Ok(Ok(revision))) => (
                     Reply::Updated {
@@ -467,7 +462,10 @@ impl LeaseStore {
                     }
                     warn!(error = %e, "fenced write refused");
                     let (kind, why) = if fence::is_not_enabled(&e) {
-                        (ErrorKind::Unsupported, "the bucket does not allow atomic batches")
+                        (
+                            ErrorKind::Unsupported,
+                            "the bucket does not allow atomic batches",
+                        )
                     } else if fence::is_no_responders(&e) {
                         (
                             ErrorKind::Other,

@@ -102,8 +102,7 @@ async fn lease_revision(kv: &Kv, bucket: &str) -> anyhow::Result<u64> {
 
 #[tokio::test]
 #[ignore = "integration: needs Docker; run `cargo xtask integration`"]
-async fn fenced_writes_land_where_kv_readers_find_them_and_renew_the_lease() -> anyhow::Result<()>
-{
+async fn fenced_writes_land_where_kv_readers_find_them_and_renew_the_lease() -> anyhow::Result<()> {
     init_tracing();
     let nats = Nats::start().await?;
     let b = bucket();
@@ -259,18 +258,24 @@ async fn a_ten_key_transaction_is_all_or_nothing_across_a_server_restart() -> an
     nats.start_again().await?;
 
     // None of the interrupted transaction was applied.
-    let after = wait_for("the restarted server answers", Duration::from_secs(30), || async {
-        values(&reader, &b, &stored).await.ok()
-    })
+    let after = wait_for(
+        "the restarted server answers",
+        Duration::from_secs(30),
+        || async { values(&reader, &b, &stored).await.ok() },
+    )
     .await?;
     assert_eq!(after, all("1"), "all or nothing");
 
     // And the next transaction is applied whole (by this leader, or by it again if the
     // restart cost it its term).
-    wait_for("a transaction after the restart", Duration::from_secs(30), || async {
-        let lead = leader.leading().await.ok()?;
-        txn(&lead, "3").commit().await.ok()
-    })
+    wait_for(
+        "a transaction after the restart",
+        Duration::from_secs(30),
+        || async {
+            let lead = leader.leading().await.ok()?;
+            txn(&lead, "3").commit().await.ok()
+        },
+    )
     .await?;
     assert_eq!(values(&reader, &b, &stored).await?, all("3"));
     leader.stop().await

@@ -34,7 +34,11 @@ fn sink(l: &Line, node: &str, term: Term, accepted: bool) -> bool {
 
 /// Prints what the candidates said (all but their work lines), for a failure's report.
 fn dump(lines: &Lines) {
-    for l in lines.all().iter().filter(|l| !matches!(l.event, Event::Work { .. })) {
+    for l in lines
+        .all()
+        .iter()
+        .filter(|l| !matches!(l.event, Event::Work { .. }))
+    {
         eprintln!("{l:?}");
     }
     eprintln!("unreadable: {:?}", lines.unreadable());
@@ -73,9 +77,11 @@ async fn a_frozen_leaders_fenced_writes_are_refused_after_its_successor_wrote() 
     for round in 0..ROUNDS {
         // One of the leader's fenced writes accepted.
         let (node, term) = (elected.node.clone(), elected.term().unwrap());
-        wait_for("the leader's fenced write", Duration::from_secs(5), || async {
-            lines.find(|l| sink(l, &node, term, true))
-        })
+        wait_for(
+            "the leader's fenced write",
+            Duration::from_secs(5),
+            || async { lines.find(|l| sink(l, &node, term, true)) },
+        )
         .await?;
 
         let frozen_at = mono_ns();
@@ -86,17 +92,24 @@ async fn a_frozen_leaders_fenced_writes_are_refused_after_its_successor_wrote() 
         .await
         .inspect_err(|_| dump(&lines))?;
         let (next, next_term) = (successor.node.clone(), successor.term().unwrap());
-        assert_ne!(next, node, "round {round}: a frozen process cannot be elected");
-        wait_for("the successor's fenced write", Duration::from_secs(5), || async {
-            lines.find(|l| sink(l, &next, next_term, true))
-        })
+        assert_ne!(
+            next, node,
+            "round {round}: a frozen process cannot be elected"
+        );
+        wait_for(
+            "the successor's fenced write",
+            Duration::from_secs(5),
+            || async { lines.find(|l| sink(l, &next, next_term, true)) },
+        )
         .await?;
         signal(pid(&node), "-CONT").await?;
 
         // The resumed leader's writer is refused (its loop ends there)...
-        wait_for("the stale write refused", Duration::from_secs(5), || async {
-            lines.find(|l| sink(l, &node, term, false))
-        })
+        wait_for(
+            "the stale write refused",
+            Duration::from_secs(5),
+            || async { lines.find(|l| sink(l, &node, term, false)) },
+        )
         .await?;
         // ...and no write it issued after the freeze was accepted.
         stale_accepted.extend(lines.all().into_iter().filter(|l| {

@@ -87,7 +87,11 @@ async fn pipe(client: TcpStream, server: TcpStream, trap: Trap) {
             // `PUB <subject> [reply] <size>` / `HPUB <subject> [reply] <hdr> <total>`: the
             // payload (and its CRLF) follows.
             let line = String::from_utf8_lossy(&op).to_string();
-            let word = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+            let word = line
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
             if word == "PUB" || word == "HPUB" {
                 let size: usize = line
                     .split_whitespace()
@@ -118,9 +122,11 @@ async fn pipe(client: TcpStream, server: TcpStream, trap: Trap) {
 /// Whether `message` is the one the trap waits for (then the trap is disarmed and told).
 fn swallow(trap: &Trap, message: &[u8]) -> bool {
     let mut armed = trap.lock().unwrap_or_else(PoisonError::into_inner);
-    let hit = armed
-        .as_ref()
-        .is_some_and(|(marker, _)| message.windows(marker.len()).any(|w| w == marker.as_slice()));
+    let hit = armed.as_ref().is_some_and(|(marker, _)| {
+        message
+            .windows(marker.len())
+            .any(|w| w == marker.as_slice())
+    });
     if hit && let Some((_, tell)) = armed.take() {
         let _ = tell.send(());
     }

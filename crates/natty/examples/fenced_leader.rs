@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
-use natty::{CancellationToken, ConnectOptions, ElectionConfig, Leadership, Natty};
 use natty::election::ErrorKind;
+use natty::{CancellationToken, ConnectOptions, ElectionConfig, Leadership, Natty};
 use tokio::sync::mpsc;
 
 #[tokio::main]
@@ -23,9 +23,8 @@ async fn main() -> anyhow::Result<()> {
     let (elected_tx, mut elected) = mpsc::unbounded_channel::<(&str, Leadership)>();
     let mut candidates = Vec::new();
     for node in ["alpha", "beta"] {
-        let election = natty.election(
-            ElectionConfig::new(&bucket, "ledger", node).ttl(Duration::from_secs(3)),
-        )?;
+        let election = natty
+            .election(ElectionConfig::new(&bucket, "ledger", node).ttl(Duration::from_secs(3)))?;
         let cancel = CancellationToken::new();
         let tx = elected_tx.clone();
         let (e, c) = (election.clone(), cancel.clone());
@@ -53,7 +52,10 @@ async fn main() -> anyhow::Result<()> {
     println!("{first} leads (term {}) and wrote balance = 100", old.term);
 
     // The leader hands over (a pause past its lease would do the same, only slower).
-    let idx = candidates.iter().position(|c| c.0 == first).expect("a candidate");
+    let idx = candidates
+        .iter()
+        .position(|c| c.0 == first)
+        .expect("a candidate");
     let (_, election, cancel, task) = candidates.remove(idx);
     cancel.cancel();
     task.await??;
@@ -65,7 +67,10 @@ async fn main() -> anyhow::Result<()> {
         Err(e) if e.kind() == ErrorKind::Deposed => println!("{first}'s late write: {e}"),
         other => anyhow::bail!("a deposed leader's write must be refused, got {other:?}"),
     }
-    let stored = natty.kv().get(&bucket, &election.fenced_key("balance")).await?;
+    let stored = natty
+        .kv()
+        .get(&bucket, &election.fenced_key("balance"))
+        .await?;
     let value = stored.map(|e| String::from_utf8_lossy(&e.value).into_owned());
     println!("balance, read with Kv::get: {value:?}");
     anyhow::ensure!(value.as_deref() == Some("250"));
