@@ -445,12 +445,23 @@ pub(crate) async fn kv_raw(
     bucket: &str,
     ops: usize,
 ) -> anyhow::Result<KvLatencies> {
+    kv_raw_replicated(client, bucket, ops, 1).await
+}
+
+/// [`kv_raw`] on a bucket with `replicas` copies.
+pub(crate) async fn kv_raw_replicated(
+    client: &Client,
+    bucket: &str,
+    ops: usize,
+    replicas: usize,
+) -> anyhow::Result<KvLatencies> {
     let js = jetstream::new(client.nats().clone());
     let _ = js.delete_key_value(bucket).await;
     let store = js
         .create_key_value(jetstream::kv::Config {
             bucket: bucket.to_owned(),
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await?;
@@ -507,12 +518,18 @@ pub(crate) async fn kv_natty(
 
 /// Latencies of `ops` sequential fenced writes (`Leadership::put`) by the leader of a fresh
 /// election, in microseconds.
-pub(crate) async fn fenced_natty(url: &str, ops: usize) -> anyhow::Result<Vec<f64>> {
+pub(crate) async fn fenced_natty(
+    url: &str,
+    ops: usize,
+    replicas: usize,
+) -> anyhow::Result<Vec<f64>> {
     let client = natty::ConnectOptions::new([url]).connect().await?;
     let bucket = format!("bench_fenced_{}", std::process::id());
     let election = natty::Election::new(
         Kv::new(client),
-        ElectionConfig::new(&bucket, "leader", "bench").ttl(Duration::from_secs(3)),
+        ElectionConfig::new(&bucket, "leader", "bench")
+            .ttl(Duration::from_secs(3))
+            .replicas(replicas),
     )?;
     let cancel = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
