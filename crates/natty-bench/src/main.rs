@@ -483,7 +483,7 @@ async fn run(url: &str, quick: bool, only: &[Part]) -> anyhow::Result<Results> {
     let mut floor: (Vec<f64>, Vec<f64>) = Default::default();
     for i in (0..s.pairs).filter(|_| want(Part::Fenced)) {
         let n = workloads::fenced_natty(url, s.kv_ops, 1).await?;
-        let (r, _, _) = workloads::kv_raw(&client, "bench_fenced_raw", s.kv_ops).await?;
+        let r = workloads::kv_raw_puts(&client, "bench_fenced_raw", s.kv_ops, 1).await?;
         let a = workloads::atomic_raw(&client, s.kv_ops).await?;
         fenced.0.push(percentile(&n, 0.5));
         fenced.1.push(percentile(&r, 0.5));

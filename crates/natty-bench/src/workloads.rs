@@ -440,21 +440,14 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-pub(crate) async fn kv_raw(
-    client: &Client,
-    bucket: &str,
-    ops: usize,
-) -> anyhow::Result<KvLatencies> {
-    kv_raw_replicated(client, bucket, ops, 1).await
-}
-
-/// [`kv_raw`] on a bucket with `replicas` copies.
-pub(crate) async fn kv_raw_replicated(
+/// Latencies of `ops` sequential raw KV puts, in microseconds, on a fresh file bucket with
+/// `replicas` copies (the baseline of the fenced writes).
+pub(crate) async fn kv_raw_puts(
     client: &Client,
     bucket: &str,
     ops: usize,
     replicas: usize,
-) -> anyhow::Result<KvLatencies> {
+) -> anyhow::Result<Vec<f64>> {
     let js = jetstream::new(client.nats().clone());
     let _ = js.delete_key_value(bucket).await;
     let store = js
@@ -462,6 +455,30 @@ pub(crate) async fn kv_raw_replicated(
             bucket: bucket.to_owned(),
             storage: stream::StorageType::File,
             num_replicas: replicas,
+            ..Default::default()
+        })
+        .await?;
+    let mut out = Vec::with_capacity(ops);
+    for i in 0..ops {
+        let t = Instant::now();
+        store.put(format!("k{}", i % 100), "value".into()).await?;
+        out.push(us(t.elapsed()));
+    }
+    js.delete_key_value(bucket).await?;
+    Ok(out)
+}
+
+pub(crate) async fn kv_raw(
+    client: &Client,
+    bucket: &str,
+    ops: usize,
+) -> anyhow::Result<KvLatencies> {
+    let js = jetstream::new(client.nats().clone());
+    let _ = js.delete_key_value(bucket).await;
+    let store = js
+        .create_key_value(jetstream::kv::Config {
+            bucket: bucket.to_owned(),
+            storage: stream::StorageType::File,
             ..Default::default()
         })
         .await?;
