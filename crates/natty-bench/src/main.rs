@@ -545,8 +545,7 @@ async fn run(url: &str, quick: bool, only: &[Part]) -> anyhow::Result<Results> {
             let (mut a, mut b, mut a99, mut b99) = (vec![], vec![], vec![], vec![]);
             for i in 0..s.pairs {
                 let n = workloads::fenced_natty(&url, s.kv_ops, 3).await?;
-                let (r, _, _) =
-                    workloads::kv_raw_replicated(&client, "bench_fenced_raw3", s.kv_ops, 3).await?;
+                let r = workloads::kv_raw_puts(&client, "bench_fenced_raw3", s.kv_ops, 3).await?;
                 a.push(percentile(&n, 0.5));
                 b.push(percentile(&r, 0.5));
                 a99.push(percentile(&n, 0.99));
