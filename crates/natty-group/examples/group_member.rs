@@ -71,6 +71,15 @@ struct Args {
     handler_us: u64,
 }
 
+/// Log lines stamped with [`mono_ns`], comparable with the JSON lines' `mono_ns`.
+struct MonoTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for MonoTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(w, "{}", mono_ns())
+    }
+}
+
 fn print_event(node: &str, event: GroupEvent) {
     match event {
         GroupEvent::Acquired {
@@ -109,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_timer(MonoTime)
         .init();
     let args = <Args as clap::Parser>::parse();
     let node = args.member.clone();

@@ -337,6 +337,25 @@ mod tests {
             r#"{"node":"a","mono_ns":42,"event":"sink","term":{"epoch":5,"revision":7},"accepted":true,"issued_ns":40}"#
         );
         assert_eq!(Line::parse(&text).ok(), Some(line));
+        let handled = Line {
+            node: "m".into(),
+            mono_ns: 9,
+            event: Event::Handled {
+                partition: 3,
+                term,
+                key: "key-1".into(),
+                n: 4,
+                delivered: 2,
+                start_ns: 8,
+            },
+            proc: String::new(),
+        };
+        let handled_text = serde_json::to_string(&handled).unwrap_or_default();
+        assert_eq!(
+            handled_text,
+            r#"{"node":"m","mono_ns":9,"event":"handled","partition":3,"term":{"epoch":5,"revision":7},"key":"key-1","n":4,"delivered":2,"start_ns":8}"#
+        );
+        assert_eq!(Line::parse(&handled_text).ok(), Some(handled));
         let lines = Lines::default();
         lines.push_text("a#0", &text);
         lines.push_text(
