@@ -11,6 +11,10 @@
 //!   interval of the term it was given;
 //! - a 4th member → 3/3/3/3 within 2 × TTL; a clean leave → its partitions re-owned within
 //!   250 ms; a kill → within TTL + 1 s.
+//!
+//! `GROUP_LINES=<file>` writes every line there (before the judge runs) for a look after a
+//! failure; `NATTY_GROUP_STRICT_ORDER=1` makes the open clean-hand-over defect fatal (see
+//! [`Verdict::stranded`]).
 #![allow(
     clippy::unwrap_used,
     reason = "in a test a panic is the failure report"
