@@ -19,7 +19,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::StreamExt;
@@ -61,6 +61,8 @@ pub enum GroupEvent {
         partition: u32,
         /// Its lease term.
         term: Term,
+        /// When: before its consumer started (an event is read later than it happened).
+        at: Instant,
     },
     /// This member stopped consuming `partition` (its handlers finished or were aborted, its
     /// acks flushed); the lease is released next (or has expired).
@@ -69,6 +71,8 @@ pub enum GroupEvent {
         partition: u32,
         /// The lease term it held.
         term: Term,
+        /// When: after its consumer stopped, before the lease is given up.
+        at: Instant,
     },
     /// This member owns more than its fair share and resigns `partition` (rebalance).
     Resigning {
@@ -169,7 +173,11 @@ impl Owned {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(partition, term);
         info!(partition, %term, "partition acquired: consuming");
-        shared.send(GroupEvent::Acquired { partition, term });
+        shared.send(GroupEvent::Acquired {
+            partition,
+            term,
+            at: Instant::now(),
+        });
         shared.changed.notify_one();
         Self {
             shared,
@@ -192,7 +200,11 @@ impl Drop for Owned {
         }
         drop(owned);
         info!(partition, %term, "partition released: consumer stopped");
-        self.shared.send(GroupEvent::Released { partition, term });
+        self.shared.send(GroupEvent::Released {
+            partition,
+            term,
+            at: Instant::now(),
+        });
         self.shared.changed.notify_one();
     }
 }

@@ -26,7 +26,10 @@
 //!
 //! Limits: a member that was killed mid-message, or frozen past its lease, has its unacked
 //! messages redelivered to the next owner, possibly after that key's later messages were
-//! handled (at-least-once; the consumer counts redeliveries). Balance is ⌈P/N⌉ at most per
+//! handled (at-least-once; the consumer counts redeliveries). Open defect: at a *clean*
+//! hand-over too, messages the server delivers to the stopping consumer's pull request as it
+//! is dropped come back after `ack_wait`, behind their key's later messages (see the
+//! workspace README, "Consumer groups"). Balance is ⌈P/N⌉ at most per
 //! member; with P not a multiple of N a member may own fewer than ⌊P/N⌋ until the next
 //! change.
 //!

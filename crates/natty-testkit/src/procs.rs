@@ -24,6 +24,12 @@ pub fn mono_ns() -> u64 {
     u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
+/// The [`mono_ns`] of an earlier `std::time::Instant` (which is `CLOCK_MONOTONIC` on Linux):
+/// for an event that carries when it happened but is reported later.
+pub fn mono_ns_of(at: std::time::Instant) -> u64 {
+    mono_ns().saturating_sub(u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// A leader's term on the wire: the same fields and order as `natty_election::Term`
 /// (`epoch`, then `revision`), which serializes to this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -84,6 +90,38 @@ pub enum Event {
     },
     /// It dropped its `run` future (instead of cancelling it).
     Dropped,
+    /// A consumer group member started consuming `partition` under lease `term` (stamped
+    /// when the group took it, before any handler ran).
+    PartitionOwned {
+        /// The partition.
+        partition: u32,
+        /// Its lease term.
+        term: Term,
+    },
+    /// A consumer group member stopped consuming `partition` (its handlers finished or were
+    /// aborted, its acks flushed; stamped then, before the lease is given up).
+    PartitionReleased {
+        /// The partition.
+        partition: u32,
+        /// The lease term it held.
+        term: Term,
+    },
+    /// A consumer group member's handler ran message number `n` of `key`, from `start_ns` to
+    /// the line's own `mono_ns`.
+    Handled {
+        /// The partition it came from.
+        partition: u32,
+        /// The lease term the handler was given.
+        term: Term,
+        /// The message's key.
+        key: String,
+        /// The message's number within its key.
+        n: u64,
+        /// The delivery attempt.
+        delivered: u64,
+        /// When the handler started (`mono_ns`).
+        start_ns: u64,
+    },
     /// A consumer handled message number `n` (delivery attempt `delivered`).
     Processed {
         /// The number.
@@ -128,7 +166,10 @@ impl Line {
             | Event::Work { term, .. }
             | Event::Sink { term, .. }
             | Event::SinkError { term, .. }
-            | Event::Lost { term } => Some(*term),
+            | Event::Lost { term }
+            | Event::PartitionOwned { term, .. }
+            | Event::PartitionReleased { term, .. }
+            | Event::Handled { term, .. } => Some(*term),
             _ => None,
         }
     }
@@ -141,14 +182,20 @@ impl Line {
 
 /// Prints `event` of `node` as one JSON line, stamped now (one write, so lines from concurrent
 /// tasks never interleave).
+pub fn emit(node: &str, event: Event) {
+    emit_at(node, mono_ns(), event);
+}
+
+/// Prints `event` of `node` as one JSON line stamped `at` (a [`mono_ns`] taken when it
+/// happened, for an event reported later).
 #[allow(
     clippy::print_stdout,
     reason = "child processes report on stdout, one JSON line per event"
 )]
-pub fn emit(node: &str, event: Event) {
+pub fn emit_at(node: &str, at: u64, event: Event) {
     let line = Line {
         node: node.to_owned(),
-        mono_ns: mono_ns(),
+        mono_ns: at,
         event,
         proc: String::new(),
     };
@@ -177,6 +224,12 @@ impl Lines {
     /// A copy of every line so far.
     pub fn all(&self) -> Vec<Line> {
         self.lock().lines.clone()
+    }
+
+    /// `f` of the lines so far, without copying them (the readers wait meanwhile: keep it
+    /// short).
+    pub fn with<R>(&self, f: impl FnOnce(&[Line]) -> R) -> R {
+        f(&self.lock().lines)
     }
 
     /// The first line so far that `pred` accepts.
@@ -284,6 +337,25 @@ mod tests {
             r#"{"node":"a","mono_ns":42,"event":"sink","term":{"epoch":5,"revision":7},"accepted":true,"issued_ns":40}"#
         );
         assert_eq!(Line::parse(&text).ok(), Some(line));
+        let handled = Line {
+            node: "m".into(),
+            mono_ns: 9,
+            event: Event::Handled {
+                partition: 3,
+                term,
+                key: "key-1".into(),
+                n: 4,
+                delivered: 2,
+                start_ns: 8,
+            },
+            proc: String::new(),
+        };
+        let handled_text = serde_json::to_string(&handled).unwrap_or_default();
+        assert_eq!(
+            handled_text,
+            r#"{"node":"m","mono_ns":9,"event":"handled","partition":3,"term":{"epoch":5,"revision":7},"key":"key-1","n":4,"delivered":2,"start_ns":8}"#
+        );
+        assert_eq!(Line::parse(&handled_text).ok(), Some(handled));
         let lines = Lines::default();
         lines.push_text("a#0", &text);
         lines.push_text(
