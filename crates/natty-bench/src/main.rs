@@ -168,6 +168,38 @@ where
     Ok((a, b))
 }
 
+/// p50 and p99 latencies of natty and raw, one entry per pair of runs.
+#[derive(Debug, Default)]
+struct LatencyPairs {
+    p50: (Vec<f64>, Vec<f64>),
+    p99: (Vec<f64>, Vec<f64>),
+}
+
+impl LatencyPairs {
+    /// Records one pair of runs' latencies.
+    fn push(&mut self, natty: &[f64], raw: &[f64]) {
+        self.p50.0.push(percentile(natty, 0.5));
+        self.p50.1.push(percentile(raw, 0.5));
+        self.p99.0.push(percentile(natty, 0.99));
+        self.p99.1.push(percentile(raw, 0.99));
+    }
+
+    /// The p50 workload (with `target`) and the p99 one, named by `name("p50")` / `name("p99")`.
+    fn workloads(
+        self,
+        name: impl Fn(&str) -> String,
+        target: Option<(f64, bool, bool)>,
+        quick: bool,
+    ) -> [Workload; 2] {
+        let (a, b) = self.p50;
+        let (a99, b99) = self.p99;
+        [
+            workload(&name("p50"), "µs", a, b, target, quick),
+            workload(&name("p99"), "µs", a99, b99, None, quick),
+        ]
+    }
+}
+
 fn workload(
     name: &str,
     unit: &'static str,
@@ -431,106 +463,72 @@ async fn run(url: &str, quick: bool, only: &[Part]) -> anyhow::Result<Results> {
         workloads.push(w);
     }
 
-    let mut kv = [
-        (Vec::new(), Vec::new()),
-        (Vec::new(), Vec::new()),
-        (Vec::new(), Vec::new()),
-    ];
-    let mut kv_p99 = [
-        (Vec::new(), Vec::new()),
-        (Vec::new(), Vec::new()),
-        (Vec::new(), Vec::new()),
-    ];
+    // put, get, refresh.
+    let mut kv: [LatencyPairs; 3] = Default::default();
     for i in (0..s.pairs).filter(|_| want(Part::Kv)) {
         let n = workloads::kv_natty(&client, "bench_kv_natty", s.kv_ops).await?;
         let r = workloads::kv_raw(&client, "bench_kv_raw", s.kv_ops).await?;
-        for (slot, (nv, rv)) in [(0, (&n.0, &r.0)), (1, (&n.1, &r.1)), (2, (&n.2, &r.2))] {
-            kv[slot].0.push(percentile(nv, 0.5));
-            kv[slot].1.push(percentile(rv, 0.5));
-            kv_p99[slot].0.push(percentile(nv, 0.99));
-            kv_p99[slot].1.push(percentile(rv, 0.99));
-        }
+        kv[0].push(&n.0, &r.0);
+        kv[1].push(&n.1, &r.1);
+        kv[2].push(&n.2, &r.2);
         eprintln!(
             "kv pair {}: put p50 natty {:.0} µs raw {:.0} µs",
             i + 1,
-            kv[0].0[i],
-            kv[0].1[i]
+            kv[0].p50.0[i],
+            kv[0].p50.1[i]
         );
     }
-    for (slot, name) in ["put", "get", "refresh"]
-        .iter()
-        .enumerate()
-        .filter(|_| want(Part::Kv))
-    {
-        let (a, b) = std::mem::take(&mut kv[slot]);
-        workloads.push(workload(
-            &format!("KV {name} p50"),
-            "µs",
-            a,
-            b,
-            Some((1.05, false, true)),
-            quick,
-        ));
-        let (a, b) = std::mem::take(&mut kv_p99[slot]);
-        workloads.push(workload(&format!("KV {name} p99"), "µs", a, b, None, quick));
+    if want(Part::Kv) {
+        for (pairs, name) in kv.into_iter().zip(["put", "get", "refresh"]) {
+            workloads.extend(pairs.workloads(
+                |q| format!("KV {name} {q}"),
+                Some((1.05, false, true)),
+                quick,
+            ));
+        }
     }
 
     // Fenced writes: the p50 target is 1.5 x a raw KV put (one atomic batch with the lease).
     // The same batch sent raw (jetstream-extra, no natty) in the same pairs separates
     // natty's cost from the server's.
-    let mut fenced: (Vec<f64>, Vec<f64>) = Default::default();
-    let mut fenced_p99: (Vec<f64>, Vec<f64>) = Default::default();
-    let mut floor: (Vec<f64>, Vec<f64>) = Default::default();
+    let mut fenced = LatencyPairs::default();
+    // p50 of the raw atomic batch, per pair.
+    let mut batch_p50 = Vec::new();
     for i in (0..s.pairs).filter(|_| want(Part::Fenced)) {
         let n = workloads::fenced_natty(url, s.kv_ops, 1).await?;
         let r = workloads::kv_raw_puts(&client, "bench_fenced_raw", s.kv_ops, 1).await?;
         let a = workloads::atomic_raw(&client, s.kv_ops).await?;
-        fenced.0.push(percentile(&n, 0.5));
-        fenced.1.push(percentile(&r, 0.5));
-        fenced_p99.0.push(percentile(&n, 0.99));
-        fenced_p99.1.push(percentile(&r, 0.99));
-        floor.0.push(percentile(&a, 0.5));
-        floor.1.push(percentile(&r, 0.5));
+        fenced.push(&n, &r);
+        batch_p50.push(percentile(&a, 0.5));
         eprintln!(
             "fenced pair {}: p50 fenced {:.0} µs, raw put {:.0} µs, raw atomic batch {:.0} µs",
             i + 1,
-            fenced.0[i],
-            fenced.1[i],
-            floor.0[i]
+            fenced.p50.0[i],
+            fenced.p50.1[i],
+            batch_p50[i]
         );
     }
     if want(Part::Fenced) {
         let natty_vs_batch = workload(
             "fenced write p50 (vs the raw atomic batch)",
             "µs",
-            fenced.0.clone(),
-            floor.0.clone(),
+            fenced.p50.0.clone(),
+            batch_p50.clone(),
             None,
             quick,
         );
         let server = workload(
             "raw atomic batch p50, no natty (vs raw KV put)",
             "µs",
-            std::mem::take(&mut floor.0),
-            std::mem::take(&mut floor.1),
+            batch_p50,
+            fenced.p50.1.clone(),
             None,
             quick,
         );
         let (server_ratio, natty_ratio) = (server.median_ratio, natty_vs_batch.median_ratio);
-        workloads.push(workload(
-            "fenced write p50 (vs raw KV put)",
-            "µs",
-            std::mem::take(&mut fenced.0),
-            std::mem::take(&mut fenced.1),
+        workloads.extend(fenced.workloads(
+            |q| format!("fenced write {q} (vs raw KV put)"),
             Some((1.5, false, true)),
-            quick,
-        ));
-        workloads.push(workload(
-            "fenced write p99 (vs raw KV put)",
-            "µs",
-            std::mem::take(&mut fenced_p99.0),
-            std::mem::take(&mut fenced_p99.1),
-            None,
             quick,
         ));
         workloads.push(natty_vs_batch);
@@ -542,39 +540,25 @@ async fn run(url: &str, quick: bool, only: &[Part]) -> anyhow::Result<Results> {
             let cluster = natty_testkit::NatsCluster::start(3).await?;
             let url = cluster.node(0).url();
             let client = natty::ConnectOptions::new([url.clone()]).connect().await?;
-            let (mut a, mut b, mut a99, mut b99) = (vec![], vec![], vec![], vec![]);
+            let mut pairs = LatencyPairs::default();
             for i in 0..s.pairs {
                 let n = workloads::fenced_natty(&url, s.kv_ops, 3).await?;
                 let r = workloads::kv_raw_puts(&client, "bench_fenced_raw3", s.kv_ops, 3).await?;
-                a.push(percentile(&n, 0.5));
-                b.push(percentile(&r, 0.5));
-                a99.push(percentile(&n, 0.99));
-                b99.push(percentile(&r, 0.99));
+                pairs.push(&n, &r);
                 eprintln!(
                     "fenced R3 pair {}: p50 fenced {:.0} µs, raw put {:.0} µs",
                     i + 1,
-                    a[i],
-                    b[i]
+                    pairs.p50.0[i],
+                    pairs.p50.1[i]
                 );
             }
-            let p50 = workload(
-                "fenced write p50, R3 cluster (vs raw KV put, R3)",
-                "µs",
-                a,
-                b,
+            let r3_workloads = pairs.workloads(
+                |q| format!("fenced write {q}, R3 cluster (vs raw KV put, R3)"),
                 None,
                 quick,
             );
-            r3 = format!("{:.2} x", p50.median_ratio);
-            workloads.push(p50);
-            workloads.push(workload(
-                "fenced write p99, R3 cluster (vs raw KV put, R3)",
-                "µs",
-                a99,
-                b99,
-                None,
-                quick,
-            ));
+            r3 = format!("{:.2} x", r3_workloads[0].median_ratio);
+            workloads.extend(r3_workloads);
         }
         notes.push(format!(
             "Fenced writes: a raw atomic batch of the same shape (jetstream-extra, no natty) costs \

@@ -440,14 +440,12 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Latencies of `ops` sequential raw KV puts, in microseconds, on a fresh file bucket with
-/// `replicas` copies (the baseline of the fenced writes).
-pub(crate) async fn kv_raw_puts(
+/// An empty raw file bucket `bucket` with `replicas` copies (deleted first if it exists).
+async fn fresh_raw_bucket(
     client: &Client,
     bucket: &str,
-    ops: usize,
     replicas: usize,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<(jetstream::Context, jetstream::kv::Store)> {
     let js = jetstream::new(client.nats().clone());
     let _ = js.delete_key_value(bucket).await;
     let store = js
@@ -458,6 +456,18 @@ pub(crate) async fn kv_raw_puts(
             ..Default::default()
         })
         .await?;
+    Ok((js, store))
+}
+
+/// Latencies of `ops` sequential raw KV puts, in microseconds, on a fresh file bucket with
+/// `replicas` copies (the baseline of the fenced writes).
+pub(crate) async fn kv_raw_puts(
+    client: &Client,
+    bucket: &str,
+    ops: usize,
+    replicas: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let (js, store) = fresh_raw_bucket(client, bucket, replicas).await?;
     let mut out = Vec::with_capacity(ops);
     for i in 0..ops {
         let t = Instant::now();
@@ -473,15 +483,7 @@ pub(crate) async fn kv_raw(
     bucket: &str,
     ops: usize,
 ) -> anyhow::Result<KvLatencies> {
-    let js = jetstream::new(client.nats().clone());
-    let _ = js.delete_key_value(bucket).await;
-    let store = js
-        .create_key_value(jetstream::kv::Config {
-            bucket: bucket.to_owned(),
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
+    let (_, store) = fresh_raw_bucket(client, bucket, 1).await?;
     let (mut put, mut get, mut refresh) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..ops {
         let key = format!("k{}", i % 100);

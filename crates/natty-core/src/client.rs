@@ -83,6 +83,12 @@ impl Client {
         ServerVersion::parse(&self.nats.server_info().version)
     }
 
+    /// The server's version for an error message: `2.15.1`, or `of unknown version`.
+    pub fn server_version_text(&self) -> String {
+        self.server_version()
+            .map_or_else(|| "of unknown version".to_owned(), |v| v.to_string())
+    }
+
     /// Whether the server this client is connected to now has `feature` (by its version; a
     /// server of unknown version is assumed to lack every optional feature).
     pub fn supports(&self, feature: Feature) -> bool {

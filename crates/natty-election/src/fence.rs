@@ -32,6 +32,11 @@ pub(crate) fn fenced_key(lease_key: &str, key: &str) -> String {
     format!("{lease_key}.fenced.{key}")
 }
 
+/// The subject KV key `key` of `bucket` is stored under (natty-kv's layout, ADR-8).
+fn kv_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
+
 /// One write of a fenced transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -55,7 +60,7 @@ impl Op {
 
     /// The KV message for this write (a delete is a `KV-Operation: DEL` marker).
     fn message(&self, bucket: &str, lease_key: &str) -> jetstream::message::OutboundMessage {
-        let subject = format!("$KV.{bucket}.{}", fenced_key(lease_key, self.key()));
+        let subject = kv_subject(bucket, &fenced_key(lease_key, self.key()));
         match self {
             Self::Put { value, .. } => PublishMessage::build()
                 .payload(value.clone())
@@ -179,7 +184,7 @@ impl Batch<'_> {
         if let Some(ttl) = self.ttl {
             message = message.ttl(ttl);
         }
-        let subject = format!("$KV.{}.{}", self.bucket, self.lease_key);
+        let subject = kv_subject(self.bucket, self.lease_key);
         let ack = batch
             .commit_message(message.outbound_message(subject))
             .await?;

@@ -377,9 +377,7 @@ impl LeaseStore {
                 format!(
                     "fenced writes in bucket {:?} need {feature}; the server is {}",
                     self.config.bucket,
-                    client
-                        .server_version()
-                        .map_or_else(|| "of unknown version".to_owned(), |v| v.to_string())
+                    client.server_version_text()
                 ),
             ));
         }

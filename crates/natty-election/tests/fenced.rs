@@ -77,6 +77,17 @@ impl Leader {
     }
 }
 
+/// A server, and an election on a fresh bucket that node `a` leads: (server, bucket, the
+/// running election, its leadership).
+async fn one_leader() -> anyhow::Result<(Nats, String, Leader, Leadership)> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let b = bucket();
+    let leader = Leader::start(&nats.url(), config(&b, "a")).await?;
+    let lead = leader.leading().await?;
+    Ok((nats, b, leader, lead))
+}
+
 fn config(bucket: &str, node: &str) -> ElectionConfig {
     ElectionConfig::new(bucket, "leader", node).ttl(Duration::from_secs(3))
 }
@@ -103,11 +114,7 @@ async fn lease_revision(kv: &Kv, bucket: &str) -> anyhow::Result<u64> {
 #[tokio::test]
 #[ignore = "integration: needs Docker; run `cargo xtask integration`"]
 async fn fenced_writes_land_where_kv_readers_find_them_and_renew_the_lease() -> anyhow::Result<()> {
-    init_tracing();
-    let nats = Nats::start().await?;
-    let b = bucket();
-    let leader = Leader::start(&nats.url(), config(&b, "a")).await?;
-    let lead = leader.leading().await?;
+    let (_nats, b, leader, lead) = one_leader().await?;
     let kv = &leader.kv;
     let key = |k: &str| leader.election.fenced_key(k);
     assert_eq!(key("x"), "leader.fenced.x");
@@ -142,11 +149,7 @@ async fn fenced_writes_land_where_kv_readers_find_them_and_renew_the_lease() -> 
 #[ignore = "integration: needs Docker; run `cargo xtask integration`"]
 async fn a_fenced_write_after_someone_else_took_the_lease_is_refused_by_the_server()
 -> anyhow::Result<()> {
-    init_tracing();
-    let nats = Nats::start().await?;
-    let b = bucket();
-    let leader = Leader::start(&nats.url(), config(&b, "a")).await?;
-    let lead = leader.leading().await?;
+    let (_nats, b, leader, lead) = one_leader().await?;
     lead.put("owner", "a").await?;
     // Another leader's lease, written behind this leader's back (as a successor's create
     // would after an expiry). The leader's machine cannot know yet: only the server can
@@ -175,11 +178,7 @@ async fn a_fenced_write_after_someone_else_took_the_lease_is_refused_by_the_serv
 #[ignore = "integration: needs Docker; run `cargo xtask integration`"]
 async fn fenced_writes_that_cannot_be_sent_are_refused_before_anything_is_sent()
 -> anyhow::Result<()> {
-    init_tracing();
-    let nats = Nats::start().await?;
-    let b = bucket();
-    let leader = Leader::start(&nats.url(), config(&b, "a")).await?;
-    let lead = leader.leading().await?;
+    let (_nats, b, leader, lead) = one_leader().await?;
     let before = lease_revision(&leader.kv, &b).await?;
     let kind = |r: Result<(), natty_election::Error>| r.unwrap_err().kind();
     assert_eq!(kind(lead.txn().commit().await), ErrorKind::InvalidWrite);
@@ -206,11 +205,7 @@ async fn fenced_writes_that_cannot_be_sent_are_refused_before_anything_is_sent()
 #[tokio::test]
 #[ignore = "integration: needs Docker; run `cargo xtask integration`"]
 async fn a_fenced_write_after_the_run_ended_is_deposed() -> anyhow::Result<()> {
-    init_tracing();
-    let nats = Nats::start().await?;
-    let b = bucket();
-    let leader = Leader::start(&nats.url(), config(&b, "a")).await?;
-    let lead = leader.leading().await?;
+    let (_nats, b, leader, lead) = one_leader().await?;
     let kv = leader.kv.clone();
     let key = leader.election.fenced_key("k");
     leader.stop().await?;

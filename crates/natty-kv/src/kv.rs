@@ -620,9 +620,7 @@ impl Kv {
                     ErrorKind::Unsupported,
                     format!(
                         "atomic writes in bucket {bucket:?} need {feature}; the server is {}",
-                        self.client()
-                            .server_version()
-                            .map_or_else(|| "of unknown version".to_owned(), |v| v.to_string())
+                        self.client().server_version_text()
                     ),
                 ));
             }

@@ -311,9 +311,7 @@ impl Kv {
                 w.op,
                 w.key,
                 w.bucket,
-                self.client
-                    .server_version()
-                    .map_or_else(|| "of unknown version".to_owned(), |v| v.to_string())
+                self.client.server_version_text()
             ),
         ))
     }
