@@ -539,9 +539,15 @@ async fn consume<H, Fut>(
     let _owned = Owned::new(shared, partition, term);
     // The key is what follows `<prefix>.<partition>.` in the subject.
     let skip = config.prefix_tokens() + 1;
-    let options = config.consume.clone().ordered_by_key(move |m: &Message| {
-        m.subject.splitn(skip + 1, '.').nth(skip).map(str::to_owned)
-    });
+    // Exclusive: the lease makes this member the durable's only reader, and on stop natty
+    // puts back (in stream order, for the next owner) what the server sent that never arrived.
+    let options = config
+        .consume
+        .clone()
+        .ordered_by_key(move |m: &Message| {
+            m.subject.splitn(skip + 1, '.').nth(skip).map(str::to_owned)
+        })
+        .exclusive(true);
     let consumer = match Consumer::new(client, &config.stream, &config.durable(partition), options)
     {
         Ok(c) => c,

@@ -13,8 +13,7 @@
 //!   250 ms; a kill → within TTL + 1 s.
 //!
 //! `GROUP_LINES=<file>` writes every line there (before the judge runs) for a look after a
-//! failure; `NATTY_GROUP_STRICT_ORDER=1` makes the open clean-hand-over defect fatal (see
-//! [`Verdict::stranded`]).
+//! failure.
 #![allow(
     clippy::unwrap_used,
     reason = "in a test a panic is the failure report"
@@ -198,29 +197,26 @@ fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
+/// One handler run of a key: (start, n, delivered, partition, node, term).
+type Run<'a> = (u64, u64, u64, u32, &'a str, Term);
+
 /// An ownership interval: (start, end, node, term).
 type Interval = (u64, u64, String, Term);
 
 /// What the judge counted (it panics on everything else).
 #[derive(Debug, Default)]
 struct Verdict {
-    /// Messages handled again or behind their key's later ones, in the partitions the killed
-    /// member owned, at a delivery > 1: the redelivery issue 13 allows.
+    /// Messages handled again by a partition's next owner (it resumes from the durable's ack
+    /// floor: at-least-once), in the partitions the killed member owned.
     after_kill: u64,
-    /// Of which behind their key's later messages.
-    after_kill_out_of_order: u64,
-    /// Open defect (README "Consumer groups"): a message in flight to the previous owner's
-    /// pull when it stopped at a *clean* hand-over (resign, leave) never reaches a handler
-    /// and comes back after `ack_wait`, behind its key's later messages. Counted here when
-    /// it has exactly that signature: delivery > 1, handled `ack_wait` (-1 s, +2 s) after a
-    /// `partition-released` of its partition. With `NATTY_GROUP_STRICT_ORDER=1` they fail
-    /// the test. (key, n, partition, ms from that release to the redelivery)
-    stranded: Vec<(String, u64, u32, f64)>,
+    /// The same after clean hand-overs (a stop past its deadline, a key handed back).
+    after_clean: u64,
 }
 
 /// The judge. `killed` is (node, SIGKILL sent, death seen): its open intervals end at its
-/// death, and messages of the partitions it owned at the kill may be redelivered out of
-/// order.
+/// death. Order per key, as Kafka's: each owner's run handles a key's messages in strictly
+/// increasing order; a next owner may go back (it resumes from the ack floor) but no message
+/// is handled for the first time before every earlier one of its key was handled.
 fn judge(lines: &[Line], killed: (&str, u64, u64), now: u64) -> Verdict {
     // 1. Ownership intervals per partition.
     let mut intervals: HashMap<u32, Vec<Interval>> = HashMap::new();
@@ -290,11 +286,11 @@ fn judge(lines: &[Line], killed: (&str, u64, u64), now: u64) -> Verdict {
         outside.len(),
         &outside[..outside.len().min(5)]
     );
-    // 3. Per key: every number handled, in order except redeliveries after the kill.
+    // 3. Per key: every number handled; first handlings in order; each owner's run in order.
     let killed_partitions = owned_at(lines, killed.1, &[])
         .remove(killed.0)
         .unwrap_or_default();
-    let mut per_key: HashMap<&str, Vec<(u64, u64, u64, u32)>> = HashMap::new();
+    let mut per_key: HashMap<&str, Vec<Run<'_>>> = HashMap::new();
     for l in lines {
         if let Event::Handled {
             partition,
@@ -302,7 +298,7 @@ fn judge(lines: &[Line], killed: (&str, u64, u64), now: u64) -> Verdict {
             n,
             delivered,
             start_ns,
-            ..
+            term,
         } = &l.event
         {
             assert_eq!(
@@ -310,61 +306,47 @@ fn judge(lines: &[Line], killed: (&str, u64, u64), now: u64) -> Verdict {
                 *partition,
                 "key {key} handled in the wrong partition"
             );
-            per_key
-                .entry(key)
-                .or_default()
-                .push((*start_ns, *n, *delivered, *partition));
+            per_key.entry(key).or_default().push((
+                *start_ns,
+                *n,
+                *delivered,
+                *partition,
+                l.node.as_str(),
+                *term,
+            ));
         }
     }
     assert_eq!(per_key.len(), KEYS, "keys handled");
-    let releases: Vec<(u32, u64)> = lines
-        .iter()
-        .filter_map(|l| match ownership(l) {
-            Some((p, _, false)) if l.node != killed.0 || l.mono_ns < killed.1 => {
-                Some((p, l.mono_ns))
-            }
-            _ => None,
-        })
-        .collect();
-    let strict = std::env::var_os("NATTY_GROUP_STRICT_ORDER").is_some();
-    let ack_wait_ns = ACK_WAIT_SECS * 1_000_000_000;
     let mut verdict = Verdict::default();
     for (key, got) in &mut per_key {
         got.sort_unstable();
-        let mut seen = HashSet::new();
-        let mut highest: Option<u64> = None;
-        for &(start, n, delivered, partition) in got.iter() {
-            let first_time = seen.insert(n);
-            let behind = highest.is_some_and(|h| n < h);
-            if !first_time || behind {
-                let released = releases.iter().find(|(p, t)| {
-                    *p == partition
-                        && start + 1_000_000_000 >= t + ack_wait_ns
-                        && start <= t + ack_wait_ns + 2_000_000_000
-                });
-                if delivered > 1 && killed_partitions.contains(&partition) {
-                    verdict.after_kill += 1;
-                    verdict.after_kill_out_of_order += u64::from(first_time && behind);
-                } else if let (Some((_, t)), false, true) = (released, strict, delivered > 1) {
-                    verdict
-                        .stranded
-                        .push(((*key).to_owned(), n, partition, ms(start - t)));
-                } else {
-                    panic!(
-                        "key {key} (partition {partition}): {n} handled again or out of order \
-                         at delivery {delivered}, not in a partition the killed member owned \
-                         ({killed_partitions:?}){}: {got:?}",
-                        match released {
-                            Some(_) => " but ack_wait after a clean release of its partition",
-                            None => "",
-                        }
-                    );
-                }
+        let mut first_handled = 0u64;
+        let mut last_in_run: HashMap<(&str, Term), u64> = HashMap::new();
+        for &(_, n, delivered, partition, node, term) in got.iter() {
+            if let Some(last) = last_in_run.insert((node, term), n) {
+                assert!(
+                    n > last,
+                    "key {key} (partition {partition}): {n} after {last} in one owner's run \
+                     ({node}, term {term:?}), delivery {delivered}: {got:?}"
+                );
             }
-            highest = highest.max(Some(n));
+            if n == first_handled {
+                first_handled += 1;
+            } else if n < first_handled {
+                if killed_partitions.contains(&partition) {
+                    verdict.after_kill += 1;
+                } else {
+                    verdict.after_clean += 1;
+                }
+            } else {
+                panic!(
+                    "key {key} (partition {partition}): {n} handled before {first_handled} \
+                     (delivery {delivered}, {node}): {got:?}"
+                );
+            }
         }
-        assert!(
-            (0..PER_KEY).all(|n| seen.contains(&n)),
+        assert_eq!(
+            first_handled, PER_KEY,
             "key {key}: not every message handled"
         );
     }
@@ -544,7 +526,7 @@ async fn member_processes_share_partitions_keep_key_order_and_rebalance() -> any
     }
     assert_eq!(lines.unreadable(), Vec::<String>::new());
     let verdict = judge(&all, ("c", killed_at, dead_at), mono_ns());
-    let (redelivered, out_of_order) = (verdict.after_kill, verdict.after_kill_out_of_order);
+    let (again_kill, again_clean) = (verdict.after_kill, verdict.after_clean);
     let total = all
         .iter()
         .filter(|l| matches!(l.event, Event::Handled { .. }))
@@ -553,10 +535,10 @@ async fn member_processes_share_partitions_keep_key_order_and_rebalance() -> any
         "group processes: {total} handler runs for {} messages in {:.1} s; a 4th member → \
          3/3/3/3 {:.0} ms after its ready line ({:.0} ms after spawn); a clean leave (SIGTERM) \
          → re-owned {:.0} ms after the signal (previous owner's release → next owner: {:?} \
-         ms); SIGKILL → re-owned {:.0} ms after the kill ({:?}); {redelivered} redeliveries in \
-         the killed member's partitions, {out_of_order} of them behind their key's later \
-         messages; {} stranded at a clean hand-over (open defect) {:?}; no partition with two \
-         owners; a/b own {counts_end:?} at the end",
+         ms); SIGKILL → re-owned {:.0} ms after the kill ({:?}); every key's first handlings \
+         in order and each owner's run in order; handled again by a next owner (resumed from \
+         the ack floor): {again_kill} in the killed member's partitions, {again_clean} after \
+         clean hand-overs; no partition with two owners; a/b own {counts_end:?} at the end",
         KEYS * PER_KEY as usize,
         (mono_ns() - started) as f64 / 1e9,
         ms(converged - d_ready),
@@ -571,8 +553,6 @@ async fn member_processes_share_partitions_keep_key_order_and_rebalance() -> any
             .iter()
             .map(|(p, t)| format!("p{p}: {:.0}", ms(t - killed_at)))
             .collect::<Vec<_>>(),
-        verdict.stranded.len(),
-        verdict.stranded,
     );
     assert!(
         converged - d_ready <= 2 * TTL_NS,

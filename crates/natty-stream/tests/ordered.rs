@@ -401,3 +401,239 @@ async fn cancel_finishes_pulled_keys_in_order_and_hands_back_blocked_ones() -> a
     );
     Ok(())
 }
+
+/// Stopping while a pull is still arriving must not strand what the server already sent: a
+/// message delivered to the pull but never handled stays unacked until `ack_wait`, then comes
+/// back behind its key's later messages (to whoever consumes the durable next: a group's next
+/// partition owner). Each round stops an exclusive consumer in the middle of a large backlog;
+/// the next round carries on with the same durable. Checked: nothing the stopped consumer was
+/// sent is still waiting for an ack (well before `ack_wait`, 30 s), and over all rounds every
+/// key's messages were handled once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn stopping_mid_pull_strands_nothing_the_server_sent() -> anyhow::Result<()> {
+    const KEYS: usize = 50;
+    const PER_KEY: usize = 400;
+    let s = setup().await?;
+    publish(&s, KEYS, PER_KEY).await?;
+    let name = "mid_pull";
+    ensure_consumer(
+        &s.client,
+        &ConsumerConfig::new(&s.stream, name).ack_wait(Duration::from_secs(30)),
+    )
+    .await?;
+    let seen = Arc::new(Seen::default());
+    let mut stranded = Vec::new();
+    let mut round = 0;
+    while seen.handled.load(Ordering::SeqCst) < KEYS * PER_KEY {
+        let consumer = Consumer::new(
+            s.client.clone(),
+            &s.stream,
+            name,
+            ConsumeOptions::default()
+                .concurrency(8)
+                .batch(1_000)
+                .ordered_by_subject_token(1)
+                .exclusive(true),
+        )?;
+        let cancel = CancellationToken::new();
+        // Stop after a few thousand, a different number each round, from inside a handler:
+        // the loop is busy taking in a pull when it sees the cancel. The last round stops
+        // when everything was handled.
+        let stop_at =
+            (seen.handled.load(Ordering::SeqCst) + 1_500 + round * 300).min(KEYS * PER_KEY);
+        let (k, seen2) = (cancel.clone(), seen.clone());
+        let stats = consumer
+            .consume(cancel.clone(), move |m: Message| {
+                let (k, seen) = (k.clone(), seen2.clone());
+                async move {
+                    let (key, n) = key_and_number(&m);
+                    seen.order
+                        .lock()
+                        .unwrap()
+                        .entry(key)
+                        .or_default()
+                        .push((n, m.delivered));
+                    if seen.handled.fetch_add(1, Ordering::SeqCst) + 1 == stop_at {
+                        k.cancel();
+                    }
+                    Ok(())
+                }
+            })
+            .await?;
+        assert_eq!(
+            stats.delivered,
+            stats.acked + stats.naked,
+            "round {round}: a delivered message neither acked nor handed back: {stats:?}"
+        );
+        // Acks are processed by the server asynchronously: wait for the count to settle,
+        // far less than ack_wait.
+        let js = s.client.jetstream();
+        let info = || async {
+            js.get_stream(&s.stream)
+                .await
+                .ok()?
+                .consumer_info(name)
+                .await
+                .ok()
+        };
+        if wait_for("acks settled", Duration::from_secs(5), || async {
+            info().await.filter(|i| i.num_ack_pending == 0)
+        })
+        .await
+        .is_err()
+        {
+            let pending = info().await.map(|i| i.num_ack_pending);
+            stranded.push((round, pending, stats.delivered));
+        }
+        round += 1;
+        assert!(round < 40, "no progress: {stranded:?}");
+    }
+    assert!(
+        stranded.is_empty(),
+        "(round, messages still unacked after stop, delivered): {stranded:?}"
+    );
+    let order = seen.order.lock().unwrap();
+    for (key, got) in order.iter() {
+        let numbers: Vec<u64> = got.iter().map(|&(n, _)| n).collect();
+        let want: Vec<u64> = (0..PER_KEY as u64).collect();
+        assert!(
+            numbers == want,
+            "key {key} out of order, lost or repeated over {round} rounds: {numbers:?}"
+        );
+    }
+    assert_eq!(order.len(), KEYS);
+    Ok(())
+}
+
+/// Keys handed back at stop (blocked by a failed message) come back to an exclusive
+/// consumer's next run in stream order — the server alone redelivers nak'ed messages in an
+/// order of its own —, and the messages acknowledged after the first of them run again, in
+/// order too (the reset to the ack floor: at-least-once).
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn exclusive_consumer_takes_handed_back_keys_again_in_stream_order() -> anyhow::Result<()> {
+    let s = setup().await?;
+    publish(&s, 2, 3).await?;
+    durable(&s, "workers", None).await?;
+    let options = || {
+        ConsumeOptions::default()
+            .concurrency(4)
+            .ordered_by_subject_token(1)
+            .exclusive(true)
+    };
+    let seen = Arc::new(Seen::default());
+    let (cancel, task) = start(
+        &s,
+        "workers",
+        options(),
+        seen.clone(),
+        Duration::ZERO,
+        |key, n, _| {
+            if (key, n) == ("k0", 0) {
+                Err(HandlerError::retry_after("later", Duration::from_secs(60)))
+            } else {
+                Ok(())
+            }
+        },
+    );
+    wait_for("k1 handled", Duration::from_secs(10), || async {
+        (seen.handled.load(Ordering::SeqCst) >= 3).then_some(())
+    })
+    .await?;
+    cancel.cancel();
+    let stats = task.await??;
+    assert_eq!((stats.held, stats.naked), (1, 3), "{stats:?}");
+
+    let again = Arc::new(Seen::default());
+    let (cancel, task) = start(
+        &s,
+        "workers",
+        options(),
+        again.clone(),
+        Duration::ZERO,
+        |_, _, _| Ok(()),
+    );
+    wait_for("k0's three again", Duration::from_secs(10), || async {
+        (again.handled.load(Ordering::SeqCst) >= 3).then_some(())
+    })
+    .await?;
+    cancel.cancel();
+    task.await??;
+    let order = again.order.lock().unwrap().clone();
+    for key in ["k0", "k1"] {
+        let numbers: Vec<u64> = order[key].iter().map(|&(n, _)| n).collect();
+        assert_eq!(
+            numbers,
+            [0, 1, 2],
+            "{key} not again in order: {:?}",
+            order[key]
+        );
+    }
+    Ok(())
+}
+
+/// An exclusive consumer resumes from the ack floor: what a previous reader left
+/// unacknowledged (it died mid-batch) comes first and in stream order — not `ack_wait` later,
+/// behind its key's later messages.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn exclusive_consumer_resumes_what_a_dead_reader_left_first_and_in_order()
+-> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let s = setup().await?;
+    publish(&s, 2, 20).await?;
+    durable(&s, "workers", None).await?;
+    // The dead reader: takes the first ten (k0 #0..#4, k1 #0..#4), acks k1's, and is gone.
+    let raw: async_nats::jetstream::consumer::PullConsumer = s
+        .client
+        .jetstream()
+        .get_stream(&s.stream)
+        .await?
+        .get_consumer("workers")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut batch = raw
+        .fetch()
+        .max_messages(10)
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut taken = 0;
+    while let Some(m) = batch.next().await {
+        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+        taken += 1;
+        if m.subject.ends_with(".k1") {
+            m.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    assert_eq!(taken, 10);
+
+    let seen = Arc::new(Seen::default());
+    let (cancel, task) = start(
+        &s,
+        "workers",
+        ConsumeOptions::default()
+            .concurrency(4)
+            .ordered_by_subject_token(1)
+            .exclusive(true),
+        seen.clone(),
+        Duration::ZERO,
+        |_, _, _| Ok(()),
+    );
+    // Well within ack_wait (10 s): without the resume, k0 #0..#4 would wait for it.
+    let all = wait_for("every message", Duration::from_secs(5), || async {
+        (seen.handled.load(Ordering::SeqCst) >= 40).then_some(())
+    })
+    .await;
+    cancel.cancel();
+    task.await??;
+    let order = seen.order.lock().unwrap().clone();
+    all.map_err(|e| anyhow::anyhow!("{e}: {order:?}"))?;
+    for key in ["k0", "k1"] {
+        let numbers: Vec<u64> = order[key].iter().map(|&(n, _)| n).collect();
+        let want: Vec<u64> = (0..20).collect();
+        assert_eq!(numbers, want, "{key} out of order: {:?}", order[key]);
+    }
+    Ok(())
+}

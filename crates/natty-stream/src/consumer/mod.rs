@@ -6,8 +6,10 @@
 //! - `health.rs`: is the durable still there; back-off with jitter; one warning per change.
 //! - `settle.rs`: the handler on one message, then ack / nak / dead-letter / term.
 //! - `ordered.rs`: per-key order, which waiting message may start next.
+//! - `handover.rs`: an exclusive consumer's stop leaves nothing behind out of order.
 //! - `stats.rs`: counters.
 
+mod handover;
 mod health;
 mod options;
 mod ordered;
@@ -134,6 +136,9 @@ impl Consumer {
             () = cancel.cancelled() => return Ok(self.stats()),
             found = health.open() => found?,
         };
+        if self.options.exclusive {
+            handover::resume(&mut consumer).await;
+        }
         let mut settings = settings_of(&consumer, &self.stream, &self.durable);
         let mut keepalive = keepalive_ticker(settings.keepalive);
         let shared = Arc::new(Shared {
@@ -164,6 +169,10 @@ impl Consumer {
         let mut connection_watch = tokio::time::interval(CONNECTION_WATCH);
         connection_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_down = false;
+        // Exclusive consumers: the highest consumer sequence that arrived, and how many
+        // messages were handed back at stop (see handover.rs).
+        let mut last_delivery = 0u64;
+        let mut handed_back = 0u64;
         info!("consuming");
         let outcome = loop {
             // Start handlers while there are free slots. One at a time (concurrency 1) the
@@ -242,7 +251,7 @@ impl Consumer {
                     }
                     match event {
                         PullEvent::Message(m) => {
-                            self.received(&m);
+                            self.received(&m, &mut last_delivery);
                             queue(&mut waiting, keys.as_mut(), m);
                         }
                         PullEvent::Done => {
@@ -255,7 +264,7 @@ impl Consumer {
                             health.stalled(o.heartbeat * 2);
                             Counters::add(&self.stats.repulls);
                             for m in p.ready() {
-                                self.received(&m);
+                                self.received(&m, &mut last_delivery);
                                 queue(&mut waiting, keys.as_mut(), m);
                             }
                             pull = None;
@@ -280,7 +289,7 @@ impl Consumer {
                                 refused_for_config = true;
                             }
                             for m in p.ready() {
-                                self.received(&m);
+                                self.received(&m, &mut last_delivery);
                                 queue(&mut waiting, keys.as_mut(), m);
                             }
                             pull = None;
@@ -328,7 +337,11 @@ impl Consumer {
         };
         // Stop pulling: hand back what arrived but was not started.
         if let Some(mut p) = pull.take() {
-            waiting.extend(p.ready().into_iter().map(Waiting::new));
+            for m in p.ready() {
+                self.received(&m, &mut last_delivery);
+                queue(&mut waiting, keys.as_mut(), m);
+            }
+            p.close().await;
         }
         // Ordered by key: finish what was pulled, key by key, instead of handing it back. The
         // server does not redeliver nak'ed messages in the order they were nak'ed (measured:
@@ -370,6 +383,7 @@ impl Consumer {
         );
         for w in waiting.drain(..) {
             let _ = w.message.ack_with(AckKind::Nak(None)).await;
+            handed_back += 1;
             Counters::add(&self.stats.naked);
             crate::obs::settled(&w.message, crate::obs::Settled::Naked);
         }
@@ -382,6 +396,7 @@ impl Consumer {
             }) = done
             {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
+                handed_back += 1;
                 Counters::add(&self.stats.naked);
                 crate::obs::settled(&message, crate::obs::Settled::Naked);
             }
@@ -399,6 +414,9 @@ impl Consumer {
                  after ack_wait"
             ),
         }
+        if o.exclusive && outcome.is_ok() {
+            handover::put_back(&mut consumer, last_delivery, handed_back).await;
+        }
         let stats = self.stats();
         match outcome {
             Ok(()) => {
@@ -412,7 +430,11 @@ impl Consumer {
         }
     }
 
-    fn received(&self, m: &jetstream::Message) {
+    /// Counts an arrived message; `last_delivery` keeps the highest consumer sequence seen.
+    fn received(&self, m: &jetstream::Message, last_delivery: &mut u64) {
+        if let Ok(info) = m.info() {
+            *last_delivery = (*last_delivery).max(info.consumer_sequence);
+        }
         Counters::add(&self.stats.delivered);
         crate::obs::consumed(m);
         self.stats.touch();

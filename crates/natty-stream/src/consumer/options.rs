@@ -42,6 +42,9 @@ pub struct ConsumeOptions {
     pub errors: Option<tokio::sync::mpsc::Sender<ConsumeError>>,
     /// Per-key order (default none): see [`ordered_by_key`](Self::ordered_by_key).
     pub ordered: Option<OrderKey>,
+    /// This consumer is the durable's only reader (default false): see
+    /// [`exclusive`](Self::exclusive).
+    pub exclusive: bool,
 }
 
 impl Default for ConsumeOptions {
@@ -57,6 +60,7 @@ impl Default for ConsumeOptions {
             consumer_gone_grace: Duration::from_secs(30),
             errors: None,
             ordered: None,
+            exclusive: false,
         }
     }
 }
@@ -168,6 +172,31 @@ impl ConsumeOptions {
     #[must_use]
     pub fn ordered_by_header(mut self, name: impl Into<String>) -> Self {
         self.ordered = Some(OrderKey::header(name));
+        self
+    }
+
+    /// Declares this consumer the durable's only reader while it runs, as a consumer group's
+    /// partition owner is. natty then makes the durable's next reader get what an earlier one
+    /// did not finish first, in stream order — like a Kafka consumer resuming from the
+    /// committed offset — instead of `ack_wait` later, behind later messages of its key:
+    /// - at start, if messages are still waiting for an ack (a previous reader was killed,
+    ///   aborted, or handed messages back), the durable is reset to its ack floor (ADR-60,
+    ///   server 2.14+);
+    /// - at stop, natty asks the server how far it delivered; messages it sent to the pull
+    ///   that never arrived (the server sends until it sees the unsubscribe, async-nats drops
+    ///   what comes after) are put back the same way.
+    ///
+    /// A reset re-runs the messages acknowledged after the first unfinished one
+    /// (at-least-once: duplicates rather than order broken), and redelivered messages start
+    /// their delivery count again (a message that kills every reader is retried at each
+    /// hand-over, not dead-lettered).
+    ///
+    /// Do not set it on a durable that other consumers read at the same time: the reset would
+    /// redeliver their in-flight messages too. On an older server the reset is refused and
+    /// logged; unfinished messages then come back after `ack_wait`.
+    #[must_use]
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = exclusive;
         self
     }
 

@@ -19,6 +19,7 @@ use async_nats::{
 };
 use futures::{FutureExt, StreamExt};
 use tokio::time::{Instant, Sleep};
+use tracing::debug;
 
 /// What a pull produced.
 #[derive(Debug)]
@@ -143,6 +144,15 @@ impl Pull {
             }
         }
         out
+    }
+
+    /// Unsubscribes the inbox now, ahead of whatever the caller sends next (dropping a `Pull`
+    /// unsubscribes from a spawned task, which may come after): a message nak'ed at stop
+    /// must not be redelivered to this dying request.
+    pub(super) async fn close(mut self) {
+        if let Err(e) = self.sub.unsubscribe().await {
+            debug!(error = %e, "unsubscribing a pull");
+        }
     }
 
     fn classify(&mut self, message: async_nats::Message) -> Option<PullEvent> {
