@@ -2,6 +2,7 @@
 //! with ratios (run it through `cargo xtask bench [--quick]`).
 #![allow(clippy::print_stdout, reason = "a benchmark prints its report")]
 
+mod group;
 mod memory;
 mod report;
 mod workloads;
@@ -73,6 +74,8 @@ enum Part {
     /// Fenced writes (`Leadership::put`) against a raw KV put.
     Fenced,
     Election,
+    /// Consumer groups of 1, 2 and 4 members against one consumer ordered by key.
+    Group,
     Memory,
     /// The default publish path and consume again, built with natty's observability features
     /// off (this binary) and on (natty-bench-obs): the ratios side by side.
@@ -414,6 +417,32 @@ async fn run(url: &str, quick: bool, only: &[Part]) -> anyhow::Result<Results> {
                 quick,
             ));
         }
+    }
+
+    if want(Part::Group) {
+        group::fill(&client, "BENCH_GROUP", s.consume_n).await?;
+        for members in [1usize, 2, 4] {
+            let label = format!(
+                "consumer group of {members} vs one consumer ordered by key ({} partitions)",
+                group::PARTITIONS
+            );
+            let (a, b) = pairs(
+                &label,
+                s.pairs,
+                || group::members(url, "BENCH_GROUP", s.consume_n, members),
+                || group::single(&client, "BENCH_GROUP", s.consume_n),
+            )
+            .await?;
+            workloads.push(workload(&label, "msg/s", a, b, None, quick));
+        }
+        notes.push(
+            "Consumer groups: members are tasks with a connection each, on this machine's \
+             cores; each partition and the single consumer run 8 handlers at once (trivial \
+             handlers: this measures the group's own cost, not parallel handler time); a \
+             group's rate counts from its members' start, so joining and balancing are in it. \
+             The \"raw\" column is the single consumer."
+                .to_owned(),
+        );
     }
 
     if want(Part::Latency) {
