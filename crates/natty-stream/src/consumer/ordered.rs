@@ -98,25 +98,22 @@ impl Keys {
     pub(super) fn arrive(
         &mut self,
         m: jetstream::Message,
+        seq: u64,
         waiting: &mut VecDeque<Waiting>,
     ) -> Option<Waiting> {
-        let message = Message::from_jetstream(&m);
-        let seq = message.stream_sequence;
         if seq != 0 && !self.held.insert(seq) {
             debug!(
                 seq,
                 "redelivery of a message already held: not queued twice"
             );
-            if let Some(w) = waiting
-                .iter_mut()
-                .find(|w| w.message.info().is_ok_and(|i| i.stream_sequence == seq))
-            {
+            if let Some(w) = waiting.iter_mut().find(|w| w.seq == seq) {
                 w.message = m;
             }
             return None;
         }
-        let mut w = Waiting::new(m);
-        w.key = self.key.of(&message).map(Arc::from);
+        let key = self.key.of(&Message::from_jetstream(&m)).map(Arc::from);
+        let mut w = Waiting::new(m, seq);
+        w.key = key;
         Some(w)
     }
 
