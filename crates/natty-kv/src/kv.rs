@@ -627,7 +627,10 @@ impl Kv {
             let Some(found) = self.buckets.lookup(bucket, &self.deadline()).await? else {
                 return Err(not_found(bucket, "allowing atomic writes"));
             };
-            let stream = self.buckets.allow_atomic(bucket, found.stream).await?;
+            let stream = self
+                .buckets
+                .allow_atomic(bucket, (*found.stream).clone())
+                .await?;
             self.buckets.remember_stream(bucket, stream);
             Ok(())
         }

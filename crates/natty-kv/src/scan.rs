@@ -207,7 +207,7 @@ pub(crate) async fn keys(
                 // Values that replaced the skipped last values of keys rewritten during the
                 // listing come after the point where the server says "nothing pending": go on
                 // to the stream's last revision now. Every such value is stored by then.
-                let last = match state.bucket.stream.info().await {
+                let last = match state.bucket.stream.get_info().await {
                     Ok(info) => info.state.last_sequence,
                     Err(e) => {
                         state.messages = None;
