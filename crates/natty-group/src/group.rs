@@ -41,15 +41,38 @@ use crate::{
 
 /// The partition a handler runs for, and the lease term it holds it under: a fencing token
 /// for anything the handler writes elsewhere (reject writes with a lower term for the same
-/// partition).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// partition). Equal when index and term are.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Partition {
     /// The partition, `0..partitions`.
     pub index: u32,
     /// The lease term.
     pub term: Term,
+    lease: Leadership,
 }
+
+impl Partition {
+    /// Whether this member still owns the partition under [`term`](Self::term) *now*: its
+    /// lease is valid by the local clock and the partition is not being handed over
+    /// ([`Leadership::is_valid`](natty_election::Leadership::is_valid)). Check it right before
+    /// each side effect: a member paused past its lease (GC, SIGSTOP) wakes up with handlers
+    /// mid-way before it has noticed, while a successor may already own the partition; this
+    /// check cannot be late. When it is `false`, return an error: the message is not acked
+    /// and goes to the partition's next owner. A pause *between* the check and the side
+    /// effect is not covered: fence writes elsewhere with the term.
+    pub fn is_owned(&self) -> bool {
+        self.lease.is_valid()
+    }
+}
+
+impl PartialEq for Partition {
+    fn eq(&self, other: &Self) -> bool {
+        (self.index, self.term) == (other.index, other.term)
+    }
+}
+
+impl Eq for Partition {}
 
 /// What a member observed: ownership changes and membership.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -556,12 +579,14 @@ async fn consume<H, Fut>(
             return;
         }
     };
+    let lost = lead.lost.clone();
     let at = Partition {
         index: partition,
         term,
+        lease: lead,
     };
     match consumer
-        .consume(lead.lost.clone(), move |m| handler(at, m))
+        .consume(lost, move |m| handler(at.clone(), m))
         .await
     {
         Ok(stats) => debug!(partition, ?stats, "partition consumer stopped"),
