@@ -517,6 +517,7 @@ impl ConsumerGroup {
         let ttl = self.config.ttl;
         let run = election.clone();
         let token = cancel.clone();
+        let resigned = cancel.clone();
         let task = tokio::spawn(
             async move {
                 let result = run
@@ -527,6 +528,7 @@ impl ConsumerGroup {
                             work_shared.clone(),
                             partition,
                             lead,
+                            resigned.clone(),
                             handler.clone(),
                         )
                     })
@@ -546,13 +548,22 @@ impl ConsumerGroup {
     }
 }
 
-/// The owner's work: consume the partition until the lease is lost or resigned.
+/// The owner's work: consume the partition until the lease is lost or resigned (`resigned`
+/// fired: this member gives it up).
+///
+/// Resigned, the lease is still ours until this returns (bounded by the election): the
+/// consumer stops gracefully (handlers finish, acks flushed, and as the durable's only reader
+/// it puts back what it was sent but never got). Lost otherwise (expired, taken, deleted):
+/// the next owner may already read the durable, so the consumer is dropped — handlers
+/// aborted, nothing put back (a reset of the durable now would redeliver the next owner's
+/// messages to it again, within its run); the next owner resumes from the ack floor.
 async fn consume<H, Fut>(
     client: Client,
     config: GroupConfig,
     shared: Arc<Shared>,
     partition: u32,
     lead: Leadership,
+    resigned: CancellationToken,
     handler: Arc<H>,
 ) where
     H: Fn(Partition, Message) -> Fut + Send + Sync + 'static,
@@ -585,10 +596,21 @@ async fn consume<H, Fut>(
         term,
         lease: lead,
     };
-    match consumer
-        .consume(lost, move |m| handler(at.clone(), m))
-        .await
-    {
+    let stop = CancellationToken::new();
+    let consuming = consumer.consume(stop.clone(), move |m| handler(at.clone(), m));
+    tokio::pin!(consuming);
+    let ended = tokio::select! {
+        ended = &mut consuming => ended,
+        () = lost.cancelled() => {
+            if !resigned.is_cancelled() {
+                warn!(partition, %term, "partition lease lost: consumer dropped, handlers aborted");
+                return;
+            }
+            stop.cancel();
+            consuming.await
+        }
+    };
+    match ended {
         Ok(stats) => debug!(partition, ?stats, "partition consumer stopped"),
         Err(e) => {
             warn!(partition, error = %e, "partition consumer failed: resigning the partition")

@@ -327,14 +327,19 @@ async fn is_owned_turns_false_when_the_lease_expired_during_a_freeze() -> anyhow
     })
     .await?;
     publish(&client, &config, 1, 0, 1).await?;
-    wait_for("the frozen handler's verdict", Duration::from_secs(20), || async {
-        *seen.lock().unwrap()
-    })
+    wait_for(
+        "the frozen handler's verdict",
+        Duration::from_secs(20),
+        || async { *seen.lock().unwrap() },
+    )
     .await?;
     let (before, after) = seen.lock().unwrap().unwrap();
     cancel.cancel();
     joined.await??;
-    assert!(before, "is_owned() false in a handler of the partition's owner");
+    assert!(
+        before,
+        "is_owned() false in a handler of the partition's owner"
+    );
     assert!(
         !after,
         "is_owned() still true after a freeze of 3 x TTL (the lease expired meanwhile)"

@@ -215,7 +215,16 @@ pub fn judge(run: &GroupRun<'_>) -> GroupVerdict {
                 delivered,
                 start_ns,
                 checked_ns,
-            } => Some((l, *partition, *term, key.as_str(), *n, *delivered, *start_ns, *checked_ns)),
+            } => Some((
+                l,
+                *partition,
+                *term,
+                key.as_str(),
+                *n,
+                *delivered,
+                *start_ns,
+                *checked_ns,
+            )),
             _ => None,
         })
     };

@@ -167,8 +167,7 @@ fn strip_advertised(op: &mut Vec<u8>) {
     let Some(json) = op.strip_prefix(b"INFO ") else {
         return;
     };
-    let Ok(serde_json::Value::Object(mut info)) = serde_json::from_slice(json.trim_ascii())
-    else {
+    let Ok(serde_json::Value::Object(mut info)) = serde_json::from_slice(json.trim_ascii()) else {
         return;
     };
     let urls = info.remove("connect_urls");
@@ -249,7 +248,10 @@ mod tests {
         let held = tokio::time::timeout(Duration::from_millis(300), c.read_line(&mut line)).await;
         assert!(held.is_err(), "forwarded while cut: {line:?}");
         let held = tokio::time::timeout(Duration::from_millis(300), fresh.read_line(&mut line));
-        assert!(held.await.is_err(), "a new connection got through while cut");
+        assert!(
+            held.await.is_err(),
+            "a new connection got through while cut"
+        );
 
         proxy.restore();
         assert_eq!(read_line(&mut c).await, "PUB a 2\r\n");
