@@ -8,9 +8,10 @@
 //!   resigned or expired partition within milliseconds); at its share it stops contesting;
 //!   above it, it resigns its highest partitions so the others can take them;
 //! - a partition it wins is consumed by its durable (`<name>_p<i>`, filtered on
-//!   `<prefix>.<i>.>`) with per-key order, until the lease is lost or resigned: then the
-//!   consumer stops (handlers finish, acks are flushed) *before* the lease is released, so
-//!   the next owner never overlaps with it.
+//!   `<prefix>.<i>.>`) with per-key order, until the lease is resigned — then the consumer
+//!   stops (handlers finish, acks are flushed) *before* the lease is released, so the next
+//!   owner never overlaps with it — or lost (expired, taken): then the consumer is dropped at
+//!   once, leaving the durable to the next owner.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -575,9 +576,22 @@ async fn consume<H, Fut>(
     let skip = config.prefix_tokens() + 1;
     // Exclusive: the lease makes this member the durable's only reader, and on stop natty
     // puts back (in stream order, for the next owner) what the server sent that never arrived.
+    // Pulls expire within ttl / 4: a member frozen past its lease must have no pull request
+    // left waiting on the server when its successor starts (at the earliest ttl - ttl / 3
+    // after its last renew), or the server hands that pull what the successor's reset
+    // redelivers; it comes back only after ack_wait, behind later messages of its key (chaos,
+    // seed 7: a frozen member's pull took two messages the successor had just been reset to).
+    let expires = config.consume.expires.min(config.ttl / 4);
+    let heartbeat = config
+        .consume
+        .heartbeat
+        .min(expires / 3)
+        .max(Duration::from_millis(100));
     let options = config
         .consume
         .clone()
+        .expires(expires)
+        .heartbeat(heartbeat)
         .ordered_by_key(move |m: &Message| {
             m.subject.splitn(skip + 1, '.').nth(skip).map(str::to_owned)
         })
