@@ -576,22 +576,9 @@ async fn consume<H, Fut>(
     let skip = config.prefix_tokens() + 1;
     // Exclusive: the lease makes this member the durable's only reader, and on stop natty
     // puts back (in stream order, for the next owner) what the server sent that never arrived.
-    // Pulls expire within ttl / 4: a member frozen past its lease must have no pull request
-    // left waiting on the server when its successor starts (at the earliest ttl - ttl / 3
-    // after its last renew), or the server hands that pull what the successor's reset
-    // redelivers; it comes back only after ack_wait, behind later messages of its key (chaos,
-    // seed 7: a frozen member's pull took two messages the successor had just been reset to).
-    let expires = config.consume.expires.min(config.ttl / 4);
-    let heartbeat = config
-        .consume
-        .heartbeat
-        .min(expires / 3)
-        .max(Duration::from_millis(100));
     let options = config
         .consume
         .clone()
-        .expires(expires)
-        .heartbeat(heartbeat)
         .ordered_by_key(move |m: &Message| {
             m.subject.splitn(skip + 1, '.').nth(skip).map(str::to_owned)
         })
