@@ -361,7 +361,7 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
         let t0 = mono_ns();
         let mut hit = String::new();
         // Every third fault hits a consumer group member: frozen, killed, cut off, in turn.
-        let member_slot = faults_tried % 3 == 0;
+        let member_slot = faults_tried.is_multiple_of(3);
         let member_kind = (faults_tried / 3) % 3;
         faults_tried += 1;
         let fault = if member_slot {

@@ -150,7 +150,8 @@ pub fn judge(run: &GroupRun<'_>) -> GroupVerdict {
     for l in &sorted {
         match ownership(l) {
             Some((p, term, true)) => {
-                if open.insert((&l.proc, p), (term, l.mono_ns)).is_some() {
+                let before = open.insert((&l.proc, p), (term, l.mono_ns));
+                if before.is_some() {
                     note(&mut v.ownership_errors, || {
                         format!("{} owned partition {p} twice: {l:?}", l.proc)
                     });
