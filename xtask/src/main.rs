@@ -344,6 +344,19 @@ fn chaos(minutes: f64, seed: u64) -> anyhow::Result<()> {
         &["build", "--quiet", "-p", "natty-chaos", "--bins"],
         &[],
     )?;
+    // The consumer group's member process is natty-group's `group_member` example.
+    run(
+        "cargo",
+        &[
+            "build",
+            "--quiet",
+            "-p",
+            "natty-group",
+            "--example",
+            "group_member",
+        ],
+        &[],
+    )?;
     let binary = target_dir().join("debug/natty-chaos");
     run(
         &binary.display().to_string(),

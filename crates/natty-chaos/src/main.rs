@@ -18,7 +18,9 @@ use natty::{BatchConfig, BatchPublisher, ConsumerConfig, StreamConfig};
 use natty_chaos::{DEAD_LETTER_EVERY, Event, Line, Lines, init_logs, mono_ns};
 use natty_testkit::{
     NatsCluster,
-    procs::{Term, signal},
+    group::owned_at,
+    procs::{Term, sibling_binary, signal},
+    proxy::Proxy,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::process::{Child, Command};
@@ -28,9 +30,20 @@ const TTL_NS: u64 = TTL_SECS * 1_000_000_000;
 const CANDIDATES: usize = 5;
 const CONSUMERS: usize = 2;
 
+mod group;
+
+/// What a child process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Candidate,
+    Consumer,
+    /// A consumer group member (natty-group's `group_member` example).
+    Member,
+}
+
 struct Proc {
     name: String,
-    candidate: bool,
+    kind: Kind,
     child: Child,
     incarnation: u32,
 }
@@ -39,6 +52,11 @@ impl Proc {
     fn pid(&self) -> Option<u32> {
         self.child.id()
     }
+
+    /// The tag of its lines (`Line::proc`).
+    fn tag(&self) -> String {
+        format!("{}#{}", self.name, self.incarnation)
+    }
 }
 
 struct World {
@@ -46,11 +64,39 @@ struct World {
     lines: Lines,
     procs: Vec<Proc>,
     bin_dir: PathBuf,
+    /// Each member's way to the servers: a proxy per node, kept across its incarnations, cut
+    /// to cut the member off the network.
+    proxies: HashMap<String, Vec<Proxy>>,
+    /// When each killed process (`Line::proc`) was seen dead.
+    deaths: HashMap<String, u64>,
 }
 
 impl World {
-    async fn spawn(&mut self, name: &str, candidate: bool, incarnation: u32) -> anyhow::Result<()> {
-        let cmd = if candidate {
+    async fn spawn(&mut self, name: &str, kind: Kind, incarnation: u32) -> anyhow::Result<()> {
+        let cmd = if kind == Kind::Member {
+            let servers = self.proxies[name]
+                .iter()
+                .map(Proxy::url)
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut c = Command::new(sibling_binary("group_member", true)?);
+            c.args(["--server", &servers, "--member", name])
+                .args(["--group", group::NAME, "--stream", group::STREAM])
+                .args(["--prefix", group::PREFIX])
+                .args(["--partitions", &group::PARTITIONS.to_string()])
+                .args(["--ttl", &TTL_SECS.to_string()])
+                .args(["--ack-wait", &group::ACK_WAIT_SECS.to_string()])
+                .args([
+                    "--concurrency",
+                    "4",
+                    "--batch",
+                    "50",
+                    "--handler-us",
+                    "2000",
+                ])
+                .args(["--replicas", "3"]);
+            c
+        } else if kind == Kind::Candidate {
             let mut c = Command::new(self.bin_dir.join("chaos-candidate"));
             c.args([
                 "--server",
@@ -80,7 +126,7 @@ impl World {
         let child = self.lines.spawn(cmd, &format!("{name}#{incarnation}"))?;
         self.procs.push(Proc {
             name: name.to_owned(),
-            candidate,
+            kind,
             child,
             incarnation,
         });
@@ -102,9 +148,9 @@ impl World {
                 _ => {}
             }
         }
-        self.procs.iter().position(|p| {
-            p.candidate && state.get(&format!("{}#{}", p.name, p.incarnation)) == Some(&true)
-        })
+        self.procs
+            .iter()
+            .position(|p| p.kind == Kind::Candidate && state.get(&p.tag()) == Some(&true))
     }
 
     async fn signal(&self, idx: usize, sig: &str) -> anyhow::Result<()> {
@@ -119,9 +165,10 @@ impl World {
         self.signal(idx, "-KILL").await?;
         let mut p = self.procs.remove(idx);
         let _ = p.child.wait().await;
+        self.deaths.insert(p.tag(), mono_ns());
         tokio::time::sleep(pause).await;
         let name = p.name.clone();
-        self.spawn(&p.name, p.candidate, p.incarnation + 1).await?;
+        self.spawn(&p.name, p.kind, p.incarnation + 1).await?;
         Ok(name)
     }
 }
@@ -130,6 +177,8 @@ impl World {
 struct Fault {
     kind: &'static str,
     target: String,
+    /// The process it hit (`Line::proc`), for member faults; empty otherwise.
+    proc: String,
     start_ns: u64,
     end_ns: u64,
 }
@@ -205,12 +254,30 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
         lines: Lines::default(),
         procs: Vec::new(),
         bin_dir,
+        proxies: HashMap::new(),
+        deaths: HashMap::new(),
     };
     for i in 0..CANDIDATES {
-        world.spawn(&format!("c{i}"), true, 0).await?;
+        world.spawn(&format!("c{i}"), Kind::Candidate, 0).await?;
     }
     for i in 0..CONSUMERS {
-        world.spawn(&format!("k{i}"), false, 0).await?;
+        world.spawn(&format!("k{i}"), Kind::Consumer, 0).await?;
+    }
+    // The consumer group: its own R3 stream, members through their proxies, and a paced
+    // publisher of keyed, numbered messages.
+    natty::stream::ensure_stream(
+        &client,
+        &StreamConfig::new(group::STREAM, [format!("{}.>", group::PREFIX)]).replicas(3),
+    )
+    .await?;
+    for i in 0..group::MEMBERS {
+        let name = format!("m{i}");
+        let mut proxies = Vec::new();
+        for node in cluster.nodes() {
+            proxies.push(Proxy::start(node.port()).await?);
+        }
+        world.proxies.insert(name.clone(), proxies);
+        world.spawn(&name, Kind::Member, 0).await?;
     }
 
     // The publisher: numbered messages paced over the first 70% of the run.
@@ -245,6 +312,12 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
         })
     };
 
+    // The group's publisher, over the same 70% of the run.
+    let group_publish = tokio::spawn(group::publish(
+        client.clone(),
+        Duration::from_nanos((duration_ns as f64 * 0.7) as u64),
+    ));
+
     // RSS samples of every child, every 2 s.
     let mut samples: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
 
@@ -254,9 +327,18 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
         anyhow::ensure!(mono_ns() < ready_by, "no leader within 60 s of the start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // ... and every group partition is owned.
+    while world.lines.with(group::owned) < group::PARTITIONS as usize {
+        anyhow::ensure!(
+            mono_ns() < ready_by,
+            "group partitions not all owned within 60 s of the start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let start = mono_ns();
     let end = start + duration_ns;
     let mut faults: Vec<Fault> = Vec::new();
+    let mut faults_tried: u64 = 0;
     // Diagnostics: the durable's state every second, and what each re-creation read and made.
     let notes = Notes::default();
     let watcher = tokio::spawn(watch_durable(client.clone(), notes.clone(), start));
@@ -276,191 +358,251 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
             }
             rss_due = mono_ns() + 2_000_000_000;
         }
-        let roll = rng.random_range(0..100);
         let t0 = mono_ns();
-        let fault = if roll < 22 {
-            match world.leader() {
-                Some(l) => {
+        let mut hit = String::new();
+        // Every third fault hits a consumer group member: frozen, killed, cut off, in turn.
+        let member_slot = faults_tried.is_multiple_of(3);
+        let member_kind = (faults_tried / 3) % 3;
+        faults_tried += 1;
+        let fault = if member_slot {
+            // A member that owns partitions now, if any does.
+            let owning = world.lines.with(|all| owned_at(all, u64::MAX));
+            let mut members: Vec<usize> = (0..world.procs.len())
+                .filter(|&i| world.procs[i].kind == Kind::Member)
+                .collect();
+            if members.iter().any(|&i| {
+                owning
+                    .get(&world.procs[i].tag())
+                    .is_some_and(|p| !p.is_empty())
+            }) {
+                members.retain(|&i| {
+                    owning
+                        .get(&world.procs[i].tag())
+                        .is_some_and(|p| !p.is_empty())
+                });
+            }
+            let i = members[rng.random_range(0..members.len())];
+            hit = world.procs[i].tag();
+            let name = world.procs[i].name.clone();
+            match member_kind {
+                0 => {
                     let hold = Duration::from_millis(rng.random_range(1000..6000)); // 0.5 to 3 x TTL
-                    world.signal(l, "-STOP").await?;
+                    world.signal(i, "-STOP").await?;
                     tokio::time::sleep(hold).await;
-                    world.signal(l, "-CONT").await?;
-                    Some(("freeze leader", world.procs[l].name.clone()))
+                    world.signal(i, "-CONT").await?;
+                    Some(("freeze member", name))
                 }
-                None => None,
-            }
-        } else if roll < 30 {
-            // A graceful stop (cancel and resign, or for odd candidates a dropped `run`),
-            // with the leader's server paused half the time: shutdown must end regardless.
-            match world.leader() {
-                Some(l) => {
-                    let pause = rng.random_bool(0.5);
-                    let node = cluster.node(rng.random_range(0..3));
-                    if pause {
-                        node.pause().await?;
-                    }
-                    world.signal(l, "-TERM").await?;
-                    let mut p = world.procs.remove(l);
-                    let ended =
-                        tokio::time::timeout(Duration::from_secs(TTL_SECS + 3), p.child.wait())
-                            .await;
-                    if pause {
-                        node.unpause().await?;
-                    }
-                    if ended.is_err() {
-                        eprintln!("{} did not exit within TTL + 3 s of SIGTERM", p.name);
-                        let _ = p.child.kill().await;
-                    }
-                    world.spawn(&p.name, true, p.incarnation + 1).await?;
-                    Some((
-                        if ended.is_ok() {
-                            "stop leader"
-                        } else {
-                            "stop leader (hung)"
-                        },
-                        p.name.clone(),
-                    ))
-                }
-                None => None,
-            }
-        } else if roll < 35 {
-            // The election bucket deleted behind everyone's back: re-created after a TTL.
-            natty::Kv::new(client.clone())
-                .delete_bucket("chaos_el")
-                .await?;
-            Some(("delete bucket", "chaos_el".to_owned()))
-        } else if roll < 42 {
-            match world.leader() {
-                Some(l) => Some((
-                    "kill leader",
+                1 => Some((
+                    "kill member",
                     world
-                        .kill_and_respawn(l, Duration::from_millis(rng.random_range(500..1500)))
+                        .kill_and_respawn(i, Duration::from_millis(rng.random_range(500..1500)))
                         .await?,
                 )),
-                None => None,
+                _ => {
+                    // Through its proxies only: the member alone is cut off, the others and
+                    // the cluster carry on.
+                    let hold = Duration::from_millis(rng.random_range(3000..6000));
+                    for p in &world.proxies[&name] {
+                        p.cut();
+                    }
+                    tokio::time::sleep(hold).await;
+                    for p in &world.proxies[&name] {
+                        p.restore();
+                    }
+                    Some(("cut member", name))
+                }
             }
-        } else if roll < 50 {
-            let c: Vec<usize> = (0..world.procs.len())
-                .filter(|&i| world.procs[i].candidate && Some(i) != world.leader())
-                .collect();
-            let i = c[rng.random_range(0..c.len())];
-            Some((
-                "kill follower",
-                world
-                    .kill_and_respawn(i, Duration::from_millis(500))
-                    .await?,
-            ))
-        } else if roll < 62 {
-            let c: Vec<usize> = (0..world.procs.len())
-                .filter(|&i| !world.procs[i].candidate)
-                .collect();
-            let i = c[rng.random_range(0..c.len())];
-            Some((
-                "kill consumer",
-                world
-                    .kill_and_respawn(i, Duration::from_millis(rng.random_range(200..2000)))
-                    .await?,
-            ))
-        } else if roll < 72 {
-            let n = rng.random_range(0..3);
-            let node = cluster.node(n);
-            node.kill().await?;
-            tokio::time::sleep(Duration::from_millis(rng.random_range(3000..6000))).await;
-            node.start_again().await?;
-            Some(("kill node", node.name().to_owned()))
-        } else if roll < 82 {
-            // Deleted behind the consumers' back and re-created (from its ack floor, as an
-            // operator would) within their grace period: they must carry on.
-            let before = retrying("reading the durable's ack floor", || async {
-                let info = client
+        } else {
+            let roll = rng.random_range(0..100);
+            if roll < 22 {
+                match world.leader() {
+                    Some(l) => {
+                        let hold = Duration::from_millis(rng.random_range(1000..6000)); // 0.5 to 3 x TTL
+                        world.signal(l, "-STOP").await?;
+                        tokio::time::sleep(hold).await;
+                        world.signal(l, "-CONT").await?;
+                        Some(("freeze leader", world.procs[l].name.clone()))
+                    }
+                    None => None,
+                }
+            } else if roll < 30 {
+                // A graceful stop (cancel and resign, or for odd candidates a dropped `run`),
+                // with the leader's server paused half the time: shutdown must end regardless.
+                match world.leader() {
+                    Some(l) => {
+                        let pause = rng.random_bool(0.5);
+                        let node = cluster.node(rng.random_range(0..3));
+                        if pause {
+                            node.pause().await?;
+                        }
+                        world.signal(l, "-TERM").await?;
+                        let mut p = world.procs.remove(l);
+                        let ended =
+                            tokio::time::timeout(Duration::from_secs(TTL_SECS + 3), p.child.wait())
+                                .await;
+                        if pause {
+                            node.unpause().await?;
+                        }
+                        if ended.is_err() {
+                            eprintln!("{} did not exit within TTL + 3 s of SIGTERM", p.name);
+                            let _ = p.child.kill().await;
+                        }
+                        world
+                            .spawn(&p.name, Kind::Candidate, p.incarnation + 1)
+                            .await?;
+                        Some((
+                            if ended.is_ok() {
+                                "stop leader"
+                            } else {
+                                "stop leader (hung)"
+                            },
+                            p.name.clone(),
+                        ))
+                    }
+                    None => None,
+                }
+            } else if roll < 35 {
+                // The election bucket deleted behind everyone's back: re-created after a TTL.
+                natty::Kv::new(client.clone())
+                    .delete_bucket("chaos_el")
+                    .await?;
+                Some(("delete bucket", "chaos_el".to_owned()))
+            } else if roll < 42 {
+                match world.leader() {
+                    Some(l) => Some((
+                        "kill leader",
+                        world
+                            .kill_and_respawn(l, Duration::from_millis(rng.random_range(500..1500)))
+                            .await?,
+                    )),
+                    None => None,
+                }
+            } else if roll < 50 {
+                let c: Vec<usize> = (0..world.procs.len())
+                    .filter(|&i| {
+                        world.procs[i].kind == Kind::Candidate && Some(i) != world.leader()
+                    })
+                    .collect();
+                let i = c[rng.random_range(0..c.len())];
+                Some((
+                    "kill follower",
+                    world
+                        .kill_and_respawn(i, Duration::from_millis(500))
+                        .await?,
+                ))
+            } else if roll < 62 {
+                let c: Vec<usize> = (0..world.procs.len())
+                    .filter(|&i| world.procs[i].kind == Kind::Consumer)
+                    .collect();
+                let i = c[rng.random_range(0..c.len())];
+                Some((
+                    "kill consumer",
+                    world
+                        .kill_and_respawn(i, Duration::from_millis(rng.random_range(200..2000)))
+                        .await?,
+                ))
+            } else if roll < 72 {
+                let n = rng.random_range(0..3);
+                let node = cluster.node(n);
+                node.kill().await?;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(3000..6000))).await;
+                node.start_again().await?;
+                Some(("kill node", node.name().to_owned()))
+            } else if roll < 82 {
+                // Deleted behind the consumers' back and re-created (from its ack floor, as an
+                // operator would) within their grace period: they must carry on.
+                let before = retrying("reading the durable's ack floor", || async {
+                    let info = client
+                        .jetstream()
+                        .get_stream("CHAOS")
+                        .await?
+                        .consumer_info("workers")
+                        .await?
+                        .clone();
+                    // A durable without a leader (just re-created, or electing one) answers with
+                    // its positions all 0 (seen in this run's diagnostics): not a floor to trust.
+                    anyhow::ensure!(
+                        info.cluster.as_ref().is_some_and(|c| c.leader.is_some()),
+                        "the durable has no leader: {}",
+                        durable_state(&info)
+                    );
+                    Ok(info)
+                })
+                .await?;
+                let from = resume_from(
+                    before.ack_floor.stream_sequence,
+                    &before.config.deliver_policy,
+                );
+                retrying("deleting the durable", || async {
+                    Ok(natty::stream::delete_consumer(&client, "CHAOS", "workers").await?)
+                })
+                .await?;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1000..5000))).await;
+                let again = durable
+                    .clone()
+                    .deliver_from(natty::stream::DeliverFrom::Sequence(from));
+                retrying("re-creating the durable", || async {
+                    Ok(natty::stream::ensure_consumer(&client, &again).await?)
+                })
+                .await?;
+                let after = client
                     .jetstream()
                     .get_stream("CHAOS")
                     .await?
                     .consumer_info("workers")
-                    .await?
-                    .clone();
-                // A durable without a leader (just re-created, or electing one) answers with
-                // its positions all 0 (seen in this run's diagnostics): not a floor to trust.
-                anyhow::ensure!(
-                    info.cluster.as_ref().is_some_and(|c| c.leader.is_some()),
-                    "the durable has no leader: {}",
-                    durable_state(&info)
-                );
-                Ok(info)
-            })
-            .await?;
-            let from = resume_from(
-                before.ack_floor.stream_sequence,
-                &before.config.deliver_policy,
-            );
-            retrying("deleting the durable", || async {
-                Ok(natty::stream::delete_consumer(&client, "CHAOS", "workers").await?)
-            })
-            .await?;
-            tokio::time::sleep(Duration::from_millis(rng.random_range(1000..5000))).await;
-            let again = durable
-                .clone()
-                .deliver_from(natty::stream::DeliverFrom::Sequence(from));
-            retrying("re-creating the durable", || async {
-                Ok(natty::stream::ensure_consumer(&client, &again).await?)
-            })
-            .await?;
-            let after = client
-                .jetstream()
-                .get_stream("CHAOS")
-                .await?
-                .consumer_info("workers")
-                .await
-                .map(|i| durable_state(&i))
-                .unwrap_or_else(|e| format!("(info failed: {e})"));
-            notes.push(format!(
+                    .await
+                    .map(|i| durable_state(&i))
+                    .unwrap_or_else(|e| format!("(info failed: {e})"));
+                notes.push(format!(
                 "[{:>6.1}s] durable re-created from {}: before deletion {}; after re-creation {}",
                 (t0 - start) as f64 / 1e9,
                 from,
                 durable_state(&before),
                 after
             ));
-            Some(("delete durable", "workers".to_owned()))
-        } else if roll < 90 {
-            // The dead-letter subject captured by no stream for a while: refused messages
-            // whose dead-letter publish fails must stay and be dead-lettered later.
-            let subjects = |subject: &'static str| {
-                let client = client.clone();
-                async move {
-                    let js = client.jetstream();
-                    let mut config = js
-                        .get_stream("CHAOS_DL")
-                        .await?
-                        .cached_info()
-                        .config
-                        .clone();
-                    config.subjects = vec![subject.to_owned()];
-                    js.update_stream(&config).await?;
-                    anyhow::Ok(())
-                }
-            };
-            retrying("uncapturing the dead-letter subject", || {
-                subjects("chaos-dl-off.>")
-            })
-            .await?;
-            tokio::time::sleep(Duration::from_millis(rng.random_range(2000..6000))).await;
-            retrying("capturing the dead-letter subject again", || {
-                subjects("chaos-dl.>")
-            })
-            .await?;
-            Some(("dead-letter uncaptured", "CHAOS_DL".to_owned()))
-        } else {
-            let n = rng.random_range(0..3);
-            let node = cluster.node(n);
-            node.disconnect().await?;
-            tokio::time::sleep(Duration::from_millis(rng.random_range(3000..6000))).await;
-            node.reconnect().await?;
-            Some(("partition node", node.name().to_owned()))
+                Some(("delete durable", "workers".to_owned()))
+            } else if roll < 90 {
+                // The dead-letter subject captured by no stream for a while: refused messages
+                // whose dead-letter publish fails must stay and be dead-lettered later.
+                let subjects = |subject: &'static str| {
+                    let client = client.clone();
+                    async move {
+                        let js = client.jetstream();
+                        let mut config = js
+                            .get_stream("CHAOS_DL")
+                            .await?
+                            .cached_info()
+                            .config
+                            .clone();
+                        config.subjects = vec![subject.to_owned()];
+                        js.update_stream(&config).await?;
+                        anyhow::Ok(())
+                    }
+                };
+                retrying("uncapturing the dead-letter subject", || {
+                    subjects("chaos-dl-off.>")
+                })
+                .await?;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(2000..6000))).await;
+                retrying("capturing the dead-letter subject again", || {
+                    subjects("chaos-dl.>")
+                })
+                .await?;
+                Some(("dead-letter uncaptured", "CHAOS_DL".to_owned()))
+            } else {
+                let n = rng.random_range(0..3);
+                let node = cluster.node(n);
+                node.disconnect().await?;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(3000..6000))).await;
+                node.reconnect().await?;
+                Some(("partition node", node.name().to_owned()))
+            }
         };
         if let Some((kind, target)) = fault {
             let f = Fault {
                 kind,
                 target,
+                proc: hit,
                 start_ns: t0,
                 end_ns: mono_ns(),
             };
@@ -487,6 +629,8 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
         failed.insert(number(&f.payload));
     }
     let stored = stored_numbers(&client, "CHAOS").await?;
+    let (group_published, group_failed) = group_publish.await??;
+    let group_stored = group::stored(&client).await?;
     let stored_set: HashSet<u64> = stored.iter().copied().collect();
     let refused = stored_set
         .iter()
@@ -513,7 +657,10 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
             .collect();
         let set: HashSet<u64> = processed.iter().copied().collect();
         let all_dead = usize::try_from(dead).unwrap_or(0) >= refused;
-        if (stored_set.is_subset(&set) && all_dead) || mono_ns() > drain_deadline {
+        let group_done = world
+            .lines
+            .with(|all| group::all_handled(all, &group_stored));
+        if (stored_set.is_subset(&set) && all_dead && group_done) || mono_ns() > drain_deadline {
             break processed;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -529,7 +676,17 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
     let dead_lettered: Vec<u64> = dead_records.iter().map(|r| r.n).collect();
     let lines = world.lines.all();
     let unreadable = world.lines.unreadable();
+    let group_checks = group::checks(&group::Input {
+        lines: &lines,
+        published: group_published,
+        failed: &group_failed,
+        stored: &group_stored,
+        deaths: &world.deaths,
+        faults: &faults,
+        now: mono_ns(),
+    });
     let ok = judge(Judge {
+        group_checks,
         minutes,
         seed,
         total,
@@ -705,6 +862,8 @@ async fn stored_numbers(client: &natty::Client, stream: &str) -> anyhow::Result<
 }
 
 struct Judge<'a> {
+    /// The consumer group's checks (`group.rs`).
+    group_checks: Vec<(String, bool, String)>,
     minutes: f64,
     seed: u64,
     total: u64,
@@ -910,7 +1069,12 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
     };
     // A deleted bucket is re-created as an R3 stream: held to the node bound too.
     let node_fault = |f: &&Fault| f.kind.ends_with("node") || f.kind == "delete bucket";
-    let process_faults: Vec<&Fault> = j.faults.iter().filter(|f| !node_fault(f)).collect();
+    // (Member faults do not touch the election.)
+    let process_faults: Vec<&Fault> = j
+        .faults
+        .iter()
+        .filter(|f| !node_fault(f) && !group::is_member_fault(f))
+        .collect();
     let node_faults: Vec<&Fault> = j.faults.iter().filter(node_fault).collect();
     let late: Vec<String> = process_faults
         .iter()
@@ -994,6 +1158,8 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
         String::new(),
     ));
 
+    checks.extend(j.group_checks.iter().cloned());
+
     // Soak: RSS slope per process incarnation that lived long enough.
     let mut slopes = Vec::new();
     for (tag, s) in j.samples {
@@ -1059,8 +1225,13 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
     writeln!(md, "# natty chaos report\n")?;
     writeln!(
         md,
-        "{:.1} minutes, seed {}, 3-node cluster (R3 stream and buckets), {CANDIDATES} candidates (TTL {TTL_SECS} s), {CONSUMERS} consumers on one durable, {} numbered messages published.\n",
-        j.minutes, j.seed, j.total
+        "{:.1} minutes, seed {}, 3-node cluster (R3 stream and buckets), {CANDIDATES} candidates (TTL {TTL_SECS} s), {CONSUMERS} consumers on one durable, {} numbered messages published; a consumer group of {} members (each through its own proxies) over {} partitions (TTL {TTL_SECS} s, ack_wait {} s) on its own R3 stream.\n",
+        j.minutes,
+        j.seed,
+        j.total,
+        group::MEMBERS,
+        group::PARTITIONS,
+        group::ACK_WAIT_SECS
     )?;
     writeln!(md, "## Faults injected\n")?;
     for (k, n) in &kinds {
@@ -1070,9 +1241,14 @@ fn judge(j: Judge<'_>) -> anyhow::Result<bool> {
         kinds.get("freeze leader").unwrap_or(&0) + kinds.get("kill leader").unwrap_or(&0);
     let node_faults =
         kinds.get("kill node").unwrap_or(&0) + kinds.get("partition node").unwrap_or(&0);
+    let member_faults = j
+        .faults
+        .iter()
+        .filter(|f| group::is_member_fault(f))
+        .count();
     writeln!(
         md,
-        "\nLeader freezes/kills: {leader_faults}; node faults: {node_faults}.\n"
+        "\nLeader freezes/kills: {leader_faults}; node faults: {node_faults}; member faults: {member_faults}.\n"
     )?;
     writeln!(
         md,

@@ -5,7 +5,9 @@
 //! (`natty_testkit::procs::Line`, `mono_ns` from CLOCK_MONOTONIC, comparable across processes
 //! on one host): `ready` once running; `partition-owned` / `partition-released` stamped when
 //! the group took / stopped consuming the partition (from the event's `at`, not when it was
-//! read); `handled` per message, with the handler's start and end; `exit`. The payload of a
+//! read); `handled` per message, with the handler's start and end and when it checked it still
+//! owned the partition (`Partition::is_owned`, right before the line; a message whose check
+//! fails is not printed and fails, so the next owner gets it); `exit`. The payload of a
 //! message is its number within its key; the key is the last subject token.
 //! SIGTERM/SIGINT: leave the group cleanly (cancel, await `join`) and exit.
 //!
@@ -69,6 +71,12 @@ struct Args {
     /// How long each handler works, in µs (0: it only yields).
     #[arg(long = "handler-us", default_value_t = 0)]
     handler_us: u64,
+    /// Replicas of the group's buckets (3 in a cluster).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Client ping interval in ms: a connection that misses two pings is replaced.
+    #[arg(long = "ping-ms", default_value_t = 1000)]
+    ping_ms: u64,
 }
 
 /// Log lines stamped with [`mono_ns`], comparable with the JSON lines' `mono_ns`.
@@ -125,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
     let client = natty_core::ConnectOptions::new(args.servers.clone())
         .name(node.clone())
         .request_timeout(Duration::from_secs(2))
+        .ping_interval(Duration::from_millis(args.ping_ms))
         .connect()
         .await?;
     let config = GroupConfig::new(
@@ -136,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .ttl(Duration::from_secs(args.ttl))
     .ack_wait(Duration::from_secs(args.ack_wait))
+    .replicas(args.replicas)
     .consume(
         ConsumeOptions::default()
             .concurrency(args.concurrency)
@@ -209,6 +219,12 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     tokio::time::sleep(work).await;
                 }
+                // The side effect (the line) only while the partition is still ours: a
+                // member frozen past its lease wakes up here before it noticed the loss.
+                let checked_ns = mono_ns();
+                if !p.is_owned() {
+                    return Err(HandlerError::retry("the partition is no longer owned"));
+                }
                 emit(
                     &node,
                     Event::Handled {
@@ -218,6 +234,7 @@ async fn main() -> anyhow::Result<()> {
                         n,
                         delivered: m.delivered,
                         start_ns,
+                        checked_ns,
                     },
                 );
                 Ok(())

@@ -8,9 +8,10 @@
 //!   resigned or expired partition within milliseconds); at its share it stops contesting;
 //!   above it, it resigns its highest partitions so the others can take them;
 //! - a partition it wins is consumed by its durable (`<name>_p<i>`, filtered on
-//!   `<prefix>.<i>.>`) with per-key order, until the lease is lost or resigned: then the
-//!   consumer stops (handlers finish, acks are flushed) *before* the lease is released, so
-//!   the next owner never overlaps with it.
+//!   `<prefix>.<i>.>`) with per-key order, until the lease is resigned — then the consumer
+//!   stops (handlers finish, acks are flushed) *before* the lease is released, so the next
+//!   owner never overlaps with it — or lost (expired, taken): then the consumer is dropped at
+//!   once, leaving the durable to the next owner.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -41,15 +42,38 @@ use crate::{
 
 /// The partition a handler runs for, and the lease term it holds it under: a fencing token
 /// for anything the handler writes elsewhere (reject writes with a lower term for the same
-/// partition).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// partition). Equal when index and term are.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Partition {
     /// The partition, `0..partitions`.
     pub index: u32,
     /// The lease term.
     pub term: Term,
+    lease: Leadership,
 }
+
+impl Partition {
+    /// Whether this member still owns the partition under [`term`](Self::term) *now*: its
+    /// lease is valid by the local clock and the partition is not being handed over
+    /// ([`Leadership::is_valid`](natty_election::Leadership::is_valid)). Check it right before
+    /// each side effect: a member paused past its lease (GC, SIGSTOP) wakes up with handlers
+    /// mid-way before it has noticed, while a successor may already own the partition; this
+    /// check cannot be late. When it is `false`, return an error: the message is not acked
+    /// and goes to the partition's next owner. A pause *between* the check and the side
+    /// effect is not covered: fence writes elsewhere with the term.
+    pub fn is_owned(&self) -> bool {
+        self.lease.is_valid()
+    }
+}
+
+impl PartialEq for Partition {
+    fn eq(&self, other: &Self) -> bool {
+        (self.index, self.term) == (other.index, other.term)
+    }
+}
+
+impl Eq for Partition {}
 
 /// What a member observed: ownership changes and membership.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -494,6 +518,7 @@ impl ConsumerGroup {
         let ttl = self.config.ttl;
         let run = election.clone();
         let token = cancel.clone();
+        let resigned = cancel.clone();
         let task = tokio::spawn(
             async move {
                 let result = run
@@ -504,6 +529,7 @@ impl ConsumerGroup {
                             work_shared.clone(),
                             partition,
                             lead,
+                            resigned.clone(),
                             handler.clone(),
                         )
                     })
@@ -523,13 +549,22 @@ impl ConsumerGroup {
     }
 }
 
-/// The owner's work: consume the partition until the lease is lost or resigned.
+/// The owner's work: consume the partition until the lease is lost or resigned (`resigned`
+/// fired: this member gives it up).
+///
+/// Resigned, the lease is still ours until this returns (bounded by the election): the
+/// consumer stops gracefully (handlers finish, acks flushed, and as the durable's only reader
+/// it puts back what it was sent but never got). Lost otherwise (expired, taken, deleted):
+/// the next owner may already read the durable, so the consumer is dropped — handlers
+/// aborted, nothing put back (a reset of the durable now would redeliver the next owner's
+/// messages to it again, within its run); the next owner resumes from the ack floor.
 async fn consume<H, Fut>(
     client: Client,
     config: GroupConfig,
     shared: Arc<Shared>,
     partition: u32,
     lead: Leadership,
+    resigned: CancellationToken,
     handler: Arc<H>,
 ) where
     H: Fn(Partition, Message) -> Fut + Send + Sync + 'static,
@@ -556,14 +591,27 @@ async fn consume<H, Fut>(
             return;
         }
     };
+    let lost = lead.lost.clone();
     let at = Partition {
         index: partition,
         term,
+        lease: lead,
     };
-    match consumer
-        .consume(lead.lost.clone(), move |m| handler(at, m))
-        .await
-    {
+    let stop = CancellationToken::new();
+    let consuming = consumer.consume(stop.clone(), move |m| handler(at.clone(), m));
+    tokio::pin!(consuming);
+    let ended = tokio::select! {
+        ended = &mut consuming => ended,
+        () = lost.cancelled() => {
+            if !resigned.is_cancelled() {
+                warn!(partition, %term, "partition lease lost: consumer dropped, handlers aborted");
+                return;
+            }
+            stop.cancel();
+            consuming.await
+        }
+    };
+    match ended {
         Ok(stats) => debug!(partition, ?stats, "partition consumer stopped"),
         Err(e) => {
             warn!(partition, error = %e, "partition consumer failed: resigning the partition")

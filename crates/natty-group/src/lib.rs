@@ -20,9 +20,11 @@
 //!   group's TTL); a member contests partitions only while it owns fewer than ⌈P/N⌉ and
 //!   resigns those above it. A member that leaves (cancel) resigns at once; one that dies
 //!   loses its leases after the TTL.
-//! - **Hand-over after the previous owner stopped.** A resigned or lost partition's
-//!   consumer stops first (handlers finish — or are aborted `ttl / 8` later —, acks are
-//!   flushed), and only then is the lease released.
+//! - **Hand-over after the previous owner stopped.** A resigned partition's consumer stops
+//!   first (handlers finish — or are aborted `ttl / 8` later —, acks are flushed), and only
+//!   then is the lease released. A lost one (expired, taken) is dropped at once: the next
+//!   owner may already read the durable. Handlers check [`Partition::is_owned`] right before
+//!   a side effect: a member paused past its lease wakes up before it noticed.
 //!
 //! Limits: a member that was killed mid-message, or frozen past its lease, has its unacked
 //! messages redelivered to the next owner, possibly after that key's later messages were

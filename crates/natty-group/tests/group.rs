@@ -283,3 +283,70 @@ async fn members_share_partitions_keep_key_order_and_rebalance() -> anyhow::Resu
     );
     Ok(())
 }
+
+/// A member frozen past its lease (here: its whole runtime blocked, as by SIGSTOP or a long
+/// GC pause) wakes up with a handler mid-way, before its election driver could notice the
+/// loss: `Partition::is_owned` must already say no, by the local clock.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn is_owned_turns_false_when_the_lease_expired_during_a_freeze() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let url = nats.url();
+    let client = ConnectOptions::new([url.clone()]).connect().await?;
+    let stream = unique_name("GF").replace('-', "_");
+    let prefix = stream.to_lowercase();
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&stream, [format!("{prefix}.>")]),
+    )
+    .await?;
+    let ttl = Duration::from_secs(1);
+    let config = GroupConfig::new(format!("{stream}_g"), &stream, &prefix, 1, "frozen").ttl(ttl);
+    let group = ConsumerGroup::new(ConnectOptions::new([url]).connect().await?, config.clone())?;
+    // (owned when the handler started, owned after the freeze)
+    let seen: Arc<Mutex<Option<(bool, bool)>>> = Arc::default();
+    let cancel = CancellationToken::new();
+    let joined = {
+        let (group, cancel, seen) = (group.clone(), cancel.clone(), seen.clone());
+        tokio::spawn(async move {
+            group
+                .join(cancel, move |p: Partition, _m: Message| {
+                    let seen = seen.clone();
+                    async move {
+                        let before = p.is_owned();
+                        if seen.lock().unwrap().is_none() {
+                            // Blocks the only runtime thread: nothing else of this member runs.
+                            std::thread::sleep(ttl * 3);
+                            *seen.lock().unwrap() = Some((before, p.is_owned()));
+                        }
+                        Ok::<(), HandlerError>(())
+                    }
+                })
+                .await
+        })
+    };
+    wait_for("partition 0 owned", Duration::from_secs(20), || async {
+        (group.owned().len() == 1).then_some(())
+    })
+    .await?;
+    publish(&client, &config, 1, 0, 1).await?;
+    wait_for(
+        "the frozen handler's verdict",
+        Duration::from_secs(20),
+        || async { *seen.lock().unwrap() },
+    )
+    .await?;
+    let (before, after) = seen.lock().unwrap().unwrap();
+    cancel.cancel();
+    joined.await??;
+    assert!(
+        before,
+        "is_owned() false in a handler of the partition's owner"
+    );
+    assert!(
+        !after,
+        "is_owned() still true after a freeze of 3 x TTL (the lease expired meanwhile)"
+    );
+    Ok(())
+}

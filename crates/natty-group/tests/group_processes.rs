@@ -28,8 +28,10 @@ use natty_core::{Client, ConnectOptions};
 use natty_group::GroupConfig;
 use natty_stream::{BatchConfig, BatchPublisher, StreamConfig, ensure_stream};
 use natty_testkit::{
-    Nats, init_tracing,
-    procs::{Event, Line, Lines, Term, mono_ns, sibling_binary, signal},
+    Nats,
+    group::{self, GroupRun, owned_at, ownership},
+    init_tracing,
+    procs::{Event, Line, Lines, mono_ns, sibling_binary, signal},
     unique_name, wait_for,
 };
 use tokio::process::{Child, Command};
@@ -99,38 +101,9 @@ async fn publish(client: &Client, config: &GroupConfig, from: u64, to: u64) -> a
     Ok(())
 }
 
-fn ownership(l: &Line) -> Option<(u32, Term, bool)> {
-    match l.event {
-        Event::PartitionOwned { partition, term } => Some((partition, term, true)),
-        Event::PartitionReleased { partition, term } => Some((partition, term, false)),
-        _ => None,
-    }
-}
-
-/// Who owns what at `at` (every line stamped up to `at`, replayed in stamp order), leaving
-/// out `dead` members: node → partitions.
-fn owned_at(lines: &[Line], at: u64, dead: &[&str]) -> BTreeMap<String, HashSet<u32>> {
-    let mut changes: Vec<(u64, &str, u32, bool)> = lines
-        .iter()
-        .filter(|l| l.mono_ns <= at && !dead.contains(&l.node.as_str()))
-        .filter_map(|l| ownership(l).map(|(p, _, own)| (l.mono_ns, l.node.as_str(), p, own)))
-        .collect();
-    changes.sort_by_key(|c| c.0);
-    let mut owned: BTreeMap<String, HashSet<u32>> = BTreeMap::new();
-    for (_, node, p, own) in changes {
-        let set = owned.entry(node.to_owned()).or_default();
-        if own {
-            set.insert(p);
-        } else {
-            set.remove(&p);
-        }
-    }
-    owned
-}
-
 /// Partitions owned per member of `nodes` now (by the lines so far).
 fn counts(lines: &Lines, nodes: &[&str]) -> Vec<usize> {
-    let owned = lines.with(|all| owned_at(all, u64::MAX, &[]));
+    let owned = lines.with(|all| owned_at(all, u64::MAX));
     nodes
         .iter()
         .map(|n| owned.get(*n).map_or(0, HashSet::len))
@@ -147,7 +120,7 @@ fn converged_at(lines: &[Line], after: u64, nodes: &[&str], want: usize) -> Opti
         .collect();
     stamps.sort_unstable();
     stamps.into_iter().find(|&t| {
-        let owned = owned_at(lines, t, &[]);
+        let owned = owned_at(lines, t);
         nodes
             .iter()
             .all(|n| owned.get(*n).map_or(0, HashSet::len) == want)
@@ -197,12 +170,6 @@ fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
-/// One handler run of a key: (start, n, delivered, partition, node, term).
-type Run<'a> = (u64, u64, u64, u32, &'a str, Term);
-
-/// An ownership interval: (start, end, node, term).
-type Interval = (u64, u64, String, Term);
-
 /// What the judge counted (it panics on everything else).
 #[derive(Debug, Default)]
 struct Verdict {
@@ -213,144 +180,45 @@ struct Verdict {
     after_clean: u64,
 }
 
-/// The judge. `killed` is (node, SIGKILL sent, death seen): its open intervals end at its
-/// death. Order per key, as Kafka's: each owner's run handles a key's messages in strictly
-/// increasing order; a next owner may go back (it resumes from the ack floor) but no message
-/// is handled for the first time before every earlier one of its key was handled.
+/// The judge (natty-testkit's group judge, shared with natty-chaos). `killed` is (node,
+/// SIGKILL sent, death seen): its open intervals end at its death. Without freezes or cuts
+/// here, even the ownership intervals must not overlap.
 fn judge(lines: &[Line], killed: (&str, u64, u64), now: u64) -> Verdict {
-    // 1. Ownership intervals per partition.
-    let mut intervals: HashMap<u32, Vec<Interval>> = HashMap::new();
-    let mut open: HashMap<(String, u32), (Term, u64)> = HashMap::new();
-    let mut sorted: Vec<&Line> = lines.iter().collect();
-    sorted.sort_by_key(|l| l.mono_ns);
-    for l in &sorted {
-        match ownership(l) {
-            Some((p, term, true)) => {
-                let old = open.insert((l.node.clone(), p), (term, l.mono_ns));
-                assert!(old.is_none(), "{} owned partition {p} twice: {l:?}", l.node);
-            }
-            Some((p, term, false)) => {
-                let (t, start) = open
-                    .remove(&(l.node.clone(), p))
-                    .unwrap_or_else(|| panic!("released without owning: {l:?}"));
-                assert_eq!(t, term, "released another term than owned: {l:?}");
-                intervals
-                    .entry(p)
-                    .or_default()
-                    .push((start, l.mono_ns, l.node.clone(), term));
-            }
-            None => {}
-        }
-    }
-    for ((node, p), (term, start)) in open {
-        let end = if node == killed.0 { killed.2 } else { now };
-        intervals
-            .entry(p)
-            .or_default()
-            .push((start, end, node, term));
-    }
-    for (p, list) in &mut intervals {
-        list.sort();
-        for pair in list.windows(2) {
-            assert!(
-                pair[0].1 <= pair[1].0,
-                "partition {p} had two owners at once: {:?} and {:?}",
-                pair[0],
-                pair[1]
-            );
-        }
-    }
-    // 2. Every handled line inside its member's interval for that partition and term.
-    let mut outside = Vec::new();
-    for l in lines {
-        if let Event::Handled {
-            partition,
-            term,
-            start_ns,
-            ..
-        } = &l.event
-        {
-            let inside = intervals.get(partition).is_some_and(|list| {
-                list.iter().any(|(s, e, node, t)| {
-                    node == &l.node && t == term && *s <= *start_ns && l.mono_ns <= *e
-                })
-            });
-            if !inside {
-                outside.push(l.clone());
-            }
-        }
-    }
-    assert!(
-        outside.is_empty(),
-        "{} messages handled outside their member's ownership, e.g. {:?}",
-        outside.len(),
-        &outside[..outside.len().min(5)]
-    );
-    // 3. Per key: every number handled; first handlings in order; each owner's run in order.
-    let killed_partitions = owned_at(lines, killed.1, &[])
+    let killed_partitions = owned_at(lines, killed.1)
         .remove(killed.0)
         .unwrap_or_default();
-    let mut per_key: HashMap<&str, Vec<Run<'_>>> = HashMap::new();
-    for l in lines {
-        if let Event::Handled {
-            partition,
-            key,
-            n,
-            delivered,
-            start_ns,
-            term,
-        } = &l.event
-        {
-            assert_eq!(
-                natty_group::partition_of(key, P),
-                *partition,
-                "key {key} handled in the wrong partition"
-            );
-            per_key.entry(key).or_default().push((
-                *start_ns,
-                *n,
-                *delivered,
-                *partition,
-                l.node.as_str(),
-                *term,
-            ));
-        }
+    let expected: BTreeMap<String, Vec<u64>> = (0..KEYS)
+        .map(|k| (format!("key-{k}"), (0..PER_KEY).collect()))
+        .collect();
+    let v = group::judge(&GroupRun {
+        lines,
+        expected: &expected,
+        deaths: &HashMap::from([(killed.0.to_owned(), killed.2)]),
+        now,
+        partition_of: &|key| natty_group::partition_of(key, P),
+        after_fault: &|p, _| killed_partitions.contains(&p),
+    });
+    for (what, list) in [
+        ("ownership lines inconsistent", &v.ownership_errors),
+        ("a partition had two owners at once", &v.interval_overlaps),
+        ("handled outside its member's ownership", &v.outside),
+        ("two terms of a partition acted at once", &v.span_overlaps),
+        ("per-key order broken", &v.order),
+        ("unexpected messages", &v.unexpected),
+    ] {
+        assert!(list.is_empty(), "{what}: {}", group::describe(list));
     }
-    assert_eq!(per_key.len(), KEYS, "keys handled");
-    let mut verdict = Verdict::default();
-    for (key, got) in &mut per_key {
-        got.sort_unstable();
-        let mut first_handled = 0u64;
-        let mut last_in_run: HashMap<(&str, Term), u64> = HashMap::new();
-        for &(_, n, delivered, partition, node, term) in got.iter() {
-            if let Some(last) = last_in_run.insert((node, term), n) {
-                assert!(
-                    n > last,
-                    "key {key} (partition {partition}): {n} after {last} in one owner's run \
-                     ({node}, term {term:?}), delivery {delivered}: {got:?}"
-                );
-            }
-            if n == first_handled {
-                first_handled += 1;
-            } else if n < first_handled {
-                if killed_partitions.contains(&partition) {
-                    verdict.after_kill += 1;
-                } else {
-                    verdict.after_clean += 1;
-                }
-            } else {
-                panic!(
-                    "key {key} (partition {partition}): {n} handled before {first_handled} \
-                     (delivery {delivered}, {node}): {got:?}"
-                );
-            }
-        }
-        assert_eq!(
-            first_handled, PER_KEY,
-            "key {key}: not every message handled"
-        );
+    assert!(
+        v.missing.is_empty(),
+        "{} messages never handled, e.g. {:?}",
+        v.missing.len(),
+        &v.missing[..v.missing.len().min(5)]
+    );
+    assert_eq!(v.unchecked, 0, "handled lines without an ownership check");
+    Verdict {
+        after_kill: v.reruns_after_fault,
+        after_clean: v.reruns_otherwise,
     }
-    verdict
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,7 +287,7 @@ async fn member_processes_share_partitions_keep_key_order_and_rebalance() -> any
         (handled(&lines) >= 35_000).then_some(())
     })
     .await?;
-    let d_owned = lines.with(|all| owned_at(all, u64::MAX, &[]).remove("d").unwrap_or_default());
+    let d_owned = lines.with(|all| owned_at(all, u64::MAX).remove("d").unwrap_or_default());
     assert_eq!(d_owned.len(), 3, "d owns 3 before it leaves");
     let term_sent = mono_ns();
     signal(d.pid(), "-TERM").await?;
@@ -469,7 +337,7 @@ async fn member_processes_share_partitions_keep_key_order_and_rebalance() -> any
         (handled(&lines) >= 65_000).then_some(())
     })
     .await?;
-    let c_owned = lines.with(|all| owned_at(all, u64::MAX, &[]).remove("c").unwrap_or_default());
+    let c_owned = lines.with(|all| owned_at(all, u64::MAX).remove("c").unwrap_or_default());
     assert_eq!(c_owned.len(), 4, "c owns 4 before it is killed");
     let killed_at = mono_ns();
     signal(c.pid(), "-KILL").await?;

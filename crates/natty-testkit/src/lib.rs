@@ -8,7 +8,7 @@
 //! - [`proxy::Proxy`]: a NATS-aware TCP proxy that swallows one chosen client message (a
 //!   fault exactly between two protocol messages).
 //! - [`procs`]: multi-process tests — spawn, signal, and a typed JSON-line protocol with
-//!   monotonic timestamps.
+//!   monotonic timestamps; [`group`]: the consumer-group judge on such lines.
 //!
 //! The image is found or built by [`setup`] (see [`image`]); containers are removed when their
 //! handle drops. Integration tests are `#[ignore]`d so a plain `cargo test` passes without
@@ -24,6 +24,8 @@
 pub mod certs;
 #[cfg(feature = "containers")]
 mod cluster;
+#[cfg(feature = "containers")]
+pub mod group;
 #[cfg(feature = "containers")]
 pub mod image;
 #[cfg(feature = "containers")]

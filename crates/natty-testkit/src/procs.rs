@@ -121,6 +121,11 @@ pub enum Event {
         delivered: u64,
         /// When the handler started (`mono_ns`).
         start_ns: u64,
+        /// When the member checked it still owned the partition, right before printing this
+        /// line (`mono_ns`, taken just before the check; 0 if not recorded). A process frozen
+        /// between the check and the line stamps the line late.
+        #[serde(default)]
+        checked_ns: u64,
     },
     /// A consumer handled message number `n` (delivery attempt `delivered`).
     Processed {
@@ -347,13 +352,14 @@ mod tests {
                 n: 4,
                 delivered: 2,
                 start_ns: 8,
+                checked_ns: 9,
             },
             proc: String::new(),
         };
         let handled_text = serde_json::to_string(&handled).unwrap_or_default();
         assert_eq!(
             handled_text,
-            r#"{"node":"m","mono_ns":9,"event":"handled","partition":3,"term":{"epoch":5,"revision":7},"key":"key-1","n":4,"delivered":2,"start_ns":8}"#
+            r#"{"node":"m","mono_ns":9,"event":"handled","partition":3,"term":{"epoch":5,"revision":7},"key":"key-1","n":4,"delivered":2,"start_ns":8,"checked_ns":9}"#
         );
         assert_eq!(Line::parse(&handled_text).ok(), Some(handled));
         let lines = Lines::default();
