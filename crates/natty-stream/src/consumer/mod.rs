@@ -141,7 +141,7 @@ impl Consumer {
             let bound = self.client.request_timeout();
             tokio::select! {
                 () = cancel.cancelled() => return Ok(self.stats()),
-                done = tokio::time::timeout(bound, handover::resume(self.client.jetstream(), &mut consumer)) => {
+                done = tokio::time::timeout(bound, handover::resume(&mut consumer)) => {
                     if done.is_err() {
                         warn!(?bound, "checking for a previous reader's unfinished messages \
                               timed out; they come back after ack_wait");
