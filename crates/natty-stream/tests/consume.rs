@@ -763,25 +763,16 @@ async fn two_durables_dead_lettering_one_message_keep_both() -> anyhow::Result<(
     Ok(())
 }
 
-/// Cancel while the server is unreachable: `consume` still returns (the ack flush is bounded),
-/// also for an exclusive consumer (its stop asks the server what it delivered: bounded too).
+/// Cancel while the server is unreachable: `consume` still returns (the ack flush is bounded).
 #[tokio::test]
 #[ignore = "integration: needs Docker; run `cargo xtask integration`"]
 async fn cancel_during_an_outage_returns() -> anyhow::Result<()> {
-    for exclusive in [false, true] {
-        cancel_during_an_outage(exclusive).await?;
-    }
-    Ok(())
-}
-
-async fn cancel_during_an_outage(exclusive: bool) -> anyhow::Result<()> {
     let s = setup(|st| ConsumerConfig::new(st, "workers")).await?;
     publish_n(&s, 1).await?;
     let log = Log::default();
     let options = ConsumeOptions::default()
         .heartbeat(Duration::from_secs(1))
-        .expires(Duration::from_secs(5))
-        .exclusive(exclusive);
+        .expires(Duration::from_secs(5));
     let (cancel, _, task) = start(s.client.clone(), &s.stream, options, log.clone(), |_, _| {
         Ok(Duration::ZERO)
     });
@@ -794,20 +785,13 @@ async fn cancel_during_an_outage(exclusive: bool) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     cancel.cancel();
     let started = Instant::now();
-    // The flush is bounded by the request timeout; an exclusive consumer does not ask the
-    // server what it delivered when the flush could not reach it.
-    let bound = s.client.request_timeout() + Duration::from_secs(5);
-    let ended = tokio::time::timeout(bound, task).await;
+    let ended = tokio::time::timeout(Duration::from_secs(30), task).await;
     assert!(
         ended.is_ok(),
-        "consume (exclusive: {exclusive}) did not return within {bound:?} of cancel during an \
-         outage"
+        "consume did not return within 30 s of cancel during an outage"
     );
     ended.unwrap()??;
-    eprintln!(
-        "consume (exclusive: {exclusive}) returned {:?} after cancel",
-        started.elapsed()
-    );
+    eprintln!("consume returned {:?} after cancel", started.elapsed());
     Ok(())
 }
 

@@ -137,17 +137,7 @@ impl Consumer {
             found = health.open() => found?,
         };
         if self.options.exclusive {
-            // Bounded: during an outage the lookups would each wait for their timeout.
-            let bound = self.client.request_timeout();
-            tokio::select! {
-                () = cancel.cancelled() => return Ok(self.stats()),
-                done = tokio::time::timeout(bound, handover::resume(&mut consumer)) => {
-                    if done.is_err() {
-                        warn!(?bound, "checking for a previous reader's unfinished messages \
-                              timed out; they come back after ack_wait");
-                    }
-                }
-            }
+            handover::resume(&mut consumer).await;
         }
         let mut settings = settings_of(&consumer, &self.stream, &self.durable);
         let mut keepalive = keepalive_ticker(settings.keepalive);
@@ -419,32 +409,17 @@ impl Consumer {
         // wait is bounded: during an outage flush waits for the reconnect, and cancel must
         // still return (the server redelivers unacked messages after ack_wait).
         let bound = self.client.request_timeout();
-        let flushed = match tokio::time::timeout(bound, self.client.nats().flush()).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                warn!(error = %e, "flushing acks");
-                false
-            }
-            Err(_) => {
-                warn!(
-                    ?bound,
-                    "flushing acks timed out (no connection?): unsent acks' messages come back \
-                     after ack_wait"
-                );
-                false
-            }
-        };
-        // Exclusive: ask the server what it delivered (bounded like the flush). Without a
-        // connection there is no one to ask: the next reader's resume puts them back.
-        if o.exclusive && outcome.is_ok() && flushed {
-            let put_back = handover::put_back(&mut consumer, last_delivery, handed_back);
-            if tokio::time::timeout(bound, put_back).await.is_err() {
-                warn!(
-                    ?bound,
-                    "checking what the server delivered timed out; the next reader puts back \
-                     what never arrived"
-                );
-            }
+        match tokio::time::timeout(bound, self.client.nats().flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "flushing acks"),
+            Err(_) => warn!(
+                ?bound,
+                "flushing acks timed out (no connection?): unsent acks' messages come back \
+                 after ack_wait"
+            ),
+        }
+        if o.exclusive && outcome.is_ok() {
+            handover::put_back(&mut consumer, last_delivery, handed_back).await;
         }
         let stats = self.stats();
         match outcome {
