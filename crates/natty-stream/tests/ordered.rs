@@ -637,3 +637,85 @@ async fn exclusive_consumer_resumes_what_a_dead_reader_left_first_and_in_order()
     }
     Ok(())
 }
+
+/// A previous reader frozen with a pull request still waiting on the server (a group member
+/// paused past its lease): resetting the durable keeps that request, and the server hands it the
+/// very messages the new reader was reset to — they would come back only after `ack_wait`,
+/// behind later ones. The exclusive consumer ends such requests (it re-creates the durable
+/// from its ack floor) and gets every message first, in order.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn exclusive_consumer_ends_a_frozen_readers_waiting_pull() -> anyhow::Result<()> {
+    let s = setup().await?;
+    publish(&s, 2, 5).await?;
+    ensure_consumer(
+        &s.client,
+        &ConsumerConfig::new(&s.stream, "workers").ack_wait(Duration::from_secs(30)),
+    )
+    .await?;
+    // The frozen reader: takes the ten stored messages (never acks them), then leaves a pull
+    // request waiting for more, and never reads its inbox again.
+    let nats = s.client.nats();
+    let inbox = nats.new_inbox();
+    let mut frozen = nats.subscribe(inbox.clone()).await?;
+    let next = format!("$JS.API.CONSUMER.MSG.NEXT.{}.workers", s.stream);
+    nats.publish_with_reply(next.clone(), inbox.clone(), r#"{"batch":10}"#.into())
+        .await?;
+    for _ in 0..10 {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            futures::StreamExt::next(&mut frozen),
+        )
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("frozen reader's inbox closed"))?;
+    }
+    nats.publish_with_reply(next, inbox, r#"{"batch":100,"expires":60000000000}"#.into())
+        .await?;
+    nats.flush().await?;
+
+    let seen = Arc::new(Seen::default());
+    let (cancel, task) = start(
+        &s,
+        "workers",
+        ConsumeOptions::default()
+            .concurrency(4)
+            .ordered_by_subject_token(1)
+            .exclusive(true),
+        seen.clone(),
+        Duration::ZERO,
+        |_, _, _| Ok(()),
+    );
+    wait_for("the ten again", Duration::from_secs(10), || async {
+        (seen.handled.load(Ordering::SeqCst) >= 10).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", seen.order.lock().unwrap()))?;
+    // Ten more, published after the successor started: all to it, in order.
+    let p = BatchPublisher::new(s.client.clone(), BatchConfig::default())?;
+    for i in 5..10 {
+        for k in 0..2 {
+            p.send(&format!("{}.k{k}", s.stream), i.to_string().into())
+                .await?;
+        }
+    }
+    p.close().await?;
+    let all = wait_for("all twenty", Duration::from_secs(10), || async {
+        (seen.handled.load(Ordering::SeqCst) >= 20).then_some(())
+    })
+    .await;
+    cancel.cancel();
+    task.await??;
+    let order = seen.order.lock().unwrap().clone();
+    all.map_err(|e| anyhow::anyhow!("{e}: {order:?}"))?;
+    for key in ["k0", "k1"] {
+        let numbers: Vec<u64> = order[key].iter().map(|&(n, _)| n).collect();
+        assert_eq!(
+            numbers,
+            (0..10).collect::<Vec<u64>>(),
+            "{key}: {:?}",
+            order[key]
+        );
+    }
+    drop(frozen);
+    Ok(())
+}
