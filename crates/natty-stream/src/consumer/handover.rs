@@ -12,13 +12,11 @@
 //!   [`put_back`]: after a stop (acks flushed), ask the server how far it delivered; if that is
 //!   past the last delivery that arrived, reset the durable to its ack floor (ADR-60), which
 //!   redelivers everything unacknowledged in stream order.
-//! - A reader that was aborted (a group hand-over past its deadline), killed, frozen, or that
-//!   handed messages back (nak'ed: the server redelivers those in an order of its own).
+//! - A reader that was aborted (a group hand-over past its deadline), killed, or that handed
+//!   messages back (nak'ed: the server redelivers those in an order of its own).
 //!   [`resume`]: before the first pull, anything still waiting for an ack belongs to a reader
 //!   that is gone (the option says there is no other), so the durable is reset to its ack
-//!   floor. A frozen reader may still have a pull request waiting on the server, which a
-//!   reset keeps (the server would hand it messages this reader was reset to: seen in the
-//!   chaos run); then the durable is deleted and created again from its ack floor instead.
+//!   floor.
 //!
 //! The reset re-runs messages acknowledged after the first unfinished one (a blocked or
 //! in-flight key does not stop the others): duplicates rather than order broken, and they
@@ -28,10 +26,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{
-    self,
-    consumer::{self, DeliverPolicy, FromConsumer, PullConsumer, pull},
-};
+use async_nats::jetstream::consumer::PullConsumer;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -91,23 +86,16 @@ pub(super) async fn put_back(consumer: &mut PullConsumer, last_delivery: u64, ha
 }
 
 /// Before the first pull of an exclusive consumer: if a previous reader left messages
-/// unacknowledged, reset the durable to its ack floor so they come first, in order. If another
-/// reader still has a pull request waiting on the server (a member frozen with its pull open:
-/// the server would hand it messages this reader was reset to), the durable is re-created
-/// instead, from the same place — a reset keeps waiting requests, a deletion ends them.
-pub(super) async fn resume(js: &jetstream::Context, consumer: &mut PullConsumer) {
-    let mut info = match consumer.get_info().await {
-        Ok(info) => info,
+/// unacknowledged, reset the durable to its ack floor so they come first, in order.
+pub(super) async fn resume(consumer: &mut PullConsumer) {
+    let mut pending = match consumer.get_info().await {
+        Ok(info) => info.num_ack_pending as u64,
         Err(e) => {
             warn!(error = %e, "could not check for a previous reader's unfinished messages");
             return;
         }
     };
-    if info.num_waiting > 0 {
-        recreate(js, consumer, &info).await;
-        return;
-    }
-    if info.num_ack_pending == 0 {
+    if pending == 0 {
         return;
     }
     // A previous reader's last acks may still be on their way through the server: wait until
@@ -116,68 +104,28 @@ pub(super) async fn resume(js: &jetstream::Context, consumer: &mut PullConsumer)
     while Instant::now() < deadline {
         tokio::time::sleep(POLL).await;
         match consumer.get_info().await {
-            Ok(i) if i.num_ack_pending < info.num_ack_pending => info = i,
+            Ok(i) if (i.num_ack_pending as u64) < pending => pending = i.num_ack_pending as u64,
             Ok(i) => {
-                info = i;
+                pending = i.num_ack_pending as u64;
                 break;
             }
             Err(e) => debug!(error = %e, "consumer info"),
         }
     }
-    if info.num_waiting > 0 {
-        recreate(js, consumer, &info).await;
-        return;
-    }
-    if info.num_ack_pending == 0 {
+    if pending == 0 {
         return;
     }
     match consumer.reset(None).await {
         Ok(r) => info!(
-            unfinished = info.num_ack_pending,
+            unfinished = pending,
             reset_to = r.reset_seq,
             "resuming from the ack floor: what a previous reader left comes first, in order"
         ),
         Err(e) => warn!(
-            unfinished = info.num_ack_pending,
+            unfinished = pending,
             error = %e,
             "resetting the durable was refused (server before 2.14?); a previous reader's \
              unfinished messages come back after ack_wait, possibly behind later ones"
         ),
-    }
-}
-
-/// Deletes the durable (ending every waiting pull request) and creates it again with the same
-/// configuration, delivering from the first unacknowledged message.
-async fn recreate(js: &jetstream::Context, consumer: &mut PullConsumer, info: &consumer::Info) {
-    let from = info.ack_floor.stream_sequence + 1;
-    let mut config = info.config.clone();
-    config.deliver_policy = DeliverPolicy::ByStartSequence {
-        start_sequence: from,
-    };
-    let config = match pull::Config::try_from_consumer_config(config) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "cannot re-create the durable");
-            return;
-        }
-    };
-    let (stream, name) = (info.stream_name.as_str(), info.name.as_str());
-    if let Err(e) = js.delete_consumer_from_stream(name, stream).await {
-        warn!(error = %e, "deleting the durable to end another reader's pull failed");
-        return;
-    }
-    match js.create_consumer_on_stream(config, stream).await {
-        Ok(c) => {
-            info!(
-                waiting = info.num_waiting,
-                unfinished = info.num_ack_pending,
-                from,
-                "another reader's pull request was still waiting: durable re-created from the \
-                 ack floor"
-            );
-            *consumer = c;
-        }
-        // consume's health check sees the durable missing and waits for it (grace period).
-        Err(e) => warn!(error = %e, "re-creating the durable failed"),
     }
 }

@@ -137,11 +137,7 @@ impl Consumer {
             found = health.open() => found?,
         };
         if self.options.exclusive {
-            // Not cut short by a timeout of ours: a reset whose request was abandoned can
-            // still be applied by the server after this consumer started pulling, and then
-            // redelivers from the ack floor in the middle of its run (seen in the chaos
-            // group scenario, seed 1: 391 messages out of order in one owner's run).
-            handover::resume(self.client.jetstream(), &mut consumer).await;
+            handover::resume(&mut consumer).await;
         }
         let mut settings = settings_of(&consumer, &self.stream, &self.durable);
         let mut keepalive = keepalive_ticker(settings.keepalive);
