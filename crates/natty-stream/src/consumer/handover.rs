@@ -66,23 +66,11 @@ pub(super) async fn put_back(consumer: &mut PullConsumer, last_delivery: u64, ha
             Err(e) => debug!(error = %e, "consumer info"),
         }
     }
-    match consumer.reset(None).await {
-        Ok(r) => info!(
-            missing,
-            handed_back,
-            pending,
-            reset_to = r.reset_seq,
-            "stopped: durable reset to its ack floor, so the next reader gets what this one \
-             did not finish first and in order"
-        ),
-        Err(e) => warn!(
-            missing,
-            handed_back,
-            error = %e,
-            "stopped: resetting the durable was refused (server before 2.14?); outstanding \
-             messages come back after ack_wait, possibly behind later ones"
-        ),
-    }
+    reset_to_ack_floor(
+        consumer,
+        &format!("stopped ({missing} sent but never arrived, {handed_back} handed back)"),
+    )
+    .await;
 }
 
 /// Before the first pull of an exclusive consumer: if a previous reader left messages
@@ -115,17 +103,26 @@ pub(super) async fn resume(consumer: &mut PullConsumer) {
     if pending == 0 {
         return;
     }
+    reset_to_ack_floor(
+        consumer,
+        &format!("resuming ({pending} left unacknowledged by a previous reader)"),
+    )
+    .await;
+}
+
+/// Resets the durable to its ack floor (ADR-60): everything unacknowledged comes again, first
+/// and in stream order. `why` says who asks and what is outstanding, for the log.
+async fn reset_to_ack_floor(consumer: &mut PullConsumer, why: &str) {
     match consumer.reset(None).await {
         Ok(r) => info!(
-            unfinished = pending,
             reset_to = r.reset_seq,
-            "resuming from the ack floor: what a previous reader left comes first, in order"
+            "{why}: durable reset to its ack floor, so the next reader gets what was not \
+             finished first and in order"
         ),
         Err(e) => warn!(
-            unfinished = pending,
             error = %e,
-            "resetting the durable was refused (server before 2.14?); a previous reader's \
-             unfinished messages come back after ack_wait, possibly behind later ones"
+            "{why}: resetting the durable was refused (server before 2.14?); those messages \
+             come back after ack_wait, possibly behind later ones"
         ),
     }
 }

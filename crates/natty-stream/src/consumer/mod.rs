@@ -6,7 +6,7 @@
 //! - `health.rs`: is the durable still there; back-off with jitter; one warning per change.
 //! - `settle.rs`: the handler on one message, then ack / nak / dead-letter / term.
 //! - `ordered.rs`: per-key order, which waiting message may start next.
-//! - `handover.rs`: an exclusive consumer's stop leaves nothing behind out of order.
+//! - `handover.rs`: an exclusive consumer's start and stop put unfinished messages back in order.
 //! - `stats.rs`: counters.
 
 mod handover;
