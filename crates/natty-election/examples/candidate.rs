@@ -119,15 +119,12 @@ async fn main() -> anyhow::Result<()> {
                     },
                 );
                 loop {
-                    // The fence check comes right before the side effect.
+                    // The fence check comes right before the side effect. Its time is
+                    // stamped before the check: a freeze between check and print must not
+                    // look like work done after the freeze.
+                    let checked_ns = natty_testkit::procs::mono_ns();
                     if lead.is_valid() {
-                        emit(
-                            &node,
-                            Event::Work {
-                                term,
-                                checked_ns: 0,
-                            },
-                        );
+                        emit(&node, Event::Work { term, checked_ns });
                     }
                     tokio::select! {
                         () = lead.lost.cancelled() => break,

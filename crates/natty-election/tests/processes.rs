@@ -30,6 +30,16 @@ fn is_work(l: &Line) -> bool {
     matches!(l.event, Event::Work { .. })
 }
 
+/// When a work line's lease check ran (stamped before the check; the line's own stamp is
+/// later, and a process frozen between its check and its print stamps the line late).
+fn checked_at(l: &Line) -> Option<u64> {
+    match l.event {
+        Event::Work { checked_ns, .. } if checked_ns > 0 => Some(checked_ns),
+        Event::Work { .. } => Some(l.mono_ns),
+        _ => None,
+    }
+}
+
 fn server_of(l: &Line) -> Option<&str> {
     match &l.event {
         Event::Elected { server, .. } => server.as_deref(),
@@ -125,8 +135,8 @@ async fn a_frozen_leader_is_replaced_and_never_works_under_its_old_term() -> any
 
     let stopped_at = mono_ns();
     signal(leader.pid(), "-STOP").await?;
-    // Once `kill` has returned the process is frozen: anything it prints with a later
-    // timestamp was printed after SIGCONT. (It may legitimately print between the two.)
+    // Once `kill` has returned the process is frozen: a lease check stamped later ran after
+    // SIGCONT. (A check stamped earlier may legitimately print its work line after SIGCONT.)
     let frozen_at = mono_ns();
     let second = wait_for(
         "a new leader",
@@ -161,7 +171,9 @@ async fn a_frozen_leader_is_replaced_and_never_works_under_its_old_term() -> any
     let stale_work: Vec<_> = all
         .iter()
         .filter(|l| {
-            is_work(l) && l.node == leader_node && l.term() == Some(term) && l.mono_ns > frozen_at
+            l.node == leader_node
+                && l.term() == Some(term)
+                && checked_at(l).is_some_and(|at| at > frozen_at)
         })
         .collect();
     assert!(
