@@ -7,11 +7,12 @@
 //!   in every partition's election it does not own (a follower watching the lease takes a
 //!   resigned or expired partition within milliseconds); at its share it stops contesting;
 //!   above it, it resigns its highest partitions so the others can take them;
-//! - a partition it wins is consumed by its durable (`<name>_p<i>`, filtered on
-//!   `<prefix>.<i>.>`) with per-key order, until the lease is resigned — then the consumer
-//!   stops (handlers finish, acks are flushed) *before* the lease is released, so the next
-//!   owner never overlaps with it — or lost (expired, taken): then the consumer is dropped at
-//!   once, leaving the durable to the next owner.
+//! - a partition it wins is consumed with per-key order from a durable of its own term
+//!   (`<name>_p<i>_<epoch>_<revision>`, filtered on `<prefix>.<i>.>`, started from the
+//!   previous owner's ack floor; the earlier durables are deleted: durables.rs), until the
+//!   lease is resigned — then the consumer stops (handlers finish, acks are flushed)
+//!   *before* the lease is released, so the next owner never overlaps with it — or lost
+//!   (expired, taken): then the consumer is dropped at once.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -36,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
-    Error, ErrorKind, GroupConfig,
+    Error, ErrorKind, GroupConfig, durables,
     error::{from_election, from_kv, from_stream},
 };
 
@@ -283,30 +284,25 @@ impl ConsumerGroup {
         Ok(owners)
     }
 
-    /// Messages not yet delivered per partition (the durables' pending counts): the lag.
+    /// Messages not yet delivered per partition (the pending count of each partition's
+    /// current durable, the newest owner's): the lag.
     pub async fn lag(&self) -> Result<Vec<u64>, Error> {
-        let js = self.client.jetstream();
-        let stream = js.get_stream(&self.config.stream).await.map_err(|e| {
-            Error::with_source(
-                ErrorKind::Stream,
-                format!("reading the lag of group {:?}", self.config.name),
-                e,
-            )
-        })?;
+        let stream = durables::get_stream(&self.client, &self.config).await?;
+        let mut newest: BTreeMap<u32, (Term, String)> = BTreeMap::new();
+        for (p, term, name) in durables::list(&stream, &self.config).await? {
+            if newest.get(&p).is_none_or(|(t, _)| *t < term) {
+                newest.insert(p, (term, name));
+            }
+        }
         let mut lag = Vec::new();
         for p in 0..self.config.partitions {
-            let durable = self.config.durable(p);
-            let mut c = stream
-                .get_consumer::<natty_core::async_nats::jetstream::consumer::pull::Config>(&durable)
-                .await
-                .map_err(|e| {
-                    Error::with_source(
-                        ErrorKind::Stream,
-                        format!("reading consumer {durable:?}"),
-                        e,
-                    )
-                })?;
-            let info = c.info().await.map_err(|e| {
+            let Some((_, durable)) = newest.get(&p) else {
+                return Err(Error::new(
+                    ErrorKind::Stream,
+                    format!("partition {p} has no durable: call ensure() or join() first"),
+                ));
+            };
+            let info = stream.consumer_info(durable).await.map_err(|e| {
                 Error::with_source(
                     ErrorKind::Stream,
                     format!("reading consumer {durable:?}"),
@@ -318,9 +314,16 @@ impl ConsumerGroup {
         Ok(lag)
     }
 
-    /// Creates the partitions' durables (idempotent; `join` calls it).
+    /// Creates each partition's initial durable where the partition has none yet (the first
+    /// owner starts from it), and the membership bucket. Idempotent; `join` calls it.
     pub async fn ensure(&self) -> Result<(), Error> {
-        for p in 0..self.config.partitions {
+        let stream = durables::get_stream(&self.client, &self.config).await?;
+        let existing: std::collections::BTreeSet<u32> = durables::list(&stream, &self.config)
+            .await?
+            .into_iter()
+            .map(|(p, _, _)| p)
+            .collect();
+        for p in (0..self.config.partitions).filter(|p| !existing.contains(p)) {
             let cfg = ConsumerConfig::new(&self.config.stream, self.config.durable(p))
                 .filter_subjects([self.config.filter(p)])
                 .ack_wait(self.config.ack_wait);
@@ -549,15 +552,17 @@ impl ConsumerGroup {
     }
 }
 
-/// The owner's work: consume the partition until the lease is lost or resigned (`resigned`
-/// fired: this member gives it up).
+/// How soon a failed take-over of a partition's durable is tried again (while the lease holds).
+const TAKE_OVER_RETRY: Duration = Duration::from_millis(250);
+
+/// The owner's work: take the partition's durable over for this term, then consume it until
+/// the lease is lost or resigned (`resigned` fired: this member gives it up).
 ///
 /// Resigned, the lease is still ours until this returns (bounded by the election): the
-/// consumer stops gracefully (handlers finish, acks flushed, and as the durable's only reader
-/// it puts back what it was sent but never got). Lost otherwise (expired, taken, deleted):
-/// the next owner may already read the durable, so the consumer is dropped — handlers
-/// aborted, nothing put back (a reset of the durable now would redeliver the next owner's
-/// messages to it again, within its run); the next owner resumes from the ack floor.
+/// consumer stops gracefully (handlers finish, acks flushed); the next owner starts its own
+/// durable from this one's ack floor. Lost otherwise (expired, taken, deleted): the next owner
+/// may already have started, so the consumer is dropped at once — handlers aborted; the next
+/// owner deletes this term's durable, which ends whatever of ours the server still holds.
 async fn consume<H, Fut>(
     client: Client,
     config: GroupConfig,
@@ -572,26 +577,38 @@ async fn consume<H, Fut>(
 {
     let term = lead.term;
     let _owned = Owned::new(shared, partition, term);
+    let lost = lead.lost.clone();
+    // This term's own durable, starting where the previous owner left off (durables.rs).
+    // Retried while the lease holds: during a cluster fault the server may not answer.
+    let durable = loop {
+        let attempt = tokio::select! {
+            () = lost.cancelled() => return,
+            r = durables::take_over(&client, &config, partition, term) => r,
+        };
+        match attempt {
+            Ok(d) => break d,
+            Err(e) => warn!(partition, %term, error = %e, retry_in = ?TAKE_OVER_RETRY, "taking over the partition's durable failed"),
+        }
+        tokio::select! {
+            () = lost.cancelled() => return,
+            () = tokio::time::sleep(TAKE_OVER_RETRY) => {}
+        }
+    };
     // The key is what follows `<prefix>.<partition>.` in the subject.
     let skip = config.prefix_tokens() + 1;
-    // Exclusive: the lease makes this member the durable's only reader, and on stop natty
-    // puts back (in stream order, for the next owner) what the server sent that never arrived.
     let options = config
         .consume
         .clone()
         .ordered_by_key(move |m: &Message| {
             m.subject.splitn(skip + 1, '.').nth(skip).map(str::to_owned)
-        })
-        .exclusive(true);
-    let consumer = match Consumer::new(client, &config.stream, &config.durable(partition), options)
-    {
+        });
+    let consumer = match Consumer::new(client, &config.stream, &durable, options) {
         Ok(c) => c,
         Err(e) => {
             warn!(partition, error = %e, "cannot consume the partition");
             return;
         }
     };
-    let lost = lead.lost.clone();
     let at = Partition {
         index: partition,
         term,

@@ -46,6 +46,7 @@
 struct ReadmeDoctests;
 
 mod config;
+mod durables;
 mod error;
 mod group;
 
