@@ -312,11 +312,15 @@ pub fn judge(run: &GroupRun<'_>) -> GroupVerdict {
         let mut got = per_key.remove(key.as_str()).unwrap_or_default();
         got.sort_unstable();
         let mut next = 0usize; // the position of the next first handling
-        let mut last_in_run: HashMap<(&str, Term), u64> = HashMap::new();
+        // Per owner's run: the stream position of the last handled (and its number). By
+        // position, not number: a publisher that retried under faults stores its numbers out
+        // of numeric order, and stream order is what a consumer promises.
+        let mut last_in_run: HashMap<(&str, Term), (usize, u64)> = HashMap::new();
         for &(start, n, delivered, partition, proc, term) in &got {
             distinct.insert((key, n));
-            if let Some(last) = last_in_run.insert((proc, term), n)
-                && n <= last
+            if let Some(&at) = position.get(&n)
+                && let Some((last_at, last)) = last_in_run.insert((proc, term), (at, n))
+                && at <= last_at
             {
                 note(&mut v.order, || {
                     format!(
@@ -418,7 +422,12 @@ mod tests {
     }
 
     fn verdict(lines: &[Line]) -> GroupVerdict {
-        let expected: BTreeMap<String, Vec<u64>> = [("k".to_owned(), vec![0, 1, 2])].into();
+        verdict_of(lines, vec![0, 1, 2])
+    }
+
+    /// `stored`: the key's numbers in stream order.
+    fn verdict_of(lines: &[Line], stored: Vec<u64>) -> GroupVerdict {
+        let expected: BTreeMap<String, Vec<u64>> = [("k".to_owned(), stored)].into();
         judge(&GroupRun {
             lines,
             expected: &expected,
@@ -448,6 +457,38 @@ mod tests {
         assert!(v.ownership_errors.is_empty() && v.interval_overlaps.is_empty());
         assert!(v.outside.is_empty() && v.span_overlaps.is_empty());
         assert_eq!((v.reruns_otherwise, v.terms, v.distinct), (1, 2, 3));
+    }
+
+    #[test]
+    fn order_is_stream_order_not_the_numbers_order() {
+        // A publisher that retried stored #2 before #1: handling in stream order is in order.
+        let lines = vec![
+            owned("a", 10, 1),
+            handled("a", 20, 1, 0),
+            handled("a", 30, 1, 2),
+            handled("a", 40, 1, 1),
+        ];
+        let v = verdict_of(&lines, vec![0, 2, 1]);
+        assert!(v.order.is_empty(), "{:?}", v.order);
+        assert!(v.missing.is_empty());
+        // In numeric order, against the stream's: broken, in the run and in first handlings.
+        let lines = vec![
+            owned("a", 10, 1),
+            handled("a", 20, 1, 0),
+            handled("a", 30, 1, 1),
+            handled("a", 40, 1, 2),
+        ];
+        assert!(!verdict_of(&lines, vec![0, 2, 1]).order.is_empty());
+        // A run going back in stream order, after the first handlings were all in order.
+        let lines = vec![
+            owned("a", 10, 1),
+            handled("a", 20, 1, 0),
+            handled("a", 30, 1, 2),
+            handled("a", 40, 1, 1),
+            handled("a", 50, 1, 2),
+        ];
+        let v = verdict_of(&lines, vec![0, 2, 1]);
+        assert_eq!(v.order.len(), 1, "{:?}", v.order);
     }
 
     #[test]
