@@ -129,7 +129,9 @@ pub(crate) async fn take_over(
     if let Some((later, n)) = durables.iter().find(|(t, _)| *t > term) {
         return Err(Error::new(
             ErrorKind::Stream,
-            format!("partition {partition}: durable {n:?} of a later term {later} exists; the lease of term {term} is stale"),
+            format!(
+                "partition {partition}: durable {n:?} of a later term {later} exists; the lease of term {term} is stale"
+            ),
         ));
     }
     let previous = durables

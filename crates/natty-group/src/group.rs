@@ -587,7 +587,9 @@ async fn consume<H, Fut>(
         };
         match attempt {
             Ok(d) => break d,
-            Err(e) => warn!(partition, %term, error = %e, retry_in = ?TAKE_OVER_RETRY, "taking over the partition's durable failed"),
+            Err(e) => {
+                warn!(partition, %term, error = %e, retry_in = ?TAKE_OVER_RETRY, "taking over the partition's durable failed")
+            }
         }
         tokio::select! {
             () = lost.cancelled() => return,
@@ -596,12 +598,9 @@ async fn consume<H, Fut>(
     };
     // The key is what follows `<prefix>.<partition>.` in the subject.
     let skip = config.prefix_tokens() + 1;
-    let options = config
-        .consume
-        .clone()
-        .ordered_by_key(move |m: &Message| {
-            m.subject.splitn(skip + 1, '.').nth(skip).map(str::to_owned)
-        });
+    let options = config.consume.clone().ordered_by_key(move |m: &Message| {
+        m.subject.splitn(skip + 1, '.').nth(skip).map(str::to_owned)
+    });
     let consumer = match Consumer::new(client, &config.stream, &durable, options) {
         Ok(c) => c,
         Err(e) => {

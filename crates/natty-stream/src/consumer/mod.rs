@@ -39,7 +39,7 @@ pub use stats::ConsumerStats;
 
 use self::{
     health::{Durable, Health, Lookup, Presence},
-    ordered::Keys,
+    ordered::{Arrival, Keys},
     pull::{Pull, PullEvent},
     settle::{Outcome, Settings, Shared},
     stats::Counters,
@@ -252,7 +252,7 @@ impl Consumer {
                     match event {
                         PullEvent::Message(m) => {
                             let seq = self.received(&m, &mut last_delivery);
-                            queue(&mut waiting, keys.as_mut(), m, seq);
+                            queue(&mut waiting, keys.as_mut(), m, seq, &self.stats).await;
                         }
                         PullEvent::Done => {
                             if early {
@@ -265,7 +265,7 @@ impl Consumer {
                             Counters::add(&self.stats.repulls);
                             for m in p.ready() {
                                 let seq = self.received(&m, &mut last_delivery);
-                                queue(&mut waiting, keys.as_mut(), m, seq);
+                                queue(&mut waiting, keys.as_mut(), m, seq, &self.stats).await;
                             }
                             pull = None;
                         }
@@ -290,7 +290,7 @@ impl Consumer {
                             }
                             for m in p.ready() {
                                 let seq = self.received(&m, &mut last_delivery);
-                                queue(&mut waiting, keys.as_mut(), m, seq);
+                                queue(&mut waiting, keys.as_mut(), m, seq, &self.stats).await;
                             }
                             pull = None;
                             hold = Some(health.trouble(format!("pull ended by the server: {status}")));
@@ -343,7 +343,7 @@ impl Consumer {
         if let Some(mut p) = pull.take() {
             for m in p.ready() {
                 let seq = self.received(&m, &mut last_delivery);
-                queue(&mut waiting, keys.as_mut(), m, seq);
+                queue(&mut waiting, keys.as_mut(), m, seq, &self.stats).await;
             }
             p.close().await;
         }
@@ -507,7 +507,8 @@ fn spawn_handler(
 /// it blocks its key's later messages until it is due.
 fn finished(keys: &mut Keys, waiting: &mut VecDeque<Waiting>, done: Finished) {
     let held = matches!(done.outcome, Outcome::Hold { .. });
-    keys.finished(done.key.as_ref(), done.seq, !held);
+    let acked = matches!(done.outcome, Outcome::Acked);
+    keys.finished(done.key.as_ref(), done.seq, !held, acked);
     if let Outcome::Hold {
         message,
         delay,
@@ -522,20 +523,26 @@ fn finished(keys: &mut Keys, waiting: &mut VecDeque<Waiting>, done: Finished) {
 }
 
 /// Queues an arriving message (with its key when ordered by key; a redelivery of one already
-/// held is not queued twice).
-fn queue(
+/// held is not queued twice, a replay of one already acked is acked again, not run).
+async fn queue(
     waiting: &mut VecDeque<Waiting>,
     keys: Option<&mut Keys>,
     m: jetstream::Message,
     seq: u64,
+    stats: &Counters,
 ) {
     match keys {
         None => waiting.push_back(Waiting::new(m, seq)),
-        Some(keys) => {
-            if let Some(w) = keys.arrive(m, seq, waiting) {
-                waiting.push_back(w);
+        Some(keys) => match keys.arrive(m, seq, waiting) {
+            Arrival::Queue(w) => waiting.push_back(w),
+            Arrival::Held => {}
+            Arrival::Replay(m) => {
+                Counters::add(&stats.replays_skipped);
+                if let Err(e) = m.ack().await {
+                    debug!(seq, error = %e, "acking a replay again failed; it comes back");
+                }
             }
-        }
+        },
     }
 }
 

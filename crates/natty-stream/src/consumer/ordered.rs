@@ -5,8 +5,16 @@
 //! for its key and no earlier waiting message of its key is held back (a failed message
 //! waiting for its retry delay is put back at the front, so it blocks its key's later
 //! messages until it is handled or given up on). Memory: the keys and sequences of held
-//! messages only (at most `batch` waiting plus `concurrency` running), nothing per key once its
-//! messages are settled.
+//! messages (at most `batch` waiting plus `concurrency` running), nothing per key once its
+//! messages are settled, and the sequences of the last [`REMEMBERED`] messages acked (about
+//! 1.5 MB at most).
+//!
+//! A message acked by this consumer that the server delivers again is acked again without
+//! running its handler: the server replays deliveries a new consumer leader's replica had not
+//! recorded (after a failover, with a delivery count of 1), and a reset of the durable replays
+//! from the ack floor; handling those again would run a key's earlier messages after its later
+//! ones within one run. Only sequences known to be acked are skipped, so nothing is lost: a
+//! replay older than the last [`REMEMBERED`] acks runs again (at-least-once).
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -73,7 +81,10 @@ impl fmt::Debug for OrderKey {
     }
 }
 
-/// Which keys are busy and which sequences are held.
+/// How many acked sequences are remembered to recognise a replay.
+pub(super) const REMEMBERED: usize = 1 << 16;
+
+/// Which keys are busy, which sequences are held, and which were acked lately.
 #[derive(Debug)]
 pub(super) struct Keys {
     key: OrderKey,
@@ -81,6 +92,19 @@ pub(super) struct Keys {
     running: HashSet<Arc<str>>,
     /// Stream sequences waiting or running: a redelivery of one of them is not queued twice.
     held: HashSet<u64>,
+    /// The last [`REMEMBERED`] stream sequences acked, and the order they were acked in.
+    acked: HashSet<u64>,
+    acked_order: VecDeque<u64>,
+}
+
+/// What to do with an arriving message.
+pub(super) enum Arrival {
+    /// Queue it.
+    Queue(Waiting),
+    /// Already held (waiting or running): nothing to do.
+    Held,
+    /// Already handled and acked by this consumer: ack it again, do not run it.
+    Replay(jetstream::Message),
 }
 
 impl Keys {
@@ -89,18 +113,28 @@ impl Keys {
             key,
             running: HashSet::new(),
             held: HashSet::new(),
+            acked: HashSet::new(),
+            acked_order: VecDeque::new(),
         }
     }
 
-    /// An arriving message with its key, to queue; `None` if its sequence is already held
-    /// (the server redelivered it while we still hold the earlier delivery, e.g. after a
-    /// missed in-progress ack): a waiting one takes the newer delivery's handle, in place.
+    /// An arriving message: to queue with its key; `Held` if its sequence is already held (the
+    /// server redelivered it while we still hold the earlier delivery, e.g. after a missed
+    /// in-progress ack: a waiting one takes the newer delivery's handle, in place); `Replay`
+    /// if this consumer acked it already.
     pub(super) fn arrive(
         &mut self,
         m: jetstream::Message,
         seq: u64,
         waiting: &mut VecDeque<Waiting>,
-    ) -> Option<Waiting> {
+    ) -> Arrival {
+        if seq != 0 && self.acked.contains(&seq) {
+            debug!(
+                seq,
+                "replay of a message already handled and acked: not run again"
+            );
+            return Arrival::Replay(m);
+        }
         if seq != 0 && !self.held.insert(seq) {
             debug!(
                 seq,
@@ -109,12 +143,12 @@ impl Keys {
             if let Some(w) = waiting.iter_mut().find(|w| w.seq == seq) {
                 w.message = m;
             }
-            return None;
+            return Arrival::Held;
         }
         let key = self.key.of(&Message::from_jetstream(&m)).map(Arc::from);
         let mut w = Waiting::new(m, seq);
         w.key = key;
-        Some(w)
+        Arrival::Queue(w)
     }
 
     /// Takes the first waiting message that may start now, marking its key running.
@@ -153,13 +187,27 @@ impl Keys {
     }
 
     /// A handler finished: its key may run again. `settled`: the message is done with (acked,
-    /// given up on, or abandoned), not held for a retry.
-    pub(super) fn finished(&mut self, key: Option<&Arc<str>>, seq: u64, settled: bool) {
+    /// given up on, or abandoned), not held for a retry; `acked`: it was handled and acked.
+    pub(super) fn finished(
+        &mut self,
+        key: Option<&Arc<str>>,
+        seq: u64,
+        settled: bool,
+        acked: bool,
+    ) {
         if let Some(k) = key {
             self.running.remove(k);
         }
         if settled {
             self.held.remove(&seq);
+        }
+        if acked && seq != 0 && self.acked.insert(seq) {
+            self.acked_order.push_back(seq);
+            if self.acked_order.len() > REMEMBERED
+                && let Some(old) = self.acked_order.pop_front()
+            {
+                self.acked.remove(&old);
+            }
         }
     }
 

@@ -130,7 +130,9 @@ impl Settings {
 
 /// What became of a message after its handler ran.
 pub(super) enum Outcome {
-    /// Acked, given up on, nak'ed back to the server, or failed to settle: not ours any more.
+    /// Handled and acknowledged.
+    Acked,
+    /// Given up on, nak'ed back to the server, or failed to settle: not ours any more.
     Settled,
     /// The handler failed and the consumer orders by key: the message stays with natty, to
     /// run again after `delay` (the server's delivery count does not move; `retries` counts).
@@ -242,11 +244,11 @@ impl Shared {
             Ok(()) => {
                 if let Err(e) = m.ack().await {
                     warn!(seq, error = %e, "ack failed; the message will be redelivered");
-                } else {
-                    Counters::add(&self.stats.acked);
-                    crate::obs::settled(&m, crate::obs::Settled::Acked);
+                    return Outcome::Settled;
                 }
-                return Outcome::Settled;
+                Counters::add(&self.stats.acked);
+                crate::obs::settled(&m, crate::obs::Settled::Acked);
+                return Outcome::Acked;
             }
             Err(error) => error,
         };

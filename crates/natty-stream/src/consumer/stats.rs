@@ -26,6 +26,10 @@ pub struct ConsumerStats {
     pub dead_lettered: u64,
     /// Messages received that had been delivered before.
     pub redelivered: u64,
+    /// Ordered by key: messages this consumer had already handled and acknowledged that the
+    /// server delivered again (a consumer-leader failover, a reset of the durable), acked
+    /// again without running the handler.
+    pub replays_skipped: u64,
     /// Pull requests re-issued after a stall or error.
     pub repulls: u64,
     /// Error reports dropped because the error channel was full.
@@ -43,6 +47,7 @@ pub(super) struct Counters {
     pub(super) termed: AtomicU64,
     pub(super) dead_lettered: AtomicU64,
     pub(super) redelivered: AtomicU64,
+    pub(super) replays_skipped: AtomicU64,
     pub(super) repulls: AtomicU64,
     pub(super) errors_dropped: AtomicU64,
     last_activity: Mutex<Option<SystemTime>>,
@@ -70,6 +75,7 @@ impl Counters {
             termed: l(&self.termed),
             dead_lettered: l(&self.dead_lettered),
             redelivered: l(&self.redelivered),
+            replays_skipped: l(&self.replays_skipped),
             repulls: l(&self.repulls),
             errors_dropped: l(&self.errors_dropped),
             last_activity: *self

@@ -65,7 +65,7 @@ fn a_key_runs_one_message_at_a_time_in_queue_order() {
     assert_eq!(choose(&mut keys, &queue, now), Some(1)); // keyless
     queue.remove(1);
     assert_eq!(choose(&mut keys, &queue, now), None); // only a#2, a busy
-    keys.finished(k("a").as_ref(), 1, true);
+    keys.finished(k("a").as_ref(), 1, true, true);
     assert_eq!(choose(&mut keys, &queue, now), Some(0));
 }
 
@@ -77,11 +77,28 @@ fn a_retry_not_yet_due_blocks_its_key_but_not_others() {
     // The failed a#1 was put back at the front with a delay.
     let queue: Vec<Item> = vec![(k("a"), Some(later)), (k("a"), None), (k("b"), None)];
     assert_eq!(choose(&mut keys, &queue, now), Some(2));
-    keys.finished(k("b").as_ref(), 3, true);
+    keys.finished(k("b").as_ref(), 3, true, true);
     // Once due, the retry goes first, before a#2.
     assert_eq!(choose(&mut keys, &queue, later), Some(0));
     // A keyless retry not yet due blocks nothing.
     let mut keys = Keys::new(OrderKey::subject_token(1));
     let queue: Vec<Item> = vec![(None, Some(later)), (None, None)];
     assert_eq!(choose(&mut keys, &queue, now), Some(1));
+}
+
+#[test]
+fn acked_sequences_are_remembered_up_to_the_bound_and_nothing_else_is() {
+    let mut keys = Keys::new(OrderKey::subject_token(1));
+    keys.finished(k("a").as_ref(), 7, true, false); // given up on / nak'ed: not acked
+    keys.finished(k("a").as_ref(), 8, false, false); // held for a retry
+    assert!(keys.acked.is_empty());
+    for seq in 1..=super::REMEMBERED as u64 + 1 {
+        keys.finished(k("a").as_ref(), seq, true, true);
+    }
+    // The oldest is forgotten (a replay of it would run again: a duplicate, never a loss).
+    assert!(!keys.acked.contains(&1));
+    assert!(keys.acked.contains(&2));
+    assert!(keys.acked.contains(&(super::REMEMBERED as u64 + 1)));
+    assert_eq!(keys.acked.len(), super::REMEMBERED);
+    assert_eq!(keys.acked_order.len(), super::REMEMBERED);
 }
