@@ -95,6 +95,10 @@ impl World {
                     "2000",
                 ])
                 .args(["--replicas", "3"]);
+            // Each take-over says where the new owner's durable starts and from which.
+            if std::env::var_os("RUST_LOG").is_none() {
+                c.env("RUST_LOG", "warn,natty_group::durables=info");
+            }
             c
         } else if kind == Kind::Candidate {
             let mut c = Command::new(self.bin_dir.join("chaos-candidate"));

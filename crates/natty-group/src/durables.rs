@@ -162,8 +162,9 @@ pub(crate) async fn take_over(
     Ok(ours)
 }
 
-/// The stream sequence up to which durable `name` has every message acknowledged, once the
-/// acks already sent to it have been applied (bounded wait).
+/// The stream sequence up to which durable `name` has every message acknowledged (never less
+/// than the sequence before its start), once the acks already sent to it have been applied
+/// (bounded wait).
 async fn ack_floor(stream: &jetstream::stream::Stream, name: &str) -> Result<u64, Error> {
     let read = || async {
         stream
@@ -184,7 +185,25 @@ async fn ack_floor(stream: &jetstream::stream::Stream, name: &str) -> Result<u64
             break;
         }
     }
-    Ok(info.ack_floor.stream_sequence)
+    // A durable's floor is never below where it started. Guarded because a floor of 0 would
+    // replay the whole partition: in the chaos scenario an owner that handled nothing was
+    // followed by one that started from the beginning (cause not established: a floor read
+    // on a fresh consumer after a leader change is the suspect).
+    let started_after = match info.config.deliver_policy {
+        jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence } => {
+            start_sequence.saturating_sub(1)
+        }
+        _ => 0,
+    };
+    if info.ack_floor.stream_sequence < started_after {
+        warn!(
+            durable = name,
+            ack_floor = info.ack_floor.stream_sequence,
+            started_after,
+            "ack floor below the durable's start: taking its start"
+        );
+    }
+    Ok(info.ack_floor.stream_sequence.max(started_after))
 }
 
 #[cfg(test)]

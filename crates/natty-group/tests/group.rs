@@ -350,3 +350,74 @@ async fn is_owned_turns_false_when_the_lease_expired_during_a_freeze() -> anyhow
     );
     Ok(())
 }
+
+/// The consumer names of `stream`.
+async fn durables(client: &Client, stream: &str) -> Vec<String> {
+    use futures::TryStreamExt as _;
+    let Ok(s) = client.jetstream().get_stream(stream).await else {
+        return Vec::new();
+    };
+    s.consumer_names().try_collect().await.unwrap_or_default()
+}
+
+/// Each owner term reads its own durable, started from the previous one's ack floor. An
+/// owner that handled nothing (its durable never acknowledged anything) must still hand over
+/// where it started, not from the partition's beginning: seen in the chaos scenario, a next
+/// owner ran a whole partition again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn an_owner_that_handled_nothing_hands_over_where_it_started() -> anyhow::Result<()> {
+    const KEYS: usize = 5;
+    init_tracing();
+    let nats = Nats::start().await?;
+    let url = nats.url();
+    let client = ConnectOptions::new([url.clone()]).connect().await?;
+    let stream = unique_name("GH").replace('-', "_");
+    let prefix = stream.to_lowercase();
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&stream, [format!("{prefix}.>")]),
+    )
+    .await?;
+    let config = GroupConfig::new(format!("{stream}_g"), &stream, &prefix, 1, "unset").ttl(TTL);
+    let judge = Arc::new(Judge::default());
+    publish(&client, &config, KEYS, 0, 20).await?;
+
+    // Owner after owner; each one's durable is the only one left once it took over.
+    let mut previous = durables(&client, &stream).await;
+    assert_eq!(previous.len(), 0, "before anyone joined: {previous:?}");
+    for name in ["a", "b", "c"] {
+        let m = member(&url, &config, name, judge.clone()).await?;
+        let before = previous.clone();
+        previous = wait_for(
+            "the new owner's durable",
+            Duration::from_secs(10),
+            || async {
+                let now = durables(&client, &stream).await;
+                (now.len() == 1 && m.group.owned().len() == 1 && !before.contains(&now[0]))
+                    .then_some(now)
+            },
+        )
+        .await?;
+        if name == "a" {
+            wait_for("100 handled", Duration::from_secs(20), || async {
+                (judge.handled.load(Ordering::SeqCst) >= 100).then_some(())
+            })
+            .await?;
+        }
+        if name == "c" {
+            // Something new for c to handle: it must start there, not run anything again.
+            publish(&client, &config, KEYS, 20, 21).await?;
+            wait_for("105 handled", Duration::from_secs(20), || async {
+                (judge.handled.load(Ordering::SeqCst) >= 105).then_some(())
+            })
+            .await?;
+        }
+        m.cancel.cancel();
+        m.task.await??;
+    }
+    let again = judge.check(KEYS, 21);
+    assert_eq!(again, 0, "messages run again after clean hand-overs");
+    assert_eq!(judge.handled.load(Ordering::SeqCst), 105);
+    Ok(())
+}
