@@ -185,10 +185,11 @@ async fn ack_floor(stream: &jetstream::stream::Stream, name: &str) -> Result<u64
             break;
         }
     }
-    // A durable's floor is never below where it started. Guarded because a floor of 0 would
-    // replay the whole partition: in the chaos scenario an owner that handled nothing was
-    // followed by one that started from the beginning (cause not established: a floor read
-    // on a fresh consumer after a leader change is the suspect).
+    // A durable's floor is never below where it started, but a replicated durable that has
+    // acknowledged nothing reports 0 (server 2.15.1; a single server reports its start - 1):
+    // taken as is, the next owner would run the whole partition again (seen in the chaos
+    // scenario; tests/group.rs `an_owner_that_handled_nothing_hands_over_where_it_started`;
+    // docs/upstream/nats-server-ack-floor-of-a-fresh-replicated-consumer.md).
     let started_after = match info.config.deliver_policy {
         jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence } => {
             start_sequence.saturating_sub(1)
@@ -196,7 +197,7 @@ async fn ack_floor(stream: &jetstream::stream::Stream, name: &str) -> Result<u64
         _ => 0,
     };
     if info.ack_floor.stream_sequence < started_after {
-        warn!(
+        debug!(
             durable = name,
             ack_floor = info.ack_floor.stream_sequence,
             started_after,

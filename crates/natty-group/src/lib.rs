@@ -8,14 +8,15 @@
 //!   subject transform — so any existing stream works, the hash is ours to pin, and a reader
 //!   of a subject sees its partition.
 //! - **One owner per partition.** Each partition has a lease (a natty-election on
-//!   `<name>_leases`/`p<i>`) and a durable pull consumer filtered on `<prefix>.<i>.>`; only
-//!   the lease holder consumes it, with per-key order
-//!   ([`ConsumeOptions::ordered_by_key`](natty_stream::ConsumeOptions::ordered_by_key)). The
-//!   lease term is handed to the handler as a fencing token ([`Partition::term`]). Durable
-//!   consumers filtered per partition rather than ADR-42 pinned-client priority groups: they
-//!   need no server 2.11 feature beyond what natty already uses, and the lease (not the
-//!   server's pin) decides the owner, which is what lets the hand-over wait until the previous
-//!   owner's handlers are done.
+//!   `<name>_leases`/`p<i>`); only the lease holder consumes it, with per-key order
+//!   ([`ConsumeOptions::ordered_by_key`](natty_stream::ConsumeOptions::ordered_by_key)), from
+//!   a durable pull consumer of its own term (`<name>_p<i>_<epoch>_<revision>`, filtered on
+//!   `<prefix>.<i>.>`), created right after the previous owner's ack floor; the earlier
+//!   durables are deleted, so the server itself refuses what an old owner still has in flight.
+//!   The lease term is handed to the handler as a fencing token ([`Partition::term`]).
+//!   Durables filtered per partition rather than ADR-42 pinned-client priority groups: the
+//!   lease (not the server's pin) decides the owner, which is what lets the hand-over wait
+//!   until the previous owner's handlers are done.
 //! - **Self-balancing.** Members announce themselves in `<name>_members` (a key with the
 //!   group's TTL); a member contests partitions only while it owns fewer than ⌈P/N⌉ and
 //!   resigns those above it. A member that leaves (cancel) resigns at once; one that dies
@@ -23,17 +24,14 @@
 //! - **Hand-over after the previous owner stopped.** A resigned partition's consumer stops
 //!   first (handlers finish — or are aborted `ttl / 8` later —, acks are flushed), and only
 //!   then is the lease released. A lost one (expired, taken) is dropped at once: the next
-//!   owner may already read the durable. Handlers check [`Partition::is_owned`] right before
-//!   a side effect: a member paused past its lease wakes up before it noticed.
+//!   owner may already have started. Handlers check [`Partition::is_owned`] right before a
+//!   side effect: a member paused past its lease wakes up before it noticed.
 //!
-//! Limits: a member that was killed mid-message, or frozen past its lease, has its unacked
-//! messages redelivered to the next owner, possibly after that key's later messages were
-//! handled (at-least-once; the consumer counts redeliveries). Open defect: at a *clean*
-//! hand-over too, messages the server delivers to the stopping consumer's pull request as it
-//! is dropped come back after `ack_wait`, behind their key's later messages (see the
-//! workspace README, "Consumer groups"). Balance is ⌈P/N⌉ at most per
-//! member; with P not a multiple of N a member may own fewer than ⌊P/N⌋ until the next
-//! change.
+//! Limits: what a previous owner left unfinished comes first to the next owner, in stream
+//! order; what it acknowledged after its first unfinished message runs again (at-least-once,
+//! delivery counts restart with each durable). Balance is ⌈P/N⌉ at most per member; with P
+//! not a multiple of N a member may own fewer than ⌊P/N⌋ until the next change. See the
+//! workspace README, "Consumer groups".
 //!
 //! # Feature flags
 //! None.

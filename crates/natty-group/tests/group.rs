@@ -20,7 +20,7 @@ use natty_group::{CancellationToken, ConsumerGroup, GroupConfig, Partition, Term
 use natty_stream::{
     BatchConfig, BatchPublisher, ConsumeOptions, HandlerError, Message, StreamConfig, ensure_stream,
 };
-use natty_testkit::{Nats, init_tracing, unique_name, wait_for};
+use natty_testkit::{Nats, NatsCluster, init_tracing, unique_name, wait_for};
 
 const P: u32 = 12;
 const TTL: Duration = Duration::from_secs(2);
@@ -362,24 +362,28 @@ async fn durables(client: &Client, stream: &str) -> Vec<String> {
 
 /// Each owner term reads its own durable, started from the previous one's ack floor. An
 /// owner that handled nothing (its durable never acknowledged anything) must still hand over
-/// where it started, not from the partition's beginning: seen in the chaos scenario, a next
-/// owner ran a whole partition again.
+/// where it started, not from the partition's beginning: a replicated durable that acked
+/// nothing reports an ack floor of 0 (seen in the chaos scenario: a next owner ran a whole
+/// partition again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "integration: needs Docker; run `cargo xtask integration`"]
 async fn an_owner_that_handled_nothing_hands_over_where_it_started() -> anyhow::Result<()> {
     const KEYS: usize = 5;
     init_tracing();
-    let nats = Nats::start().await?;
-    let url = nats.url();
-    let client = ConnectOptions::new([url.clone()]).connect().await?;
+    // Replicated: a single server reports a fresh durable's floor right.
+    let cluster = NatsCluster::start(3).await?;
+    let url = cluster.urls()[0].clone();
+    let client = ConnectOptions::new(cluster.urls()).connect().await?;
     let stream = unique_name("GH").replace('-', "_");
     let prefix = stream.to_lowercase();
     ensure_stream(
         &client,
-        &StreamConfig::new(&stream, [format!("{prefix}.>")]),
+        &StreamConfig::new(&stream, [format!("{prefix}.>")]).replicas(3),
     )
     .await?;
-    let config = GroupConfig::new(format!("{stream}_g"), &stream, &prefix, 1, "unset").ttl(TTL);
+    let config = GroupConfig::new(format!("{stream}_g"), &stream, &prefix, 1, "unset")
+        .ttl(TTL)
+        .replicas(3);
     let judge = Arc::new(Judge::default());
     publish(&client, &config, KEYS, 0, 20).await?;
 
