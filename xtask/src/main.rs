@@ -91,7 +91,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ci => ci(),
         Cmd::Integration { filter } => integration(filter.as_deref()),
         Cmd::Bench { quick, only } => bench(quick, only.as_deref()),
-        Cmd::Chaos { minutes, seed } => chaos(minutes, seed, false),
+        Cmd::Chaos { minutes, seed } => chaos(minutes, seed),
         Cmd::Demo => demo(),
         Cmd::Server {
             port,
@@ -281,9 +281,7 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
     })?;
     if docker {
         steps.step("bench --quick", || bench(true, None))?;
-        // The group's per-key order check is advisory here: an open defect (README "Consumer
-        // groups") makes it fail now and then; `cargo xtask chaos` keeps it strict.
-        steps.step("chaos 1 minute", || chaos(1.0, 1, true))?;
+        steps.step("chaos 1 minute", || chaos(1.0, 1))?;
     }
     steps.step("deny", deny)?;
     Ok(())
@@ -339,8 +337,7 @@ fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
 }
 
 /// Runs natty-chaos (debug build: the faults, not the speed, are what it measures).
-/// `group_order_advisory`: the group's per-key order check is reported, not fatal (CI only).
-fn chaos(minutes: f64, seed: u64, group_order_advisory: bool) -> anyhow::Result<()> {
+fn chaos(minutes: f64, seed: u64) -> anyhow::Result<()> {
     let reference = nats_image()?;
     run(
         "cargo",
@@ -369,13 +366,7 @@ fn chaos(minutes: f64, seed: u64, group_order_advisory: bool) -> anyhow::Result<
             "--seed",
             &seed.to_string(),
         ],
-        &[
-            ("NATTY_NATS_IMAGE", reference.as_str()),
-            (
-                "NATTY_CHAOS_GROUP_ORDER_ADVISORY",
-                if group_order_advisory { "1" } else { "" },
-            ),
-        ],
+        &[("NATTY_NATS_IMAGE", reference.as_str())],
     )
 }
 
