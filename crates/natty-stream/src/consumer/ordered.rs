@@ -10,10 +10,10 @@
 //! 1.5 MB at most).
 //!
 //! A message acked by this consumer that the server delivers again is acked again without
-//! running its handler: the server replays deliveries a new consumer leader's replica had not
-//! recorded (after a failover, with a delivery count of 1), and a reset of the durable replays
-//! from the ack floor; handling those again would run a key's earlier messages after its later
-//! ones within one run. Only sequences known to be acked are skipped, so nothing is lost: a
+//! running its handler: a reset of the durable (ADR-60; a late one from a previous reader)
+//! replays from the ack floor with a delivery count of 1, and so may a consumer-leader
+//! failover that lost recorded deliveries (not seen in our runs); handling those again would
+//! run a key's earlier messages after its later ones within one run. Only sequences known to be acked are skipped, so nothing is lost: a
 //! replay older than the last [`REMEMBERED`] acks runs again (at-least-once).
 
 use std::{

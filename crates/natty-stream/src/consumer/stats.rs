@@ -27,7 +27,7 @@ pub struct ConsumerStats {
     /// Messages received that had been delivered before.
     pub redelivered: u64,
     /// Ordered by key: messages this consumer had already handled and acknowledged that the
-    /// server delivered again (a consumer-leader failover, a reset of the durable), acked
+    /// server delivered again (a reset of the durable; possibly a consumer-leader failover), acked
     /// again without running the handler.
     pub replays_skipped: u64,
     /// Pull requests re-issued after a stall or error.
