@@ -143,9 +143,9 @@ pub(crate) async fn single(client: &Client, stream: &str, n: u64) -> anyhow::Res
 /// Deletes a run's durables and buckets (`<name>_leases`, `<name>_members`), so runs do not
 /// add up on the server.
 async fn cleanup(client: &Client, config: &GroupConfig) -> anyhow::Result<()> {
-    for p in 0..PARTITIONS {
-        natty::stream::delete_consumer(client, &config.stream, &config.durable(p)).await?;
-    }
+    ConsumerGroup::new(client.clone(), config.clone())?
+        .delete_durables()
+        .await?;
     let kv = Kv::new(client.clone());
     let name = &config.name;
     for bucket in [format!("{name}_leases"), format!("{name}_members")] {

@@ -15,7 +15,8 @@ use natty_testkit::group::{GroupRun, describe, judge};
 
 use super::{Fault, TTL_NS};
 
-/// The group's name (durables `chaosg_p<i>`, buckets `chaosg_leases`, `chaosg_members`).
+/// The group's name (durables `chaosg_p<i>_<epoch>_<revision>`, buckets `chaosg_leases`,
+/// `chaosg_members`).
 pub(crate) const NAME: &str = "chaosg";
 /// Its stream, R3.
 pub(crate) const STREAM: &str = "CHAOS_GROUP";

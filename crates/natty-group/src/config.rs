@@ -20,8 +20,9 @@ use crate::{Error, ErrorKind};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct GroupConfig {
-    /// The group's name: its durables are `<name>_p<partition>`, its buckets `<name>_leases`
-    /// and `<name>_members`.
+    /// The group's name: its durables are `<name>_p<partition>_<epoch>_<revision>` (one per
+    /// owner term; `<name>_p<partition>` is the initial one), its buckets `<name>_leases` and
+    /// `<name>_members`.
     pub name: String,
     /// The stream holding the messages.
     pub stream: String,
@@ -114,7 +115,8 @@ impl GroupConfig {
         Ok(subject)
     }
 
-    /// The durable consuming `partition`.
+    /// The initial durable of `partition`, and the prefix of its owners' durables
+    /// (`<name>_p<partition>_<epoch>_<revision>`, one per lease term).
     pub fn durable(&self, partition: u32) -> String {
         format!("{}_p{partition}", self.name)
     }
@@ -139,6 +141,13 @@ impl GroupConfig {
                 .map_err(|e| e.map_kind(|_| ErrorKind::InvalidName))
         };
         name(names::bucket(&self.lease_bucket()))?;
+        // The longest durable name an owner can get: the last partition, the largest term.
+        name(names::consumer(&format!(
+            "{}_{}_{}",
+            self.durable(self.partitions.saturating_sub(1)),
+            u64::MAX,
+            u64::MAX
+        )))?;
         name(names::stream(&self.stream))?;
         name(names::subject(&self.subject_prefix))?;
         name(names::key(&self.member))?;
@@ -244,6 +253,11 @@ mod tests {
             ),
             (
                 GroupConfig::new("g", "S", "orders", 12, "bad name"),
+                ErrorKind::InvalidName,
+            ),
+            // A fine bucket name, but an owner's durable (`_p11_<u64>_<u64>`) would pass 255.
+            (
+                GroupConfig::new("g".repeat(220), "S", "orders", 12, "m1"),
                 ErrorKind::InvalidName,
             ),
         ] {

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use natty_core::{Client, async_nats::jetstream};
-use natty_election::Term;
+use natty_election::{Leadership, Term};
 use natty_stream::{ConsumerConfig, DeliverFrom, ensure_consumer};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -36,6 +36,10 @@ use crate::{Error, ErrorKind, GroupConfig, error::from_stream};
 /// floor is read (read earlier, they would run again).
 const ACKS_APPLIED: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(10);
+/// How long a durable without a leader is asked again before the take-over is retried.
+const LEADER: Duration = Duration::from_secs(2);
+/// How soon the partition's durables are listed again when none was found.
+const LIST_AGAIN: Duration = Duration::from_millis(100);
 
 /// The durable of `partition` for the owner of `term`.
 pub(crate) fn name(config: &GroupConfig, partition: u32, term: Term) -> String {
@@ -109,30 +113,59 @@ pub(crate) async fn get_stream(
         .map_err(|e| stream_error(format!("reading stream {:?}", config.stream), e))
 }
 
-/// Makes the durable of `partition` for `term`, from where the newest earlier one's owner left
-/// off, and deletes the earlier ones. Returns its name. `Stream` error when a durable of a
-/// later term exists (this member's lease is stale) or the server could not be asked.
-pub(crate) async fn take_over(
-    client: &Client,
+/// The durables of `partition`: (term, name).
+async fn of_partition(
+    stream: &jetstream::stream::Stream,
     config: &GroupConfig,
     partition: u32,
-    term: Term,
-) -> Result<String, Error> {
-    let stream = get_stream(client, config).await?;
-    let ours = name(config, partition, term);
-    let durables: Vec<(Term, String)> = list(&stream, config)
+) -> Result<Vec<(Term, String)>, Error> {
+    Ok(list(stream, config)
         .await?
         .into_iter()
         .filter(|(p, _, _)| *p == partition)
         .map(|(_, t, n)| (t, n))
-        .collect();
+        .collect())
+}
+
+fn superseded(partition: u32, term: Term, later: Term, name: &str) -> Error {
+    Error::new(
+        ErrorKind::Stream,
+        format!(
+            "partition {partition}: durable {name:?} of a later term {later} exists; the lease \
+             of term {term} is stale"
+        ),
+    )
+}
+
+/// Makes the durable of `partition` for the term of `lead`, from where the newest earlier
+/// one's owner left off, and deletes the earlier ones. Returns its name. A `Stream` error when
+/// a durable of a later term exists or the lease is no longer valid (this member is stale),
+/// or the server could not be asked (then retry).
+pub(crate) async fn take_over(
+    client: &Client,
+    config: &GroupConfig,
+    partition: u32,
+    lead: &Leadership,
+) -> Result<String, Error> {
+    let term = lead.term;
+    let stream = get_stream(client, config).await?;
+    let ours = name(config, partition, term);
+    let mut durables = of_partition(&stream, config, partition).await?;
+    if durables.is_empty() {
+        // `ensure()` made one and a take-over deletes only after creating its own, so none is
+        // rare: a name the listing skipped (async-nats pages by offset, and other partitions'
+        // durables are being deleted). Look again before starting from the beginning.
+        tokio::time::sleep(LIST_AGAIN).await;
+        durables = of_partition(&stream, config, partition).await?;
+        if durables.is_empty() {
+            warn!(
+                partition,
+                "no durable of the partition found: starting from the stream's beginning"
+            );
+        }
+    }
     if let Some((later, n)) = durables.iter().find(|(t, _)| *t > term) {
-        return Err(Error::new(
-            ErrorKind::Stream,
-            format!(
-                "partition {partition}: durable {n:?} of a later term {later} exists; the lease of term {term} is stale"
-            ),
-        ));
+        return Err(superseded(partition, term, *later, n));
     }
     let previous = durables
         .iter()
@@ -143,12 +176,31 @@ pub(crate) async fn take_over(
             Some((_, n)) => DeliverFrom::Sequence(ack_floor(&stream, n).await? + 1),
             None => DeliverFrom::All,
         };
+        // A member frozen since its listing must not create a durable behind its successor.
+        if !lead.is_valid() {
+            return Err(Error::new(
+                ErrorKind::Stream,
+                format!(
+                    "partition {partition}: the lease of term {term} ended during the take-over"
+                ),
+            ));
+        }
         let cfg = ConsumerConfig::new(&config.stream, &ours)
             .filter_subjects([config.filter(partition)])
             .ack_wait(config.ack_wait)
             .deliver_from(from);
         ensure_consumer(client, &cfg).await.map_err(from_stream)?;
         info!(partition, %term, durable = %ours, previous = ?previous.map(|(_, n)| n), ?from, "partition durable created where the previous owner left off");
+        // Had the create been held up (a freeze, a reconnect) until a successor listed, the
+        // successor would neither start from it nor delete it: look, and withdraw if so.
+        if let Some((later, n)) = of_partition(&stream, config, partition)
+            .await?
+            .iter()
+            .find(|(t, _)| *t > term)
+        {
+            let _ = stream.delete_consumer(&ours).await;
+            return Err(superseded(partition, term, *later, n));
+        }
     }
     // Only now: had we crashed in between, the next owner would still find where to start.
     for (t, n) in durables.iter().filter(|(t, _)| *t < term) {
@@ -172,13 +224,30 @@ async fn ack_floor(stream: &jetstream::stream::Stream, name: &str) -> Result<u64
             .await
             .map_err(|e| stream_error(format!("reading durable {name:?}"), e))
     };
+    // A replicated durable without a leader (just created, or electing one) answers with its
+    // positions all 0: not a floor to go by. Asked again until it has one (bounded).
+    let led = |i: &jetstream::consumer::Info| i.cluster.as_ref().is_none_or(|c| c.leader.is_some());
     let mut info = read().await?;
+    let deadline = Instant::now() + LEADER;
+    while !led(&info) {
+        if Instant::now() >= deadline {
+            return Err(Error::new(
+                ErrorKind::Stream,
+                format!("durable {name:?} has no leader: its ack floor is unknown"),
+            ));
+        }
+        tokio::time::sleep(POLL * 5).await;
+        info = read().await?;
+    }
     // A previous owner's last acks may still be on their way through the server: wait until
     // the pending count stops going down.
     let deadline = Instant::now() + ACKS_APPLIED;
     while info.num_ack_pending > 0 && Instant::now() < deadline {
         tokio::time::sleep(POLL).await;
         let next = read().await?;
+        if !led(&next) {
+            continue;
+        }
         let settled = next.num_ack_pending >= info.num_ack_pending;
         info = next;
         if settled {

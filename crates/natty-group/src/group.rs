@@ -314,10 +314,44 @@ impl ConsumerGroup {
         Ok(lag)
     }
 
+    /// Deletes every durable of the group (all partitions, all terms) and returns how many:
+    /// the group starts from the stream's beginning again at the next `join`. Only while no
+    /// member runs (a running owner's consumer ends when its durable is deleted).
+    pub async fn delete_durables(&self) -> Result<usize, Error> {
+        let stream = durables::get_stream(&self.client, &self.config).await?;
+        let found = durables::list(&stream, &self.config).await?;
+        for (p, _, name) in &found {
+            stream.delete_consumer(name).await.map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Stream,
+                    format!("deleting durable {name:?} of partition {p}"),
+                    e,
+                )
+            })?;
+        }
+        info!(deleted = found.len(), "group durables deleted");
+        Ok(found.len())
+    }
+
     /// Creates each partition's initial durable where the partition has none yet (the first
     /// owner starts from it), and the membership bucket. Idempotent; `join` calls it.
+    /// `InvalidConfig` for a work-queue stream (not supported).
     pub async fn ensure(&self) -> Result<(), Error> {
         let stream = durables::get_stream(&self.client, &self.config).await?;
+        if stream.cached_info().config.retention
+            == natty_core::async_nats::jetstream::stream::RetentionPolicy::WorkQueue
+        {
+            // A take-over creates the next owner's durable before it deletes the previous one
+            // (so a crash in between loses no position), which a work-queue stream refuses.
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "consumer group {:?}: stream {:?} is a work-queue stream; groups need \
+                     limits or interest retention",
+                    self.config.name, self.config.stream
+                ),
+            ));
+        }
         let existing: std::collections::BTreeSet<u32> = durables::list(&stream, &self.config)
             .await?
             .into_iter()
@@ -552,8 +586,10 @@ impl ConsumerGroup {
     }
 }
 
-/// How soon a failed take-over of a partition's durable is tried again (while the lease holds).
+/// How soon a failed take-over of a partition's durable is tried again (while the lease
+/// holds), doubling up to [`TAKE_OVER_RETRY_MAX`].
 const TAKE_OVER_RETRY: Duration = Duration::from_millis(250);
+const TAKE_OVER_RETRY_MAX: Duration = Duration::from_secs(4);
 
 /// The owner's work: take the partition's durable over for this term, then consume it until
 /// the lease is lost or resigned (`resigned` fired: this member gives it up).
@@ -579,22 +615,29 @@ async fn consume<H, Fut>(
     let _owned = Owned::new(shared, partition, term);
     let lost = lead.lost.clone();
     // This term's own durable, starting where the previous owner left off (durables.rs).
-    // Retried while the lease holds: during a cluster fault the server may not answer.
+    // Retried with back-off while the lease holds (during a cluster fault the server may not
+    // answer); a name the server refuses cannot get better: the partition is given up.
+    let mut retry_in = TAKE_OVER_RETRY;
     let durable = loop {
         let attempt = tokio::select! {
             () = lost.cancelled() => return,
-            r = durables::take_over(&client, &config, partition, term) => r,
+            r = durables::take_over(&client, &config, partition, &lead) => r,
         };
         match attempt {
             Ok(d) => break d,
+            Err(e) if matches!(e.kind(), ErrorKind::InvalidName | ErrorKind::InvalidConfig) => {
+                warn!(partition, %term, error = %e, "the partition's durable cannot be created: giving the partition up");
+                return;
+            }
             Err(e) => {
-                warn!(partition, %term, error = %e, retry_in = ?TAKE_OVER_RETRY, "taking over the partition's durable failed")
+                warn!(partition, %term, error = %e, ?retry_in, "taking over the partition's durable failed")
             }
         }
         tokio::select! {
             () = lost.cancelled() => return,
-            () = tokio::time::sleep(TAKE_OVER_RETRY) => {}
+            () = tokio::time::sleep(retry_in) => {}
         }
+        retry_in = (retry_in * 2).min(TAKE_OVER_RETRY_MAX);
     };
     // The key is what follows `<prefix>.<partition>.` in the subject.
     let skip = config.prefix_tokens() + 1;

@@ -5,8 +5,8 @@
 //!   `<prefix>.<partition>.<k>` ([`GroupConfig::subject_for`]), the partition being FNV-1a of
 //!   the key modulo the partition count: stable across versions and languages (FNV-1a is a
 //!   published spec). The publisher puts the partition in the subject — rather than a stream
-//!   subject transform — so any existing stream works, the hash is ours to pin, and a reader
-//!   of a subject sees its partition.
+//!   subject transform — so any existing stream with limits or interest retention works (not
+//!   work-queue), the hash is ours to pin, and a reader of a subject sees its partition.
 //! - **One owner per partition.** Each partition has a lease (a natty-election on
 //!   `<name>_leases`/`p<i>`); only the lease holder consumes it, with per-key order
 //!   ([`ConsumeOptions::ordered_by_key`](natty_stream::ConsumeOptions::ordered_by_key)), from

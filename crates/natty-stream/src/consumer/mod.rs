@@ -328,6 +328,13 @@ impl Consumer {
                     checking = None;
                     match health.judge(found) {
                         Presence::Here(c) => {
+                            // A durable created again (or its stream: sequences start over)
+                            // has nothing in common with what this run acked.
+                            if c.cached_info().created != consumer.cached_info().created
+                                && let Some(keys) = keys.as_mut()
+                            {
+                                keys.forget_acked();
+                            }
                             consumer = *c;
                             settings = settings_of(&consumer, &self.stream, &self.durable);
                             keepalive = keepalive_ticker(settings.keepalive);

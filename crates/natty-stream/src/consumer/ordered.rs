@@ -211,6 +211,16 @@ impl Keys {
         }
     }
 
+    /// Forgets the acked sequences (the durable or its stream was created again).
+    pub(super) fn forget_acked(&mut self) {
+        debug!(
+            forgotten = self.acked.len(),
+            "durable created again: acked sequences forgotten"
+        );
+        self.acked.clear();
+        self.acked_order.clear();
+    }
+
     /// When the earliest held retry is due.
     pub(super) fn next_due(waiting: &VecDeque<Waiting>) -> Option<Instant> {
         waiting.iter().filter_map(|w| w.not_before).min()

@@ -102,3 +102,13 @@ fn acked_sequences_are_remembered_up_to_the_bound_and_nothing_else_is() {
     assert_eq!(keys.acked.len(), super::REMEMBERED);
     assert_eq!(keys.acked_order.len(), super::REMEMBERED);
 }
+
+#[test]
+fn a_durable_created_again_forgets_what_was_acked() {
+    let mut keys = Keys::new(OrderKey::subject_token(1));
+    keys.finished(k("a").as_ref(), 1, true, true);
+    assert!(keys.acked.contains(&1));
+    // Its sequences may start over: sequence 1 is another message now.
+    keys.forget_acked();
+    assert!(keys.acked.is_empty() && keys.acked_order.is_empty());
+}
