@@ -79,6 +79,7 @@ pub(crate) async fn list(
 ) -> Result<Vec<(u32, Term, String)>, Error> {
     let mut names = stream.consumer_names();
     let mut found = Vec::new();
+    let prefix = format!("{}_p", config.name);
     while let Some(n) = names.next().await {
         let n = n.map_err(|e| {
             stream_error(
@@ -88,7 +89,7 @@ pub(crate) async fn list(
         })?;
         // `<name>_p<i>...`: the partition is the number right after the group's prefix.
         let Some(i) = n
-            .strip_prefix(&format!("{}_p", config.name))
+            .strip_prefix(prefix.as_str())
             .and_then(|r| r.split('_').next())
             .and_then(|i| i.parse::<u32>().ok())
             .filter(|i| *i < config.partitions)
