@@ -141,13 +141,7 @@ impl GroupConfig {
                 .map_err(|e| e.map_kind(|_| ErrorKind::InvalidName))
         };
         name(names::bucket(&self.lease_bucket()))?;
-        // The longest durable name an owner can get: the last partition, the largest term.
-        name(names::consumer(&format!(
-            "{}_{}_{}",
-            self.durable(self.partitions.saturating_sub(1)),
-            u64::MAX,
-            u64::MAX
-        )))?;
+
         name(names::stream(&self.stream))?;
         name(names::subject(&self.subject_prefix))?;
         name(names::key(&self.member))?;
@@ -172,6 +166,17 @@ impl GroupConfig {
         if !(1..=5).contains(&self.replicas) {
             return invalid(format!("replicas must be 1 to 5, got {}", self.replicas));
         }
+        // The longest durable an owner can get (the last partition, the largest term), as a
+        // take-over creates it: its name length, filter and `ack_wait` are checked here.
+        let last = self.partitions - 1;
+        natty_stream::ConsumerConfig::new(
+            &self.stream,
+            format!("{}_{}_{}", self.durable(last), u64::MAX, u64::MAX),
+        )
+        .filter_subjects([self.filter(last)])
+        .ack_wait(self.ack_wait)
+        .validate()
+        .map_err(crate::error::from_stream)?;
         Ok(())
     }
 
@@ -259,6 +264,11 @@ mod tests {
             (
                 GroupConfig::new("g".repeat(220), "S", "orders", 12, "m1"),
                 ErrorKind::InvalidName,
+            ),
+            // The durables' ack_wait, checked before any take-over.
+            (
+                ok.clone().ack_wait(Duration::from_millis(50)),
+                ErrorKind::InvalidConfig,
             ),
         ] {
             assert_eq!(
