@@ -515,7 +515,9 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
             } else if roll < 82 {
                 // Deleted behind the consumers' back and re-created (from its ack floor, as an
                 // operator would) within their grace period: they must carry on.
-                let before = retrying("reading the durable's ack floor", || async {
+                // From the ack floor, never below the durable's start, and only when it has a
+                // leader (natty's own rule for a durable's replacement).
+                let (before, from) = retrying("reading the durable's ack floor", || async {
                     let info = client
                         .jetstream()
                         .get_stream("CHAOS")
@@ -523,20 +525,12 @@ async fn run(minutes: f64, seed: u64, out: &std::path::Path) -> anyhow::Result<b
                         .consumer_info("workers")
                         .await?
                         .clone();
-                    // A durable without a leader (just re-created, or electing one) answers with
-                    // its positions all 0 (seen in this run's diagnostics): not a floor to trust.
-                    anyhow::ensure!(
-                        info.cluster.as_ref().is_some_and(|c| c.leader.is_some()),
-                        "the durable has no leader: {}",
-                        durable_state(&info)
-                    );
-                    Ok(info)
+                    let Some(from) = natty::stream::resume_sequence(&info) else {
+                        anyhow::bail!("the durable has no leader: {}", durable_state(&info));
+                    };
+                    Ok((info, from))
                 })
                 .await?;
-                let from = resume_from(
-                    before.ack_floor.stream_sequence,
-                    &before.config.deliver_policy,
-                );
                 retrying("deleting the durable", || async {
                     Ok(natty::stream::delete_consumer(&client, "CHAOS", "workers").await?)
                 })
@@ -732,26 +726,6 @@ where
     }
 }
 
-/// The stream sequence an operator re-creates the durable from: the one after its ack floor.
-/// A durable created at a start sequence reports an ack floor of 0 until its first ack
-/// (nats-server 2.15.1, R3; seen in this run's diagnostics), not start - 1: its real floor is
-/// the later of the two. Taken at face value, a durable re-created and then deleted again
-/// before any ack (idle, or its consumers down) came back at sequence 1 and delivered the
-/// whole stream again (seed 7, 10 min: 200,138 repeats and 1,248 numbers dead-lettered twice,
-/// the first copies long out of the dead-letter stream's duplicate window).
-fn resume_from(
-    ack_floor: u64,
-    deliver: &natty::async_nats::jetstream::consumer::DeliverPolicy,
-) -> u64 {
-    let start = match deliver {
-        natty::async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
-            start_sequence,
-        } => start_sequence.saturating_sub(1),
-        _ => 0,
-    };
-    ack_floor.max(start) + 1
-}
-
 /// Diagnostic lines for the report (also printed as they happen).
 #[derive(Clone, Default)]
 struct Notes(Arc<Mutex<Vec<String>>>);
@@ -788,7 +762,7 @@ fn durable_state(i: &natty::async_nats::jetstream::consumer::Info) -> String {
 }
 
 /// Reads the durable's state every second and notes each time its ack floor (as
-/// [`resume_from`] reads it) or delivered position goes backwards (a re-created durable
+/// `natty::stream::resume_sequence` reads it) or delivered position goes backwards (a re-created durable
 /// included: it should start at its old floor).
 async fn watch_durable(client: natty::Client, notes: Notes, start: u64) {
     let mut last: Option<(u64, u64, String)> = None;
@@ -801,7 +775,8 @@ async fn watch_durable(client: natty::Client, notes: Notes, start: u64) {
         let Ok(Ok(info)) = tokio::time::timeout(Duration::from_secs(2), info).await else {
             continue;
         };
-        let floor = resume_from(info.ack_floor.stream_sequence, &info.config.deliver_policy) - 1;
+        // A leaderless read (positions 0) counts as floor 0, as a backwards step.
+        let floor = natty::stream::resume_sequence(&info).map_or(0, |from| from - 1);
         let delivered = info.delivered.stream_sequence;
         if let Some((f, d, was)) = &last
             && (floor < *f || delivered < *d)
@@ -1388,29 +1363,10 @@ mod tests {
         reason = "in a test a panic is the failure report"
     )]
 
-    use natty::async_nats::jetstream::consumer::DeliverPolicy;
     use natty_chaos::{Event, Line};
     use natty_testkit::procs::{Lines, Term};
 
-    use super::{election_checks, resume_from};
-
-    #[test]
-    fn a_durable_is_re_created_after_its_real_ack_floor() {
-        let at = |start_sequence| DeliverPolicy::ByStartSequence { start_sequence };
-        let table = [
-            (0, DeliverPolicy::All, 1),
-            (500, DeliverPolicy::All, 501),
-            (500, at(301), 501),
-            // Measured (nats-server 2.15.1, R3): a durable created at a start sequence reports
-            // an ack floor of 0 until its first ack, not start - 1. Read as the floor, it made
-            // the next re-creation deliver the whole stream again.
-            (0, at(18_001), 18_001),
-            (0, at(1), 1),
-        ];
-        for (floor, policy, want) in table {
-            assert_eq!(resume_from(floor, &policy), want, "{floor} {policy:?}");
-        }
-    }
+    use super::election_checks;
 
     fn at(event: Event, proc: &str, mono_ns: u64) -> Line {
         Line {

@@ -26,7 +26,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use natty_core::{Client, async_nats::jetstream};
 use natty_election::{Leadership, Term};
-use natty_stream::{ConsumerConfig, DeliverFrom, ensure_consumer};
+use natty_stream::{ConsumerConfig, DeliverFrom, ensure_consumer, resume_sequence};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -174,7 +174,7 @@ pub(crate) async fn take_over(
         .max_by_key(|(t, _)| *t);
     if !durables.iter().any(|(t, _)| *t == term) {
         let from = match previous {
-            Some((_, n)) => DeliverFrom::Sequence(ack_floor(&stream, n).await? + 1),
+            Some((_, n)) => DeliverFrom::Sequence(resume_from(&stream, n).await?),
             None => DeliverFrom::All,
         };
         // A member frozen since its listing must not create a durable behind its successor.
@@ -215,27 +215,29 @@ pub(crate) async fn take_over(
     Ok(ours)
 }
 
-/// The stream sequence up to which durable `name` has every message acknowledged (never less
-/// than the sequence before its start), once the acks already sent to it have been applied
-/// (bounded wait).
-async fn ack_floor(stream: &jetstream::stream::Stream, name: &str) -> Result<u64, Error> {
+/// Where the next owner's durable starts after durable `name`
+/// ([`resume_sequence`]: after its ack floor, never below its own start — see
+/// tests/group.rs `an_owner_that_handled_nothing_hands_over_where_it_started`), read from it
+/// once it has a leader and the acks already sent to it have been applied (both waits bounded).
+async fn resume_from(stream: &jetstream::stream::Stream, name: &str) -> Result<u64, Error> {
     let read = || async {
         stream
             .consumer_info(name)
             .await
             .map_err(|e| stream_error(format!("reading durable {name:?}"), e))
     };
-    // A replicated durable without a leader (just created, or electing one) answers with its
-    // positions all 0: not a floor to go by. Asked again until it has one (bounded).
-    let led = |i: &jetstream::consumer::Info| i.cluster.as_ref().is_none_or(|c| c.leader.is_some());
+    let no_leader = || {
+        Error::new(
+            ErrorKind::Stream,
+            format!("durable {name:?} has no leader: its ack floor is unknown"),
+        )
+    };
+    // A replicated durable without a leader (just created, or electing one) gives no answer.
     let mut info = read().await?;
     let deadline = Instant::now() + LEADER;
-    while !led(&info) {
+    while resume_sequence(&info).is_none() {
         if Instant::now() >= deadline {
-            return Err(Error::new(
-                ErrorKind::Stream,
-                format!("durable {name:?} has no leader: its ack floor is unknown"),
-            ));
+            return Err(no_leader());
         }
         tokio::time::sleep(POLL * 5).await;
         info = read().await?;
@@ -246,7 +248,7 @@ async fn ack_floor(stream: &jetstream::stream::Stream, name: &str) -> Result<u64
     while info.num_ack_pending > 0 && Instant::now() < deadline {
         tokio::time::sleep(POLL).await;
         let next = read().await?;
-        if !led(&next) {
+        if resume_sequence(&next).is_none() {
             continue;
         }
         let settled = next.num_ack_pending >= info.num_ack_pending;
@@ -255,26 +257,7 @@ async fn ack_floor(stream: &jetstream::stream::Stream, name: &str) -> Result<u64
             break;
         }
     }
-    // A durable's floor is never below where it started, but a replicated durable that has
-    // acknowledged nothing reports 0 (server 2.15.1; a single server reports its start - 1):
-    // taken as is, the next owner would run the whole partition again (seen in the chaos
-    // scenario; tests/group.rs `an_owner_that_handled_nothing_hands_over_where_it_started`;
-    // docs/upstream/nats-server-ack-floor-of-a-fresh-replicated-consumer.md).
-    let started_after = match info.config.deliver_policy {
-        jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence } => {
-            start_sequence.saturating_sub(1)
-        }
-        _ => 0,
-    };
-    if info.ack_floor.stream_sequence < started_after {
-        debug!(
-            durable = name,
-            ack_floor = info.ack_floor.stream_sequence,
-            started_after,
-            "ack floor below the durable's start: taking its start"
-        );
-    }
-    Ok(info.ack_floor.stream_sequence.max(started_after))
+    resume_sequence(&info).ok_or_else(no_leader)
 }
 
 #[cfg(test)]

@@ -492,6 +492,25 @@ pub async fn ensure_consumer(client: &Client, config: &ConsumerConfig) -> Result
     .await
 }
 
+/// Where a replacement of the durable described by `info` starts so that it delivers whatever
+/// the durable had not finished: right after its ack floor, never below the durable's own
+/// start sequence — a replicated durable that has acknowledged nothing reports an ack floor of
+/// 0 (nats-server 2.15.1; `docs/upstream/nats-server-ack-floor-of-a-fresh-replicated-consumer.md`).
+/// `None` while a replicated durable has no leader: it then reports its positions as 0, which
+/// is no floor to go by (ask again).
+pub fn resume_sequence(info: &consumer::Info) -> Option<u64> {
+    if info.cluster.as_ref().is_some_and(|c| c.leader.is_none()) {
+        return None;
+    }
+    let started_after = match info.config.deliver_policy {
+        consumer::DeliverPolicy::ByStartSequence { start_sequence } => {
+            start_sequence.saturating_sub(1)
+        }
+        _ => 0,
+    };
+    Some(info.ack_floor.stream_sequence.max(started_after) + 1)
+}
+
 /// Deletes the durable consumer; a no-op when it (or its stream) does not exist.
 pub async fn delete_consumer(client: &Client, stream: &str, durable: &str) -> Result<(), Error> {
     names::stream(stream).map_err(from_core)?;
@@ -544,6 +563,55 @@ pub(crate) fn other<E: std::error::Error + Send + Sync + 'static>(e: E, context:
         context.to_owned(),
         e,
     )
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use serde_json::{Value, json};
+
+    use super::resume_sequence;
+
+    /// Consumer info as the server sends it: `config` (without `ack_policy`), the ack floor's
+    /// stream sequence, `cluster` (`None` on a single server).
+    fn info(
+        mut config: Value,
+        ack_floor: u64,
+        cluster: Option<Value>,
+    ) -> async_nats::jetstream::consumer::Info {
+        config["ack_policy"] = json!("explicit");
+        let mut v = json!({
+            "stream_name": "S", "name": "c", "created": "2026-11-27T00:00:00Z",
+            "config": config,
+            "delivered": {"consumer_seq": 0, "stream_seq": 10},
+            "ack_floor": {"consumer_seq": 0, "stream_seq": ack_floor},
+            "num_ack_pending": 0, "num_redelivered": 0, "num_waiting": 0, "num_pending": 0,
+        });
+        if let Some(c) = cluster {
+            v["cluster"] = c;
+        }
+        serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_replacement_starts_after_the_floor_never_below_the_start_and_only_with_a_leader() {
+        let by_seq = json!({"deliver_policy": "by_start_sequence", "opt_start_seq": 11});
+        let all = json!({"deliver_policy": "all"});
+        let led = || Some(json!({"name": "C", "leader": "n1"}));
+        // Measured (nats-server 2.15.1, R3): a durable created at a start sequence reports an
+        // ack floor of 0 until its first ack, not start - 1. Read as the floor, the chaos
+        // harness re-created its durable at 1 and delivered the whole stream again (seed 7,
+        // 10 min: 200,138 repeats), and a group's next owner ran whole partitions again.
+        assert_eq!(resume_sequence(&info(by_seq.clone(), 0, led())), Some(11));
+        let at_1 = json!({"deliver_policy": "by_start_sequence", "opt_start_seq": 1});
+        assert_eq!(resume_sequence(&info(at_1, 0, led())), Some(1));
+        // A floor past the start wins.
+        assert_eq!(resume_sequence(&info(by_seq.clone(), 40, led())), Some(41));
+        assert_eq!(resume_sequence(&info(all.clone(), 7, None)), Some(8));
+        assert_eq!(resume_sequence(&info(all, 0, None)), Some(1));
+        // Replicated without a leader: positions read 0, no answer.
+        let leaderless = Some(json!({"name": "C"}));
+        assert_eq!(resume_sequence(&info(by_seq, 0, leaderless)), None);
+    }
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ mod fuzz;
 
 pub use admin::{
     ConsumerConfig, DeliverFrom, Storage, StreamConfig, delete_consumer, delete_stream,
-    ensure_consumer, ensure_stream,
+    ensure_consumer, ensure_stream, resume_sequence,
 };
 pub use batch::{
     BatchConfig, BatchPublisher, BatchStats, CloseReport, FailedMessage, FlushError, PublishMode,
