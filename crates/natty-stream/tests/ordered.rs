@@ -668,15 +668,19 @@ async fn a_replay_of_handled_messages_is_not_handled_again() -> anyhow::Result<(
         |_, _, _| Ok(()),
     );
     let mut raw = raw_consumer(&s, "workers").await?;
-    let settled = |raw: async_nats::jetstream::consumer::PullConsumer| async move {
+    // All 200 delivered, every one acked, none pending.
+    let caught_up = |raw: async_nats::jetstream::consumer::PullConsumer| async move {
         let mut raw = raw;
         let i = raw.info().await.ok()?;
-        (i.ack_floor.stream_sequence == 200 && i.num_ack_pending == 0).then_some(())
+        (i.delivered.stream_sequence == 200
+            && i.ack_floor.stream_sequence == 200
+            && i.num_ack_pending == 0)
+            .then_some(())
     };
     wait_for(
         "every message handled and acked",
         Duration::from_secs(10),
-        || settled(raw.clone()),
+        || caught_up(raw.clone()),
     )
     .await?;
     raw.reset(Some(1))
@@ -686,17 +690,7 @@ async fn a_replay_of_handled_messages_is_not_handled_again() -> anyhow::Result<(
     wait_for(
         "the replay delivered and acked",
         Duration::from_secs(10),
-        || {
-            let raw = raw.clone();
-            async move {
-                let mut raw = raw;
-                let i = raw.info().await.ok()?;
-                (i.delivered.stream_sequence == 200
-                    && i.ack_floor.stream_sequence == 200
-                    && i.num_ack_pending == 0)
-                    .then_some(())
-            }
-        },
+        || caught_up(raw.clone()),
     )
     .await?;
     cancel.cancel();
