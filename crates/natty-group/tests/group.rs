@@ -425,3 +425,78 @@ async fn an_owner_that_handled_nothing_hands_over_where_it_started() -> anyhow::
     assert_eq!(judge.handled.load(Ordering::SeqCst), 105);
     Ok(())
 }
+
+/// A member frozen past its lease can leave a pull request open on the partition's durable
+/// (here: a pull the test opens on the owner's durable and never reads, from a connection of
+/// its own). The next owner must get the partition's new messages at once and in order — not
+/// `ack_wait` later, after the server handed them to the stale request (seen in the chaos
+/// scenario when every owner shared one durable: a reset keeps waiting requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_stale_pull_of_a_previous_owner_takes_nothing_from_the_next() -> anyhow::Result<()> {
+    const ACK_WAIT: Duration = Duration::from_secs(20);
+    init_tracing();
+    let nats = Nats::start().await?;
+    let url = nats.url();
+    let client = ConnectOptions::new([url.clone()]).connect().await?;
+    let stream = unique_name("GS").replace('-', "_");
+    let prefix = stream.to_lowercase();
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&stream, [format!("{prefix}.>")]),
+    )
+    .await?;
+    let config = GroupConfig::new(format!("{stream}_g"), &stream, &prefix, 1, "unset")
+        .ttl(TTL)
+        .ack_wait(ACK_WAIT);
+    let judge = Arc::new(Judge::default());
+    publish(&client, &config, 1, 0, 10).await?;
+    let a = member(&url, &config, "a", judge.clone()).await?;
+    wait_for("a handled 10", Duration::from_secs(10), || async {
+        (judge.handled.load(Ordering::SeqCst) >= 10).then_some(())
+    })
+    .await?;
+    // a's durable, with a pull request waiting on it that nobody reads (a frozen member's).
+    let name_a = wait_for("a's durable", Duration::from_secs(5), || async {
+        let now = durables(&client, &stream).await;
+        (now.len() == 1).then(|| now[0].clone())
+    })
+    .await?;
+    let stale: natty_core::async_nats::jetstream::consumer::PullConsumer = client
+        .jetstream()
+        .get_stream(&stream)
+        .await?
+        .get_consumer(&name_a)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _stale_pull = stale
+        .batch()
+        .max_messages(100)
+        .expires(ACK_WAIT * 2)
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // a dies (its lease expires after the TTL); b takes the partition over.
+    a.task.abort();
+    let _ = a.task.await;
+    let b = member(&url, &config, "b", judge.clone()).await?;
+    wait_for("b owns the partition", TTL * 3, || async {
+        (b.group.owned().len() == 1).then_some(())
+    })
+    .await?;
+    publish(&client, &config, 1, 10, 20).await?;
+    // Well before ack_wait: nothing may sit with the stale request.
+    let all = wait_for("b handled the 10 new ones", ACK_WAIT / 2, || async {
+        let order = judge.order.lock().unwrap();
+        let runs = order.get("key-0")?;
+        (10..20)
+            .all(|n| runs.iter().any(|r| r.0 == n))
+            .then_some(())
+    })
+    .await;
+    b.cancel.cancel();
+    b.task.await??;
+    all?;
+    judge.check(1, 20);
+    Ok(())
+}
