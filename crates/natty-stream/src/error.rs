@@ -84,6 +84,11 @@ pub(crate) fn from_core(err: natty_core::Error) -> Error {
     })
 }
 
+/// The error for a message the server would refuse (by closing the connection).
+pub(crate) fn too_large(exceeded: natty_core::limits::Exceeded, what: &str) -> Error {
+    Error::new(ErrorKind::TooLarge, format!("{what}: {exceeded}"))
+}
+
 pub(crate) fn from_publish(
     err: async_nats::jetstream::context::PublishError,
     context: String,
