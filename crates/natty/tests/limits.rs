@@ -35,7 +35,7 @@ fn connects(natty: &Natty) -> u64 {
 /// `f` must fail within 3 s (today's failures took 10 s to 58 s, reconnecting meanwhile).
 async fn refused_at_once<T: std::fmt::Debug, E: std::fmt::Display>(
     what: &str,
-    f: impl std::future::Future<Output = Result<T, E>>,
+    f: impl Future<Output = Result<T, E>>,
 ) -> E {
     match tokio::time::timeout(Duration::from_secs(3), f).await {
         Ok(Err(e)) => e,
