@@ -26,6 +26,7 @@ struct ReadmeDoctests;
 mod client;
 mod connect;
 pub mod error;
+pub mod limits;
 pub mod names;
 mod options;
 pub mod retry;

@@ -12,6 +12,9 @@
 //!   false. An unconditional put or delete retried after such a failure may be stored twice
 //!   (the same value or marker).
 //! - A per-key TTL that the cached bucket cannot take is checked with the server first.
+//! - A write the server would refuse by closing the connection (value and headers over its
+//!   `max_payload`, or a key that makes `$KV.<bucket>.<key>` longer than its control line) is
+//!   `TooLarge` before anything is sent — no bucket created, no request made.
 
 use std::fmt;
 
@@ -156,6 +159,9 @@ impl Kv {
         // Conditional writes are made idempotent: a retry is answered with the first
         // attempt's revision if that one was stored after all.
         let msg_id = w.expected.map(|_| self.unique_id());
+        // Every attempt sends these same headers: checked once, before anything is sent.
+        let headers = w.headers(msg_id.as_deref());
+        self.check_limits(w, &headers)?;
         let mut recreated = false;
         // When the first attempt whose outcome is unknown (no answer) was sent.
         let mut unknown_since: Option<Instant> = None;
@@ -174,7 +180,7 @@ impl Kv {
             };
             let b = self.check_ttl(b, w, &deadline).await?;
             let sent = Instant::now();
-            let failure = match publish_once(self, &b, w, msg_id.as_deref()).await {
+            let failure = match publish_once(self, &b, w, headers.clone()).await {
                 Outcome::Done(result) => {
                     return match result {
                         Err(e) if e.kind() == ErrorKind::RevisionMismatch => match unknown_since {
@@ -316,6 +322,31 @@ impl Kv {
         ))
     }
 
+    /// `TooLarge` for a write the server would refuse by closing the connection (every other
+    /// user of it, watches and leases included, would blip and the write time out).
+    fn check_limits(&self, w: &Write, headers: &HeaderMap) -> Result<(), Error> {
+        let subject = crate::bucket::subject(&w.bucket, &w.key);
+        let headers_len = natty_core::limits::headers_len(headers);
+        self.client
+            .limits()
+            .check(&subject, headers_len, w.value.len())
+            .map_err(|e| {
+                let what = match e.limit_kind() {
+                    natty_core::limits::LimitKind::MaxControlLine => "the key is too long",
+                    _ => "the value is too large",
+                };
+                Error::new(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "{} key of {} bytes in bucket {:?}: {what}: {e}",
+                        w.op,
+                        w.key.len(),
+                        w.bucket
+                    ),
+                )
+            })
+    }
+
     /// A unique message id (the NUID of a fresh inbox: unique per process and connection,
     /// without another dependency).
     fn unique_id(&self) -> String {
@@ -327,28 +358,35 @@ impl Kv {
     }
 }
 
-async fn publish_once(kv: &Kv, b: &Bucket, w: &Write, msg_id: Option<&str>) -> Outcome<u64> {
-    let mut headers = HeaderMap::new();
-    if let Some(expected) = w.expected {
-        headers.insert(
-            entry::EXPECTED_LAST_SUBJECT_SEQUENCE,
-            expected.to_string().as_str(),
-        );
-    }
-    if let Some(ttl) = w.ttl {
-        headers.insert(entry::TTL, ttl.header_value().as_str());
-    }
-    match w.marker {
-        Some(Marker::Delete) => headers.insert(entry::KV_OPERATION, "DEL"),
-        Some(Marker::Purge) => {
-            headers.insert(entry::KV_OPERATION, "PURGE");
-            headers.insert(entry::ROLLUP, "sub");
+impl Write {
+    /// The headers every attempt of this write carries (with `msg_id`, a conditional write's).
+    fn headers(&self, msg_id: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(expected) = self.expected {
+            headers.insert(
+                entry::EXPECTED_LAST_SUBJECT_SEQUENCE,
+                expected.to_string().as_str(),
+            );
         }
-        None => {}
+        if let Some(ttl) = self.ttl {
+            headers.insert(entry::TTL, ttl.header_value().as_str());
+        }
+        match self.marker {
+            Some(Marker::Delete) => headers.insert(entry::KV_OPERATION, "DEL"),
+            Some(Marker::Purge) => {
+                headers.insert(entry::KV_OPERATION, "PURGE");
+                headers.insert(entry::ROLLUP, "sub");
+            }
+            None => {}
+        }
+        if let Some(id) = msg_id {
+            headers.insert(entry::MSG_ID, id);
+        }
+        headers
     }
-    if let Some(id) = msg_id {
-        headers.insert(entry::MSG_ID, id);
-    }
+}
+
+async fn publish_once(kv: &Kv, b: &Bucket, w: &Write, headers: HeaderMap) -> Outcome<u64> {
     let ack = match kv
         .client
         .jetstream()
