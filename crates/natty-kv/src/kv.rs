@@ -313,6 +313,7 @@ impl Kv {
                 filter,
                 start,
                 self.deadline(),
+                self.retry_for,
             )
             .await
         }
