@@ -54,6 +54,7 @@ mod bucket;
 mod config;
 mod entry;
 mod error;
+mod expiry;
 #[cfg(feature = "serde")]
 mod json;
 mod kv;
@@ -63,6 +64,7 @@ mod retry;
 mod scan;
 mod watch;
 mod write;
+mod written;
 
 #[cfg(test)]
 mod fuzz;
