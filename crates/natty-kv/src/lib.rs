@@ -13,9 +13,15 @@
 //!   server restart without replaying a revision, end with `BucketNotFound` when the bucket is
 //!   deleted and report a re-created bucket ([`EventKind::BucketRecreated`]).
 //! - On replicated buckets, answers that say nothing (503 during a stream-leader election,
-//!   timeouts) are retried for [`Kv::retry_for`]; a bucket is "not found" only when the stream
-//!   info API says so; reads that a write is based on (`delete`, `refresh`, `create` over a
-//!   deleted key) are answered by the stream leader.
+//!   timeouts) are retried for [`Kv::retry_for`] — consumer creation for listings, history
+//!   and watches included; a bucket is "not found" only when the stream info API says so.
+//! - Reads never go back: a `Kv` remembers the revision it last wrote to each key, and its
+//!   reads of that key are answered by a replica that has it, else by the stream leader;
+//!   [`Kv::get_at_least`] takes a floor revision of the caller's. A "nothing to do" that a
+//!   write is based on (`delete` of a missing key, `create` over a deleted key) is asked of
+//!   the stream leader.
+//! - An update or refresh that the server's expiry marker of its base revision removes right
+//!   after storing it is reported, never `Ok`.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,6 +60,7 @@ mod bucket;
 mod config;
 mod entry;
 mod error;
+mod expiry;
 #[cfg(feature = "serde")]
 mod json;
 mod kv;
@@ -63,6 +70,7 @@ mod retry;
 mod scan;
 mod watch;
 mod write;
+mod written;
 
 #[cfg(test)]
 mod fuzz;
