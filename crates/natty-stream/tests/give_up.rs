@@ -190,3 +190,299 @@ async fn restarts_over_a_backlog_give_up_on_nothing_unseen() -> anyhow::Result<(
     eprintln!("highest delivery count a handler saw: {most:?} (limit 2: natty's own hand-backs)");
     Ok(())
 }
+/// A message that really fails is still given up on at the limit — after its handler failed
+/// `max_deliver` times — also when the failures are spread over restarts of the process (the
+/// count survives them), and when natty handed it back in between.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn failures_counted_across_restarts_reach_the_limit() -> anyhow::Result<()> {
+    let s = setup(|st| {
+        ConsumerConfig::new(st, "workers")
+            .ack_wait(Duration::from_secs(2))
+            .max_deliver(Some(3))
+    })
+    .await?;
+    let dlq = format!("{}_DLQ", s.stream);
+    ensure_stream(&s.client, &StreamConfig::new(&dlq, [format!("{dlq}.>")])).await?;
+    publish_n(&s, 1).await?;
+    let log = Log::default();
+    // A retry delay longer than it takes to stop: each run sees the message once.
+    let options = ConsumeOptions::default()
+        .retry_delay(Duration::from_secs(2), Duration::from_secs(2))
+        .dead_letter(format!("{dlq}.failed"));
+    // Three processes in a row, each failing the message once and then stopping.
+    let mut totals = Vec::new();
+    for run in 1..=3usize {
+        let client = ConnectOptions::new([s.url.clone()]).connect().await?;
+        let (cancel, consumer, task) = start(
+            client,
+            &s.stream,
+            options.clone(),
+            log.clone(),
+            Duration::ZERO,
+            |_, _| Err(HandlerError::retry("downstream is down")),
+        );
+        wait_for(
+            &format!("run {run} to fail it"),
+            Duration::from_secs(15),
+            || async {
+                let st = consumer.stats();
+                (st.naked + st.termed >= 1).then_some(())
+            },
+        )
+        .await?;
+        cancel.cancel();
+        totals.push(task.await??);
+    }
+    let runs = log.lock().unwrap().len();
+    assert_eq!(
+        runs,
+        3,
+        "the handler ran {runs} times: {:?}",
+        log.lock().unwrap()
+    );
+    let dead: u64 = totals.iter().map(|t| t.dead_lettered).sum();
+    assert_eq!(dead, 1, "{totals:?}");
+    let dl = s.client.jetstream().get_stream(&dlq).await?;
+    let m = dl
+        .get_last_raw_message_by_subject(&format!("{dlq}.failed"))
+        .await?;
+    assert_eq!(
+        m.headers
+            .get("Natty-Failures")
+            .map(|v| v.as_str().to_owned()),
+        Some("3".to_owned())
+    );
+    Ok(())
+}
+
+/// Per number: how many times a handler started.
+fn runs_per(log: &Log) -> HashMap<u64, usize> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .fold(HashMap::new(), |mut m, (n, _)| {
+            *m.entry(*n).or_default() += 1;
+            m
+        })
+}
+
+/// A handler cut off by the stop deadline is handed back, not counted: with `max_deliver(1)`
+/// the next consumer still runs it.
+async fn a_handler_cut_off_at_stop_is_not_counted(concurrency: usize) -> anyhow::Result<()> {
+    let s = setup(|st| {
+        ConsumerConfig::new(st, "workers")
+            .ack_wait(Duration::from_secs(30))
+            .max_deliver(Some(1))
+    })
+    .await?;
+    publish_n(&s, 1).await?;
+    let log = Log::default();
+    let options = ConsumeOptions::default()
+        .concurrency(concurrency)
+        .stop_timeout(Duration::from_millis(500));
+    let (cancel, _, task) = start(
+        s.client.clone(),
+        &s.stream,
+        options.clone(),
+        log.clone(),
+        Duration::from_secs(3600),
+        |_, _| Ok(()),
+    );
+    wait_for("the handler to start", Duration::from_secs(10), || async {
+        (!log.lock().unwrap().is_empty()).then_some(())
+    })
+    .await?;
+    let stopping = std::time::Instant::now();
+    cancel.cancel();
+    let first = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .map_err(|_| anyhow::anyhow!("the stop did not end within 10 s"))???;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(3), "the stop took {took:?}");
+    assert_eq!((first.termed, first.naked), (0, 1), "{first:?}");
+    let (cancel, consumer, task) = start(
+        s.client.clone(),
+        &s.stream,
+        options,
+        log.clone(),
+        Duration::ZERO,
+        |_, _| Ok(()),
+    );
+    // Handed back at once (nak), not left to ack_wait (30 s).
+    wait_for("the second run", Duration::from_secs(10), || async {
+        (consumer.stats().acked == 1).then_some(())
+    })
+    .await?;
+    cancel.cancel();
+    let second = task.await??;
+    assert_eq!(second.termed, 0, "{second:?}");
+    assert_eq!(runs_per(&log).get(&0), Some(&2));
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn an_inline_handler_cut_off_at_stop_is_not_counted_as_a_failure() -> anyhow::Result<()> {
+    a_handler_cut_off_at_stop_is_not_counted(1).await
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_concurrent_handler_cut_off_at_stop_is_not_counted_as_a_failure() -> anyhow::Result<()> {
+    a_handler_cut_off_at_stop_is_not_counted(4).await
+}
+
+/// Issue 24 item 14: one logical reader whose durable changes name (a consumer group's owner
+/// per term) keys its failure count and dead letter by a stable identity. The next durable
+/// continues the count, and an owner that stopped between the dead-letter publish and its
+/// `+TERM` does not make the next one store a second dead letter.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn durables_sharing_an_identity_share_the_count_and_the_dead_letter() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers").max_deliver(Some(2))).await?;
+    ensure_consumer(
+        &s.client,
+        &ConsumerConfig::new(&s.stream, "workers_t2").max_deliver(Some(2)),
+    )
+    .await?;
+    let dlq = format!("{}_DLQ", s.stream);
+    ensure_stream(&s.client, &StreamConfig::new(&dlq, [format!("{dlq}.>")])).await?;
+    publish_n(&s, 1).await?;
+    let options = ConsumeOptions::default()
+        .retry_delay(Duration::from_millis(100), Duration::from_millis(200))
+        .dead_letter(format!("{dlq}.failed"))
+        .identity("orders_p0");
+    let runs = Arc::new(Mutex::new(Vec::<String>::new()));
+    let consume = |durable: &'static str| {
+        let consumer =
+            Consumer::new(s.client.clone(), &s.stream, durable, options.clone()).unwrap();
+        let cancel = CancellationToken::new();
+        let (c, k, runs) = (consumer.clone(), cancel.clone(), runs.clone());
+        let task = tokio::spawn(async move {
+            c.consume(k, move |_m: Message| {
+                runs.lock().unwrap().push(durable.to_owned());
+                async { Err(HandlerError::retry("downstream is down")) }
+            })
+            .await
+        });
+        (cancel, consumer, task)
+    };
+    // The first term's durable fails it once, then its owner stops.
+    let (cancel, c1, task) = consume("workers");
+    wait_for("the first failure", Duration::from_secs(10), || async {
+        (c1.stats().naked >= 1).then_some(())
+    })
+    .await?;
+    cancel.cancel();
+    task.await??;
+    // The next term's durable (a new name, the same identity): its first failure is the
+    // second counted, the limit: dead-lettered.
+    let (cancel, c2, task) = consume("workers_t2");
+    wait_for("the dead letter", Duration::from_secs(10), || async {
+        (c2.stats().dead_lettered >= 1).then_some(())
+    })
+    .await?;
+    cancel.cancel();
+    task.await??;
+    // The first durable still has the message (its nak brought it back): given up on without
+    // running the handler, and its dead letter is a duplicate of the second's.
+    let (cancel, c1, task) = consume("workers");
+    wait_for(
+        "the old durable to give up",
+        Duration::from_secs(10),
+        || async { (c1.stats().termed >= 1).then_some(()) },
+    )
+    .await?;
+    cancel.cancel();
+    task.await??;
+    assert_eq!(*runs.lock().unwrap(), ["workers", "workers_t2"]);
+    let mut dl = s.client.jetstream().get_stream(&dlq).await?;
+    assert_eq!(dl.info().await?.state.messages, 1, "stored twice");
+    let m = dl
+        .get_last_raw_message_by_subject(&format!("{dlq}.failed"))
+        .await?;
+    let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(
+        header("Nats-Msg-Id"),
+        Some(format!("natty-dl:{}:orders_p0:1", s.stream))
+    );
+    assert_eq!(header("Natty-Failures").as_deref(), Some("2"));
+    Ok(())
+}
+
+/// Issue 24 item 6: a dead letter larger than the server's `max_payload` (its headers
+/// included) is stored without the payload, saying so, instead of closing the shared
+/// connection and failing again every `retry_max`.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn an_oversized_dead_letter_is_stored_without_its_payload() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers")).await?;
+    let dlq = format!("{}_DLQ", s.stream);
+    ensure_stream(&s.client, &StreamConfig::new(&dlq, [format!("{dlq}.>")])).await?;
+    let max = s.client.nats().server_info().max_payload;
+    // Fits the stream; with the dead letter's headers (a 1 KiB reason among them) it does not.
+    let size = max - 512;
+    Publisher::new(s.client.clone())
+        .publish(&format!("{}.big", s.stream), vec![b'x'; size].into())
+        .await?;
+    let connects = s
+        .client
+        .nats()
+        .statistics()
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let log = Log::default();
+    let consumer = Consumer::new(
+        s.client.clone(),
+        &s.stream,
+        "workers",
+        ConsumeOptions::default().dead_letter(format!("{dlq}.failed")),
+    )?;
+    let cancel = CancellationToken::new();
+    let (c, k, l) = (consumer.clone(), cancel.clone(), log.clone());
+    let task = tokio::spawn(async move {
+        c.consume(k, move |m: Message| {
+            l.lock().unwrap().push((0, m.delivered));
+            async { Err(HandlerError::permanent("x".repeat(4096))) }
+        })
+        .await
+    });
+    wait_for("the dead letter", Duration::from_secs(15), || async {
+        (consumer.stats().dead_lettered >= 1).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", consumer.stats()))?;
+    cancel.cancel();
+    let stats = task.await??;
+    assert_eq!((stats.termed, stats.naked), (1, 0), "{stats:?}");
+    let dl = s.client.jetstream().get_stream(&dlq).await?;
+    let m = dl
+        .get_last_raw_message_by_subject(&format!("{dlq}.failed"))
+        .await?;
+    assert!(m.payload.is_empty());
+    let omitted = m
+        .headers
+        .get("Natty-Payload-Omitted")
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert!(omitted.starts_with(&format!("{size} bytes")), "{omitted}");
+    let reason = m
+        .headers
+        .get("Natty-Dead-Letter-Reason")
+        .unwrap()
+        .as_str()
+        .len();
+    assert!(reason < 1100, "reason header of {reason} bytes");
+    assert_eq!(
+        s.client
+            .nats()
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        connects,
+        "the connection was closed and made again"
+    );
+    Ok(())
+}
