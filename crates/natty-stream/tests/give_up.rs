@@ -486,3 +486,105 @@ async fn an_oversized_dead_letter_is_stored_without_its_payload() -> anyhow::Res
     );
     Ok(())
 }
+
+/// The failure ledger cannot be used (here: someone else's stream holds its name with a
+/// configuration that is no KV bucket): a failed message is retried with its delay and never
+/// given up on for want of a count, even with `max_deliver(1)`.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn an_unusable_failure_ledger_never_gives_up() -> anyhow::Result<()> {
+    use natty_core::async_nats::jetstream::stream;
+    let s = setup(|st| ConsumerConfig::new(st, "workers").max_deliver(Some(1))).await?;
+    s.client
+        .jetstream()
+        .create_stream(stream::Config {
+            name: "KV_natty_failures".to_owned(),
+            subjects: vec![format!("{}_other.>", s.stream)],
+            ..Default::default()
+        })
+        .await?;
+    publish_n(&s, 1).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let options = ConsumeOptions::default()
+        .retry_delay(Duration::from_millis(300), Duration::from_millis(300))
+        .errors(tx);
+    let log = Log::default();
+    let at = Arc::new(Mutex::new(Vec::new()));
+    let a = at.clone();
+    let (cancel, consumer, task) = start(
+        s.client.clone(),
+        &s.stream,
+        options,
+        log.clone(),
+        Duration::ZERO,
+        move |_, delivered| {
+            a.lock().unwrap().push(std::time::Instant::now());
+            if delivered < 3 {
+                Err(HandlerError::retry("downstream is down"))
+            } else {
+                Ok(())
+            }
+        },
+    );
+    wait_for(
+        "the third run to succeed",
+        Duration::from_secs(15),
+        || async { (consumer.stats().acked == 1).then_some(()) },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", consumer.stats()))?;
+    cancel.cancel();
+    let stats = task.await??;
+    assert_eq!((stats.termed, stats.naked), (0, 2), "{stats:?}");
+    let at = at.lock().unwrap().clone();
+    for pair in at.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(250),
+            "retried after {gap:?}: a hot loop"
+        );
+    }
+    let report = rx.try_recv()?;
+    assert_eq!(report.failures, None, "{report}");
+    Ok(())
+}
+
+/// The ledger's bucket deleted behind the consumer's back: the next failure creates it again,
+/// with natty's configuration, and the message is still given up on at the limit (a count
+/// lost with the bucket means more runs, never fewer).
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_deleted_failure_ledger_is_created_again() -> anyhow::Result<()> {
+    let s = setup(|st| ConsumerConfig::new(st, "workers").max_deliver(Some(2))).await?;
+    publish_n(&s, 1).await?;
+    let log = Log::default();
+    let options = ConsumeOptions::default()
+        .retry_delay(Duration::from_millis(500), Duration::from_millis(500));
+    let js = s.client.jetstream().clone();
+    let (cancel, consumer, task) = start(
+        s.client.clone(),
+        &s.stream,
+        options,
+        log.clone(),
+        Duration::ZERO,
+        |_, _| Err(HandlerError::retry("downstream is down")),
+    );
+    wait_for("the first failure", Duration::from_secs(10), || async {
+        (consumer.stats().naked >= 1).then_some(())
+    })
+    .await?;
+    js.delete_stream("KV_natty_failures").await?;
+    wait_for("the give-up", Duration::from_secs(15), || async {
+        (consumer.stats().termed >= 1).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", consumer.stats()))?;
+    cancel.cancel();
+    task.await??;
+    let runs = log.lock().unwrap().len();
+    assert!((2..=3).contains(&runs), "the handler ran {runs} times");
+    let kv = js.get_key_value("natty_failures").await?;
+    let config = kv.status().await?;
+    assert_eq!(config.max_age(), Duration::from_secs(2 * 24 * 3600));
+    Ok(())
+}
