@@ -200,7 +200,9 @@ impl ConsumeOptions {
         self
     }
 
-    pub(super) fn validate(&self) -> Result<(), Error> {
+    /// Checks the options without touching the network (`InvalidConfig` / `InvalidName`);
+    /// `consume` runs it, and so does any crate that consumes with options it was given.
+    pub fn validate(&self) -> Result<(), Error> {
         let bad = |what: String| {
             Err(Error::new(
                 ErrorKind::InvalidConfig,
