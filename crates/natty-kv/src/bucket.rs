@@ -111,6 +111,11 @@ pub(crate) const MAX_CACHED: usize = 1024;
 pub(crate) struct Buckets {
     client: Client,
     cache: Arc<Mutex<HashMap<String, Bucket>>>,
+    /// The configurations of the buckets whose owner said so ([`Kv::own_bucket`]): a write
+    /// that creates one of them uses it instead of the `Kv`'s defaults.
+    ///
+    /// [`Kv::own_bucket`]: crate::Kv::own_bucket
+    owned: Arc<Mutex<HashMap<String, BucketConfig>>>,
 }
 
 impl Buckets {
@@ -118,7 +123,27 @@ impl Buckets {
         Self {
             client,
             cache: Arc::default(),
+            owned: Arc::default(),
         }
+    }
+
+    /// Registers `config` as its bucket's own configuration (replacing an earlier one).
+    pub(crate) fn own(&self, config: BucketConfig) {
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(config.name.clone(), config);
+    }
+
+    /// The configuration a write creates bucket `name` with: its owner's, else `defaults`
+    /// named `name`.
+    pub(crate) fn config_for(&self, name: &str, defaults: &BucketConfig) -> BucketConfig {
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| defaults.with_name(name))
     }
 
     pub(crate) fn cached(&self, name: &str) -> Option<Bucket> {

@@ -100,6 +100,31 @@ impl Kv {
         &self.defaults
     }
 
+    /// Declares `config` the configuration of bucket `config.name`, owned by the caller: when
+    /// a `put` or `create` of this `Kv` (or of a clone) creates that bucket — because it does
+    /// not exist yet, or was deleted behind our back — it is created with `config`, not with
+    /// the [`defaults`](Self::defaults). For a component that owns a bucket's settings: a
+    /// membership bucket re-created without its TTL would keep a dead member forever.
+    /// Registering again replaces the configuration. Checks `config` (`InvalidConfig` /
+    /// `InvalidName`); nothing is sent.
+    ///
+    /// ```no_run
+    /// # async fn example(client: natty_core::Client) -> Result<(), natty_kv::Error> {
+    /// use std::time::Duration;
+    /// use natty_kv::{BucketConfig, Kv};
+    /// let kv = Kv::new(client);
+    /// kv.own_bucket(BucketConfig::new("members").ttl(Duration::from_secs(10)))?;
+    /// // Deleted by someone meanwhile? Re-created with the 10 s TTL, not the defaults.
+    /// kv.put("members", "node-1", "alive".into()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn own_bucket(&self, config: BucketConfig) -> Result<(), Error> {
+        config.validate()?;
+        debug!(bucket = %config.name, "bucket configuration owned by the caller");
+        self.buckets.own(config);
+        Ok(())
+    }
+
     fn deadline(&self) -> Deadline {
         Deadline::after(self.retry_for)
     }

@@ -267,7 +267,10 @@ impl Kv {
             let b = match if_missing {
                 IfMissing::CreateBucket => {
                     self.buckets
-                        .find_or_create(&self.defaults.with_name(&w.bucket), &deadline)
+                        .find_or_create(
+                            &self.buckets.config_for(&w.bucket, &self.defaults),
+                            &deadline,
+                        )
                         .await?
                 }
                 IfMissing::Fail => {
