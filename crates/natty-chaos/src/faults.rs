@@ -12,6 +12,8 @@ use natty_chaos::mono_ns;
 use natty_testkit::group::owned_at;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
+pub(crate) mod deploys;
+
 use crate::world::{
     DEAD_LETTER_STREAM, DURABLE, ELECTION_BUCKET, Kind, STREAM, TTL_SECS, World, durable,
 };

@@ -6,7 +6,7 @@ pub const DEAD_LETTER_EVERY: u64 = 101;
 
 /// The clock, the typed line protocol and the process harness, shared with natty-election's
 /// multi-process suite.
-pub use natty_testkit::procs::{Event, Line, Lines, emit, mono_ns};
+pub use natty_testkit::procs::{Event, Line, Lines, Term, emit, emit_at, mono_ns, mono_ns_of};
 
 /// Logs to stderr, filtered by RUST_LOG (warnings by default).
 pub fn init_logs() {

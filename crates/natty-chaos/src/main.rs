@@ -1,13 +1,14 @@
 //! natty-chaos: elections and streams on a 3-node JetStream cluster under a seeded schedule of
 //! faults — frozen and killed leaders, killed consumers, killed and partitioned nodes, the
 //! durable deleted and re-created, the dead-letter subject uncaptured for a while, and idle
-//! spans longer than the consumers' heartbeat and pull expiry — then checks, from what every
-//! process printed, that nothing was lost and no two leaders acted at once. Run it through
-//! `cargo xtask chaos [--minutes N] [--seed S]`.
+//! spans longer than the consumers' heartbeat and pull expiry — while rolling deploys restart
+//! consumers and group members over a backlog; then checks, from what every process printed
+//! and what the server recorded, that nothing was lost or given up on unseen and no two
+//! leaders acted at once. Run it through `cargo xtask chaos [--minutes N] [--seed S]`.
 //!
 //! Where things are: [`world`] (the cluster, the streams, the child processes), [`workload`]
-//! (what is published and consumed), [`faults`] (the schedule), [`judge`] (the checks),
-//! [`report`] (`target/chaos/report.md`).
+//! (what is published and consumed), [`faults`] (the schedule, and the rolling deploys in
+//! `faults/deploys.rs`), [`judge`] (the checks), [`report`] (`target/chaos/report.md`).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -53,25 +54,29 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         args.minutes, args.seed
     );
     let mut world = world::World::start().await?;
-    let publishing = workload::Publishing::start(&world.client, duration, args.minutes)?;
+    let (client, lines) = (world.client.clone(), world.lines.clone());
+    let deploys = faults::deploys::Deploys::start(&world, &args.out, duration.mul_f64(0.4))?;
+    let publishing = workload::Publishing::start(&client, duration, args.minutes)?;
     // Faults start once a leader works and every group partition is owned.
     world.ready().await?;
     let mut schedule = faults::Schedule::new(args.seed);
     let end = schedule.start + u64::try_from(duration.as_nanos())?;
     schedule.run(&mut world, end).await?;
+    let mut fleet = deploys.finish().await?;
 
     eprintln!("chaos: faults over, healing and draining");
     let cluster_healthy = world.cluster.wait_meta_leader().await.is_ok();
-    let outcome = publishing.finish(&world.client, &world.lines).await?;
-    world.stop_all().await;
-    let dead_records = workload::stored_records(&world.client, world::DEAD_LETTER_STREAM).await?;
-    let lines = world.lines.all();
+    let outcome = publishing.finish(&client, &lines).await?;
+    tokio::join!(world.stop_all(), fleet.stop_all());
+    let after = workload::read_back(&client).await?;
+    let all = lines.all();
     let checks = judge::checks(&judge::Evidence {
-        lines: &lines,
-        unreadable: &world.lines.unreadable(),
+        lines: &all,
+        unreadable: &lines.unreadable(),
         faults: &schedule.faults,
         outcome: &outcome,
-        dead_records: &dead_records,
+        after: &after,
+        fleet: &fleet,
         samples: &world.samples,
         deaths: &world.deaths,
         cluster_healthy,
@@ -85,8 +90,9 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         faults: &schedule.faults,
         start: schedule.start,
         notes: &schedule.notes.all(),
-        lines: &lines,
-        dead_records: &dead_records,
+        lines: &all,
+        dead_records: &after.dead_records,
+        fleet: &fleet,
     }
     .write(&args.out)?;
     Ok(checks.iter().all(|c| c.passed))

@@ -13,9 +13,9 @@ use std::{
 use natty_chaos::{Event, Line};
 
 use crate::{
-    faults::{Fault, FaultKind},
-    judge::Check,
-    workload::{Record, group},
+    faults::{Fault, FaultKind, deploys::Fleet},
+    judge::{Check, rolling::STOP_DEADLINE_MS},
+    workload::{Record, group, is_numbered, rolling},
     world::{CANDIDATES, CONSUMERS, TTL_SECS},
 };
 
@@ -32,6 +32,7 @@ pub(crate) struct Report<'a> {
     pub(crate) notes: &'a [String],
     pub(crate) lines: &'a [Line],
     pub(crate) dead_records: &'a [Record],
+    pub(crate) fleet: &'a Fleet,
 }
 
 impl Report<'_> {
@@ -70,6 +71,26 @@ impl Report<'_> {
             group::MEMBERS,
             group::PARTITIONS,
             group::ACK_WAIT_SECS
+        )?;
+        writeln!(
+            md,
+            "Rolling deploys meanwhile, over bursts of backlog: {} plain consumers on a durable \
+             with max_deliver {} and {} group members over {} partitions ({} unrelated \
+             consumers on their stream), every {}th message failing once; {} restarts (the \
+             replacement first, then SIGTERM), the members bucket deleted {}, stop deadline {} \
+             ms.\n",
+            rolling::CONSUMERS,
+            rolling::MAX_DELIVER,
+            rolling::MEMBERS,
+            rolling::PARTITIONS,
+            rolling::UNRELATED,
+            rolling::FAIL_EVERY,
+            self.fleet.restarts,
+            self.fleet.crash.as_ref().map_or_else(
+                || "never (the run was too short)".to_owned(),
+                |c| format!("and then member {} killed", c.proc)
+            ),
+            STOP_DEADLINE_MS
         )?;
         writeln!(md, "## Faults injected\n")?;
         for (k, n) in &kinds {
@@ -178,6 +199,7 @@ fn redelivery_windows(lines: &[Line], start: u64) -> Vec<String> {
     let mut seen: HashSet<u64> = HashSet::new();
     let mut processed: Vec<(u64, u64, u64, u64)> = lines
         .iter()
+        .filter(|l| is_numbered(l))
         .filter_map(|l| match l.event {
             Event::Processed {
                 n, delivered, seq, ..

@@ -15,7 +15,7 @@ use natty_testkit::{
 };
 use tokio::process::{Child, Command};
 
-use crate::workload::group;
+use crate::workload::{group, rolling};
 
 /// Lease TTL of the election and of the group, in seconds.
 pub(crate) const TTL_SECS: u64 = 2;
@@ -38,6 +38,10 @@ pub(crate) enum Kind {
     Consumer,
     /// A consumer group member (natty-group's `group_member` example).
     Member,
+    /// A plain consumer of the rolling deploys (`chaos-consumer durable`, `faults/deploys.rs`).
+    Rolling,
+    /// A group member of the rolling deploys (`chaos-consumer group`).
+    RollingMember,
 }
 
 pub(crate) struct Proc {
@@ -65,7 +69,8 @@ pub(crate) struct World {
     pub(crate) cluster: NatsCluster,
     /// A client of the orchestrator's own (admin requests, publishing, reading back).
     pub(crate) client: natty::Client,
-    servers: String,
+    /// The servers' URLs, comma-separated.
+    pub(crate) servers: String,
     pub(crate) lines: Lines,
     pub(crate) procs: Vec<Proc>,
     /// Each member's way to the servers: a proxy per node, kept across its incarnations, cut
@@ -107,6 +112,8 @@ impl World {
             &StreamConfig::new(group::STREAM, [format!("{}.>", group::PREFIX)]).replicas(3),
         )
         .await?;
+        // The rolling deploys' streams and durable (their processes are theirs to start).
+        rolling::setup(&client).await?;
         let mut world = Self {
             cluster,
             client,
@@ -196,8 +203,11 @@ impl World {
                         "--refuse-every",
                         &natty_chaos::DEAD_LETTER_EVERY.to_string(),
                     ])
-                    .args(["--stream", STREAM, "--durable", DURABLE]);
+                    .args(["durable", "--stream", STREAM, "--durable", DURABLE]);
                 c
+            }
+            Kind::Rolling | Kind::RollingMember => {
+                anyhow::bail!("{name}: the rolling deploys start their own processes")
             }
         })
     }

@@ -8,7 +8,7 @@ use natty_testkit::group::{GroupRun, describe, judge};
 use super::Check;
 use crate::{
     faults::{Fault, FaultKind},
-    workload::group::{ACK_WAIT_SECS, KEYS, Outcome, PARTITIONS, REOWN_BOUND_NS, key},
+    workload::group::{ACK_WAIT_SECS, KEYS, Outcome, PARTITIONS, REOWN_BOUND_NS, is_member, key},
 };
 
 /// What the group checks read.
@@ -39,8 +39,9 @@ pub(crate) fn checks(i: &Input<'_>) -> Vec<Check> {
             .iter()
             .any(|f| at >= f.start_ns && at <= f.end_ns + window)
     };
+    let lines: Vec<Line> = i.lines.iter().filter(|l| is_member(l)).cloned().collect();
     let v = judge(&GroupRun {
-        lines: i.lines,
+        lines: &lines,
         expected: stored,
         deaths: i.deaths,
         now: i.now,
@@ -121,8 +122,7 @@ pub(crate) fn checks(i: &Input<'_>) -> Vec<Check> {
     for f in &member_faults {
         let (t0, bound) = (f.start_ns, f.start_ns + REOWN_BOUND_NS);
         let mut held: BTreeMap<u32, natty_testkit::procs::Term> = BTreeMap::new();
-        let mut own: Vec<&Line> = i
-            .lines
+        let mut own: Vec<&Line> = lines
             .iter()
             .filter(|l| l.proc == f.proc && l.mono_ns <= t0)
             .collect();
@@ -141,14 +141,13 @@ pub(crate) fn checks(i: &Input<'_>) -> Vec<Check> {
         let mut worst: Option<u64> = None;
         let (mut kept, mut reowned) = (0, 0);
         for (p, term) in &held {
-            let moved = i
-                .lines
+            let moved = lines
                 .iter()
                 .filter(|l| l.mono_ns > t0)
                 .filter(|l| matches!(natty_testkit::group::ownership(l), Some((q, t, true)) if q == *p && t != *term))
                 .map(|l| l.mono_ns - t0)
                 .min();
-            let released_by_bound = i.lines.iter().any(|l| {
+            let released_by_bound = lines.iter().any(|l| {
                 l.proc == f.proc
                     && l.mono_ns <= bound
                     && matches!(natty_testkit::group::ownership(l), Some((q, t, false)) if q == *p && t == *term)

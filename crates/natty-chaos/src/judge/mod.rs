@@ -7,12 +7,13 @@ use natty_chaos::{DEAD_LETTER_EVERY, Event, Line};
 use natty_testkit::procs::Term;
 
 use crate::{
-    faults::Fault,
-    workload::{Outcome, Record},
+    faults::{Fault, deploys::Fleet},
+    workload::{AfterRun, Outcome, Record},
     world::{Samples, TTL_NS},
 };
 
 pub(crate) mod group;
+pub(crate) mod rolling;
 
 /// One named check and its verdict.
 #[derive(Debug, Clone)]
@@ -39,7 +40,9 @@ pub(crate) struct Evidence<'a> {
     pub(crate) unreadable: &'a [String],
     pub(crate) faults: &'a [Fault],
     pub(crate) outcome: &'a Outcome,
-    pub(crate) dead_records: &'a [Record],
+    pub(crate) after: &'a AfterRun,
+    /// The rolling deploys' processes and what was done to them.
+    pub(crate) fleet: &'a Fleet,
     pub(crate) samples: &'a Samples,
     /// Killed processes (`Line::proc`) and when they were seen dead.
     pub(crate) deaths: &'a HashMap<String, u64>,
@@ -49,11 +52,11 @@ pub(crate) struct Evidence<'a> {
 }
 
 /// Every check, in report order: the election's, the leader's recovery, the numbered
-/// messages', the cluster's, the group's, the soak.
+/// messages', the cluster's, the group's, the soak, the rolling deploys'.
 pub(crate) fn checks(e: &Evidence<'_>) -> Vec<Check> {
     let mut checks = election_checks(e.lines, e.unreadable);
     checks.extend(recovery_checks(e.lines, e.faults));
-    checks.extend(stream_checks(e.outcome, e.dead_records));
+    checks.extend(stream_checks(e.outcome, &e.after.dead_records));
     checks.push(Check::new(
         "cluster healthy after the run",
         e.cluster_healthy,
@@ -67,6 +70,15 @@ pub(crate) fn checks(e: &Evidence<'_>) -> Vec<Check> {
         now: e.now,
     }));
     checks.push(soak_check(e.samples));
+    checks.extend(rolling::checks(&rolling::Input {
+        lines: e.lines,
+        outcome: &e.outcome.rolling,
+        given_up: &e.after.given_up,
+        fleet: e.fleet,
+        durables_left: &e.after.durables_left,
+        others_left: e.after.others_left,
+        now: e.now,
+    }));
     checks
 }
 

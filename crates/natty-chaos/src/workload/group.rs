@@ -103,10 +103,16 @@ pub(crate) async fn stored(client: &natty::Client) -> anyhow::Result<BTreeMap<St
     Ok(out)
 }
 
+/// A line of one of this group's members (`m<i>#<n>`).
+pub(crate) fn is_member(l: &Line) -> bool {
+    l.proc.starts_with('m')
+}
+
 /// Distinct (key, number) handled so far.
 fn handled(lines: &[Line]) -> HashSet<(&str, u64)> {
     lines
         .iter()
+        .filter(|l| is_member(l))
         .filter_map(|l| match &l.event {
             Event::Handled { key, n, .. } => Some((key.as_str(), *n)),
             _ => None,
@@ -117,8 +123,9 @@ fn handled(lines: &[Line]) -> HashSet<(&str, u64)> {
 /// How many partitions are owned by someone, by the lines so far.
 pub(crate) fn owned(lines: &[Line]) -> usize {
     natty_testkit::group::owned_at(lines, u64::MAX)
-        .values()
-        .flatten()
+        .iter()
+        .filter(|(proc, _)| proc.starts_with('m'))
+        .flat_map(|(_, partitions)| partitions)
         .collect::<HashSet<_>>()
         .len()
 }

@@ -1,7 +1,7 @@
 //! What the children work on: numbered messages on `CHAOS` (consumed by the `chaos-consumer`s,
-//! every [`DEAD_LETTER_EVERY`]th refused for good), and the consumer group's keyed messages
-//! ([`group`]); publishing them during the run, waiting for them to be handled after it, and
-//! reading back what the streams hold.
+//! every [`DEAD_LETTER_EVERY`]th refused for good), the consumer group's keyed messages
+//! ([`group`]) and the rolling deploys' backlog ([`rolling`]); publishing them during the run,
+//! waiting for them to be handled after it, and reading back what the streams hold.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -13,6 +13,12 @@ use tokio::task::JoinHandle;
 use crate::world::{DEAD_LETTER_STREAM, STREAM};
 
 pub(crate) mod group;
+pub(crate) mod rolling;
+
+/// A line of a consumer of the numbered messages (`k<i>#<n>`).
+pub(crate) fn is_numbered(l: &natty_chaos::Line) -> bool {
+    l.proc.starts_with('k')
+}
 
 /// The publishers, running.
 pub(crate) struct Publishing {
@@ -22,6 +28,7 @@ pub(crate) struct Publishing {
     failures: tokio::sync::mpsc::UnboundedReceiver<natty::stream::FailedMessage>,
     numbered: JoinHandle<anyhow::Result<()>>,
     group: JoinHandle<anyhow::Result<GroupPublished>>,
+    rolling: JoinHandle<anyhow::Result<rolling::Outcome>>,
 }
 
 /// What the group's publisher published: how many, and the (key, number) handed back.
@@ -37,6 +44,7 @@ pub(crate) struct Outcome {
     /// Every `processed` number, in line order (a number twice: processed twice).
     pub(crate) processed: Vec<u64>,
     pub(crate) group: group::Outcome,
+    pub(crate) rolling: rolling::Outcome,
 }
 
 impl Publishing {
@@ -57,17 +65,20 @@ impl Publishing {
         let span = duration.mul_f64(0.7);
         let numbered = tokio::spawn(publish_numbered(publisher.clone(), total, span));
         let group = tokio::spawn(group::publish(client.clone(), span));
+        let rolling = tokio::spawn(rolling::publish(client.clone(), span));
         Ok(Self {
             total,
             publisher,
             failures,
             numbered,
             group,
+            rolling,
         })
     }
 
     /// Waits for the publishers, then (120 s at most) for the children to process every
-    /// stored number, dead-letter every refused one and handle every group message.
+    /// stored number, dead-letter every refused one and handle every group message, and for
+    /// the rolling deploys' processes to handle every message of theirs.
     pub(crate) async fn finish(
         mut self,
         client: &natty::Client,
@@ -82,6 +93,8 @@ impl Publishing {
         let stored = stored_numbers(client, STREAM).await?;
         let (group_published, group_failed) = self.group.await??;
         let group_stored = group::stored(client).await?;
+        let mut rolling = self.rolling.await??;
+        rolling::stored(client, &mut rolling).await?;
         let stored_set: HashSet<u64> = stored.iter().copied().collect();
         let refused = stored_set
             .iter()
@@ -97,6 +110,7 @@ impl Publishing {
                 .unwrap_or(0);
             let processed: Vec<u64> = lines.with(|all| {
                 all.iter()
+                    .filter(|l| is_numbered(l))
                     .filter_map(|l| match l.event {
                         Event::Processed { n, .. } => Some(n),
                         _ => None,
@@ -106,7 +120,9 @@ impl Publishing {
             let set: HashSet<u64> = processed.iter().copied().collect();
             let all_dead = usize::try_from(dead).unwrap_or(0) >= refused;
             let group_done = lines.with(|all| group::all_handled(all, &group_stored));
-            if (stored_set.is_subset(&set) && all_dead && group_done) || mono_ns() > drain_deadline
+            let rolling_done = lines.with(|all| rolling.all_handled(all));
+            if (stored_set.is_subset(&set) && all_dead && group_done && rolling_done)
+                || mono_ns() > drain_deadline
             {
                 break processed;
             }
@@ -122,6 +138,7 @@ impl Publishing {
                 failed: group_failed,
                 stored: group_stored,
             },
+            rolling,
         })
     }
 }
@@ -150,6 +167,28 @@ async fn publish_numbered(
     Ok(())
 }
 
+/// What the streams say once every process stopped.
+pub(crate) struct AfterRun {
+    /// The numbered messages' dead letters.
+    pub(crate) dead_records: Vec<Record>,
+    /// The rolling deploys' give-ups (advisories and dead letters).
+    pub(crate) given_up: Vec<rolling::GiveUp>,
+    /// The rolling group's durables left on its stream, and the other consumers there.
+    pub(crate) durables_left: Vec<String>,
+    pub(crate) others_left: usize,
+}
+
+/// Reads what [`AfterRun`] holds.
+pub(crate) async fn read_back(client: &natty::Client) -> anyhow::Result<AfterRun> {
+    let (durables_left, others_left) = rolling::consumers(client).await?;
+    Ok(AfterRun {
+        dead_records: stored_records(client, DEAD_LETTER_STREAM).await?,
+        given_up: rolling::given_up(client).await?,
+        durables_left,
+        others_left,
+    })
+}
+
 /// A stored message: its number, when it was stored (unix ns) and its `Natty-Deliveries`.
 pub(crate) struct Record {
     pub(crate) n: u64,
@@ -158,10 +197,7 @@ pub(crate) struct Record {
 }
 
 /// Every message of `stream`, in stream order.
-pub(crate) async fn stored_records(
-    client: &natty::Client,
-    stream: &str,
-) -> anyhow::Result<Vec<Record>> {
+async fn stored_records(client: &natty::Client, stream: &str) -> anyhow::Result<Vec<Record>> {
     let stream = client.jetstream().get_stream(stream).await?;
     let total = stream.cached_info().state.messages;
     let consumer = stream
