@@ -74,11 +74,11 @@ impl Report<'_> {
         )?;
         writeln!(
             md,
-            "Rolling deploys meanwhile, over bursts of backlog: {} plain consumers on a durable \
-             with max_deliver {} and {} group members over {} partitions ({} unrelated \
-             consumers on their stream), every {}th message failing once; {} restarts (the \
-             replacement first, then SIGTERM), the members bucket deleted {}, stop deadline {} \
-             ms.\n",
+            "Rolling deploys meanwhile, over bursts of backlog: {} consumers on a durable \
+             (a queue) and one ordered by key on another, both with max_deliver {}, and {} group \
+             members over {} partitions ({} unrelated consumers on their stream), every {}th \
+             message failing once; {} restarts (the replacement first, then SIGTERM), the \
+             members bucket deleted {}, stop deadline {} ms.\n",
             rolling::CONSUMERS,
             rolling::MAX_DELIVER,
             rolling::MEMBERS,

@@ -40,6 +40,8 @@ pub(crate) enum Kind {
     Member,
     /// A plain consumer of the rolling deploys (`chaos-consumer durable`, `faults/deploys.rs`).
     Rolling,
+    /// The rolling deploys' consumer ordered by key (`chaos-consumer durable --ordered-by-token`).
+    RollingOrdered,
     /// A group member of the rolling deploys (`chaos-consumer group`).
     RollingMember,
 }
@@ -206,7 +208,7 @@ impl World {
                     .args(["durable", "--stream", STREAM, "--durable", DURABLE]);
                 c
             }
-            Kind::Rolling | Kind::RollingMember => {
+            Kind::Rolling | Kind::RollingOrdered | Kind::RollingMember => {
                 anyhow::bail!("{name}: the rolling deploys start their own processes")
             }
         })

@@ -79,6 +79,9 @@ enum Mode {
         /// The durable.
         #[arg(long)]
         durable: String,
+        /// Order by key, the subject token at this index (`ordered_by_subject_token`).
+        #[arg(long = "ordered-by-token")]
+        ordered_by_token: Option<usize>,
     },
     /// Join a consumer group as member `--id`.
     Group {
@@ -170,7 +173,14 @@ async fn main() -> anyhow::Result<()> {
         },
     );
     let acked = match mode {
-        Mode::Durable { stream, durable } => {
+        Mode::Durable {
+            stream,
+            durable,
+            ordered_by_token,
+        } => {
+            if let Some(index) = ordered_by_token {
+                options = options.ordered_by_subject_token(index);
+            }
             Some(consume(client, &stream, &durable, options, cancel, &common, fail).await?)
         }
         Mode::Group {

@@ -1,24 +1,32 @@
-//! Rolling deploys: the plain consumers and the group members of the rolling workload
+//! Rolling deploys: the consumers and the group members of the rolling workload
 //! (`workload/rolling.rs`) restarted one after the other every [`RESTART_EVERY`], as a deploy
 //! does — the replacement started first, then the old process stopped gracefully (SIGTERM)
 //! and timed from the signal to its exit. Meanwhile the group's members bucket is deleted once
-//! (and the next member "restart" is a crash, SIGKILL), and the unrelated consumers on the
+//! and, once the members have re-announced themselves ([`CRASH_AFTER`]), the member owning the
+//! most partitions crashes (SIGKILL) instead of stopping; and the unrelated consumers on the
 //! group's stream are deleted and re-created all along, so the pages of a consumer listing
 //! shift under the group's take-overs.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    time::Duration,
+};
 
 use futures::StreamExt;
 use natty::{CancellationToken, async_nats::jetstream::consumer::pull};
 use natty_chaos::{Event, Lines, mono_ns};
-use natty_testkit::procs::{sibling_binary, signal};
+use natty_testkit::{
+    group::owned_at,
+    procs::{sibling_binary, signal},
+};
 use tokio::{process::Command, task::JoinHandle};
 
 use crate::{
     workload::rolling::{
         self, BATCH, CONCURRENCY, CONSUMERS, DEAD_LETTER, DURABLE, FAIL_EVERY, GROUP,
-        GROUP_CONCURRENCY, GROUP_PREFIX, GROUP_STREAM, HANDLER_MS, MEMBERS, PARTITIONS, STREAM,
-        UNRELATED,
+        GROUP_CONCURRENCY, GROUP_PREFIX, GROUP_STREAM, HANDLER_MS, MEMBERS, ORDERED_CONCURRENCY,
+        ORDERED_DURABLE, ORDERED_HANDLER_MS, PARTITIONS, STREAM, UNRELATED,
     },
     world::{Kind, Proc, TTL_SECS, World},
 };
@@ -29,6 +37,9 @@ const RESTART_EVERY: Duration = Duration::from_secs(2);
 const STOP_WAIT: Duration = Duration::from_secs(30);
 /// How long a replacement may take to print `ready`.
 const READY_WAIT: Duration = Duration::from_secs(15);
+/// How long after the members bucket was deleted a member crashes: its members announce
+/// themselves again (re-creating the bucket) within a TTL.
+const CRASH_AFTER: Duration = Duration::from_secs(3 * TTL_SECS);
 /// One unrelated consumer deleted and another created this often.
 const CHURN_EVERY: Duration = Duration::from_millis(250);
 
@@ -39,8 +50,9 @@ pub(crate) struct Stop {
     pub(crate) proc: String,
     pub(crate) signalled_ns: u64,
     pub(crate) exited_ns: u64,
-    /// Whether it exited by itself within [`STOP_WAIT`] (else it was killed then).
-    pub(crate) exited: bool,
+    /// What went wrong: it had exited before it was asked to, exited with an error, or did
+    /// not exit within [`STOP_WAIT`] (then it was killed).
+    pub(crate) error: Option<String>,
 }
 
 /// The crash after the members bucket was deleted.
@@ -57,7 +69,8 @@ pub(crate) struct Crash {
 pub(crate) struct Fleet {
     lines: Lines,
     servers: String,
-    fail_dirs: [PathBuf; 2],
+    /// Which messages failed once: one directory per durable (the group's: per stream).
+    fail_dirs: [PathBuf; 3],
     pub(crate) procs: Vec<Proc>,
     pub(crate) stops: Vec<Stop>,
     /// Processes killed (`Line::proc`) and when they were seen dead.
@@ -83,7 +96,7 @@ impl Deploys {
         out: &std::path::Path,
         delete_after: Duration,
     ) -> anyhow::Result<Self> {
-        let fail_dirs = [out.join("fail-once/plain"), out.join("fail-once/group")];
+        let fail_dirs = ["queue", "ordered", "group"].map(|d| out.join("fail-once").join(d));
         for dir in &fail_dirs {
             let _ = std::fs::remove_dir_all(dir);
             std::fs::create_dir_all(dir)?;
@@ -118,9 +131,18 @@ impl Fleet {
         delete_after: Duration,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
+        let t0 = mono_ns();
         make_unrelated(&client).await?;
-        for i in 0..CONSUMERS {
-            self.spawn(&format!("p{i}"), Kind::Rolling, 0)?;
+        eprintln!(
+            "chaos: {UNRELATED} unrelated consumers made in {:.1} s; rolling deploys start",
+            (mono_ns() - t0) as f64 / 1e9
+        );
+        let mut consumers: Vec<(String, Kind)> = (0..CONSUMERS)
+            .map(|i| (format!("p{i}"), Kind::Rolling))
+            .collect();
+        consumers.push(("o0".to_owned(), Kind::RollingOrdered));
+        for (name, kind) in &consumers {
+            self.spawn(name, *kind, 0)?;
         }
         for i in 0..MEMBERS {
             self.spawn(&format!("r{i}"), Kind::RollingMember, 0)?;
@@ -144,13 +166,18 @@ impl Fleet {
                     Err(e) => eprintln!("chaos: deleting the members bucket: {e}; next time"),
                 }
             }
+            let crash_due = bucket_deleted.filter(|deleted| {
+                self.crash.is_none()
+                    && mono_ns() >= deleted + u64::try_from(CRASH_AFTER.as_nanos()).unwrap_or(0)
+            });
             let (name, kind) = if tick.is_multiple_of(2) {
-                (format!("p{}", (tick / 2) % CONSUMERS), Kind::Rolling)
+                consumers[(tick / 2) % consumers.len()].clone()
+            } else if crash_due.is_some() {
+                (self.busiest_member(), Kind::RollingMember)
             } else {
                 (format!("r{}", (tick / 2) % MEMBERS), Kind::RollingMember)
             };
-            let crash = kind == Kind::RollingMember && self.crash.is_none();
-            let crash = bucket_deleted.filter(|_| crash);
+            let crash = crash_due.filter(|_| kind == Kind::RollingMember);
             self.roll(&name, kind, crash).await?;
             tick += 1;
         }
@@ -158,24 +185,46 @@ impl Fleet {
         Ok(self)
     }
 
+    /// The member (its name) that owns the most partitions now, by the lines.
+    fn busiest_member(&self) -> String {
+        let owned = self.lines.with(|all| owned_at(all, u64::MAX));
+        self.procs
+            .iter()
+            .filter(|p| p.kind == Kind::RollingMember)
+            .max_by_key(|p| owned.get(&p.tag()).map_or(0, HashSet::len))
+            .map_or_else(|| "r0".to_owned(), |p| p.name.clone())
+    }
+
     fn command(&self, name: &str, kind: Kind, incarnation: u32) -> anyhow::Result<Command> {
         let mut c = Command::new(sibling_binary("chaos-consumer", false)?);
         c.args(["--server", &self.servers])
             .args(["--batch", &BATCH.to_string()])
-            .args(["--handler-ms", &HANDLER_MS.to_string()])
             .args(["--fail-once-every", &FAIL_EVERY.to_string()]);
+        let handler_ms = if kind == Kind::RollingOrdered {
+            ORDERED_HANDLER_MS
+        } else {
+            HANDLER_MS
+        };
+        c.args(["--handler-ms", &handler_ms.to_string()]);
         if kind == Kind::RollingMember {
             // A new member name per incarnation, as a deploy's new pods have.
             c.args(["--id", &format!("{name}-{incarnation}")])
                 .args(["--concurrency", &GROUP_CONCURRENCY.to_string()])
                 .args(["--dead-letter", DEAD_LETTER])
                 .arg("--fail-dir")
-                .arg(&self.fail_dirs[1])
+                .arg(&self.fail_dirs[2])
                 .args(["group", "--group", GROUP, "--stream", GROUP_STREAM])
                 .args(["--prefix", GROUP_PREFIX])
                 .args(["--partitions", &PARTITIONS.to_string()])
                 .args(["--ttl", &TTL_SECS.to_string()])
                 .args(["--ack-wait", &rolling::ACK_WAIT_SECS.to_string()]);
+        } else if kind == Kind::RollingOrdered {
+            c.args(["--id", name])
+                .args(["--concurrency", &ORDERED_CONCURRENCY.to_string()])
+                .arg("--fail-dir")
+                .arg(&self.fail_dirs[1])
+                .args(["durable", "--stream", STREAM, "--durable", ORDERED_DURABLE])
+                .args(["--ordered-by-token", "1"]);
         } else {
             c.args(["--id", name])
                 .args(["--concurrency", &CONCURRENCY.to_string()])
@@ -243,22 +292,33 @@ impl Fleet {
 /// SIGTERMs `p` and waits for it to exit ([`STOP_WAIT`] at most, then it is killed).
 async fn stop(p: &mut Proc) -> Stop {
     let signalled_ns = mono_ns();
+    if let Ok(Some(status)) = p.child.try_wait() {
+        return Stop {
+            proc: p.tag(),
+            signalled_ns,
+            exited_ns: signalled_ns,
+            error: Some(format!("had exited before it was asked to ({status})")),
+        };
+    }
     if let Some(pid) = p.pid() {
         let _ = signal(pid, "-TERM").await;
     }
-    let exited = tokio::time::timeout(STOP_WAIT, p.child.wait())
-        .await
-        .is_ok();
+    let waited = tokio::time::timeout(STOP_WAIT, p.child.wait()).await;
     let exited_ns = mono_ns();
-    if !exited {
-        eprintln!("chaos: {} did not stop within {STOP_WAIT:?}", p.tag());
-        let _ = p.child.kill().await;
-    }
+    let error = match waited {
+        Ok(Ok(status)) if status.success() => None,
+        Ok(Ok(status)) => Some(format!("exited with {status}")),
+        Ok(Err(e)) => Some(format!("waiting for it failed: {e}")),
+        Err(_) => {
+            let _ = p.child.kill().await;
+            Some(format!("did not exit within {STOP_WAIT:?}: killed"))
+        }
+    };
     Stop {
         proc: p.tag(),
         signalled_ns,
         exited_ns,
-        exited,
+        error,
     }
 }
 

@@ -12,8 +12,8 @@ use super::Check;
 use crate::{
     faults::deploys::{Fleet, Stop},
     workload::rolling::{
-        GROUP, GROUP_STREAM, GiveUp, MAX_DELIVER, Outcome, PARTITIONS, STREAM, UNRELATED,
-        is_member, is_plain,
+        DURABLE, GROUP, GROUP_STREAM, GiveUp, MAX_DELIVER, ORDERED_DURABLE, Outcome, PARTITIONS,
+        STREAM, UNRELATED, is_member, is_ordered, is_plain, read_in_order,
     },
     world::TTL_NS,
 };
@@ -23,6 +23,8 @@ use crate::{
 /// own exit (the group's leave, the connection's close).
 pub(crate) const STOP_DEADLINE_MS: u64 = 3_000;
 const STOP_SLACK_MS: u64 = 2_000;
+/// The group's delivery limit: its durables use natty's default.
+const GROUP_MAX_DELIVER: i64 = 5;
 /// A crashed member's partitions must be owned again within this (issue 24 item 12).
 const REOWN_NS: u64 = 2 * TTL_NS;
 /// A message first handled this long before a take-over and run again by it was not left
@@ -32,7 +34,7 @@ const REPLAY_AGE_NS: u64 = 20_000_000_000;
 
 /// What the rolling checks read.
 pub(crate) struct Input<'a> {
-    /// Every line; the rolling processes' are picked by their names (`p*`, `r*`).
+    /// Every line; the rolling processes' are picked by their names (`p*`, `o*`, `r*`).
     pub(crate) lines: &'a [Line],
     pub(crate) outcome: &'a Outcome,
     pub(crate) given_up: &'a [GiveUp],
@@ -46,17 +48,23 @@ pub(crate) struct Input<'a> {
 pub(crate) fn checks(i: &Input<'_>) -> Vec<Check> {
     let members: Vec<Line> = i.lines.iter().filter(|l| is_member(l)).cloned().collect();
     let o = i.outcome;
-    // Handler runs per (stream, sequence): every line of a run, failed or not.
-    let mut runs: HashMap<(&str, u64), usize> = HashMap::new();
+    // Handler runs and failures per (durable, sequence) (per stream for the group, whose
+    // durables change with each owner).
+    let mut runs: HashMap<(&str, u64), Runs> = HashMap::new();
     let group_seq: HashMap<(&str, u64), u64> = o
         .group_seqs
         .iter()
         .map(|(seq, (k, n))| ((k.as_str(), *n), *seq))
         .collect();
     for l in i.lines {
+        let failed = matches!(l.event, Event::Failed { .. });
         let run = match &l.event {
-            Event::Processed { seq, .. } if is_plain(l) => Some((STREAM, *seq)),
-            Event::Failed { seq, .. } if is_plain(l) => Some((STREAM, *seq)),
+            Event::Processed { seq, .. } | Event::Failed { seq, .. } if is_plain(l) => {
+                Some((DURABLE, *seq))
+            }
+            Event::Processed { seq, .. } | Event::Failed { seq, .. } if is_ordered(l) => {
+                Some((ORDERED_DURABLE, *seq))
+            }
             Event::Failed { seq, .. } if is_member(l) => Some((GROUP_STREAM, *seq)),
             Event::Handled { key, n, .. } if is_member(l) => group_seq
                 .get(&(key.as_str(), *n))
@@ -64,51 +72,57 @@ pub(crate) fn checks(i: &Input<'_>) -> Vec<Check> {
             _ => None,
         };
         if let Some(run) = run {
-            *runs.entry(run).or_default() += 1;
+            let r = runs.entry(run).or_default();
+            r.runs += 1;
+            r.failures += usize::from(failed);
         }
     }
+    let given_up = GivenUp::new(i.given_up, &runs);
     vec![
-        given_up_unseen(i.given_up, &runs),
+        given_up.unseen(),
+        given_up.early(),
         lost(i.lines, o, &members),
         group_order(&members, o, i),
         stops(&i.fleet.stops),
+        exits(&i.fleet.stops),
         reowned_after_crash(&members, i.fleet),
         take_overs(&members, i),
     ]
 }
 
-/// Nothing given up on (terminated, over the server's limit, dead-lettered) without its
-/// handler having run.
-fn given_up_unseen(given_up: &[GiveUp], runs: &HashMap<(&str, u64), usize>) -> Check {
-    let mut by_how: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut unseen = Vec::new();
-    let mut distinct = HashSet::new();
-    for g in given_up {
-        *by_how.entry(g.how).or_default() += 1;
-        distinct.insert((g.stream.as_str(), g.seq));
-        if runs.get(&(g.stream.as_str(), g.seq)).copied().unwrap_or(0) == 0 {
-            unseen.push(format!(
-                "{} seq {} ({}, {} deliveries{})",
-                g.stream,
-                g.seq,
-                g.how,
-                g.deliveries,
-                if g.consumer.is_empty() {
-                    String::new()
+/// A message's handler runs and failures, by the lines.
+#[derive(Debug, Default, Clone, Copy)]
+struct Runs {
+    runs: usize,
+    failures: usize,
+}
+
+/// The give-ups (terminated, over the server's limit, dead-lettered), each with its runs.
+struct GivenUp<'a> {
+    all: Vec<(&'a GiveUp, Runs)>,
+    /// How many of each kind, and of how many messages.
+    summary: String,
+}
+
+impl<'a> GivenUp<'a> {
+    fn new(given_up: &'a [GiveUp], runs: &HashMap<(&str, u64), Runs>) -> Self {
+        let mut by_how: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut distinct = HashSet::new();
+        let all: Vec<(&GiveUp, Runs)> = given_up
+            .iter()
+            .map(|g| {
+                *by_how.entry(g.how).or_default() += 1;
+                let scope = if g.stream == STREAM {
+                    g.consumer.as_str()
                 } else {
-                    format!(", {}", g.consumer)
-                }
-            ));
-        }
-    }
-    Check::new(
-        format!(
-            "rolling: nothing given up on without its handler running (max_deliver \
-             {MAX_DELIVER} on {STREAM}; messages fail at most once)"
-        ),
-        unseen.is_empty(),
-        format!(
-            "{} give-ups of {} messages ({}); {} without a handler run{}",
+                    GROUP_STREAM
+                };
+                distinct.insert((scope, g.seq));
+                (g, runs.get(&(scope, g.seq)).copied().unwrap_or_default())
+            })
+            .collect();
+        let summary = format!(
+            "{} give-ups of {} messages ({})",
             given_up.len(),
             distinct.len(),
             if by_how.is_empty() {
@@ -119,41 +133,106 @@ fn given_up_unseen(given_up: &[GiveUp], runs: &HashMap<(&str, u64), usize>) -> C
                     .map(|(how, n)| format!("{n} {how}"))
                     .collect::<Vec<_>>()
                     .join(", ")
-            },
-            unseen.len(),
-            if unseen.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    ": {}",
-                    unseen
-                        .iter()
-                        .take(5)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )
             }
-        ),
-    )
+        );
+        Self { all, summary }
+    }
+
+    /// The give-ups `bad` picks, described (the first five).
+    fn list(&self, bad: impl Fn(&GiveUp, Runs) -> bool) -> (usize, String) {
+        let picked: Vec<String> = self
+            .all
+            .iter()
+            .filter(|(g, r)| bad(g, *r))
+            .map(|(g, r)| {
+                format!(
+                    "{} seq {} ({}, {} deliveries, {} runs, {} failed{})",
+                    g.stream,
+                    g.seq,
+                    g.how,
+                    g.deliveries,
+                    r.runs,
+                    r.failures,
+                    if g.consumer.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", g.consumer)
+                    }
+                )
+            })
+            .collect();
+        let shown = picked
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
+        (
+            picked.len(),
+            if shown.is_empty() {
+                shown
+            } else {
+                format!(": {shown}")
+            },
+        )
+    }
+
+    /// Nothing given up on without its handler having run.
+    fn unseen(&self) -> Check {
+        let (n, first) = self.list(|_, r| r.runs == 0);
+        Check::new(
+            "rolling: nothing given up on without its handler running",
+            n == 0,
+            format!("{}; {n} without a handler run{first}", self.summary),
+        )
+    }
+
+    /// Nothing given up on before its handler failed as often as the delivery limit: here
+    /// nothing at all, every message failing at most once.
+    fn early(&self) -> Check {
+        let limit = |g: &GiveUp| {
+            if g.stream == STREAM {
+                MAX_DELIVER
+            } else {
+                GROUP_MAX_DELIVER
+            }
+        };
+        let (n, first) = self.list(|g, r| i64::try_from(r.failures).unwrap_or(i64::MAX) < limit(g));
+        Check::new(
+            format!(
+                "rolling: nothing given up on before its handler failed max_deliver times \
+                 ({MAX_DELIVER} on {STREAM}, {GROUP_MAX_DELIVER} in the group; every message \
+                 fails at most once)"
+            ),
+            n == 0,
+            format!("{}; {n} before{first}", self.summary),
+        )
+    }
 }
 
 /// Every published message stored (or handed back to the publisher), every stored one run
 /// successfully at least once.
 fn lost(lines: &[Line], o: &Outcome, members: &[Line]) -> Check {
-    let processed: HashSet<u64> = lines
-        .iter()
-        .filter(|l| is_plain(l))
-        .filter_map(|l| match l.event {
-            Event::Processed { n, .. } => Some(n),
-            _ => None,
-        })
-        .collect();
+    let processed = |by: fn(&Line) -> bool| -> HashSet<u64> {
+        lines
+            .iter()
+            .filter(|l| by(l))
+            .filter_map(|l| match l.event {
+                Event::Processed { n, .. } => Some(n),
+                _ => None,
+            })
+            .collect()
+    };
+    let (queue, in_order) = (processed(is_plain), processed(is_ordered));
     let stored: HashSet<u64> = o.stored.values().copied().collect();
     let unstored = (0..o.published)
         .filter(|n| !stored.contains(n) && !o.failed.contains(n))
         .count();
-    let never = stored.iter().filter(|n| !processed.contains(n)).count();
+    let never = stored.iter().filter(|n| !queue.contains(n)).count();
+    let never_in_order = stored
+        .iter()
+        .filter(|n| read_in_order(**n) && !in_order.contains(n))
+        .count();
     let handled: HashSet<(&str, u64)> = members
         .iter()
         .filter_map(|l| match &l.event {
@@ -174,10 +253,15 @@ fn lost(lines: &[Line], o: &Outcome, members: &[Line]) -> Check {
     Check::new(
         "rolling: nothing lost (every published message stored or handed back, every stored \
          one handled successfully)",
-        unstored == 0 && never == 0 && group_never.is_empty() && group_unstored == 0,
+        unstored == 0
+            && never == 0
+            && never_in_order == 0
+            && group_never.is_empty()
+            && group_unstored == 0,
         format!(
-            "{STREAM}: {} published, {} stored, {} handed back, {unstored} unexplained, {never} \
-             never processed; {GROUP_STREAM}: {} published, {group_stored} stored, {} handed \
+            "{STREAM}: {} published, {} stored, {} handed back, {unstored} unexplained, never \
+             processed: {never} on {DURABLE}, {never_in_order} on {ORDERED_DURABLE}; \
+             {GROUP_STREAM}: {} published, {group_stored} stored, {} handed \
              back, {group_unstored} unexplained, {} never handled{}",
             o.published,
             stored.len(),
@@ -225,21 +309,34 @@ fn group_order(members: &[Line], o: &Outcome, i: &Input<'_>) -> Check {
 fn stops(stops: &[Stop]) -> Check {
     let ms = |s: &Stop| (s.exited_ns - s.signalled_ns) / 1_000_000;
     let bound = STOP_DEADLINE_MS + STOP_SLACK_MS;
-    let mut sorted: Vec<u64> = stops.iter().map(ms).collect();
-    sorted.sort_unstable();
     let over: Vec<String> = stops
         .iter()
-        .filter(|s| !s.exited || ms(s) > bound)
-        .map(|s| {
+        .filter(|s| ms(s) > bound)
+        .map(|s| format!("{} {} ms", s.proc, ms(s)))
+        .collect();
+    // Per kind of process: how many, median and longest.
+    let kinds = [
+        ("queue consumers", 'p'),
+        ("ordered consumer", 'o'),
+        ("group members", 'r'),
+    ];
+    let per_kind: Vec<String> = kinds
+        .iter()
+        .map(|(what, prefix)| {
+            let mut t: Vec<u64> = stops
+                .iter()
+                .filter(|s| s.proc.starts_with(*prefix))
+                .map(ms)
+                .collect();
+            t.sort_unstable();
             format!(
-                "{} {} ms{}",
-                s.proc,
-                ms(s),
-                if s.exited { "" } else { " (killed)" }
+                "{what} {} (median {} ms, max {} ms)",
+                t.len(),
+                t.get(t.len() / 2).copied().unwrap_or(0),
+                t.last().copied().unwrap_or(0)
             )
         })
         .collect();
-    let pct = |p: usize| sorted.get(sorted.len() * p / 100).copied().unwrap_or(0);
     Check::new(
         format!(
             "rolling: every graceful stop within its deadline ({STOP_DEADLINE_MS} ms + \
@@ -247,11 +344,9 @@ fn stops(stops: &[Stop]) -> Check {
         ),
         over.is_empty() && !stops.is_empty(),
         format!(
-            "{} stops: median {} ms, 90th {} ms, max {} ms; {} over{}",
+            "{} stops: {}; {} over{}",
             stops.len(),
-            pct(50),
-            pct(90),
-            sorted.last().copied().unwrap_or(0),
+            per_kind.join(", "),
             over.len(),
             if over.is_empty() {
                 String::new()
@@ -259,6 +354,31 @@ fn stops(stops: &[Stop]) -> Check {
                 format!(
                     ": {}",
                     over.iter().take(8).cloned().collect::<Vec<_>>().join(", ")
+                )
+            }
+        ),
+    )
+}
+
+/// Every process ran until it was asked to stop, and then exited cleanly.
+fn exits(stops: &[Stop]) -> Check {
+    let bad: Vec<String> = stops
+        .iter()
+        .filter_map(|s| Some(format!("{} {}", s.proc, s.error.as_ref()?)))
+        .collect();
+    Check::new(
+        "rolling: every process runs until it is asked to stop, then exits cleanly",
+        bad.is_empty(),
+        format!(
+            "{} stopped, {} not cleanly{}",
+            stops.len(),
+            bad.len(),
+            if bad.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ": {}",
+                    bad.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
                 )
             }
         ),
@@ -312,9 +432,10 @@ fn reowned_after_crash(members: &[Line], fleet: &Fleet) -> Check {
     }
     Check::new(
         name,
-        late.is_empty(),
+        late.is_empty() && !held.is_empty(),
         format!(
-            "bucket deleted {:.1} s before {} was killed; it held {} partitions; {}",
+            "bucket deleted {:.1} s before {} (the member owning the most partitions) was \
+             killed; it held {} partitions; {}",
             (crash.killed_ns - crash.bucket_deleted_ns) as f64 / 1e9,
             crash.proc,
             held.len(),

@@ -1,8 +1,10 @@
 //! The rolling-deploys workload: bursts of backlog on two streams, read by processes that a
 //! deploy restarts one after the other (`faults/deploys.rs`), some of whose handler runs fail
 //! once, transiently:
-//! - `ROLL`: numbered messages (8 bytes, big-endian) on one durable with `max_deliver` 2, read
-//!   by [`CONSUMERS`] plain consumers (a queue);
+//! - `ROLL`: numbered messages (8 bytes, big-endian) on `roll.<n % 16>`, read through two
+//!   durables with `max_deliver` 2: [`DURABLE`] (every key) by [`CONSUMERS`] plain consumers
+//!   (a queue), and [`ORDERED_DURABLE`] (a quarter of the keys) by one consumer ordered by key
+//!   (the last subject token) with slower handlers;
 //! - `ROLL_GROUP`: keyed messages (the number within the key, as text) read by a consumer
 //!   group of [`MEMBERS`] over [`PARTITIONS`] partitions, with more than 1,024 unrelated
 //!   consumers on the stream ([`UNRELATED`]).
@@ -26,8 +28,13 @@ use super::number;
 /// The plain consumers' stream (subjects `roll.>`), durable and its delivery limit.
 pub(crate) const STREAM: &str = "ROLL";
 pub(crate) const DURABLE: &str = "roll_workers";
+pub(crate) const ORDERED_DURABLE: &str = "roll_ordered";
 pub(crate) const MAX_DELIVER: i64 = 2;
 pub(crate) const CONSUMERS: usize = 2;
+/// Keys of the numbered messages (`roll.<n % PLAIN_KEYS>`), and how many of them (the first)
+/// the ordered durable reads.
+const PLAIN_KEYS: u64 = 16;
+const ORDERED_KEYS: u64 = 4;
 /// The group: its name, stream (subjects `rollg.>`), partitions, members, keys.
 pub(crate) const GROUP: &str = "rollg";
 pub(crate) const GROUP_STREAM: &str = "ROLL_GROUP";
@@ -51,8 +58,11 @@ pub(crate) const FAIL_EVERY: u64 = 7;
 /// each runs: a full batch takes 200 × 50 ms / concurrency to run.
 pub(crate) const BATCH: usize = 200;
 pub(crate) const CONCURRENCY: usize = 2;
+pub(crate) const ORDERED_CONCURRENCY: usize = 2;
 pub(crate) const GROUP_CONCURRENCY: usize = 1;
 pub(crate) const HANDLER_MS: u64 = 50;
+/// The ordered consumer's handlers: a full batch takes 200 × 100 ms / 2 = 10 s to run.
+pub(crate) const ORDERED_HANDLER_MS: u64 = 100;
 /// A backlog published at once this often: numbered messages, and rounds of one per key.
 const BURST_EVERY: Duration = Duration::from_secs(30);
 const BURST: u64 = 1_200;
@@ -90,10 +100,13 @@ pub(crate) async fn setup(client: &natty::Client) -> anyhow::Result<()> {
         .clone();
     config.max_consumers = 2 * i32::try_from(UNRELATED)?;
     js.update_stream(&config).await?;
-    let durable = ConsumerConfig::new(STREAM, DURABLE)
-        .ack_wait(Duration::from_secs(ACK_WAIT_SECS))
-        .max_deliver(Some(MAX_DELIVER));
-    natty::stream::ensure_consumer(client, &durable).await?;
+    for (durable, keys) in [(DURABLE, PLAIN_KEYS), (ORDERED_DURABLE, ORDERED_KEYS)] {
+        let durable = ConsumerConfig::new(STREAM, durable)
+            .filter_subjects((0..keys).map(|k| format!("roll.{k}")))
+            .ack_wait(Duration::from_secs(ACK_WAIT_SECS))
+            .max_deliver(Some(MAX_DELIVER));
+        natty::stream::ensure_consumer(client, &durable).await?;
+    }
     Ok(())
 }
 
@@ -139,7 +152,10 @@ pub(crate) async fn publish(client: natty::Client, span: Duration) -> anyhow::Re
         let (numbers, rounds) = if burst { (BURST, BURST_ROUNDS) } else { (1, 1) };
         for _ in 0..numbers {
             publisher
-                .send("roll.n", n.to_be_bytes().to_vec().into())
+                .send(
+                    &format!("roll.{}", n % PLAIN_KEYS),
+                    n.to_be_bytes().to_vec().into(),
+                )
                 .await?;
             n += 1;
         }
@@ -158,7 +174,7 @@ pub(crate) async fn publish(client: natty::Client, span: Duration) -> anyhow::Re
         ..Outcome::default()
     };
     for f in &report.failed {
-        if f.subject == "roll.n" {
+        if f.subject.starts_with("roll.") {
             out.failed.insert(number(&f.payload));
         } else if let (Some(key), Some(n)) = (f.subject.rsplit('.').next(), parse(&f.payload)) {
             out.group_failed.insert((key.to_owned(), n));
@@ -170,12 +186,15 @@ pub(crate) async fn publish(client: natty::Client, span: Duration) -> anyhow::Re
 impl Outcome {
     /// Whether every stored message was handled successfully by a rolling process.
     pub(crate) fn all_handled(&self, lines: &[Line]) -> bool {
-        let mut processed = HashSet::new();
+        let (mut processed, mut in_order) = (HashSet::new(), HashSet::new());
         let mut handled = HashSet::new();
         for l in lines {
             match &l.event {
                 Event::Processed { n, .. } if is_plain(l) => {
                     processed.insert(*n);
+                }
+                Event::Processed { n, .. } if is_ordered(l) => {
+                    in_order.insert(*n);
                 }
                 Event::Handled { key, n, .. } if is_member(l) => {
                     handled.insert((key.as_str(), *n));
@@ -183,7 +202,9 @@ impl Outcome {
                 _ => {}
             }
         }
-        self.stored.values().all(|n| processed.contains(n))
+        self.stored
+            .values()
+            .all(|n| processed.contains(n) && (!read_in_order(*n) || in_order.contains(n)))
             && self
                 .group_stored
                 .iter()
@@ -191,9 +212,19 @@ impl Outcome {
     }
 }
 
+/// Whether the ordered durable reads number `n`.
+pub(crate) fn read_in_order(n: u64) -> bool {
+    n % PLAIN_KEYS < ORDERED_KEYS
+}
+
 /// A line of a plain rolling consumer (`p<i>#<n>`).
 pub(crate) fn is_plain(l: &Line) -> bool {
     l.proc.starts_with('p')
+}
+
+/// A line of the rolling consumer ordered by key (`o<i>#<n>`).
+pub(crate) fn is_ordered(l: &Line) -> bool {
+    l.proc.starts_with('o')
 }
 
 /// A line of a rolling group member (`r<i>#<n>`).
@@ -208,7 +239,7 @@ fn parse(payload: &[u8]) -> Option<u64> {
 /// Reads back what both streams hold into `out`.
 pub(crate) async fn stored(client: &natty::Client, out: &mut Outcome) -> anyhow::Result<()> {
     for (seq, subject, payload, _) in read(client, STREAM).await? {
-        if subject == "roll.n" {
+        if subject.starts_with("roll.") {
             out.stored.insert(seq, number(&payload));
         }
     }
