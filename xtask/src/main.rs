@@ -366,7 +366,10 @@ fn chaos(minutes: f64, seed: u64) -> anyhow::Result<()> {
     )?;
     // Its other children: natty-group's `group_member` and natty-election's `candidate`
     // examples.
-    for (package, example) in [("natty-group", "group_member"), ("natty-election", "candidate")] {
+    for (package, example) in [
+        ("natty-group", "group_member"),
+        ("natty-election", "candidate"),
+    ] {
         run(
             "cargo",
             &["build", "--quiet", "-p", package, "--example", example],

@@ -126,37 +126,37 @@ async fn main() -> anyhow::Result<()> {
         cancel.clone()
     };
     let run = election.run(run_cancel, move |lead| {
-            let node = node.clone();
-            let server = client.nats().server_info().server_name;
-            if let Some(key) = fenced_key.clone() {
-                // Detached: it outlives the work (aborted or not), as a stale writer would.
-                tokio::spawn(write_fenced(lead.clone(), key, node.clone(), interval));
-            }
-            async move {
-                let term = wire(lead.term);
-                emit(
-                    &node,
-                    Event::Elected {
-                        term,
-                        server: Some(server),
-                    },
-                );
-                loop {
-                    // The fence check comes right before the side effect. Its time is
-                    // stamped before the check: a freeze between check and print must not
-                    // look like work done after the freeze.
-                    let checked_ns = natty_testkit::procs::mono_ns();
-                    if skip_check || lead.is_valid() {
-                        emit(&node, Event::Work { term, checked_ns });
-                    }
-                    tokio::select! {
-                        () = lead.lost.cancelled() => break,
-                        () = tokio::time::sleep(interval) => {}
-                    }
+        let node = node.clone();
+        let server = client.nats().server_info().server_name;
+        if let Some(key) = fenced_key.clone() {
+            // Detached: it outlives the work (aborted or not), as a stale writer would.
+            tokio::spawn(write_fenced(lead.clone(), key, node.clone(), interval));
+        }
+        async move {
+            let term = wire(lead.term);
+            emit(
+                &node,
+                Event::Elected {
+                    term,
+                    server: Some(server),
+                },
+            );
+            loop {
+                // The fence check comes right before the side effect. Its time is
+                // stamped before the check: a freeze between check and print must not
+                // look like work done after the freeze.
+                let checked_ns = natty_testkit::procs::mono_ns();
+                if skip_check || lead.is_valid() {
+                    emit(&node, Event::Work { term, checked_ns });
                 }
-                emit(&node, Event::Lost { term });
+                tokio::select! {
+                    () = lead.lost.cancelled() => break,
+                    () = tokio::time::sleep(interval) => {}
+                }
             }
-        });
+            emit(&node, Event::Lost { term });
+        }
+    });
     if args.drop_on_term {
         tokio::select! {
             result = run => result?,
