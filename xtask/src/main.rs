@@ -364,19 +364,18 @@ fn chaos(minutes: f64, seed: u64) -> anyhow::Result<()> {
         &["build", "--quiet", "-p", "natty-chaos", "--bins"],
         &[],
     )?;
-    // The consumer group's member process is natty-group's `group_member` example.
-    run(
-        "cargo",
-        &[
-            "build",
-            "--quiet",
-            "-p",
-            "natty-group",
-            "--example",
-            "group_member",
-        ],
-        &[],
-    )?;
+    // Its other children: natty-group's `group_member` and natty-election's `candidate`
+    // examples.
+    for (package, example) in [
+        ("natty-group", "group_member"),
+        ("natty-election", "candidate"),
+    ] {
+        run(
+            "cargo",
+            &["build", "--quiet", "-p", package, "--example", example],
+            &[],
+        )?;
+    }
     let binary = target_dir().join("debug/natty-chaos");
     run(
         &binary.display().to_string(),
