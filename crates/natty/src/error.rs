@@ -37,6 +37,9 @@ pub enum Error {
     /// An election.
     #[cfg(feature = "election")]
     Election(natty_election::Error),
+    /// A consumer group (natty-group).
+    #[cfg(feature = "group")]
+    Group(natty_group::Error),
     /// [`Natty::close`](crate::Natty::close) or
     /// [`Natty::delete_publisher`](crate::Natty::delete_publisher).
     Close(CloseError),
@@ -81,6 +84,15 @@ impl Error {
         }
     }
 
+    /// The natty-group kind, for a `Group` error.
+    #[cfg(feature = "group")]
+    pub fn group_kind(&self) -> Option<natty_group::ErrorKind> {
+        match self {
+            Self::Group(e) => Some(e.kind()),
+            _ => None,
+        }
+    }
+
     /// Whether the server did not answer in time (whichever crate reported it): the
     /// operation may or may not have happened, and retrying may help.
     pub fn is_timed_out(&self) -> bool {
@@ -94,6 +106,9 @@ impl Error {
             Self::Flush(_) => false,
             #[cfg(feature = "election")]
             Self::Election(e) => e.kind() == natty_election::ErrorKind::TimedOut,
+            // The group reports what failed (stream, KV, election), not timeouts apart.
+            #[cfg(feature = "group")]
+            Self::Group(_) => false,
             Self::Close(_) => false,
         }
     }
@@ -130,6 +145,11 @@ impl Error {
                 e.kind(),
                 natty_election::ErrorKind::InvalidName | natty_election::ErrorKind::InvalidConfig
             ),
+            #[cfg(feature = "group")]
+            Self::Group(e) => matches!(
+                e.kind(),
+                natty_group::ErrorKind::InvalidName | natty_group::ErrorKind::InvalidConfig
+            ),
             Self::Close(_) => false,
         }
     }
@@ -147,6 +167,8 @@ impl fmt::Display for Error {
             Self::Flush(e) => write!(f, "flushing the publisher: {e}"),
             #[cfg(feature = "election")]
             Self::Election(e) => e.fmt(f),
+            #[cfg(feature = "group")]
+            Self::Group(e) => e.fmt(f),
             Self::Close(e) => e.fmt(f),
         }
     }
@@ -165,6 +187,8 @@ impl std::error::Error for Error {
             Self::Flush(e) => std::error::Error::source(e),
             #[cfg(feature = "election")]
             Self::Election(e) => std::error::Error::source(e),
+            #[cfg(feature = "group")]
+            Self::Group(e) => std::error::Error::source(e),
             Self::Close(e) => std::error::Error::source(e),
         }
     }
@@ -187,6 +211,7 @@ from!(
     #[cfg(feature = "stream")] natty_stream::Error => Stream,
     #[cfg(feature = "stream")] natty_stream::FlushError => Flush,
     #[cfg(feature = "election")] natty_election::Error => Election,
+    #[cfg(feature = "group")] natty_group::Error => Group,
     CloseError => Close,
 );
 
