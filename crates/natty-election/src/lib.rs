@@ -12,7 +12,8 @@
 //! - **Fast hand-over.** A leader resigns on shutdown (conditioned delete); followers watch
 //!   the key and contest the moment it is deleted or expires (per-key TTL with expiry markers
 //!   on server 2.11+; polling as a fallback).
-//! - **Sans-IO core.** [`machine`] is a pure state machine; [`Election`] drives it on tokio.
+//! - **Sans-IO core.** [`machine`] is a pure state machine in its own dependency-free
+//!   `no_std` crate (natty-election-proto); [`Election`] drives it on tokio.
 //!
 //! Limits, honestly: safety relies on the local clock running at about the server's rate
 //! during one TTL, and on the work honouring `lost` within half the margin (it is then
@@ -45,7 +46,6 @@ mod driver;
 mod error;
 mod fence;
 mod lease;
-pub mod machine;
 mod obs;
 mod store;
 
@@ -56,6 +56,10 @@ pub use config::{DEFAULT_TTL, ElectionConfig};
 pub use driver::{Election, ElectionEvent, LeaderInfo, Leadership};
 pub use error::{Error, ErrorKind};
 pub use fence::{MAX_FENCED_WRITES, Txn};
-pub use lease::Term;
-pub use machine::LostReason;
+/// The election as a pure state machine (no runtime, no I/O, no clock): the
+/// [natty-election-proto](https://docs.rs/natty-election-proto) crate, which [`Election`]
+/// drives on tokio.
+#[doc(inline)]
+pub use natty_election_proto as machine;
+pub use natty_election_proto::{LostReason, Term};
 pub use tokio_util::sync::CancellationToken;
