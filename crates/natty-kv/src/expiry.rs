@@ -149,11 +149,19 @@ impl Kv {
                 }),
             });
         }
-        match self.stored_at(b, revision).await? {
-            Some(m) if m.subject.as_str() == b.subject(key) => {
+        match self.stored_at(b, revision).await {
+            Ok(Some(m)) if m.subject.as_str() == b.subject(key) => {
                 Ok(guard_of(Base::of_message(&m, b)))
             }
-            _ => Ok(None),
+            Ok(_) => Ok(None),
+            // Unknown base: check the write afterwards, whenever it is acknowledged.
+            Err(e) => {
+                debug!(error = %e, "the base revision could not be read; the write will be checked");
+                Ok(Some(Guard {
+                    not_before: Instant::now(),
+                    expires: None,
+                }))
+            }
         }
     }
 
@@ -170,7 +178,7 @@ impl Kv {
             return Ok(Verdict::Kept);
         }
         if let Some(expires) = guard.expires
-            && let Some(m) = self.stored_at(b, revision).await?
+            && let Ok(Some(m)) = self.stored_at(b, revision).await
             && SystemTime::from(m.time)
                 .checked_add(APPLY_LAG)
                 .is_some_and(|t| t < expires)
@@ -182,7 +190,21 @@ impl Kv {
             "written as its base revision may have expired: checking it was not wiped"
         );
         tokio::time::sleep_until(acked + SETTLE).await;
-        let last = self.last_message(b, key, ReadFrom::Leader).await?;
+        let last = self
+            .last_message(b, key, ReadFrom::Leader)
+            .await
+            .map_err(|e| {
+                Error::with_source(
+                    ErrorKind::TimedOut,
+                    format!(
+                        "writing key {key:?} in bucket {:?}: stored as revision {revision} as its \
+                         base revision may have expired; whether the base's expiry marker removed \
+                         it is unknown",
+                        b.name
+                    ),
+                    e,
+                )
+            })?;
         match last {
             Some(m)
                 if m.sequence > revision

@@ -153,7 +153,10 @@ async fn renew_at_expiry_trials(
 /// expiry race: the revision, or an error for a failed compare-and-set.
 async fn raw_update(kv: &Kv, b: &str, key: &str, rev: u64) -> anyhow::Result<u64> {
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Expected-Last-Subject-Sequence", rev.to_string().as_str());
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        rev.to_string().as_str(),
+    );
     headers.insert("Nats-TTL", TTL.as_secs().to_string().as_str());
     let ack = kv
         .client()
