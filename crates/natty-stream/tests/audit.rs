@@ -96,7 +96,10 @@ async fn a_copy_stored_again_and_foreign_messages_are_told_apart() -> anyhow::Re
         if !ack.duplicate {
             break;
         }
-        assert!(Instant::now() < deadline, "the duplicate window never passed");
+        assert!(
+            Instant::now() < deadline,
+            "the duplicate window never passed"
+        );
         tokio::time::sleep(window / 4).await;
     }
     // A foreign publisher: a raw publish without natty's ids.
@@ -121,8 +124,12 @@ async fn a_refused_send_leaves_no_gap() -> anyhow::Result<()> {
     let publisher = BatchPublisher::new(client.clone(), BatchConfig::default())?;
     let too_big = vec![0u8; client.limits().max_payload() + 1];
     for i in 0..20 {
-        publisher.send(&format!("{name}.a"), format!("m{i}").into()).await?;
-        let refused = publisher.send(&format!("{name}.a"), too_big.clone().into()).await;
+        publisher
+            .send(&format!("{name}.a"), format!("m{i}").into())
+            .await?;
+        let refused = publisher
+            .send(&format!("{name}.a"), too_big.clone().into())
+            .await;
         assert_eq!(refused.unwrap_err().kind(), ErrorKind::TooLarge);
     }
     publisher.close().await?;

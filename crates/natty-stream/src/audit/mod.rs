@@ -160,7 +160,11 @@ impl fmt::Display for AuditReport {
             self.missing(),
             self.duplicates(),
             self.out_of_order(),
-            if self.is_clean() { "clean" } else { "NOT CLEAN" }
+            if self.is_clean() {
+                "clean"
+            } else {
+                "NOT CLEAN"
+            }
         )?;
         for p in &self.publishers {
             writeln!(
@@ -290,7 +294,7 @@ async fn read(client: &Client, name: &str, options: AuditOptions) -> Result<Audi
         tally.observe(sequence, id);
         first_read.get_or_insert(sequence);
         last_read = sequence;
-        if tally.messages() % 100_000 == 0 {
+        if tally.messages().is_multiple_of(100_000) {
             debug!(read = tally.messages(), sequence, "auditing");
         }
         if sequence >= last || pending == 0 {

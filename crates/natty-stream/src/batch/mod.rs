@@ -81,10 +81,11 @@ pub struct BatchConfig {
     /// How messages are sent (default [`PublishMode::Auto`]).
     pub mode: PublishMode,
     /// Failed messages held for [`BatchPublisher::flush_all`] and `close` until they are taken
-    /// (default `None`: as many as `queue_capacity`). With that many held, `send` waits and
-    /// `try_send` says `Full` until a flush, a close or `take_errors` takes them: a producer
-    /// that never flushes during an outage is held up instead of running out of memory. Not
-    /// used once the error channel is taken (failures go there; drain it).
+    /// (default `None`: as many as `queue_capacity`). With that many held, `send` and
+    /// `try_send` fail at once with `Full` (nothing queued) until a flush, a close or
+    /// `take_errors` takes them: a producer that never flushes during an outage is told,
+    /// instead of running out of memory — and never waits for a flush it would have to make
+    /// itself. Not used once the error channel is taken (failures go there; drain it).
     pub max_held_failures: Option<usize>,
 }
 
@@ -626,9 +627,10 @@ impl BatchPublisher {
         self.handback.take_all()
     }
 
-    /// Queues a message, waiting for room (back-pressure: a full queue, or as many failed
-    /// messages held as [`max_held_failures`](BatchConfig::max_held_failures)). It gets a fresh
-    /// `Nats-Msg-Id`. `TooLarge` (nothing queued) for a message the server would refuse.
+    /// Queues a message, waiting for room in a full queue (back-pressure). It gets a fresh
+    /// `Nats-Msg-Id`. `TooLarge` (nothing queued) for a message the server would refuse;
+    /// `Full` at once (nothing queued) while as many failed messages are held as
+    /// [`max_held_failures`](BatchConfig::max_held_failures) — flush to take them.
     pub async fn send(&self, subject: &str, payload: Bytes) -> Result<(), Error> {
         self.send_with(subject, payload, PublishOptions::default())
             .await
@@ -642,8 +644,9 @@ impl BatchPublisher {
         options: PublishOptions,
     ) -> Result<(), Error> {
         let m = self.outgoing(subject, payload, options)?;
-        if !self.handback.has_room() && !self.handback.wait_for_room().await {
-            return Err(self.gone(&format!("queueing a message for {subject:?}")));
+        // Not a wait: the task that would take the held failures (a flush) is often this one.
+        if !self.handback.has_room() {
+            return Err(self.failures_held(subject));
         }
         if !self.gate.reserve().await {
             return Err(self.gone(&format!("queueing a message for {subject:?}")));
@@ -694,15 +697,7 @@ impl BatchPublisher {
             return Err(self.gone(&format!("queueing a message for {subject:?}")));
         }
         if !self.handback.has_room() {
-            return Err(Error::new(
-                ErrorKind::Full,
-                format!(
-                    "queueing a message for {subject:?}: {} failed messages are held (at most \
-                     {} are); take them with flush_all, close or take_errors",
-                    self.handback.held(),
-                    self.handback.capacity()
-                ),
-            ));
+            return Err(self.failures_held(subject));
         }
         if !self.gate.try_reserve() {
             return Err(Error::new(
@@ -714,6 +709,20 @@ impl BatchPublisher {
             ));
         }
         self.enqueue(m, subject)
+    }
+
+    /// `Full`: as many failed messages are held as the publisher keeps.
+    fn failures_held(&self, subject: &str) -> Error {
+        self.handback.warn_full();
+        Error::new(
+            ErrorKind::Full,
+            format!(
+                "queueing a message for {subject:?}: {} failed messages are held (at most {} \
+                 are); take them with flush_all, close or take_errors",
+                self.handback.held(),
+                self.handback.capacity()
+            ),
+        )
     }
 
     fn outgoing(

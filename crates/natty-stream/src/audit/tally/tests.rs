@@ -31,7 +31,14 @@ fn generated_ids_are_recognised_and_others_are_not() {
     );
     let custom_inbox = format!("my.inbox.{P}-3");
     assert_eq!(parse_generated(&custom_inbox).map(|(_, n)| n), Some(3));
-    for other in ["order-123", "123", "", "natty-dl:S:d:4", &format!("{P}-0"), &format!("{P}-x")] {
+    for other in [
+        "order-123",
+        "123",
+        "",
+        "natty-dl:S:d:4",
+        &format!("{P}-0"),
+        &format!("{P}-x"),
+    ] {
         assert_eq!(parse_generated(other), None, "{other:?}");
     }
 }
