@@ -19,7 +19,10 @@ use natty::{
     ConsumeOptions, Consumer, ConsumerGroup, GroupConfig, HandlerError,
     group::{GroupEvent, Partition},
 };
-use natty_chaos::{Event, cancel_on_sigterm, emit, emit_at, init_logs, mono_ns, mono_ns_of};
+use natty_chaos::{
+    CONSUMER_REQUEST_TIMEOUT, Event, cancel_on_sigterm, emit, emit_at, init_logs, mono_ns,
+    mono_ns_of,
+};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// A chaos consumer.
@@ -151,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let client = natty::ConnectOptions::new(common.servers.clone())
         .name(common.id.clone())
-        .request_timeout(Duration::from_secs(2))
+        .request_timeout(CONSUMER_REQUEST_TIMEOUT)
         .ping_interval(Duration::from_secs(1))
         .connect()
         .await?;
