@@ -53,6 +53,10 @@ struct Common {
     /// How long each handler works, in ms (0: not at all).
     #[arg(long = "handler-ms", default_value_t = 0)]
     handler_ms: u64,
+    /// The graceful stop's deadline in ms (`ConsumeOptions::stop_timeout`; natty's default
+    /// if not given).
+    #[arg(long = "stop-timeout-ms")]
+    stop_timeout_ms: Option<u64>,
     /// Where given-up messages go (none: they are terminated).
     #[arg(long = "dead-letter")]
     dead_letter: Option<String>,
@@ -164,6 +168,9 @@ async fn main() -> anyhow::Result<()> {
         .expires(Duration::from_secs(5))
         .heartbeat(Duration::from_secs(1))
         .retry_delay(Duration::from_millis(100), Duration::from_secs(2));
+    if let Some(ms) = common.stop_timeout_ms {
+        options = options.stop_timeout(Duration::from_millis(ms));
+    }
     if let Some(subject) = &common.dead_letter {
         options = options.dead_letter(subject.clone());
     }

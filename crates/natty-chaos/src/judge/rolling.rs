@@ -23,9 +23,13 @@ use crate::{
 use natty_chaos::CONSUMER_REQUEST_TIMEOUT;
 
 /// What a graceful stop (SIGTERM to exit) may take beyond the stop deadline the processes
-/// are given ([`STOP_TIMEOUT`]): a consumer flushes its acks (one request timeout), a group
-/// member also removes its membership before and resigns its leases after (one request timeout
-/// each); then the process exits (closes its connection).
+/// are given ([`STOP_TIMEOUT`]), in server round trips, each bounded by the children's request
+/// timeout: a consumer settles the handler runs that ended right at the deadline (a failure is
+/// written to the failure ledger) and flushes its acks; a group member also removes its
+/// membership before and resigns its leases after. Then the process exits (closes its
+/// connection) within [`EXIT`].
+const CONSUMER_ROUND_TRIPS: u32 = 2;
+const MEMBER_ROUND_TRIPS: u32 = 4;
 const EXIT: Duration = Duration::from_secs(1);
 /// The group's delivery limit: its durables use natty's default.
 const GROUP_MAX_DELIVER: i64 = 5;
@@ -311,7 +315,11 @@ fn group_order(members: &[Line], o: &Outcome, i: &Input<'_>) -> Check {
 
 /// The longest a graceful stop of process `proc` (`Line::proc`) may take, SIGTERM to exit.
 pub(crate) fn stop_bound(proc: &str) -> Duration {
-    let round_trips = if proc.starts_with('r') { 3 } else { 1 };
+    let round_trips = if proc.starts_with('r') {
+        MEMBER_ROUND_TRIPS
+    } else {
+        CONSUMER_ROUND_TRIPS
+    };
     STOP_TIMEOUT + CONSUMER_REQUEST_TIMEOUT * round_trips + EXIT
 }
 
