@@ -487,6 +487,63 @@ async fn an_oversized_dead_letter_is_stored_without_its_payload() -> anyhow::Res
     Ok(())
 }
 
+/// A dead letter its own stream refuses for size (the dead-letter stream's `max_msg_size`,
+/// smaller than the message) is stored without its payload, saying so, instead of being
+/// refused again at every redelivery.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_dead_letter_its_stream_refuses_for_size_is_stored_without_its_payload()
+-> anyhow::Result<()> {
+    use natty_core::async_nats::jetstream::stream;
+    let s = setup(|st| ConsumerConfig::new(st, "workers")).await?;
+    let dlq = format!("{}_DLQ", s.stream);
+    s.client
+        .jetstream()
+        .create_stream(stream::Config {
+            name: dlq.clone(),
+            subjects: vec![format!("{dlq}.>")],
+            max_message_size: 2048,
+            ..Default::default()
+        })
+        .await?;
+    Publisher::new(s.client.clone())
+        .publish(&format!("{}.big", s.stream), vec![b'x'; 8192].into())
+        .await?;
+    let consumer = Consumer::new(
+        s.client.clone(),
+        &s.stream,
+        "workers",
+        ConsumeOptions::default().dead_letter(format!("{dlq}.failed")),
+    )?;
+    let cancel = CancellationToken::new();
+    let (c, k) = (consumer.clone(), cancel.clone());
+    let task = tokio::spawn(async move {
+        c.consume(k, |_m: Message| async {
+            Err(HandlerError::permanent("poison"))
+        })
+        .await
+    });
+    wait_for("the dead letter", Duration::from_secs(15), || async {
+        (consumer.stats().dead_lettered >= 1).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", consumer.stats()))?;
+    cancel.cancel();
+    let stats = task.await??;
+    assert_eq!((stats.termed, stats.naked), (1, 0), "{stats:?}");
+    let m = s
+        .client
+        .jetstream()
+        .get_stream(&dlq)
+        .await?
+        .get_last_raw_message_by_subject(&format!("{dlq}.failed"))
+        .await?;
+    assert!(m.payload.is_empty());
+    let omitted = m.headers.get("Natty-Payload-Omitted").unwrap().as_str();
+    assert!(omitted.starts_with("8192 bytes"), "{omitted}");
+    Ok(())
+}
+
 /// The failure ledger cannot be used (here: someone else's stream holds its name with a
 /// configuration that is no KV bucket): a failed message is retried with its delay and never
 /// given up on for want of a count, even with `max_deliver(1)`.

@@ -505,14 +505,33 @@ impl Shared {
             );
             payload = bytes::Bytes::new();
         }
-        let stored = match self
-            .js
-            .publish_with_headers(dl.clone(), headers, payload)
-            .await
+        let mut stored = self
+            .publish_dead_letter(&dl, headers.clone(), payload.clone())
+            .await;
+        if let Err(e) = &stored
+            && crate::error::server_code(e) == Some(MESSAGE_TOO_LARGE_FOR_STREAM)
+            && !payload.is_empty()
         {
-            Ok(ack) => ack.await.map(drop),
-            Err(e) => Err(e),
-        };
+            // The dead-letter stream's own `max_msg_size` refuses it, and would at every
+            // redelivery: stored without its payload instead, saying so.
+            warn!(
+                seq,
+                size = payload.len(),
+                dead_letter = %dl,
+                "dead letter over its stream's max_msg_size: stored without its payload"
+            );
+            headers.insert(
+                "Natty-Payload-Omitted",
+                format!(
+                    "{} bytes: the dead letter exceeds its stream's max_msg_size",
+                    payload.len()
+                )
+                .as_str(),
+            );
+            stored = self
+                .publish_dead_letter(&dl, headers, bytes::Bytes::new())
+                .await;
+        }
         if let Err(e) = stored {
             let delay = self.options.retry_max;
             warn!(subject, seq, delivered, ?failures, reason = %error, dead_letter = %dl, error = %e, ?delay,
@@ -540,6 +559,22 @@ impl Shared {
         Action::DeadLettered
     }
 
+    async fn publish_dead_letter(
+        &self,
+        subject: &str,
+        headers: async_nats::HeaderMap,
+        payload: bytes::Bytes,
+    ) -> Result<(), async_nats::jetstream::context::PublishError> {
+        match self
+            .js
+            .publish_with_headers(subject.to_owned(), headers, payload)
+            .await
+        {
+            Ok(ack) => ack.await.map(drop),
+            Err(e) => Err(e),
+        }
+    }
+
     fn report(&self, e: ConsumeError) {
         if let Some(tx) = &self.options.errors
             && tx.try_send(e).is_err()
@@ -548,6 +583,9 @@ impl Shared {
         }
     }
 }
+
+/// JetStream's "message size exceeds maximum allowed": the stream's `max_msg_size`.
+const MESSAGE_TOO_LARGE_FOR_STREAM: u64 = 10054;
 
 /// Runs the future in the slot; pending forever once the slot is emptied.
 async fn run<F: Future>(slot: std::pin::Pin<&mut Option<F>>) -> F::Output {
