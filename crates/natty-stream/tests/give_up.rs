@@ -487,6 +487,83 @@ async fn an_oversized_dead_letter_is_stored_without_its_payload() -> anyhow::Res
     Ok(())
 }
 
+/// A durable deleted and re-created (to reprocess after a fix) does not inherit the old
+/// durable's failure counts: a message the old one gave up on, handed back once by the new one
+/// before its handler started (delivery 2), reaches the handler instead of being given up on
+/// unseen.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_recreated_durable_starts_from_no_failures() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let config = |st: &str| ConsumerConfig::new(st, "workers").max_deliver(Some(2));
+    let s = setup(config).await?;
+    publish_n(&s, 1).await?;
+    // The old durable: the handler fails twice, the message is given up on (terminated).
+    let log = Log::default();
+    let (cancel, consumer, task) = start(
+        s.client.clone(),
+        &s.stream,
+        ConsumeOptions::default().retry_delay(Duration::from_millis(10), Duration::from_millis(20)),
+        log.clone(),
+        Duration::ZERO,
+        |_, _| Err(HandlerError::retry("broken")),
+    );
+    wait_for("the give-up", Duration::from_secs(20), || async {
+        (consumer.stats().termed >= 1).then_some(())
+    })
+    .await?;
+    cancel.cancel();
+    task.await??;
+    // The fix is deployed: the durable is deleted and made again from the start.
+    natty_stream::delete_consumer(&s.client, &s.stream, "workers").await?;
+    ensure_consumer(&s.client, &config(&s.stream)).await?;
+    // One hand-back before any handler ran (as a graceful stop does): delivery 2 next.
+    let raw = s
+        .client
+        .jetstream()
+        .get_stream(&s.stream)
+        .await?
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("workers")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let m = raw
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    m.ack_with(async_nats::jetstream::AckKind::Nak(None))
+        .await
+        .unwrap();
+    let log = Log::default();
+    let (cancel, consumer, task) = start(
+        s.client.clone(),
+        &s.stream,
+        ConsumeOptions::default(),
+        log.clone(),
+        Duration::ZERO,
+        |_, _| Ok(()),
+    );
+    wait_for(
+        "the message handled or given up on",
+        Duration::from_secs(20),
+        || async {
+            let st = consumer.stats();
+            (st.acked + st.termed >= 1).then_some(())
+        },
+    )
+    .await?;
+    cancel.cancel();
+    let stats = task.await??;
+    assert_eq!((stats.acked, stats.termed), (1, 0), "{stats:?}");
+    assert_eq!(log.lock().unwrap().len(), 1, "the handler ran");
+    Ok(())
+}
+
 /// A dead letter its own stream refuses for size (the dead-letter stream's `max_msg_size`,
 /// smaller than the message) is stored without its payload, saying so, instead of being
 /// refused again at every redelivery.

@@ -189,6 +189,17 @@ impl Consumer {
                 .identity
                 .clone()
                 .unwrap_or_else(|| self.durable.clone()),
+            // A defaulted identity counts failures per incarnation of the durable: one deleted
+            // and re-created to reprocess starts from none (it would otherwise give up at once
+            // on what the old one failed). An explicit identity spans durables on purpose.
+            ledger_identity: match &self.options.identity {
+                Some(identity) => identity.clone(),
+                None => format!(
+                    "{}@{}",
+                    self.durable,
+                    consumer.cached_info().created.unix_timestamp_nanos()
+                ),
+            },
             options: self.options.clone(),
             stats: self.stats.clone(),
             ledger: Ledger::new(self.client.jetstream().clone()),

@@ -177,6 +177,9 @@ pub(super) struct Shared {
     pub(super) durable: String,
     /// What failure counts and dead letters are keyed by (default: the durable's name).
     pub(super) identity: String,
+    /// What the failure ledger keys counts by: the identity, or the durable and its creation
+    /// time when the identity is the default.
+    pub(super) ledger_identity: String,
     pub(super) options: ConsumeOptions,
     pub(super) stats: Arc<Counters>,
     pub(super) ledger: Ledger,
@@ -239,7 +242,7 @@ impl Shared {
             message.stream_sequence,
             message.delivered,
         );
-        let place = Place::new(&self.stream, settings.stream.created, &self.identity);
+        let place = Place::new(&self.stream, settings.stream.created, &self.ledger_identity);
         let replicas = settings.stream.replicas;
         // A redelivery may have failed before (in this process or an earlier one): what the
         // ledger says decides whether it is past the limit. A first delivery is assumed
