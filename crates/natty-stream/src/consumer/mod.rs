@@ -8,8 +8,11 @@
 //! - `ledger.rs`: handler failures per message in a KV bucket (the delivery limit counts them).
 //! - `ordered.rs`: per-key order, which waiting message may start next.
 //! - `handover.rs`: an exclusive consumer's start and stop put unfinished messages back in order.
+//! - `gap.rs`: an exclusive consumer ordered by key runs nothing past a delivery that never
+//!   arrived.
 //! - `stats.rs`: counters.
 
+mod gap;
 mod handover;
 mod health;
 mod ledger;
@@ -40,6 +43,7 @@ pub use settle::{Action, ConsumeError};
 pub use stats::ConsumerStats;
 
 use self::{
+    gap::{Deliveries, Delivery, ResetFailed},
     health::{Durable, Health, Lookup, Presence, StreamFacts},
     ledger::Ledger,
     ordered::{Arrival, Keys},
@@ -178,6 +182,15 @@ impl Consumer {
         if self.options.exclusive {
             handover::resume(&mut consumer).await;
         }
+        // Exclusive and ordered by key: the consumer sequence expected next, to see a
+        // delivery that never arrived (gap.rs); `resync`: one did, reset before pulling again.
+        let mut deliveries =
+            (self.options.exclusive && self.options.ordered.is_some()).then(|| {
+                let last = consumer.cached_info().delivered.consumer_sequence;
+                Deliveries::after(last)
+            });
+        let mut resync = false;
+        let mut last_reset: Option<Instant> = None;
         let mut settings = settings_of(&consumer, facts, &self.stream, &self.durable);
         let mut keepalive = keepalive_ticker(settings.keepalive);
         let shared = Arc::new(Shared {
@@ -250,6 +263,37 @@ impl Consumer {
                     running.push(spawn_handler(work, key, seq, pos));
                 }
             }
+            if resync
+                && pull.is_none()
+                && hold.is_none()
+                && let Some(t) = last_reset.filter(|t| t.elapsed() < gap::RESET_INTERVAL)
+            {
+                // Missing again right after a reset: not at once again (no hot loop).
+                hold = Some(t + gap::RESET_INTERVAL);
+            }
+            if resync && pull.is_none() && hold.is_none() {
+                last_reset = Some(Instant::now());
+                let reset = tokio::select! {
+                    () = cancel.cancelled() => break Ok(()),
+                    r = gap::reset(&mut consumer) => r,
+                };
+                match reset {
+                    Ok(d) => {
+                        deliveries = Some(d);
+                        resync = false;
+                    }
+                    Err(ResetFailed::Transient(e)) => {
+                        hold = Some(health.trouble(format!(
+                            "resetting the durable after missing deliveries: {e}"
+                        )));
+                    }
+                    Err(ResetFailed::Refused) => {
+                        // Logged; looking for gaps would only drop messages from now on.
+                        deliveries = None;
+                        resync = false;
+                    }
+                }
+            }
             if pull.is_none() && waiting.len() <= o.batch / 2 && hold.is_none() {
                 let (n, expires, heartbeat) = settings.pull_size(o, waiting.len());
                 match Pull::start(
@@ -293,8 +337,15 @@ impl Consumer {
                     }
                     match event {
                         PullEvent::Message(m) => {
-                            let seq = self.received(&m, &mut last_delivery);
-                            queue(&mut waiting, m, seq, &self.stats).await;
+                            if self
+                                .take_in([m], &mut waiting, &mut last_delivery, &mut deliveries)
+                                .await
+                            {
+                                if let Some(p) = pull.take() {
+                                    p.close().await;
+                                }
+                                resync = true;
+                            }
                         }
                         PullEvent::Done => {
                             if early {
@@ -305,11 +356,11 @@ impl Consumer {
                         PullEvent::Stalled => {
                             health.stalled(o.heartbeat * 2);
                             Counters::add(&self.stats.repulls);
-                            for m in p.ready() {
-                                let seq = self.received(&m, &mut last_delivery);
-                                queue(&mut waiting, m, seq, &self.stats).await;
-                            }
+                            let ready = p.ready();
                             pull = None;
+                            resync |= self
+                                .take_in(ready, &mut waiting, &mut last_delivery, &mut deliveries)
+                                .await;
                         }
                         PullEvent::Refused(status) => {
                             Counters::add(&self.stats.repulls);
@@ -330,11 +381,11 @@ impl Consumer {
                                 }
                                 refused_for_config = true;
                             }
-                            for m in p.ready() {
-                                let seq = self.received(&m, &mut last_delivery);
-                                queue(&mut waiting, m, seq, &self.stats).await;
-                            }
+                            let ready = p.ready();
                             pull = None;
+                            resync |= self
+                                .take_in(ready, &mut waiting, &mut last_delivery, &mut deliveries)
+                                .await;
                             hold = Some(health.trouble(format!("pull ended by the server: {status}")));
                         }
                     }
@@ -382,12 +433,13 @@ impl Consumer {
                 }
             }
         };
-        // Stop pulling: what already arrived joins the waiting ones.
+        // Stop pulling: what already arrived joins the waiting ones. Past a gap nothing is
+        // taken: not counted in `last_delivery`, so the exclusive consumer's stop puts it back
+        // (handover.rs).
         if let Some(mut p) = pull.take() {
-            for m in p.ready() {
-                let seq = self.received(&m, &mut last_delivery);
-                queue(&mut waiting, m, seq, &self.stats).await;
-            }
+            let ready = p.ready();
+            self.take_in(ready, &mut waiting, &mut last_delivery, &mut deliveries)
+                .await;
             p.close().await;
         }
         let deadline = Instant::now() + o.stop_timeout;
@@ -490,6 +542,39 @@ impl Consumer {
                 Err(e)
             }
         }
+    }
+
+    /// Takes arriving messages in, in order (see [`queue`]). Exclusive and ordered by key
+    /// (`deliveries` set): at a gap in the consumer sequence, the message that shows it and
+    /// the rest are dropped, not run (gap.rs); returns whether that happened.
+    async fn take_in(
+        &self,
+        messages: impl IntoIterator<Item = jetstream::Message>,
+        waiting: &mut Queue,
+        last_delivery: &mut u64,
+        deliveries: &mut Option<Deliveries>,
+    ) -> bool {
+        for m in messages {
+            // (Metadata parsed a second time in this mode only.)
+            if let Some(d) = deliveries.as_mut()
+                && let Ok(info) = m.info()
+                && let Delivery::Gap { expected, got } = d.arrived(info.consumer_sequence)
+            {
+                warn!(
+                    expected,
+                    got,
+                    subject = %m.subject,
+                    stream_sequence = info.stream_sequence,
+                    "deliveries never arrived: nothing after them runs; the durable is reset \
+                     to its ack floor so they come again first"
+                );
+                Counters::add(&self.stats.gaps);
+                return true;
+            }
+            let seq = self.received(&m, last_delivery);
+            queue(waiting, m, seq, &self.stats).await;
+        }
+        false
     }
 
     /// Counts an arrived message and returns its stream sequence (0 if its metadata does not

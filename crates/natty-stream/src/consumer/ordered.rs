@@ -133,8 +133,11 @@ pub(super) struct Lanes<T> {
     /// Candidates due now: position and key (possibly stale).
     ready: BTreeMap<u64, Option<Arc<str>>>,
     /// Candidates not due yet, earliest first (possibly stale).
-    later: BinaryHeap<Reverse<(Instant, u64, Option<Arc<str>>)>>,
+    later: BinaryHeap<Reverse<Later>>,
 }
+
+/// A candidate not due yet: when it is due, its position and its key.
+type Later = (Instant, u64, Option<Arc<str>>);
 
 impl<T: Lane> Lanes<T> {
     pub(super) fn new() -> Self {
@@ -308,8 +311,9 @@ pub(super) enum Arrival {
     Queued,
     /// Already held (waiting or running): nothing to do.
     Held,
-    /// Already handled and acked by this consumer: ack it again, do not run it.
-    Replay(jetstream::Message),
+    /// Already handled and acked by this consumer: ack it again, do not run it (boxed: rare,
+    /// and large next to the others).
+    Replay(Box<jetstream::Message>),
 }
 
 impl Keys {
@@ -338,7 +342,7 @@ impl Keys {
                 seq,
                 "replay of a message already handled and acked: not run again"
             );
-            return Arrival::Replay(m);
+            return Arrival::Replay(Box::new(m));
         }
         let key: Option<Arc<str>> = self.key.of(&Message::from_jetstream(&m)).map(Arc::from);
         if seq != 0 && !self.held.insert(seq) {
