@@ -8,8 +8,11 @@
 //! - `ledger.rs`: handler failures per message in a KV bucket (the delivery limit counts them).
 //! - `ordered.rs`: per-key order, which waiting message may start next.
 //! - `handover.rs`: an exclusive consumer's start and stop put unfinished messages back in order.
+//! - `gap.rs`: an exclusive consumer ordered by key runs nothing past a delivery that never
+//!   arrived.
 //! - `stats.rs`: counters.
 
+mod gap;
 mod handover;
 mod health;
 mod ledger;
@@ -40,6 +43,7 @@ pub use settle::{Action, ConsumeError};
 pub use stats::ConsumerStats;
 
 use self::{
+    gap::{Deliveries, Delivery, ResetFailed},
     health::{Durable, Health, Lookup, Presence, StreamFacts},
     ledger::Ledger,
     ordered::{Arrival, Keys},
@@ -178,6 +182,15 @@ impl Consumer {
         if self.options.exclusive {
             handover::resume(&mut consumer).await;
         }
+        // Exclusive and ordered by key: the consumer sequence expected next, to see a
+        // delivery that never arrived (gap.rs); `resync`: one did, reset before pulling again.
+        let mut deliveries =
+            (self.options.exclusive && self.options.ordered.is_some()).then(|| {
+                let last = consumer.cached_info().delivered.consumer_sequence;
+                Deliveries::after(last)
+            });
+        let mut resync = false;
+        let mut last_reset: Option<Instant> = None;
         let mut settings = settings_of(&consumer, facts, &self.stream, &self.durable);
         let mut keepalive = keepalive_ticker(settings.keepalive);
         let shared = Arc::new(Shared {
@@ -206,11 +219,14 @@ impl Consumer {
             abandon: CancellationToken::new(),
         });
         let o = &self.options;
-        let mut waiting: VecDeque<Waiting> = VecDeque::new();
+        // Pulled messages waiting for a handler slot; ordered by key: in key order (handlers
+        // always run as tasks then).
+        let mut waiting = match o.ordered.clone() {
+            Some(key) => Queue::Keyed(Box::new(Keys::new(key))),
+            None => Queue::Fifo(VecDeque::new()),
+        };
         let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
-        // Ordered by key: which keys are busy (handlers always run as tasks then).
-        let mut keys = o.ordered.clone().map(Keys::new);
-        let inline_mode = o.concurrency == 1 && keys.is_none();
+        let inline_mode = o.concurrency == 1 && !waiting.ordered();
         let mut inline = pin!(None);
         let mut pull: Option<Pull> = None;
         // When set, no pull is issued before this instant (back-off after a problem), and the
@@ -241,13 +257,10 @@ impl Consumer {
             } else {
                 running.len() < o.concurrency
             })
-            .then(|| match keys.as_mut() {
-                Some(keys) => keys.pick(&mut waiting, Instant::now()),
-                None => waiting.pop_front(),
-            })
+            .then(|| waiting.pick(Instant::now()))
             .flatten()
             {
-                let (key, known, seq) = (w.key, w.known, w.seq);
+                let (key, known, seq, pos) = (w.key, w.known, w.seq, w.pos);
                 let work = shared
                     .clone()
                     .process(w.message, handler.clone(), settings, known);
@@ -258,7 +271,38 @@ impl Consumer {
                     }
                     inline.set(None);
                 } else {
-                    running.push(spawn_handler(work, key, seq));
+                    running.push(spawn_handler(work, key, seq, pos));
+                }
+            }
+            if resync
+                && pull.is_none()
+                && hold.is_none()
+                && let Some(t) = last_reset.filter(|t| t.elapsed() < gap::RESET_INTERVAL)
+            {
+                // Missing again right after a reset: not at once again (no hot loop).
+                hold = Some(t + gap::RESET_INTERVAL);
+            }
+            if resync && pull.is_none() && hold.is_none() {
+                last_reset = Some(Instant::now());
+                let reset = tokio::select! {
+                    () = cancel.cancelled() => break Ok(()),
+                    r = gap::reset(&mut consumer) => r,
+                };
+                match reset {
+                    Ok(d) => {
+                        deliveries = Some(d);
+                        resync = false;
+                    }
+                    Err(ResetFailed::Transient(e)) => {
+                        hold = Some(health.trouble(format!(
+                            "resetting the durable after missing deliveries: {e}"
+                        )));
+                    }
+                    Err(ResetFailed::Refused) => {
+                        // Logged; looking for gaps would only drop messages from now on.
+                        deliveries = None;
+                        resync = false;
+                    }
                 }
             }
             if pull.is_none() && waiting.len() <= o.batch / 2 && hold.is_none() {
@@ -280,17 +324,13 @@ impl Consumer {
                 }
             }
             // A retry held for its key (ordered by key) becomes due.
-            let next_due = keys
-                .is_some()
-                .then(|| Keys::next_due(&waiting))
-                .flatten()
-                .filter(|_| running.len() < o.concurrency);
+            let next_due = waiting.next_due().filter(|_| running.len() < o.concurrency);
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break Ok(()),
                 Some(done) = running.next(), if !running.is_empty() => {
-                    if let (Some(done), Some(keys)) = (done, keys.as_mut()) {
-                        finished(keys, &mut waiting, done);
+                    if let Some(done) = done {
+                        waiting.finished(done);
                     }
                 }
                 () = sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {}
@@ -308,8 +348,15 @@ impl Consumer {
                     }
                     match event {
                         PullEvent::Message(m) => {
-                            let seq = self.received(&m, &mut last_delivery);
-                            queue(&mut waiting, keys.as_mut(), m, seq, &self.stats).await;
+                            if self
+                                .take_in([m], &mut waiting, &mut last_delivery, &mut deliveries)
+                                .await
+                            {
+                                if let Some(p) = pull.take() {
+                                    p.close().await;
+                                }
+                                resync = true;
+                            }
                         }
                         PullEvent::Done => {
                             if early {
@@ -320,11 +367,11 @@ impl Consumer {
                         PullEvent::Stalled => {
                             health.stalled(o.heartbeat * 2);
                             Counters::add(&self.stats.repulls);
-                            for m in p.ready() {
-                                let seq = self.received(&m, &mut last_delivery);
-                                queue(&mut waiting, keys.as_mut(), m, seq, &self.stats).await;
-                            }
+                            let ready = p.ready();
                             pull = None;
+                            resync |= self
+                                .take_in(ready, &mut waiting, &mut last_delivery, &mut deliveries)
+                                .await;
                         }
                         PullEvent::Refused(status) => {
                             Counters::add(&self.stats.repulls);
@@ -345,17 +392,17 @@ impl Consumer {
                                 }
                                 refused_for_config = true;
                             }
-                            for m in p.ready() {
-                                let seq = self.received(&m, &mut last_delivery);
-                                queue(&mut waiting, keys.as_mut(), m, seq, &self.stats).await;
-                            }
+                            let ready = p.ready();
                             pull = None;
+                            resync |= self
+                                .take_in(ready, &mut waiting, &mut last_delivery, &mut deliveries)
+                                .await;
                             hold = Some(health.trouble(format!("pull ended by the server: {status}")));
                         }
                     }
                 }
                 _ = keepalive.tick(), if !waiting.is_empty() => {
-                    keep_alive(&mut waiting, settings.keepalive).await;
+                    waiting.keep_alive(settings.keepalive).await;
                 }
                 () = sleep_until(hold.unwrap_or_else(Instant::now)), if hold.is_some() && checking.is_none() => {
                     checking = Some(Box::pin(health.check()));
@@ -382,7 +429,7 @@ impl Consumer {
                             // has nothing in common with what this run acked.
                             if (c.cached_info().created != consumer.cached_info().created
                                 || f != facts)
-                                && let Some(keys) = keys.as_mut()
+                                && let Queue::Keyed(keys) = &mut waiting
                             {
                                 keys.forget_acked();
                             }
@@ -397,12 +444,13 @@ impl Consumer {
                 }
             }
         };
-        // Stop pulling: what already arrived joins the waiting ones.
+        // Stop pulling: what already arrived joins the waiting ones. Past a gap nothing is
+        // taken: not counted in `last_delivery`, so the exclusive consumer's stop puts it back
+        // (handover.rs).
         if let Some(mut p) = pull.take() {
-            for m in p.ready() {
-                let seq = self.received(&m, &mut last_delivery);
-                queue(&mut waiting, keys.as_mut(), m, seq, &self.stats).await;
-            }
+            let ready = p.ready();
+            self.take_in(ready, &mut waiting, &mut last_delivery, &mut deliveries)
+                .await;
             p.close().await;
         }
         let deadline = Instant::now() + o.stop_timeout;
@@ -420,42 +468,38 @@ impl Consumer {
         // deadline the handlers still running are cancelled and everything left is handed
         // back (nak'ed, not counted as a failure; an exclusive next reader gets it first and
         // in order, see handover.rs).
-        if keys.is_none() {
-            for w in waiting.drain(..) {
+        if !waiting.ordered() {
+            for w in waiting.drain() {
                 shared.hand_back(&w.message).await;
                 handed_back += 1;
             }
         }
         let mut abandoned = false;
         loop {
-            if !abandoned && let Some(keys) = keys.as_mut() {
+            if !abandoned && waiting.ordered() {
                 while running.len() < o.concurrency {
-                    let Some(w) = keys.pick(&mut waiting, Instant::now()) else {
+                    let Some(w) = waiting.pick(Instant::now()) else {
                         break;
                     };
                     let work =
                         shared
                             .clone()
                             .process(w.message, handler.clone(), settings, w.known);
-                    running.push(spawn_handler(work, w.key, w.seq));
+                    running.push(spawn_handler(work, w.key, w.seq, w.pos));
                 }
             }
             if running.is_empty() && inline.is_none() {
                 break;
             }
-            let next_due = keys
-                .is_some()
-                .then(|| Keys::next_due(&waiting))
-                .flatten()
+            let next_due = waiting
+                .next_due()
                 .filter(|_| !abandoned && running.len() < o.concurrency);
             tokio::select! {
                 biased;
                 Some(done) = running.next(), if !running.is_empty() => {
                     if let Some(done) = done {
                         handed_back += u64::from(matches!(done.outcome, Outcome::HandedBack));
-                        if let Some(keys) = keys.as_mut() {
-                            finished(keys, &mut waiting, done);
-                        }
+                        waiting.finished(done);
                     }
                 }
                 outcome = run_slot(inline.as_mut()), if inline.is_some() => {
@@ -464,7 +508,7 @@ impl Consumer {
                 }
                 () = sleep_until(next_due.unwrap_or(deadline)), if next_due.is_some() => {}
                 _ = keepalive.tick(), if !waiting.is_empty() => {
-                    keep_alive(&mut waiting, settings.keepalive).await;
+                    waiting.keep_alive(settings.keepalive).await;
                 }
                 () = sleep_until(deadline), if !abandoned => {
                     abandoned = true;
@@ -478,7 +522,7 @@ impl Consumer {
             }
         }
         // Not started by the deadline, or held for a retry (ordered by key): handed back.
-        for w in waiting.drain(..) {
+        for w in waiting.drain() {
             shared.hand_back(&w.message).await;
             handed_back += 1;
         }
@@ -511,6 +555,39 @@ impl Consumer {
         }
     }
 
+    /// Takes arriving messages in, in order (see [`queue`]). Exclusive and ordered by key
+    /// (`deliveries` set): at a gap in the consumer sequence, the message that shows it and
+    /// the rest are dropped, not run (gap.rs); returns whether that happened.
+    async fn take_in(
+        &self,
+        messages: impl IntoIterator<Item = jetstream::Message>,
+        waiting: &mut Queue,
+        last_delivery: &mut u64,
+        deliveries: &mut Option<Deliveries>,
+    ) -> bool {
+        for m in messages {
+            // (Metadata parsed a second time in this mode only.)
+            if let Some(d) = deliveries.as_mut()
+                && let Ok(info) = m.info()
+                && let Delivery::Gap { expected, got } = d.arrived(info.consumer_sequence)
+            {
+                warn!(
+                    expected,
+                    got,
+                    subject = %m.subject,
+                    stream_sequence = info.stream_sequence,
+                    "deliveries never arrived: nothing after them runs; the durable is reset \
+                     to its ack floor so they come again first"
+                );
+                Counters::add(&self.stats.gaps);
+                return true;
+            }
+            let seq = self.received(&m, last_delivery);
+            queue(waiting, m, seq, &self.stats).await;
+        }
+        false
+    }
+
     /// Counts an arrived message and returns its stream sequence (0 if its metadata does not
     /// parse); `last_delivery` keeps the highest consumer sequence seen. The metadata is parsed
     /// here once per message (parsing it showed in the consume profile).
@@ -528,6 +605,7 @@ impl Consumer {
 }
 
 /// A pulled message waiting for a handler slot, and when it was last kept alive.
+#[derive(Debug)]
 struct Waiting {
     message: jetstream::Message,
     /// Its stream sequence (0: unknown).
@@ -539,6 +617,8 @@ struct Waiting {
     not_before: Option<Instant>,
     /// Retries held in place and failures counted so far.
     known: Known,
+    /// Ordered by key: its arrival position (a retry keeps it).
+    pos: u64,
 }
 
 impl Waiting {
@@ -550,6 +630,7 @@ impl Waiting {
             key: None,
             not_before: None,
             known: Known::default(),
+            pos: 0,
         }
     }
 }
@@ -558,6 +639,8 @@ impl Waiting {
 struct Finished {
     key: Option<Arc<str>>,
     seq: u64,
+    /// Its arrival position (ordered by key).
+    pos: u64,
     outcome: Outcome,
 }
 
@@ -568,6 +651,7 @@ fn spawn_handler(
     work: impl Future<Output = Outcome> + Send + 'static,
     key: Option<Arc<str>>,
     seq: u64,
+    pos: u64,
 ) -> Running {
     let task = AbortOnDrop(tokio::spawn(work));
     Box::pin(async move {
@@ -576,57 +660,113 @@ fn spawn_handler(
             warn!(error = %e, "handler task ended abnormally; its message comes back after ack_wait");
             Outcome::Settled
         });
-        Some(Finished { key, seq, outcome })
+        Some(Finished {
+            key,
+            seq,
+            pos,
+            outcome,
+        })
     })
 }
 
-/// Ordered by key: a handler ended; a message held for a retry goes back to the front, where
-/// it blocks its key's later messages until it is due.
-fn finished(keys: &mut Keys, waiting: &mut VecDeque<Waiting>, done: Finished) {
-    let held = matches!(done.outcome, Outcome::Hold { .. });
-    let acked = matches!(done.outcome, Outcome::Acked);
-    keys.finished(done.key.as_ref(), done.seq, !held, acked);
-    if let Outcome::Hold {
-        message,
-        delay,
-        retries,
-        failures,
-    } = done.outcome
-    {
-        let mut w = Waiting::new(*message, done.seq);
-        w.key = done.key;
-        w.known = Known { retries, failures };
-        w.not_before = Some(Instant::now() + delay);
-        waiting.push_front(w);
-    }
+/// Pulled messages waiting for a handler slot.
+enum Queue {
+    /// In arrival order.
+    Fifo(VecDeque<Waiting>),
+    /// Ordered by key (boxed: its maps are large next to a `VecDeque`).
+    Keyed(Box<Keys>),
 }
 
-/// Keeps waiting messages alive: called every `keepalive / 2`, so a waiting message is touched
-/// at most `keepalive` (ack_wait / 3) after it arrived or was last touched.
-async fn keep_alive(waiting: &mut VecDeque<Waiting>, keepalive: Duration) {
-    let now = Instant::now();
-    let due = keepalive / 2;
-    for w in waiting.iter_mut().filter(|w| w.touched + due <= now) {
-        debug!("waiting for a handler slot: in-progress ack");
-        let _ = w.message.ack_with(AckKind::Progress).await;
-        w.touched = now;
+impl Queue {
+    fn ordered(&self) -> bool {
+        matches!(self, Self::Keyed(_))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Fifo(q) => q.len(),
+            Self::Keyed(k) => k.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next message that may start now.
+    fn pick(&mut self, now: Instant) -> Option<Waiting> {
+        match self {
+            Self::Fifo(q) => q.pop_front(),
+            Self::Keyed(k) => k.pick(now),
+        }
+    }
+
+    /// Ordered by key: when a retry held for its key becomes due.
+    fn next_due(&self) -> Option<Instant> {
+        match self {
+            Self::Fifo(_) => None,
+            Self::Keyed(k) => k.next_due(),
+        }
+    }
+
+    /// Everything waiting, in arrival order.
+    fn drain(&mut self) -> Vec<Waiting> {
+        match self {
+            Self::Fifo(q) => q.drain(..).collect(),
+            Self::Keyed(k) => k.drain(),
+        }
+    }
+
+    /// A handler task ended (ordered by key: its key may run again; a message held for a
+    /// retry goes back to the front of its key, where it blocks the key's later messages
+    /// until it is due).
+    fn finished(&mut self, done: Finished) {
+        let Self::Keyed(keys) = self else { return };
+        let held = matches!(done.outcome, Outcome::Hold { .. });
+        let acked = matches!(done.outcome, Outcome::Acked);
+        let retry = match done.outcome {
+            Outcome::Hold {
+                message,
+                delay,
+                retries,
+                failures,
+            } => {
+                let mut w = Waiting::new(*message, done.seq);
+                w.key = done.key.clone();
+                w.known = Known { retries, failures };
+                w.not_before = Some(Instant::now() + delay);
+                w.pos = done.pos;
+                Some(w)
+            }
+            _ => None,
+        };
+        keys.finished(done.key.as_ref(), done.seq, !held, acked, retry);
+    }
+
+    /// Keeps waiting messages alive: called every `keepalive / 2`, so a waiting message is
+    /// touched at most `keepalive` (ack_wait / 3) after it arrived or was last touched.
+    async fn keep_alive(&mut self, keepalive: Duration) {
+        let now = Instant::now();
+        let due = keepalive / 2;
+        let all: Box<dyn Iterator<Item = &mut Waiting> + Send> = match self {
+            Self::Fifo(q) => Box::new(q.iter_mut()),
+            Self::Keyed(k) => Box::new(k.iter_mut()),
+        };
+        for w in all.filter(|w| w.touched + due <= now) {
+            debug!("waiting for a handler slot: in-progress ack");
+            let _ = w.message.ack_with(AckKind::Progress).await;
+            w.touched = now;
+        }
     }
 }
 
 /// Queues an arriving message (with its key when ordered by key; a redelivery of one already
 /// held is not queued twice, a replay of one already acked is acked again, not run).
-async fn queue(
-    waiting: &mut VecDeque<Waiting>,
-    keys: Option<&mut Keys>,
-    m: jetstream::Message,
-    seq: u64,
-    stats: &Counters,
-) {
-    match keys {
-        None => waiting.push_back(Waiting::new(m, seq)),
-        Some(keys) => match keys.arrive(m, seq, waiting) {
-            Arrival::Queue(w) => waiting.push_back(w),
-            Arrival::Held => {}
+async fn queue(waiting: &mut Queue, m: jetstream::Message, seq: u64, stats: &Counters) {
+    match waiting {
+        Queue::Fifo(q) => q.push_back(Waiting::new(m, seq)),
+        Queue::Keyed(keys) => match keys.arrive(m, seq) {
+            Arrival::Queued | Arrival::Held => {}
             Arrival::Replay(m) => {
                 Counters::add(&stats.replays_skipped);
                 if let Err(e) = m.ack().await {

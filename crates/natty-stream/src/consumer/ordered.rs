@@ -1,23 +1,32 @@
 //! Per-key order ([`ConsumeOptions::ordered_by_key`](super::ConsumeOptions::ordered_by_key)):
 //! which waiting message may start next.
 //!
-//! Waiting messages sit in arrival (stream) order. A message may start when no handler runs
-//! for its key and no earlier waiting message of its key is held back (a failed message
-//! waiting for its retry delay is put back at the front, so it blocks its key's later
-//! messages until it is handled or given up on). Memory: the keys and sequences of held
-//! messages (at most `batch` waiting plus `concurrency` running), nothing per key once its
-//! messages are settled, and the sequences of the last [`REMEMBERED`] messages acked (about
-//! 1.5 MB at most).
+//! A message may start when no handler runs for its key and no earlier waiting message of its
+//! key is held back (a failed message waiting for its retry delay goes back to the front of
+//! its key, so it blocks its key's later messages until it is handled or given up on). Among
+//! the messages that may start, the one that arrived first goes first.
+//!
+//! Cost per event: O(log n) in the waiting messages. Each key has its own queue; only a key's
+//! head is a candidate, in an ordered map by arrival position (due now) or a heap by due time
+//! (a retry not yet due). Candidates are not removed when they go stale (their key started
+//! running, a retry went in front of them): a stale one is skipped when it comes up, and every
+//! event adds at most one, so skipping costs O(log n) amortised.
+//!
+//! Memory: the waiting messages (at most `batch`) and the keys and sequences of the running
+//! ones, nothing per key once its messages are settled, and the sequences of the last
+//! [`REMEMBERED`] messages acked (about 1.5 MB at most).
 //!
 //! A message acked by this consumer that the server delivers again is acked again without
 //! running its handler: a reset of the durable (ADR-60; a late one from a previous reader)
 //! replays from the ack floor with a delivery count of 1, and so may a consumer-leader
 //! failover that lost recorded deliveries (not seen in our runs); handling those again would
-//! run a key's earlier messages after its later ones within one run. Only sequences known to be acked are skipped, so nothing is lost: a
-//! replay older than the last [`REMEMBERED`] acks runs again (at-least-once).
+//! run a key's earlier messages after its later ones within one run. Only sequences known to
+//! be acked are skipped, so nothing is lost: a replay older than the last [`REMEMBERED`] acks
+//! runs again (at-least-once).
 
 use std::{
-    collections::{HashSet, VecDeque},
+    cmp::Reverse,
+    collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque},
     fmt,
     sync::Arc,
 };
@@ -84,12 +93,211 @@ impl fmt::Debug for OrderKey {
 /// How many acked sequences are remembered to recognise a replay.
 pub(super) const REMEMBERED: usize = 1 << 16;
 
-/// Which keys are busy, which sequences are held, and which were acked lately.
+/// What the key order needs to know of a waiting item.
+pub(super) trait Lane {
+    /// Its arrival position (unique; a retry keeps its own).
+    fn pos(&self) -> u64;
+    /// Its key (`None`: ordered with nothing).
+    fn key(&self) -> Option<&Arc<str>>;
+    /// Not started before this (a retry's delay).
+    fn not_before(&self) -> Option<Instant>;
+}
+
+impl Lane for Waiting {
+    fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    fn key(&self) -> Option<&Arc<str>> {
+        self.key.as_ref()
+    }
+
+    fn not_before(&self) -> Option<Instant> {
+        self.not_before
+    }
+}
+
+/// Waiting items in key order, and which keys are busy.
+#[derive(Debug)]
+pub(super) struct Lanes<T> {
+    /// Keys with a handler running.
+    running: HashSet<Arc<str>>,
+    /// The next arrival position.
+    next_pos: u64,
+    /// Items waiting.
+    len: usize,
+    /// Each key's waiting items, by position (no entry for a key with none waiting).
+    queues: HashMap<Arc<str>, VecDeque<T>>,
+    /// Waiting items without a key, by position.
+    keyless: BTreeMap<u64, T>,
+    /// Candidates due now: position and key (possibly stale).
+    ready: BTreeMap<u64, Option<Arc<str>>>,
+    /// Candidates not due yet, earliest first (possibly stale).
+    later: BinaryHeap<Reverse<Later>>,
+}
+
+/// A candidate not due yet: when it is due, its position and its key.
+type Later = (Instant, u64, Option<Arc<str>>);
+
+impl<T: Lane> Lanes<T> {
+    pub(super) fn new() -> Self {
+        Self {
+            running: HashSet::new(),
+            next_pos: 0,
+            len: 0,
+            queues: HashMap::new(),
+            keyless: BTreeMap::new(),
+            ready: BTreeMap::new(),
+            later: BinaryHeap::new(),
+        }
+    }
+
+    /// Items waiting.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// A position for an arriving item (after every earlier one).
+    pub(super) fn next_pos(&mut self) -> u64 {
+        let pos = self.next_pos;
+        self.next_pos += 1;
+        pos
+    }
+
+    /// Queues an item in its place (by position); the head of an idle key (or a keyless item)
+    /// becomes a candidate.
+    pub(super) fn push(&mut self, item: T) {
+        self.len += 1;
+        let (pos, not_before) = (item.pos(), item.not_before());
+        let Some(k) = item.key().cloned() else {
+            self.keyless.insert(pos, item);
+            self.candidate(pos, None, not_before);
+            return;
+        };
+        let q = self.queues.entry(k.clone()).or_default();
+        let at = q.partition_point(|x| x.pos() < pos);
+        q.insert(at, item);
+        if at == 0 && !self.running.contains(&k) {
+            self.candidate(pos, Some(k), not_before);
+        }
+    }
+
+    fn candidate(&mut self, pos: u64, key: Option<Arc<str>>, not_before: Option<Instant>) {
+        match not_before {
+            Some(t) => self.later.push(Reverse((t, pos, key))),
+            None => {
+                self.ready.insert(pos, key);
+            }
+        }
+    }
+
+    /// Takes the item that may start now and arrived first, marking its key running.
+    pub(super) fn pick(&mut self, now: Instant) -> Option<T> {
+        while let Some(Reverse((t, ..))) = self.later.peek()
+            && *t <= now
+        {
+            if let Some(Reverse((_, pos, key))) = self.later.pop() {
+                self.ready.insert(pos, key);
+            }
+        }
+        while let Some((pos, key)) = self.ready.pop_first() {
+            let Some(k) = key else {
+                if let Some(item) = self.keyless.remove(&pos) {
+                    self.len -= 1;
+                    return Some(item);
+                }
+                continue;
+            };
+            if self.running.contains(&k) {
+                continue;
+            }
+            let Some(q) = self.queues.get_mut(&k) else {
+                continue;
+            };
+            match q.front() {
+                Some(h) if h.pos() == pos && h.not_before().is_none_or(|t| t <= now) => {}
+                _ => continue,
+            }
+            let item = q.pop_front();
+            if q.is_empty() {
+                self.queues.remove(&k);
+            }
+            self.running.insert(k);
+            self.len -= 1;
+            return item;
+        }
+        None
+    }
+
+    /// The handler of an item of `key` ended: the key may run again; `retry` (its item back
+    /// for a retry after its delay) goes in front of the key's others.
+    pub(super) fn done(&mut self, key: Option<&Arc<str>>, retry: Option<T>) {
+        if let Some(k) = key {
+            self.running.remove(k);
+        }
+        if let Some(item) = retry {
+            self.push(item);
+        }
+        let Some(k) = key else { return };
+        if self.running.contains(k) {
+            return;
+        }
+        if let Some(h) = self.queues.get(k).and_then(VecDeque::front) {
+            let (pos, not_before) = (h.pos(), h.not_before());
+            self.candidate(pos, Some(k.clone()), not_before);
+        }
+    }
+
+    /// When the earliest retry not yet due is (possibly a stale one: an early wake-up).
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.later.peek().map(|Reverse((t, ..))| *t)
+    }
+
+    /// The waiting item of `key` that `matches`.
+    pub(super) fn find_mut(
+        &mut self,
+        key: Option<&Arc<str>>,
+        matches: impl Fn(&T) -> bool,
+    ) -> Option<&mut T> {
+        match key {
+            Some(k) => self.queues.get_mut(k)?.iter_mut().find(|i| matches(i)),
+            None => self.keyless.values_mut().find(|i| matches(i)),
+        }
+    }
+
+    /// Every waiting item, in no particular order.
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> + Send
+    where
+        T: Send,
+    {
+        self.queues
+            .values_mut()
+            .flat_map(|q| q.iter_mut())
+            .chain(self.keyless.values_mut())
+    }
+
+    /// Takes every waiting item out, in arrival order.
+    pub(super) fn drain(&mut self) -> Vec<T> {
+        let mut all: Vec<T> = self
+            .queues
+            .drain()
+            .flat_map(|(_, q)| q)
+            .chain(std::mem::take(&mut self.keyless).into_values())
+            .collect();
+        all.sort_unstable_by_key(Lane::pos);
+        self.ready.clear();
+        self.later.clear();
+        self.len = 0;
+        all
+    }
+}
+
+/// Per-key order of the waiting messages, which sequences are held, and which were acked
+/// lately.
 #[derive(Debug)]
 pub(super) struct Keys {
     key: OrderKey,
-    /// Keys with a handler running.
-    running: HashSet<Arc<str>>,
+    lanes: Lanes<Waiting>,
     /// Stream sequences waiting or running: a redelivery of one of them is not queued twice.
     held: HashSet<u64>,
     /// The last [`REMEMBERED`] stream sequences acked, and the order they were acked in.
@@ -97,107 +305,81 @@ pub(super) struct Keys {
     acked_order: VecDeque<u64>,
 }
 
-/// What to do with an arriving message.
+/// What became of an arriving message.
 pub(super) enum Arrival {
-    /// Queue it.
-    Queue(Waiting),
+    /// Queued.
+    Queued,
     /// Already held (waiting or running): nothing to do.
     Held,
-    /// Already handled and acked by this consumer: ack it again, do not run it.
-    Replay(jetstream::Message),
+    /// Already handled and acked by this consumer: ack it again, do not run it (boxed: rare,
+    /// and large next to the others).
+    Replay(Box<jetstream::Message>),
 }
 
 impl Keys {
     pub(super) fn new(key: OrderKey) -> Self {
         Self {
             key,
-            running: HashSet::new(),
+            lanes: Lanes::new(),
             held: HashSet::new(),
             acked: HashSet::new(),
             acked_order: VecDeque::new(),
         }
     }
 
-    /// An arriving message: to queue with its key; `Held` if its sequence is already held (the
+    /// Messages waiting.
+    pub(super) fn len(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// An arriving message: queued with its key; `Held` if its sequence is already held (the
     /// server redelivered it while we still hold the earlier delivery, e.g. after a missed
     /// in-progress ack: a waiting one takes the newer delivery's handle, in place); `Replay`
     /// if this consumer acked it already.
-    pub(super) fn arrive(
-        &mut self,
-        m: jetstream::Message,
-        seq: u64,
-        waiting: &mut VecDeque<Waiting>,
-    ) -> Arrival {
+    pub(super) fn arrive(&mut self, m: jetstream::Message, seq: u64) -> Arrival {
         if seq != 0 && self.acked.contains(&seq) {
             debug!(
                 seq,
                 "replay of a message already handled and acked: not run again"
             );
-            return Arrival::Replay(m);
+            return Arrival::Replay(Box::new(m));
         }
+        let key: Option<Arc<str>> = self.key.of(&Message::from_jetstream(&m)).map(Arc::from);
         if seq != 0 && !self.held.insert(seq) {
             debug!(
                 seq,
                 "redelivery of a message already held: not queued twice"
             );
-            if let Some(w) = waiting.iter_mut().find(|w| w.seq == seq) {
+            if let Some(w) = self.lanes.find_mut(key.as_ref(), |w| w.seq == seq) {
                 w.message = m;
             }
             return Arrival::Held;
         }
-        let key = self.key.of(&Message::from_jetstream(&m)).map(Arc::from);
         let mut w = Waiting::new(m, seq);
         w.key = key;
-        Arrival::Queue(w)
+        w.pos = self.lanes.next_pos();
+        self.lanes.push(w);
+        Arrival::Queued
     }
 
-    /// Takes the first waiting message that may start now, marking its key running.
-    pub(super) fn pick(
-        &mut self,
-        waiting: &mut VecDeque<Waiting>,
-        now: Instant,
-    ) -> Option<Waiting> {
-        let i = self.choose(waiting.iter().map(|w| (w.key.as_ref(), w.not_before)), now)?;
-        waiting.remove(i)
-    }
-
-    /// The index of the first of `queue` (key, not before) that may start now; marks its key
+    /// Takes the waiting message that may start now and arrived first, marking its key
     /// running.
-    fn choose<'a>(
-        &mut self,
-        queue: impl Iterator<Item = (Option<&'a Arc<str>>, Option<Instant>)>,
-        now: Instant,
-    ) -> Option<usize> {
-        // Keys blocked by an earlier waiting message (a retry not yet due); rarely non-empty.
-        let mut blocked: Vec<&Arc<str>> = Vec::new();
-        for (i, (key, not_before)) in queue.enumerate() {
-            let due = not_before.is_none_or(|t| t <= now);
-            match key {
-                None if due => return Some(i),
-                None => {}
-                Some(k) if self.running.contains(k) || blocked.contains(&k) => {}
-                Some(k) if !due => blocked.push(k),
-                Some(k) => {
-                    self.running.insert(k.clone());
-                    return Some(i);
-                }
-            }
-        }
-        None
+    pub(super) fn pick(&mut self, now: Instant) -> Option<Waiting> {
+        self.lanes.pick(now)
     }
 
     /// A handler finished: its key may run again. `settled`: the message is done with (acked,
-    /// given up on, or abandoned), not held for a retry; `acked`: it was handled and acked.
+    /// given up on, or abandoned), not held for a retry; `acked`: it was handled and acked;
+    /// `retry`: the message back for a retry after its delay.
     pub(super) fn finished(
         &mut self,
         key: Option<&Arc<str>>,
         seq: u64,
         settled: bool,
         acked: bool,
+        retry: Option<Waiting>,
     ) {
-        if let Some(k) = key {
-            self.running.remove(k);
-        }
+        self.lanes.done(key, retry);
         if settled {
             self.held.remove(&seq);
         }
@@ -211,6 +393,25 @@ impl Keys {
         }
     }
 
+    /// When the earliest retry not yet due is (possibly early).
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.lanes.next_due()
+    }
+
+    /// Every waiting message, in no particular order.
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Waiting> + Send {
+        self.lanes.iter_mut()
+    }
+
+    /// Takes every waiting message out, in arrival order.
+    pub(super) fn drain(&mut self) -> Vec<Waiting> {
+        let all = self.lanes.drain();
+        for w in &all {
+            self.held.remove(&w.seq);
+        }
+        all
+    }
+
     /// Forgets the acked sequences (the durable or its stream was created again).
     pub(super) fn forget_acked(&mut self) {
         debug!(
@@ -219,11 +420,6 @@ impl Keys {
         );
         self.acked.clear();
         self.acked_order.clear();
-    }
-
-    /// When the earliest held retry is due.
-    pub(super) fn next_due(waiting: &VecDeque<Waiting>) -> Option<Instant> {
-        waiting.iter().filter_map(|w| w.not_before).min()
     }
 }
 

@@ -32,6 +32,10 @@ pub struct ConsumerStats {
     pub replays_skipped: u64,
     /// Pull requests re-issued after a stall or error.
     pub repulls: u64,
+    /// Exclusive and ordered by key: times deliveries went missing on the way (a gap in the
+    /// consumer sequence); each time, nothing after the gap ran and the durable was reset to
+    /// its ack floor, so they came again first.
+    pub gaps: u64,
     /// Error reports dropped because the error channel was full.
     pub errors_dropped: u64,
     /// When the last message arrived.
@@ -49,6 +53,7 @@ pub(super) struct Counters {
     pub(super) redelivered: AtomicU64,
     pub(super) replays_skipped: AtomicU64,
     pub(super) repulls: AtomicU64,
+    pub(super) gaps: AtomicU64,
     pub(super) errors_dropped: AtomicU64,
     last_activity: Mutex<Option<SystemTime>>,
 }
@@ -77,6 +82,7 @@ impl Counters {
             redelivered: l(&self.redelivered),
             replays_skipped: l(&self.replays_skipped),
             repulls: l(&self.repulls),
+            gaps: l(&self.gaps),
             errors_dropped: l(&self.errors_dropped),
             last_activity: *self
                 .last_activity
