@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 use natty_testkit::setup::{self, Server, TlsConfig};
 
 mod metadata;
+mod readme_examples;
 mod test_targets;
 
 /// The project's automation. A NATS server is found without manual steps, in this order:
@@ -61,6 +62,12 @@ enum Cmd {
     },
     /// Run the examples against a NATS server found as above (no Docker needed with a binary).
     Demo,
+    /// Build each README's example in a crate of its own, outside the workspace, with only
+    /// the README's dependencies, and run it against a local server.
+    ReadmeExamples {
+        /// Only READMEs whose path contains this.
+        filter: Option<String>,
+    },
     /// Run a NATS server with JetStream for the examples until Ctrl-C: plain and TLS listeners.
     Server {
         /// Plain listener.
@@ -95,6 +102,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { quick, only } => bench(quick, only.as_deref()),
         Cmd::Chaos { minutes, seed } => chaos(minutes, seed),
         Cmd::Demo => demo(),
+        Cmd::ReadmeExamples { filter } => {
+            readme_examples::check(&root, &target_dir(), filter.as_deref())
+        }
         Cmd::Server {
             port,
             tls_port,
@@ -272,6 +282,9 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
         )
     })?;
     steps.step("crate metadata", || metadata::check(&workspace_root()))?;
+    steps.step("README examples (each crate alone)", || {
+        readme_examples::check(&workspace_root(), &target_dir(), None)
+    })?;
     steps.step("a la carte", check_a_la_carte)?;
     steps.step("sans-io", check_sans_io)?;
     steps.step("selftest-setup", selftest_setup)?;
