@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use natty_testkit::setup::{self, Server, TlsConfig};
 
+mod example_coverage;
 mod metadata;
 mod readme_examples;
 mod test_targets;
@@ -488,14 +489,25 @@ const EXAMPLES: &[&str] = &[
     "concurrency",
     "publisher_failures",
     "observability",
+    "fenced_leader",
+    "consumer_group",
 ];
 
+/// Every example the demo runs: quickstart and tls apart (run their own way), then
+/// [`EXAMPLES`].
+fn demo_examples() -> Vec<&'static str> {
+    let mut all = vec!["quickstart", "tls"];
+    all.extend(EXAMPLES);
+    all
+}
+
 /// The features the demo builds the examples with: the defaults plus those examples need
-/// (`observability` prints spans and metrics).
-const DEMO_FEATURES: &str = "metrics,otel";
+/// (`observability` prints spans and metrics; `consumer_group` needs `group`).
+const DEMO_FEATURES: &str = "metrics,otel,group";
 
 /// Runs the facade's examples end to end and says what happened.
 fn demo() -> anyhow::Result<()> {
+    example_coverage::check(&workspace_root(), &demo_examples())?;
     let server = setup::choose_server()?;
     eprintln!("==> NATS server: {server}");
     run(
@@ -550,8 +562,8 @@ fn demo() -> anyhow::Result<()> {
     eprintln!(
         "\n==> demo done: the quick start stopped cleanly on SIGTERM; a publish/consume round \
          trip, KV operations, a leader hand-over, dead-lettering, concurrent handlers, the \
-         publisher's failure channel, and one trace from publish to handler with its metrics \
-         all ran{}",
+         publisher's failure channel, one trace from publish to handler with its metrics, \
+         fenced writes refused after a hand-over and a consumer group rebalancing all ran{}",
         if matches!(server, Server::Url(_)) {
             ""
         } else {
