@@ -409,7 +409,7 @@ fn chaos(minutes: f64, seed: u64) -> anyhow::Result<()> {
 /// (it uses jetstream-extra's atomic batches for fenced writes), with or without their
 /// `metrics` feature; natty-stream pulls neither natty-election nor natty-group; and with
 /// the observability features off (the default), natty's dependency tree has none of the
-/// metrics or OpenTelemetry crates.
+/// metrics or OpenTelemetry crates; with `otel` on, none of the OpenTelemetry SDK.
 fn check_a_la_carte() -> anyhow::Result<()> {
     const STREAM_CODE: &[&str] = &["natty-stream", "jetstream-extra", "natty-group"];
     const STREAM_CRATES: &[&str] = &["natty-stream", "natty-group"];
@@ -429,6 +429,10 @@ fn check_a_la_carte() -> anyhow::Result<()> {
         ("natty-election", &["--features", "metrics"], STREAM_CRATES),
         ("natty-stream", &[], ELECTION_CODE),
         ("natty", &[], OBSERVABILITY),
+        // Trace propagation uses the application's global propagator: the OpenTelemetry API
+        // only, never the SDK (an application's choice).
+        ("natty-stream", &["--features", "otel"], &["opentelemetry_sdk"]),
+        ("natty", &["--features", "otel,metrics"], &["opentelemetry_sdk"]),
     ];
     for (krate, features, forbidden) in checks {
         eprintln!(
