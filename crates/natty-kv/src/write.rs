@@ -22,7 +22,7 @@ use async_nats::{
 use bytes::Bytes;
 use natty_core::error::codes;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, debug_span};
 
 use crate::{
     Error, ErrorKind, Kv,
@@ -140,7 +140,7 @@ impl Kv {
     /// Performs `w`, retrying answers that say nothing until the `Kv`'s deadline. Returns the
     /// revision stored.
     pub(crate) async fn write(&self, w: &Write, if_missing: IfMissing) -> Result<u64, Error> {
-        let span = info_span!(
+        let span = debug_span!(
             "natty.kv.write",
             op = %w.op,
             bucket = %w.bucket,
