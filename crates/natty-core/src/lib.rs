@@ -4,6 +4,7 @@
 mod client;
 mod connect;
 pub mod error;
+pub mod limits;
 pub mod names;
 mod options;
 pub mod retry;

@@ -7,7 +7,6 @@ mod driver;
 mod error;
 mod fence;
 mod lease;
-pub mod machine;
 mod obs;
 mod store;
 
@@ -18,8 +17,12 @@ pub use config::{DEFAULT_TTL, ElectionConfig};
 pub use driver::{Election, ElectionEvent, LeaderInfo, Leadership};
 pub use error::{Error, ErrorKind};
 pub use fence::{MAX_FENCED_WRITES, Txn};
-pub use lease::Term;
-pub use machine::LostReason;
+/// The election as a pure state machine (no runtime, no I/O, no clock): the
+/// [natty-election-proto](https://docs.rs/natty-election-proto) crate, which [`Election`]
+/// drives on tokio.
+#[doc(inline)]
+pub use natty_election_proto as machine;
+pub use natty_election_proto::{LostReason, Term};
 pub use tokio_util::sync::CancellationToken;
 
 // What the README's example needs, so a crate depending only on natty-election (and tokio)

@@ -32,6 +32,7 @@ pub(crate) fn event(config: &ElectionConfig, event: &ElectionEvent) {
                 term_gauge(labels.clone(), holder.term.revision);
             }
         }
+        _ => {}
     }
 }
 

@@ -49,6 +49,9 @@ pub struct GroupConfig {
 /// Most partitions a group may have.
 pub const MAX_PARTITIONS: u32 = 1024;
 
+/// Longest lease and membership TTL accepted.
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
 impl GroupConfig {
     /// A group `name` over `stream`, messages on `<subject_prefix>.<partition>.<key>`, with
     /// `partitions` partitions, joined as `member`.
@@ -157,9 +160,10 @@ impl GroupConfig {
                 self.partitions
             ));
         }
-        if self.ttl < Duration::from_secs(1) || self.ttl.subsec_nanos() != 0 {
+        if self.ttl < Duration::from_secs(1) || self.ttl > MAX_TTL || self.ttl.subsec_nanos() != 0
+        {
             return invalid(format!(
-                "ttl must be whole seconds, at least 1 s, got {:?}",
+                "ttl must be whole seconds, 1 s to {MAX_TTL:?}, got {:?}",
                 self.ttl
             ));
         }
@@ -177,7 +181,61 @@ impl GroupConfig {
         .ack_wait(self.ack_wait)
         .validate()
         .map_err(crate::error::from_stream)?;
+        // What the other crates check when the group hands its settings on — a partition's
+        // consumer, its lease, the membership bucket — is checked here, before anything is
+        // sent: a group that starts with them could only idle (a `batch(0)` consumer pulls
+        // nothing, term after term) or fail partition by partition.
+        let context = |what: &str, e: &dyn std::fmt::Display| {
+            format!("consumer group {:?}: {what}: {e}", self.name)
+        };
+        self.consume.validate().map_err(|e| {
+            let kind = match e.kind() {
+                natty_stream::ErrorKind::InvalidName => ErrorKind::InvalidName,
+                _ => ErrorKind::InvalidConfig,
+            };
+            Error::new(kind, context("consume options", &e))
+        })?;
+        self.lease_config(last).validate().map_err(|e| {
+            let kind = match e.kind() {
+                natty_election::ErrorKind::InvalidName => ErrorKind::InvalidName,
+                _ => ErrorKind::InvalidConfig,
+            };
+            Error::new(kind, context("partition lease", &e))
+        })?;
+        self.members_config().validate().map_err(|e| {
+            let kind = match e.kind() {
+                natty_kv::ErrorKind::InvalidName => ErrorKind::InvalidName,
+                _ => ErrorKind::InvalidConfig,
+            };
+            Error::new(kind, context("membership bucket", &e))
+        })?;
         Ok(())
+    }
+
+    /// The lease (election) of `partition`.
+    pub(crate) fn lease_config(&self, partition: u32) -> natty_election::ElectionConfig {
+        natty_election::ElectionConfig::new(
+            self.lease_bucket(),
+            format!("p{partition}"),
+            &self.member,
+        )
+        .ttl(self.ttl)
+        // A resigned partition's handlers get margin / 2 to finish before they are
+        // aborted: a quarter of the TTL, not the election's default tenth.
+        .margin(self.ttl / 4)
+        .replicas(self.replicas)
+        .description(format!(
+            "natty consumer group {:?}: partition leases",
+            self.name
+        ))
+    }
+
+    /// The membership bucket: a key per live member, expiring after the TTL.
+    pub(crate) fn members_config(&self) -> natty_kv::BucketConfig {
+        natty_kv::BucketConfig::new(self.members_bucket())
+            .ttl(self.ttl)
+            .replicas(self.replicas)
+            .description(format!("natty consumer group {:?}: members", self.name))
     }
 
     /// Tokens in the subject prefix: the partition is the next token, the key the rest.
@@ -270,6 +328,33 @@ mod tests {
                 ok.clone().ack_wait(Duration::from_millis(50)),
                 ErrorKind::InvalidConfig,
             ),
+            (ok.clone().ttl(Duration::MAX), ErrorKind::InvalidConfig),
+            // The partitions' consume options (natty-stream's own checks): a consumer that
+            // pulls nothing, or one whose pulls never see a heartbeat before they expire,
+            // would make `join` idle forever, one durable per term.
+            (
+                ok.clone().consume(ConsumeOptions::default().batch(0)),
+                ErrorKind::InvalidConfig,
+            ),
+            (
+                ok.clone().consume(ConsumeOptions::default().concurrency(0)),
+                ErrorKind::InvalidConfig,
+            ),
+            (
+                ok.clone()
+                    .consume(ConsumeOptions::default().heartbeat(Duration::from_secs(20))),
+                ErrorKind::InvalidConfig,
+            ),
+            (
+                ok.clone()
+                    .consume(ConsumeOptions::default().expires(Duration::MAX)),
+                ErrorKind::InvalidConfig,
+            ),
+            (
+                ok.clone()
+                    .consume(ConsumeOptions::default().dead_letter("bad subject")),
+                ErrorKind::InvalidName,
+            ),
         ] {
             assert_eq!(
                 cfg.validate().map_err(|e| e.kind()).err(),
@@ -281,5 +366,12 @@ mod tests {
             ok.subject_for("a b").map_err(|e| e.kind()).err(),
             Some(ErrorKind::InvalidName)
         );
+        // The error names what was refused.
+        let e = ok
+            .clone()
+            .consume(ConsumeOptions::default().batch(0))
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("consume options"), "{e}");
     }
 }

@@ -103,11 +103,19 @@ impl BucketStatus {
     }
 }
 
+/// Bucket handles a `Kv` keeps (a process using more buckets looks the others up again).
+pub(crate) const MAX_CACHED: usize = 1024;
+
 /// The bucket handles a `Kv` (and its clones) knows, and how it asks the server about others.
 #[derive(Debug, Clone)]
 pub(crate) struct Buckets {
     client: Client,
     cache: Arc<Mutex<HashMap<String, Bucket>>>,
+    /// The configurations of the buckets whose owner said so ([`Kv::own_bucket`]): a write
+    /// that creates one of them uses it instead of the `Kv`'s defaults.
+    ///
+    /// [`Kv::own_bucket`]: crate::Kv::own_bucket
+    owned: Arc<Mutex<HashMap<String, BucketConfig>>>,
 }
 
 impl Buckets {
@@ -115,7 +123,27 @@ impl Buckets {
         Self {
             client,
             cache: Arc::default(),
+            owned: Arc::default(),
         }
+    }
+
+    /// Registers `config` as its bucket's own configuration (replacing an earlier one).
+    pub(crate) fn own(&self, config: BucketConfig) {
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(config.name.clone(), config);
+    }
+
+    /// The configuration a write creates bucket `name` with: its owner's, else `defaults`
+    /// named `name`.
+    pub(crate) fn config_for(&self, name: &str, defaults: &BucketConfig) -> BucketConfig {
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| defaults.with_name(name))
     }
 
     pub(crate) fn cached(&self, name: &str) -> Option<Bucket> {
@@ -127,10 +155,15 @@ impl Buckets {
     }
 
     fn remember(&self, b: &Bucket) {
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(b.name.to_string(), b.clone());
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= MAX_CACHED && !cache.contains_key(&*b.name) {
+            // Bounded by the bucket names a process uses, not forever: forgetting a handle
+            // costs one stream info request the next time.
+            if let Some(other) = cache.keys().next().cloned() {
+                cache.remove(&other);
+            }
+        }
+        cache.insert(b.name.to_string(), b.clone());
     }
 
     pub(crate) fn evict(&self, name: &str) {

@@ -114,22 +114,29 @@ impl Error {
     }
 
     /// Whether the request was refused before anything was sent (a bad name or
-    /// configuration): fix the call, do not retry it.
+    /// configuration, or a message or key the server would refuse as too large): fix the
+    /// call, do not retry it.
     pub fn is_invalid_input(&self) -> bool {
         match self {
             Self::Core(e) => matches!(
                 e.kind(),
-                natty_core::ErrorKind::InvalidName | natty_core::ErrorKind::InvalidConfig
+                natty_core::ErrorKind::InvalidName
+                    | natty_core::ErrorKind::InvalidConfig
+                    | natty_core::ErrorKind::TooLarge
             ),
             #[cfg(feature = "kv")]
             Self::Kv(e) => matches!(
                 e.kind(),
-                natty_kv::ErrorKind::InvalidName | natty_kv::ErrorKind::InvalidConfig
+                natty_kv::ErrorKind::InvalidName
+                    | natty_kv::ErrorKind::InvalidConfig
+                    | natty_kv::ErrorKind::TooLarge
             ),
             #[cfg(feature = "stream")]
             Self::Stream(e) => matches!(
                 e.kind(),
-                natty_stream::ErrorKind::InvalidName | natty_stream::ErrorKind::InvalidConfig
+                natty_stream::ErrorKind::InvalidName
+                    | natty_stream::ErrorKind::InvalidConfig
+                    | natty_stream::ErrorKind::TooLarge
             ),
             #[cfg(feature = "stream")]
             Self::Flush(_) => false,
