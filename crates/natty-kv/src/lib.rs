@@ -5,6 +5,7 @@ mod bucket;
 mod config;
 mod entry;
 mod error;
+mod expiry;
 #[cfg(feature = "serde")]
 mod json;
 mod kv;
@@ -14,6 +15,7 @@ mod retry;
 mod scan;
 mod watch;
 mod write;
+mod written;
 
 #[cfg(test)]
 mod fuzz;
