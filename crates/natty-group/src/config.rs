@@ -160,8 +160,7 @@ impl GroupConfig {
                 self.partitions
             ));
         }
-        if self.ttl < Duration::from_secs(1) || self.ttl > MAX_TTL || self.ttl.subsec_nanos() != 0
-        {
+        if self.ttl < Duration::from_secs(1) || self.ttl > MAX_TTL || self.ttl.subsec_nanos() != 0 {
             return invalid(format!(
                 "ttl must be whole seconds, 1 s to {MAX_TTL:?}, got {:?}",
                 self.ttl
@@ -256,27 +255,49 @@ pub fn partition_of(key: &str, partitions: u32) -> u32 {
 mod tests {
     use super::*;
 
+    /// nats-server's subject transform `partition(n, wildcards...)`: FNV-1a 32 of the
+    /// referenced tokens' bytes, concatenated without separator, modulo `n`
+    /// (`getHashPartition` in server/subject_transform.go). Written out here, independently
+    /// of `partition_of`, as the reference.
+    fn server_partition(tokens: &[&str], n: u32) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in tokens.iter().flat_map(|t| t.bytes()) {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h % n
+    }
+
     #[test]
-    fn the_hash_is_plain_fnv1a_and_never_changes() {
-        // FNV-1a 64 test vectors (offset basis for "", published values for "a" and "foobar").
-        let raw = |s: &str| {
-            let mut h = fnv::FnvHasher::default();
-            h.write(s.as_bytes());
-            h.finish()
-        };
-        assert_eq!(raw(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(raw("a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(raw("foobar"), 0x8594_4171_f739_67e8);
-        // Pinned partitions: a change here re-routes every user's keys.
+    fn the_partition_is_the_servers_partition_transform() {
+        // FNV-1a 32 test vectors: "" is the offset basis, then the published values.
+        assert_eq!(server_partition(&[""], u32::MAX), 0x811c_9dc5 % u32::MAX);
+        assert_eq!(server_partition(&["a"], u32::MAX), 0xe40c_292c);
+        assert_eq!(server_partition(&["foobar"], u32::MAX), 0xbf9c_f968);
+        // Every partition count, every key shape: one token (`partition(n,1)` over `in.*`),
+        // several (`partition(n,1,2)` over `in.*.*`).
+        for n in [1, 2, 3, 7, 12, 33, 100, 1000, MAX_PARTITIONS] {
+            for k in 0..300 {
+                let key = format!("customer-{k}");
+                assert_eq!(
+                    partition_of(&key, n),
+                    server_partition(&[&key], n),
+                    "{key} / {n}"
+                );
+                let tokens = ["eu", &key];
+                assert_eq!(
+                    partition_of(&tokens.join("."), n),
+                    server_partition(&tokens, n),
+                    "eu.{key} / {n}"
+                );
+            }
+        }
+        // Pinned: a change here re-routes every user's keys.
         let got: Vec<u32> = ["a", "foobar", "customer-42", "k0"]
             .iter()
             .map(|k| partition_of(k, 12))
             .collect();
-        let want: Vec<u32> = [0xaf63_dc4c_8601_ec8c_u64, 0x8594_4171_f739_67e8]
-            .iter()
-            .map(|h| u32::try_from(h % 12).unwrap_or(0))
-            .collect();
-        assert_eq!(got[..2], want[..]);
+        assert_eq!(got, [0xe40c_292c % 12, 0xbf9c_f968 % 12, got[2], got[3]]);
         assert!(got.iter().all(|p| *p < 12));
     }
 
