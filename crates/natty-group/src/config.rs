@@ -1,6 +1,6 @@
 //! [`GroupConfig`] and the key → partition hash.
 
-use std::{hash::Hasher, time::Duration};
+use std::time::Duration;
 
 use natty_core::names;
 use natty_stream::ConsumeOptions;
@@ -103,9 +103,12 @@ impl GroupConfig {
         self
     }
 
-    /// The partition of `key`: FNV-1a (64-bit) of the key's bytes, modulo the partition
-    /// count. Stable across natty versions, platforms and processes (the FNV-1a spec fixes
-    /// it), so publishers and members always agree.
+    /// The partition of `key`: the one nats-server's subject transform
+    /// `{{partition(<partitions>, <the key's wildcards>)}}` gives it — FNV-1a 32 of the key's
+    /// tokens concatenated, modulo the partition count. Stable across natty versions,
+    /// platforms and processes, and the same in every language: a publisher without natty
+    /// can publish to an un-partitioned subject and let the stream's subject transform put
+    /// the partition in (natty-group's README shows the stream config).
     pub fn partition_of(&self, key: &str) -> u32 {
         partition_of(key, self.partitions)
     }
@@ -160,7 +163,8 @@ impl GroupConfig {
                 self.partitions
             ));
         }
-        if self.ttl < Duration::from_secs(1) || self.ttl > MAX_TTL || self.ttl.subsec_nanos() != 0 {
+        if self.ttl < Duration::from_secs(1) || self.ttl > MAX_TTL || self.ttl.subsec_nanos() != 0
+        {
             return invalid(format!(
                 "ttl must be whole seconds, 1 s to {MAX_TTL:?}, got {:?}",
                 self.ttl
@@ -243,12 +247,18 @@ impl GroupConfig {
     }
 }
 
-/// FNV-1a 64 of `key` modulo `partitions` (see [`GroupConfig::partition_of`]).
+/// The partition of `key` among `partitions`, as nats-server's subject transform
+/// `partition(partitions, ...)` computes it over the key's tokens (see
+/// [`GroupConfig::partition_of`]): FNV-1a 32 of the key's bytes without its dots (the server
+/// hashes the tokens it is given concatenated), modulo `partitions`.
 pub fn partition_of(key: &str, partitions: u32) -> u32 {
-    let mut h = fnv::FnvHasher::default();
-    // `write` of the raw bytes, not `Hash::hash` (which appends a terminator): plain FNV-1a.
-    h.write(key.as_bytes());
-    u32::try_from(h.finish() % u64::from(partitions.max(1))).unwrap_or(0)
+    const OFFSET_BASIS: u32 = 0x811c_9dc5;
+    const PRIME: u32 = 0x0100_0193;
+    let hash = key
+        .bytes()
+        .filter(|b| *b != b'.')
+        .fold(OFFSET_BASIS, |h, b| (h ^ u32::from(b)).wrapping_mul(PRIME));
+    hash % partitions.max(1)
 }
 
 #[cfg(test)]
@@ -279,11 +289,7 @@ mod tests {
         for n in [1, 2, 3, 7, 12, 33, 100, 1000, MAX_PARTITIONS] {
             for k in 0..300 {
                 let key = format!("customer-{k}");
-                assert_eq!(
-                    partition_of(&key, n),
-                    server_partition(&[&key], n),
-                    "{key} / {n}"
-                );
+                assert_eq!(partition_of(&key, n), server_partition(&[&key], n), "{key} / {n}");
                 let tokens = ["eu", &key];
                 assert_eq!(
                     partition_of(&tokens.join("."), n),
