@@ -43,7 +43,7 @@ pub use certs::TestCerts;
 #[cfg(feature = "containers")]
 pub use cluster::NatsCluster;
 #[cfg(feature = "metrics")]
-pub use recorded::{Recorded, Totals};
+pub use recorded::{Described, Recorded, Totals};
 #[cfg(feature = "containers")]
 pub use server::{Nats, ServerAuth, ServerOptions, TlsFiles, TlsMode, unique_name};
 
