@@ -19,6 +19,7 @@ use natty_testkit::setup::{self, Server, TlsConfig};
 
 mod example_coverage;
 mod metadata;
+mod metrics_table;
 mod readme_examples;
 mod test_targets;
 
@@ -283,6 +284,7 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
         )
     })?;
     steps.step("crate metadata", || metadata::check(&workspace_root()))?;
+    steps.step("metrics table", || metrics_table::check(&workspace_root()))?;
     steps.step("README examples (each crate alone)", || {
         readme_examples::check(&workspace_root(), &target_dir(), None)
     })?;
