@@ -173,7 +173,7 @@ impl Kv {
         min_revision: u64,
     ) -> Result<Option<Entry>, Error> {
         validate(bucket, key)?;
-        let span = info_span!("natty.kv.get_at_least", bucket, key, min_revision);
+        let span = debug_span!("natty.kv.get_at_least", bucket, key, min_revision);
         crate::obs::timed(
             "get",
             bucket,

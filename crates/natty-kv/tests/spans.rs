@@ -37,6 +37,7 @@ async fn key_operations_are_debug_spans_and_bucket_administration_info() -> anyh
     let rev = kv.put(&b, "k", "v1".into()).await?;
     kv.get(&b, "k").await?;
     kv.get_revision(&b, "k", rev).await?;
+    kv.get_at_least(&b, "k", rev).await?;
     kv.history(&b, "k").await?;
     kv.update(&b, "k", "v2".into(), rev).await?;
     kv.refresh(&b, "k").await?;
@@ -59,6 +60,7 @@ async fn key_operations_are_debug_spans_and_bucket_administration_info() -> anyh
     for name in [
         "natty.kv.get",
         "natty.kv.get_revision",
+        "natty.kv.get_at_least",
         "natty.kv.history",
         "natty.kv.keys",
         "natty.kv.write",

@@ -224,7 +224,10 @@ async fn one_trace_runs_from_publish_to_the_handler_across_two_clients() -> anyh
         .iter()
         .find(|(name, ..)| *name == "handle single")
         .unwrap();
-    assert_eq!(*trace, request_trace, "the handler ran in the request's trace");
+    assert_eq!(
+        *trace, request_trace,
+        "the handler ran in the request's trace"
+    );
     assert_eq!(
         vendor.as_deref(),
         Some(&*request_trace.to_string()),
@@ -236,7 +239,11 @@ async fn one_trace_runs_from_publish_to_the_handler_across_two_clients() -> anyh
         "the request's baggage reached the handler"
     );
     for (name, _, vendor, _) in &seen {
-        assert!(vendor.is_some(), "{name}: no {} header", VendorPropagator::HEADER);
+        assert!(
+            vendor.is_some(),
+            "{name}: no {} header",
+            VendorPropagator::HEADER
+        );
     }
 
     provider.force_flush()?;
