@@ -77,7 +77,9 @@ pub(crate) fn check(root: &Path, demo: &[&str]) -> anyhow::Result<()> {
         problems.push(format!("the demo runs `{name}`, which natty does not have"));
     }
     for (krate, name, _) in RUN_ELSEWHERE.iter().filter(|(k, n, _)| !exists(k, n)) {
-        problems.push(format!("RUN_ELSEWHERE names `{name}` of {krate}, which does not exist"));
+        problems.push(format!(
+            "RUN_ELSEWHERE names `{name}` of {krate}, which does not exist"
+        ));
     }
     if !problems.is_empty() {
         bail!("examples:\n{}", problems.join("\n"));
@@ -107,9 +109,15 @@ mod tests {
         let mut demo = crate::demo_examples();
         demo.retain(|n| *n != "fenced_leader");
         let e = check(&root, &demo).unwrap_err().to_string();
-        assert!(e.contains("`fenced_leader` of natty is run by nothing"), "{e}");
+        assert!(
+            e.contains("`fenced_leader` of natty is run by nothing"),
+            "{e}"
+        );
         demo.push("no_such_example");
         let e = check(&root, &demo).unwrap_err().to_string();
-        assert!(e.contains("`no_such_example`, which natty does not have"), "{e}");
+        assert!(
+            e.contains("`no_such_example`, which natty does not have"),
+            "{e}"
+        );
     }
 }

@@ -361,7 +361,10 @@ mod tests {
         assert_eq!(e.deps[0].value, "\"0.1\"");
         assert_eq!(without_comment("\"a#b\" # c"), "\"a#b\" ");
         assert_eq!(e.code, "use std::fmt;\nfn main() {}");
-        assert!(Example::parse("```toml\n[dependencies]\na = \"1\"\n```\n```rust\nlet x = 1;\n```").is_err());
+        assert!(
+            Example::parse("```toml\n[dependencies]\na = \"1\"\n```\n```rust\nlet x = 1;\n```")
+                .is_err()
+        );
     }
 
     #[test]
