@@ -36,7 +36,7 @@ pub mod proxy;
 pub mod recorded;
 #[cfg(feature = "containers")]
 mod server;
-pub mod setup;
+pub use natty_test::setup;
 
 #[cfg(feature = "containers")]
 pub use certs::TestCerts;
