@@ -241,27 +241,34 @@ fn ci(partial: bool) -> anyhow::Result<()> {
     let result = ci_steps(&mut steps);
     steps.print();
     result?;
-    let skipped = skipped();
+    let (summary, outcome) = verdict(&skipped(), partial);
+    eprintln!("\n{summary}");
+    outcome
+}
+
+/// How a ci run whose steps passed ends: "all green" only when nothing was skipped; else the
+/// skipped parts named, "incomplete", and an error unless `partial`.
+fn verdict(skipped: &[String], partial: bool) -> (String, anyhow::Result<()>) {
     if skipped.is_empty() {
-        eprintln!("\n==> cargo xtask ci: all green");
-        return Ok(());
+        return ("==> cargo xtask ci: all green".to_owned(), Ok(()));
     }
-    eprintln!("\n==> not run here:");
-    for what in &skipped {
-        eprintln!("    - {what}");
+    let mut summary = String::from("==> not run here:\n");
+    for what in skipped {
+        summary.push_str(&format!("    - {what}\n"));
     }
-    eprintln!(
+    summary.push_str(&format!(
         "==> cargo xtask ci: incomplete ({} skipped; what ran is green)",
         skipped.len()
-    );
-    if partial {
+    ));
+    let outcome = if partial {
         Ok(())
     } else {
-        bail!(
+        Err(anyhow::anyhow!(
             "incomplete: {} skipped (`cargo xtask ci --partial` accepts that)",
             skipped.len()
-        )
-    }
+        ))
+    };
+    (summary, outcome)
 }
 
 /// What this run could not do, and why (named at the end of `ci`).
@@ -1278,4 +1285,26 @@ fn deny() -> anyhow::Result<()> {
         eprintln!("==> NOTE: advisories not checked (the RustSec database could not be fetched)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::verdict;
+
+    #[test]
+    fn a_run_that_skipped_names_it_and_is_incomplete_unless_partial() {
+        let (summary, outcome) = verdict(&[], false);
+        assert!(summary.ends_with("all green") && outcome.is_ok());
+        let skipped =
+            vec!["integration suites (no Docker daemon answers `docker info`)".to_owned()];
+        let (summary, outcome) = verdict(&skipped, false);
+        assert!(summary.contains("- integration suites"), "{summary}");
+        assert!(summary.contains("incomplete (1 skipped") && !summary.contains("all green"));
+        assert!(outcome.is_err(), "exit 1 without --partial");
+        let (summary, outcome) = verdict(&skipped, true);
+        assert!(
+            summary.contains("incomplete") && outcome.is_ok(),
+            "--partial: exit 0"
+        );
+    }
 }
