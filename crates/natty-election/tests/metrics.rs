@@ -71,5 +71,12 @@ async fn leader_flag_term_elections_and_losses_move() -> anyhow::Result<()> {
     let creates =
         recorded.read(|t| t.samples(&format!("natty_kv_op_seconds,op=create,bucket={b}")));
     assert!(creates >= 2, "a's and b's lease creations: {creates}");
+    // A dashboard's HELP text and unit: every metric recorded was described (`describe_*`).
+    let undescribed = recorded.read(natty_testkit::Totals::undescribed);
+    assert_eq!(
+        undescribed,
+        Vec::<String>::new(),
+        "metrics without a description"
+    );
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! [`GroupConfig`] and the key → partition hash.
 
-use std::{hash::Hasher, time::Duration};
+use std::time::Duration;
 
 use natty_core::names;
 use natty_stream::ConsumeOptions;
@@ -103,9 +103,12 @@ impl GroupConfig {
         self
     }
 
-    /// The partition of `key`: FNV-1a (64-bit) of the key's bytes, modulo the partition
-    /// count. Stable across natty versions, platforms and processes (the FNV-1a spec fixes
-    /// it), so publishers and members always agree.
+    /// The partition of `key`: the one nats-server's subject transform
+    /// `{{partition(<partitions>, <the key's wildcards>)}}` gives it — FNV-1a 32 of the key's
+    /// tokens concatenated, modulo the partition count. Stable across natty versions,
+    /// platforms and processes, and the same in every language: a publisher without natty
+    /// can publish to an un-partitioned subject and let the stream's subject transform put
+    /// the partition in (natty-group's README shows the stream config).
     pub fn partition_of(&self, key: &str) -> u32 {
         partition_of(key, self.partitions)
     }
@@ -243,39 +246,67 @@ impl GroupConfig {
     }
 }
 
-/// FNV-1a 64 of `key` modulo `partitions` (see [`GroupConfig::partition_of`]).
+/// The partition of `key` among `partitions`, as nats-server's subject transform
+/// `partition(partitions, ...)` computes it over the key's tokens (see
+/// [`GroupConfig::partition_of`]): FNV-1a 32 of the key's bytes without its dots (the server
+/// hashes the tokens it is given concatenated), modulo `partitions`.
 pub fn partition_of(key: &str, partitions: u32) -> u32 {
-    let mut h = fnv::FnvHasher::default();
-    // `write` of the raw bytes, not `Hash::hash` (which appends a terminator): plain FNV-1a.
-    h.write(key.as_bytes());
-    u32::try_from(h.finish() % u64::from(partitions.max(1))).unwrap_or(0)
+    const OFFSET_BASIS: u32 = 0x811c_9dc5;
+    const PRIME: u32 = 0x0100_0193;
+    let hash = key
+        .bytes()
+        .filter(|b| *b != b'.')
+        .fold(OFFSET_BASIS, |h, b| (h ^ u32::from(b)).wrapping_mul(PRIME));
+    hash % partitions.max(1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// nats-server's subject transform `partition(n, wildcards...)`: FNV-1a 32 of the
+    /// referenced tokens' bytes, concatenated without separator, modulo `n`
+    /// (`getHashPartition` in server/subject_transform.go). Written out here, independently
+    /// of `partition_of`, as the reference.
+    fn server_partition(tokens: &[&str], n: u32) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in tokens.iter().flat_map(|t| t.bytes()) {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h % n
+    }
+
     #[test]
-    fn the_hash_is_plain_fnv1a_and_never_changes() {
-        // FNV-1a 64 test vectors (offset basis for "", published values for "a" and "foobar").
-        let raw = |s: &str| {
-            let mut h = fnv::FnvHasher::default();
-            h.write(s.as_bytes());
-            h.finish()
-        };
-        assert_eq!(raw(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(raw("a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(raw("foobar"), 0x8594_4171_f739_67e8);
-        // Pinned partitions: a change here re-routes every user's keys.
+    fn the_partition_is_the_servers_partition_transform() {
+        // FNV-1a 32 test vectors: "" is the offset basis, then the published values.
+        assert_eq!(server_partition(&[""], u32::MAX), 0x811c_9dc5);
+        assert_eq!(server_partition(&["a"], u32::MAX), 0xe40c_292c);
+        assert_eq!(server_partition(&["foobar"], u32::MAX), 0xbf9c_f968);
+        // Every partition count, every key shape: one token (`partition(n,1)` over `in.*`),
+        // several (`partition(n,1,2)` over `in.*.*`).
+        for n in [1, 2, 3, 7, 12, 33, 100, 1000, MAX_PARTITIONS] {
+            for k in 0..300 {
+                let key = format!("customer-{k}");
+                assert_eq!(
+                    partition_of(&key, n),
+                    server_partition(&[&key], n),
+                    "{key} / {n}"
+                );
+                let tokens = ["eu", &key];
+                assert_eq!(
+                    partition_of(&tokens.join("."), n),
+                    server_partition(&tokens, n),
+                    "eu.{key} / {n}"
+                );
+            }
+        }
+        // Pinned: a change here re-routes every user's keys.
         let got: Vec<u32> = ["a", "foobar", "customer-42", "k0"]
             .iter()
             .map(|k| partition_of(k, 12))
             .collect();
-        let want: Vec<u32> = [0xaf63_dc4c_8601_ec8c_u64, 0x8594_4171_f739_67e8]
-            .iter()
-            .map(|h| u32::try_from(h % 12).unwrap_or(0))
-            .collect();
-        assert_eq!(got[..2], want[..]);
+        assert_eq!(got, [0xe40c_292c % 12, 0xbf9c_f968 % 12, got[2], got[3]]);
         assert!(got.iter().all(|p| *p < 12));
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use natty_core::{Client, names};
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, debug_span, info_span};
 
 use crate::{
     BucketConfig, BucketStatus, Error, ErrorKind,
@@ -143,7 +143,7 @@ impl Kv {
     /// their reads ask the stream leader more often, never answer older.
     pub async fn get(&self, bucket: &str, key: &str) -> Result<Option<Entry>, Error> {
         validate(bucket, key)?;
-        let span = info_span!("natty.kv.get", bucket, key);
+        let span = debug_span!("natty.kv.get", bucket, key);
         crate::obs::timed(
             "get",
             bucket,
@@ -173,7 +173,7 @@ impl Kv {
         min_revision: u64,
     ) -> Result<Option<Entry>, Error> {
         validate(bucket, key)?;
-        let span = info_span!("natty.kv.get_at_least", bucket, key, min_revision);
+        let span = debug_span!("natty.kv.get_at_least", bucket, key, min_revision);
         crate::obs::timed(
             "get",
             bucket,
@@ -225,7 +225,7 @@ impl Kv {
         revision: u64,
     ) -> Result<Option<Entry>, Error> {
         validate(bucket, key)?;
-        let span = info_span!("natty.kv.get_revision", bucket, key, revision);
+        let span = debug_span!("natty.kv.get_revision", bucket, key, revision);
         crate::obs::timed(
             "get_revision",
             bucket,
@@ -252,7 +252,7 @@ impl Kv {
     /// exist.
     pub async fn history(&self, bucket: &str, key: &str) -> Result<Vec<Event>, Error> {
         validate(bucket, key)?;
-        let span = info_span!("natty.kv.history", bucket, key);
+        let span = debug_span!("natty.kv.history", bucket, key);
         crate::obs::timed(
             "history",
             bucket,
@@ -280,7 +280,7 @@ impl Kv {
     /// [`keys_stream`](Self::keys_stream).
     pub async fn keys(&self, bucket: &str) -> Result<Vec<String>, Error> {
         names::bucket(bucket).map_err(from_core)?;
-        let span = info_span!("natty.kv.keys", bucket);
+        let span = debug_span!("natty.kv.keys", bucket);
         crate::obs::timed("keys", bucket, async {
             let mut keys = std::collections::BTreeSet::new();
             let listing = self.keys_stream(bucket).await?;
@@ -566,7 +566,7 @@ impl Kv {
     /// first.
     pub async fn refresh(&self, bucket: &str, key: &str) -> Result<u64, Error> {
         validate(bucket, key)?;
-        let span = info_span!("natty.kv.refresh", bucket, key);
+        let span = debug_span!("natty.kv.refresh", bucket, key);
         crate::obs::timed(
             "refresh",
             bucket,
@@ -636,7 +636,7 @@ impl Kv {
     /// before (by anyone) is deleted even on a replicated bucket.
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), Error> {
         validate(bucket, key)?;
-        let span = info_span!("natty.kv.delete", bucket, key);
+        let span = debug_span!("natty.kv.delete", bucket, key);
         crate::obs::timed(
             "delete",
             bucket,
@@ -649,7 +649,7 @@ impl Kv {
     /// history). A no-op when the bucket or the key does not exist.
     pub async fn purge(&self, bucket: &str, key: &str) -> Result<(), Error> {
         validate(bucket, key)?;
-        let span = info_span!("natty.kv.purge", bucket, key);
+        let span = debug_span!("natty.kv.purge", bucket, key);
         crate::obs::timed(
             "purge",
             bucket,

@@ -10,6 +10,27 @@ use std::future::Future;
 
 use crate::Error;
 
+/// Describes this crate's metrics (unit, help text) to the recorder, once per process, before
+/// the first is recorded. The table in docs/observability.md is checked against these calls
+/// (`cargo xtask ci`, step "metrics table").
+#[cfg(feature = "metrics")]
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        describe_histogram!(
+            "natty_kv_op_seconds",
+            Unit::Seconds,
+            "Time of a key operation, whatever its outcome"
+        );
+        describe_counter!(
+            "natty_kv_op_errors_total",
+            Unit::Count,
+            "Key operations that failed, by error kind"
+        );
+    });
+}
+
 /// Runs one key operation `op` on `bucket`, recording its latency and error kind.
 #[cfg(feature = "metrics")]
 pub(crate) async fn timed<T>(
@@ -20,6 +41,7 @@ pub(crate) async fn timed<T>(
     let start = std::time::Instant::now();
     let result = work.await;
     let seconds = start.elapsed().as_secs_f64();
+    describe();
     metrics::histogram!("natty_kv_op_seconds", "op" => op, "bucket" => bucket.to_owned())
         .record(seconds);
     if let Err(e) = &result {

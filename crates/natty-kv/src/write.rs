@@ -32,7 +32,7 @@ use async_nats::{
 use bytes::Bytes;
 use natty_core::error::codes;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, debug_span};
 
 use crate::{
     Error, ErrorKind, Kv,
@@ -190,7 +190,7 @@ impl Kv {
     /// An update or refresh that an expiry marker of its base revision removed right after it
     /// was stored is reported as such ([`expiry`](crate::expiry)).
     pub(crate) async fn write(&self, w: &Write, if_missing: IfMissing) -> Result<u64, Error> {
-        let span = info_span!(
+        let span = debug_span!(
             "natty.kv.write",
             op = %w.op,
             bucket = %w.bucket,

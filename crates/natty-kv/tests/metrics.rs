@@ -71,6 +71,7 @@ async fn every_key_operation_is_timed_and_its_errors_counted() -> anyhow::Result
             .map(|(_, n)| n)
             .sum();
         assert_eq!(all, 3, "no other errors: {:?}", t.counters);
+        assert_eq!(t.undescribed(), Vec::<String>::new(), "HELP text and unit");
     });
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! Names (see the docs/observability.md): `natty_stream_*`, counters end in
 //! `_total`, durations are histograms in seconds ending in `_seconds`. Publish metrics carry
 //! `stream` (empty when no known stream captures the subject) and `publisher` (`single` or
-//! `batch`); consume metrics carry `stream` and `consumer`.
+//! `batch`); consume metrics carry `stream` and `consumer`. Each is described (unit, help
+//! text) before its first use.
 
 /// Which publisher a publish metric comes from.
 #[derive(Debug, Clone, Copy)]
@@ -16,11 +17,115 @@ pub(crate) enum Via {
 
 #[cfg(feature = "metrics")]
 mod imp {
-    use std::time::Instant;
+    use std::{sync::Once, time::Instant};
 
     use async_nats::jetstream;
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
     use super::Via;
+
+    /// Describes every metric of this crate (unit, help text) to the recorder, once per
+    /// process, before the first is recorded. The table in docs/observability.md is checked
+    /// against these calls (`cargo xtask ci`, step "metrics table").
+    fn describe() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            describe_counter!(
+                "natty_stream_published_total",
+                Unit::Count,
+                "Messages handed to the server, once each (retries apart)"
+            );
+            describe_counter!(
+                "natty_stream_acked_total",
+                Unit::Count,
+                "Messages the stream acknowledged (fast-ingest batches included)"
+            );
+            describe_counter!(
+                "natty_stream_publish_retried_total",
+                Unit::Count,
+                "Publish attempts repeated after a failure"
+            );
+            describe_counter!(
+                "natty_stream_publish_failed_total",
+                Unit::Count,
+                "Messages not stored: handed back or returned as an error"
+            );
+            describe_histogram!(
+                "natty_stream_publish_ack_seconds",
+                Unit::Seconds,
+                "Time from send to the stream's ack (fast ingest: from when the publisher took the message)"
+            );
+            describe_gauge!(
+                "natty_stream_publish_queue_depth",
+                Unit::Count,
+                "Messages accepted by BatchPublisher::send and not yet acknowledged or handed back, all batch publishers of the process"
+            );
+            describe_counter!(
+                "natty_stream_consumed_total",
+                Unit::Count,
+                "Messages delivered to the consumer (redeliveries included)"
+            );
+            describe_counter!(
+                "natty_stream_consumer_acked_total",
+                Unit::Count,
+                "Messages the consumer acknowledged"
+            );
+            describe_counter!(
+                "natty_stream_consumer_nacked_total",
+                Unit::Count,
+                "Messages negatively acknowledged, to be redelivered"
+            );
+            describe_counter!(
+                "natty_stream_consumer_termed_total",
+                Unit::Count,
+                "Messages terminated: never redelivered"
+            );
+            describe_counter!(
+                "natty_stream_consumer_dead_lettered_total",
+                Unit::Count,
+                "Messages published to the dead-letter subject, then terminated"
+            );
+            describe_histogram!(
+                "natty_stream_handler_seconds",
+                Unit::Seconds,
+                "Time a handler ran for one message"
+            );
+            describe_gauge!(
+                "natty_stream_consumer_lag",
+                Unit::Count,
+                "Messages pending for the consumer, as the server sent with the last message"
+            );
+        });
+    }
+
+    /// The batch publishers' queue depth (`natty_stream_publish_queue_depth`), a handle
+    /// made once per publisher: moved per message without a registry look-up.
+    pub(crate) struct Depth(metrics::Gauge);
+
+    impl Default for Depth {
+        fn default() -> Self {
+            describe();
+            Self(metrics::gauge!("natty_stream_publish_queue_depth"))
+        }
+    }
+
+    impl std::fmt::Debug for Depth {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Depth")
+        }
+    }
+
+    impl Depth {
+        /// A message accepted.
+        pub(crate) fn add(&self) {
+            self.0.increment(1.0);
+        }
+
+        /// A message acknowledged or handed back (or not queued after all).
+        pub(crate) fn sub(&self) {
+            self.0.decrement(1.0);
+        }
+    }
 
     impl Via {
         fn label(self) -> &'static str {
@@ -45,6 +150,7 @@ mod imp {
     }
 
     fn publish_counter(name: &'static str, stream: &str, via: Via) {
+        describe();
         metrics::counter!(name, "stream" => stream.to_owned(), "publisher" => via.label())
             .increment(1);
     }
@@ -74,6 +180,7 @@ mod imp {
     }
 
     fn acked_seconds(stream: &str, via: Via, seconds: f64) {
+        describe();
         publish_counter("natty_stream_acked_total", stream, via);
         metrics::histogram!("natty_stream_publish_ack_seconds", "stream" => stream.to_owned(), "publisher" => via.label())
             .record(seconds);
@@ -88,6 +195,7 @@ mod imp {
     /// A message pulled: counts it and sets the consumer's lag to the pending count the server
     /// sent with it.
     pub(crate) fn consumed(m: &jetstream::Message) {
+        describe();
         let (stream, consumer, pending) = labels(m);
         metrics::counter!("natty_stream_consumed_total", "stream" => stream.clone(), "consumer" => consumer.clone())
             .increment(1);
@@ -103,16 +211,17 @@ mod imp {
     #[derive(Debug, Clone, Copy)]
     pub(crate) enum Settled {
         Acked,
-        Naked,
+        Nacked,
         Termed,
         DeadLettered,
     }
 
     pub(crate) fn settled(m: &jetstream::Message, how: Settled) {
+        describe();
         let (stream, consumer, _) = labels(m);
         let name = match how {
             Settled::Acked => "natty_stream_consumer_acked_total",
-            Settled::Naked => "natty_stream_consumer_naked_total",
+            Settled::Nacked => "natty_stream_consumer_nacked_total",
             Settled::Termed => "natty_stream_consumer_termed_total",
             Settled::DeadLettered => "natty_stream_consumer_dead_lettered_total",
         };
@@ -120,6 +229,7 @@ mod imp {
     }
 
     pub(crate) fn handled(m: &jetstream::Message, since: Timer) {
+        describe();
         let (stream, consumer, _) = labels(m);
         metrics::histogram!("natty_stream_handler_seconds", "stream" => stream, "consumer" => consumer)
             .record(since.seconds());
@@ -136,6 +246,16 @@ mod imp {
     #[derive(Debug, Clone, Copy)]
     pub(crate) struct Timer;
 
+    #[derive(Debug, Default)]
+    pub(crate) struct Depth;
+
+    impl Depth {
+        #[inline(always)]
+        pub(crate) fn add(&self) {}
+        #[inline(always)]
+        pub(crate) fn sub(&self) {}
+    }
+
     impl Timer {
         #[inline(always)]
         pub(crate) fn start() -> Self {
@@ -146,7 +266,7 @@ mod imp {
     #[derive(Debug, Clone, Copy)]
     pub(crate) enum Settled {
         Acked,
-        Naked,
+        Nacked,
         Termed,
         DeadLettered,
     }

@@ -3,7 +3,7 @@
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use natty_core::{Client, names};
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, debug_span};
 
 use crate::{
     Error, ErrorKind,
@@ -129,7 +129,7 @@ impl Publisher {
     ) -> Result<PublishAck, Error> {
         names::subject(subject).map_err(from_core)?;
         options.validate()?;
-        let span = info_span!(
+        let span = debug_span!(
             "natty.stream.publish",
             subject,
             bytes = payload.len(),

@@ -1,11 +1,13 @@
-//! Per-message spans, and W3C trace-context propagation through message headers (feature
-//! `otel`).
+//! Per-message spans, and trace-context propagation through message headers (feature `otel`).
 //!
-//! The publish path writes the span's `traceparent` / `tracestate` into the message's headers;
-//! the consumer reads them back and makes its per-message span continue that trace, so one
-//! trace runs from the publisher's request through the handler in another process. The codec
-//! is OpenTelemetry's `TraceContextPropagator`; natty only adapts async-nats headers to its
-//! `Injector` / `Extractor` traits (no library does that for async-nats).
+//! The publish path writes the span's context into the message's headers; the consumer reads
+//! it back and makes its per-message span continue that trace, so one trace runs from the
+//! publisher's request through the handler in another process. The codec is the
+//! application's own propagator, `opentelemetry::global::get_text_map_propagator` (W3C trace
+//! context, baggage, B3, a vendor's, or a composite of them: whatever the application
+//! installed with `global::set_text_map_propagator`); natty only adapts async-nats headers to
+//! its `Injector` / `Extractor` traits (no library does that for async-nats). natty itself
+//! depends on the `opentelemetry` API crate only, never on the SDK.
 //!
 //! The per-message spans are `debug`-level: with `debug` off for `natty_stream` they are
 //! never built. OpenTelemetry messaging attributes (`messaging.system = nats`, destination,
@@ -79,8 +81,10 @@ pub(crate) use otel::{inject_headers, inject_pairs};
 #[cfg(feature = "otel")]
 mod otel {
     use async_nats::HeaderMap;
-    use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry::{
+        global,
+        propagation::{Extractor, Injector},
+    };
     use tracing::Span;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -132,31 +136,44 @@ mod otel {
         }
     }
 
-    /// Adds `traceparent` / `tracestate` for `span` to `headers` (unless the caller set a
-    /// `traceparent` of their own).
+    /// The headers the application's propagator writes for `span`, unless `already_set` says
+    /// the caller wrote one of them: a context the caller put in the message is kept whole.
+    fn propagated(span: &Span, already_set: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+        global::get_text_map_propagator(|propagator| {
+            if propagator.fields().any(&already_set) {
+                return Vec::new();
+            }
+            let mut pairs = Vec::new();
+            propagator.inject_context(&context_of(span), &mut PairsInjector(&mut pairs));
+            pairs
+        })
+    }
+
+    /// Adds the trace context of `span` to `headers`, through the application's propagator
+    /// (unless the caller set one of its headers).
     pub(crate) fn inject_headers(span: &Span, headers: &mut HeaderMap) {
-        if HeaderExtractor(headers).get("traceparent").is_some() {
-            return;
+        let pairs = propagated(span, |field| HeaderExtractor(headers).get(field).is_some());
+        let mut injector = HeaderInjector(headers);
+        for (name, value) in pairs {
+            injector.set(&name, value);
         }
-        TraceContextPropagator::new()
-            .inject_context(&context_of(span), &mut HeaderInjector(headers));
     }
 
-    /// Adds `traceparent` / `tracestate` for `span` to `pairs` (unless the caller set a
-    /// `traceparent` of their own).
+    /// Adds the trace context of `span` to `pairs`, through the application's propagator
+    /// (unless the caller set one of its headers).
     pub(crate) fn inject_pairs(span: &Span, pairs: &mut Vec<(String, String)>) {
-        if pairs
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
-        {
-            return;
-        }
-        TraceContextPropagator::new().inject_context(&context_of(span), &mut PairsInjector(pairs));
+        let added = propagated(span, |field| {
+            pairs
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case(field))
+        });
+        pairs.extend(added);
     }
 
-    /// Makes `span` a child of the trace context in `headers`, if there is a valid one.
+    /// Makes `span` a child of the trace context in `headers` (read with the application's
+    /// propagator), if there is a valid one; baggage comes along with it.
     pub(super) fn continue_trace(span: &Span, headers: &HeaderMap) {
-        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+        let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
         if opentelemetry::trace::TraceContextExt::span(&parent)
             .span_context()
             .is_valid()
@@ -168,6 +185,9 @@ mod otel {
 
     #[cfg(test)]
     mod tests {
+        use opentelemetry::propagation::TextMapPropagator;
+        use opentelemetry_sdk::propagation::TraceContextPropagator;
+
         use super::*;
 
         #[test]
@@ -203,6 +223,9 @@ mod otel {
                     .span_context()
                     .is_valid()
             );
+            // With W3C trace context as the application's propagator, a caller's own
+            // traceparent is kept (nothing added).
+            global::set_text_map_propagator(TraceContextPropagator::new());
             let mut pairs = vec![("traceparent".to_owned(), "mine".to_owned())];
             inject_pairs(&Span::none(), &mut pairs);
             assert_eq!(pairs.len(), 1, "a caller's own traceparent is kept");

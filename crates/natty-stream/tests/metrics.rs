@@ -198,7 +198,10 @@ async fn every_stream_metric_moves_including_dead_letter_and_lag() -> anyhow::Re
     assert!(c(&format!("natty_stream_consumed_total,{labels}")) >= 6);
     // 3 of the first five, then the early/late messages published later.
     assert!(c(&format!("natty_stream_consumer_acked_total,{labels}")) >= 3);
-    assert_eq!(c(&format!("natty_stream_consumer_naked_total,{labels}")), 1);
+    assert_eq!(
+        c(&format!("natty_stream_consumer_nacked_total,{labels}")),
+        1
+    );
     assert_eq!(
         c(&format!("natty_stream_consumer_termed_total,{labels}")),
         1
@@ -215,6 +218,15 @@ async fn every_stream_metric_moves_including_dead_letter_and_lag() -> anyhow::Re
         s.last_gauge.get(&lag).copied().unwrap_or(0.0),
         0.0,
         "caught up: no lag"
+    );
+    // The batch publisher's queue: messages waited in it, and none wait once flushed.
+    assert!(s.max_gauge["natty_stream_publish_queue_depth"] >= 1.0);
+    assert_eq!(s.gauge("natty_stream_publish_queue_depth"), Some(0.0));
+    // A dashboard's HELP text and unit: every metric recorded was described (`describe_*`).
+    assert_eq!(
+        s.undescribed(),
+        Vec::<String>::new(),
+        "metrics without a description"
     );
     Ok(())
 }

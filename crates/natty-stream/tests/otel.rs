@@ -1,6 +1,8 @@
 //! Trace propagation (feature `otel`) against a real NATS server, read through OpenTelemetry's
 //! in-memory exporter: one trace runs from a request span in one client, through the publish
-//! (single and batched), to the handler in a second client on its own connection.
+//! (single and batched), to the handler in a second client on its own connection — carried by
+//! the application's global propagator (here W3C trace context, baggage and a vendor's own
+//! header), not one natty picked.
 #![allow(
     clippy::unwrap_used,
     reason = "in a test a panic is the failure report"
@@ -14,11 +16,52 @@ use natty_stream::{
     Message, Publisher, StreamConfig, ensure_consumer, ensure_stream,
 };
 use natty_testkit::{Nats, unique_name};
-use opentelemetry::trace::{SpanKind, TraceContextExt, TracerProvider as _};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry::{
+    Context, KeyValue,
+    baggage::BaggageExt,
+    global,
+    propagation::{
+        Extractor, Injector, TextMapCompositePropagator, TextMapPropagator, text_map_propagator,
+    },
+    trace::{SpanKind, TraceContextExt, TracerProvider as _},
+};
+use opentelemetry_sdk::{
+    propagation::{BaggagePropagator, TraceContextPropagator},
+    trace::{InMemorySpanExporter, SdkTracerProvider, SpanData},
+};
 use tracing::{Instrument, info_span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{Layer, filter::LevelFilter, layer::SubscriberExt};
+
+/// A vendor's propagator, as an application may install beside W3C's: it writes the trace id
+/// in a header of its own.
+#[derive(Debug)]
+struct VendorPropagator(Vec<String>);
+
+impl VendorPropagator {
+    const HEADER: &str = "x-vendor-trace";
+
+    fn new() -> Self {
+        Self(vec![Self::HEADER.to_owned()])
+    }
+}
+
+impl TextMapPropagator for VendorPropagator {
+    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
+        let sc = cx.span().span_context().clone();
+        if sc.is_valid() {
+            injector.set(Self::HEADER, sc.trace_id().to_string());
+        }
+    }
+
+    fn extract_with_context(&self, cx: &Context, _extractor: &dyn Extractor) -> Context {
+        cx.clone()
+    }
+
+    fn fields(&self) -> text_map_propagator::FieldIter<'_> {
+        text_map_propagator::FieldIter::new(&self.0)
+    }
+}
 
 fn attribute(span: &SpanData, key: &str) -> Option<String> {
     span.attributes
@@ -90,6 +133,12 @@ async fn one_trace_runs_from_publish_to_the_handler_across_two_clients() -> anyh
         .with_tracer(provider.tracer("natty-test"))
         .with_filter(LevelFilter::DEBUG);
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(otel))?;
+    // The application's choice of propagators, made once for the process.
+    global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+        Box::new(VendorPropagator::new()),
+    ]));
 
     let nats = Nats::start().await?;
     // Two clients, two connections: the publisher's and the consumer's.
@@ -105,6 +154,11 @@ async fn one_trace_runs_from_publish_to_the_handler_across_two_clients() -> anyh
 
     let single = format!("{stream}.single");
     let batched = format!("{stream}.batched");
+    // The request carries baggage (a tenant), as set by an upstream service.
+    let checkout = info_span!("checkout");
+    let _ = checkout.set_parent(Context::current_with_baggage([KeyValue::new(
+        "tenant", "acme",
+    )]));
     let request_trace = async {
         Publisher::new(producer.clone())
             .publish(&single, "one".into())
@@ -116,7 +170,7 @@ async fn one_trace_runs_from_publish_to_the_handler_across_two_clients() -> anyh
             .span_context()
             .trace_id()
     }
-    .instrument(info_span!("checkout"))
+    .instrument(checkout)
     .await;
     let batch = BatchPublisher::new(producer.clone(), BatchConfig::default())?;
     async { batch.send(&batched, "two".into()).await.unwrap() }
@@ -143,11 +197,14 @@ async fn one_trace_runs_from_publish_to_the_handler_across_two_clients() -> anyh
                     } else {
                         "handle batched"
                     };
+                    let vendor = m.header(VendorPropagator::HEADER).map(str::to_owned);
                     async move {
                         let span = info_span!("handler work", otel.name = name);
-                        let trace = span.context().span().span_context().trace_id();
+                        let cx = span.context();
+                        let trace = cx.span().span_context().trace_id();
+                        let tenant = cx.baggage().get("tenant").map(|v| v.to_string());
                         async {}.instrument(span).await;
-                        tx.send(trace).unwrap();
+                        tx.send((name, trace, vendor, tenant)).unwrap();
                         Ok(())
                     }
                 })
@@ -156,17 +213,38 @@ async fn one_trace_runs_from_publish_to_the_handler_across_two_clients() -> anyh
     };
     let mut seen = Vec::new();
     while seen.len() < 2 {
-        let trace = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        let handled = tokio::time::timeout(Duration::from_secs(20), rx.recv())
             .await?
             .unwrap();
-        seen.push(trace);
+        seen.push(handled);
     }
     cancel.cancel();
     task.await??;
-    assert!(
-        seen.contains(&request_trace),
+    let (_, trace, vendor, tenant) = seen
+        .iter()
+        .find(|(name, ..)| *name == "handle single")
+        .unwrap();
+    assert_eq!(
+        *trace, request_trace,
         "the handler ran in the request's trace"
     );
+    assert_eq!(
+        vendor.as_deref(),
+        Some(&*request_trace.to_string()),
+        "the application's own propagator wrote its header"
+    );
+    assert_eq!(
+        tenant.as_deref(),
+        Some("acme"),
+        "the request's baggage reached the handler"
+    );
+    for (name, _, vendor, _) in &seen {
+        assert!(
+            vendor.is_some(),
+            "{name}: no {} header",
+            VendorPropagator::HEADER
+        );
+    }
 
     provider.force_flush()?;
     let spans = exporter.get_finished_spans()?;

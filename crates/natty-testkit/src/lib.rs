@@ -36,14 +36,14 @@ pub mod proxy;
 pub mod recorded;
 #[cfg(feature = "containers")]
 mod server;
-pub mod setup;
+pub use natty_test::setup;
 
 #[cfg(feature = "containers")]
 pub use certs::TestCerts;
 #[cfg(feature = "containers")]
 pub use cluster::NatsCluster;
 #[cfg(feature = "metrics")]
-pub use recorded::{Recorded, Totals};
+pub use recorded::{Described, Recorded, Totals};
 #[cfg(feature = "containers")]
 pub use server::{Nats, ServerAuth, ServerOptions, TlsFiles, TlsMode, unique_name};
 

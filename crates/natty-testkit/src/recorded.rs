@@ -24,6 +24,19 @@ pub struct Totals {
     pub last_gauge: HashMap<String, f64>,
     /// Histogram samples recorded.
     pub samples: HashMap<String, usize>,
+    /// What each metric name was described as (`describe_*`): kind, unit, help text.
+    pub described: HashMap<String, Described>,
+}
+
+/// A metric's description, as a `describe_*` call gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    /// `counter`, `gauge` or `histogram`.
+    pub kind: &'static str,
+    /// The unit's name (`count`, `seconds`, ...), if one was given.
+    pub unit: Option<&'static str>,
+    /// The help text.
+    pub help: String,
 }
 
 impl Totals {
@@ -41,15 +54,64 @@ impl Totals {
     pub fn gauge(&self, name: &str) -> Option<f64> {
         self.last_gauge.get(name).copied()
     }
+
+    /// Names of the metrics recorded (labels apart) that no `describe_*` call described with
+    /// a help text, or described as another kind than recorded; sorted.
+    pub fn undescribed(&self) -> Vec<String> {
+        let recorded = [
+            ("counter", self.counters.keys().collect::<Vec<_>>()),
+            ("gauge", self.last_gauge.keys().collect()),
+            ("histogram", self.samples.keys().collect()),
+        ];
+        let mut missing: Vec<String> = recorded
+            .iter()
+            .flat_map(|(kind, names)| names.iter().map(move |n| (*kind, n)))
+            .map(|(kind, n)| (kind, n.split(',').next().unwrap_or_default()))
+            .filter(|(kind, name)| {
+                self.described
+                    .get(*name)
+                    .is_none_or(|d| d.kind != *kind || d.help.is_empty())
+            })
+            .map(|(kind, name)| format!("{name} ({kind})"))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        missing
+    }
 }
 
-/// The metrics recorder (this test binary's).
-struct Shared(Arc<Registry<Key, AtomicStorage>>);
+/// The metrics recorder (this test binary's): the registry, and the descriptions.
+struct Shared(
+    Arc<Registry<Key, AtomicStorage>>,
+    Arc<Mutex<HashMap<String, Described>>>,
+);
+
+impl Shared {
+    fn describe(&self, kind: &'static str, name: &KeyName, unit: Option<Unit>, help: &str) {
+        self.1
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                name.as_str().to_owned(),
+                Described {
+                    kind,
+                    unit: unit.map(|u| u.as_str()),
+                    help: help.to_owned(),
+                },
+            );
+    }
+}
 
 impl Recorder for Shared {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_counter(&self, name: KeyName, unit: Option<Unit>, help: SharedString) {
+        self.describe("counter", &name, unit, &help);
+    }
+    fn describe_gauge(&self, name: KeyName, unit: Option<Unit>, help: SharedString) {
+        self.describe("gauge", &name, unit, &help);
+    }
+    fn describe_histogram(&self, name: KeyName, unit: Option<Unit>, help: SharedString) {
+        self.describe("histogram", &name, unit, &help);
+    }
 
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
         self.0
@@ -70,6 +132,7 @@ impl Recorder for Shared {
 /// The recorder of this test binary.
 pub struct Recorded {
     registry: Arc<Registry<Key, AtomicStorage>>,
+    described: Arc<Mutex<HashMap<String, Described>>>,
     totals: Mutex<Totals>,
 }
 
@@ -93,10 +156,12 @@ impl Recorded {
         static ONCE: OnceLock<Recorded> = OnceLock::new();
         ONCE.get_or_init(|| {
             let registry = Arc::new(Registry::new(AtomicStorage));
-            metrics::set_global_recorder(Shared(registry.clone()))
+            let described = Arc::default();
+            metrics::set_global_recorder(Shared(registry.clone(), Arc::clone(&described)))
                 .unwrap_or_else(|e| panic!("another metrics recorder is installed: {e}"));
             Self {
                 registry,
+                described,
                 totals: Mutex::new(Totals::default()),
             }
         })
@@ -114,6 +179,12 @@ impl Recorded {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let t = &mut *totals;
+        t.described.clone_from(
+            &self
+                .described
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         self.registry.visit_counters(|key, c| {
             t.counters.insert(name_of(key), c.load(Ordering::SeqCst));
         });

@@ -13,8 +13,15 @@ use std::{collections::HashMap, time::Duration};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use natty::{CancellationToken, ConnectOptions, Consume, ConsumerConfig, Natty, StreamConfig};
-use opentelemetry::trace::{SpanId, TracerProvider as _};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry::{
+    global,
+    propagation::TextMapCompositePropagator,
+    trace::{SpanId, TracerProvider as _},
+};
+use opentelemetry_sdk::{
+    propagation::{BaggagePropagator, TraceContextPropagator},
+    trace::{InMemorySpanExporter, SdkTracerProvider, SpanData},
+};
 use tracing::{Instrument, info_span};
 use tracing_subscriber::{Layer, filter::Targets, layer::SubscriberExt};
 
@@ -34,6 +41,13 @@ async fn main() -> anyhow::Result<()> {
                 .with_target("observability", tracing::Level::INFO),
         );
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(otel))?;
+    // How trace context travels in headers is the application's choice, made once: natty
+    // reads and writes message headers with the global propagator (here W3C trace context
+    // and baggage; B3 or a vendor's work the same way). Without one, nothing is propagated.
+    global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
     // Metrics: any `metrics` recorder.
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();

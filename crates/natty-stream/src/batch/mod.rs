@@ -284,6 +284,19 @@ struct Counters {
     duplicates: AtomicU64,
     retried: AtomicU64,
     failed: AtomicU64,
+    /// `queued - acked - failed`, as the process-wide queue-depth gauge.
+    depth: crate::obs::Depth,
+}
+
+/// A publisher gone with messages neither acked nor handed back (its pump aborted): they
+/// leave the queue-depth gauge with it.
+impl Drop for Counters {
+    fn drop(&mut self) {
+        let s = self.snapshot();
+        for _ in s.acked + s.failed..s.queued {
+            self.depth.sub();
+        }
+    }
 }
 
 impl Counters {
@@ -682,7 +695,10 @@ impl BatchPublisher {
                 headers.insert(async_nats::header::NATS_MESSAGE_ID, m.msg_id.to_header());
             }
         }
+        // Before the pump can ack it: the gauge never goes below zero.
+        self.stats.depth.add();
         if self.tx.send(Command::Publish(m)).is_err() {
+            self.stats.depth.sub();
             self.gate.release();
             return Err(self.gone(&format!("queueing a message for {subject:?}")));
         }

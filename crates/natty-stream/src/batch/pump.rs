@@ -668,6 +668,7 @@ impl Pump {
         warn!(msg_id = %m.msg_id, subject = %m.subject, attempts = m.attempts, maybe_stored = m.maybe_stored, error = %error, "message not stored; handing it back");
         self.ledger.finish(m.seq);
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        self.stats.depth.sub();
         crate::obs::failed(&self.stream_label(&m), crate::obs::Via::Batch);
         let seq = m.seq;
         self.handback.give(seq, m.into_failed(error));
@@ -676,6 +677,7 @@ impl Pump {
 
 fn finish(ledger: &mut Ledger, stats: &Counters, m: &Outgoing) {
     stats.acked.fetch_add(1, Ordering::Relaxed);
+    stats.depth.sub();
     ledger.finish(m.seq);
 }
 

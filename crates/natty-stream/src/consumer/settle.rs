@@ -432,7 +432,7 @@ impl Shared {
     async fn nak(&self, m: &jetstream::Message, delay: Option<Duration>) {
         let _ = m.ack_with(AckKind::Nak(delay)).await;
         Counters::add(&self.stats.naked);
-        crate::obs::settled(m, crate::obs::Settled::Naked);
+        crate::obs::settled(m, crate::obs::Settled::Nacked);
     }
 
     /// Hands a message back to the server at once, not for a handler failure (nothing is

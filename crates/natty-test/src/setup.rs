@@ -1,6 +1,6 @@
 //! Finding a NATS server without manual steps, with nothing but `std` (so `cargo xtask` stays
-//! cheap to build): used by `cargo xtask demo`/`server`/`integration` and by the container
-//! harness.
+//! cheap to build): used by [`TestServer`](crate::TestServer), by `cargo xtask
+//! demo`/`server`/`integration` and by natty's container harness.
 //!
 //! For running a server ([`choose_server`]), in this order:
 //! 1. `NATS_URL`: the user's own server;
@@ -49,7 +49,7 @@ pub fn official_image() -> String {
 }
 
 /// Where private tools are installed: `NATTY_TOOLS_DIR`, else `natty-tools` in the cargo target
-/// directory (`CARGO_TARGET_DIR`, else the workspace's `target/`).
+/// directory ([`target_dir`]).
 pub fn tools_dir() -> PathBuf {
     if let Some(dir) = non_empty_env("NATTY_TOOLS_DIR") {
         return PathBuf::from(dir);
@@ -57,16 +57,21 @@ pub fn tools_dir() -> PathBuf {
     target_dir().join("natty-tools")
 }
 
-/// The cargo target directory: `CARGO_TARGET_DIR`, else the workspace's `target/`.
+/// The cargo target directory: `CARGO_TARGET_DIR`; else natty's `target/` when this crate is
+/// built from natty's repository; else (a user's tests, this crate from crates.io) `target/` of
+/// the package whose tests run (cargo sets `CARGO_MANIFEST_DIR` for them), or a directory in
+/// the system's temporary directory.
 pub fn target_dir() -> PathBuf {
-    non_empty_env("CARGO_TARGET_DIR").map_or_else(
-        || {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target")
-                .components()
-                .collect()
-        },
-        PathBuf::from,
+    if let Some(dir) = non_empty_env("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if repository.join("crates/natty-test/Cargo.toml").is_file() {
+        return repository.join("target").components().collect();
+    }
+    non_empty_env("CARGO_MANIFEST_DIR").map_or_else(
+        || std::env::temp_dir().join("natty-test"),
+        |dir| PathBuf::from(dir).join("target"),
     )
 }
 
