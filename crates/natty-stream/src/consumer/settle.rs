@@ -509,7 +509,7 @@ impl Shared {
             payload = bytes::Bytes::new();
         }
         let mut stored = self
-            .publish_dead_letter(&dl, headers.clone(), payload.clone())
+            .publish_dead_letter(dl, headers.clone(), payload.clone())
             .await;
         if let Err(e) = &stored
             && crate::error::server_code(e) == Some(MESSAGE_TOO_LARGE_FOR_STREAM)
@@ -532,7 +532,7 @@ impl Shared {
                 .as_str(),
             );
             stored = self
-                .publish_dead_letter(&dl, headers, bytes::Bytes::new())
+                .publish_dead_letter(dl, headers, bytes::Bytes::new())
                 .await;
         }
         if let Err(e) = stored {
@@ -565,9 +565,9 @@ impl Shared {
     async fn publish_dead_letter(
         &self,
         subject: &str,
-        headers: async_nats::HeaderMap,
+        headers: HeaderMap,
         payload: bytes::Bytes,
-    ) -> Result<(), async_nats::jetstream::context::PublishError> {
+    ) -> Result<(), jetstream::context::PublishError> {
         match self
             .js
             .publish_with_headers(subject.to_owned(), headers, payload)
