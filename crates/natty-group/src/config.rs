@@ -160,8 +160,7 @@ impl GroupConfig {
                 self.partitions
             ));
         }
-        if self.ttl < Duration::from_secs(1) || self.ttl > MAX_TTL || self.ttl.subsec_nanos() != 0
-        {
+        if self.ttl < Duration::from_secs(1) || self.ttl > MAX_TTL || self.ttl.subsec_nanos() != 0 {
             return invalid(format!(
                 "ttl must be whole seconds, 1 s to {MAX_TTL:?}, got {:?}",
                 self.ttl

@@ -27,6 +27,12 @@
 //!   owner may already have started. Handlers check [`Partition::is_owned`] right before a
 //!   side effect: a member paused past its lease wakes up before it noticed.
 //!
+//! - **Says when it is broken.** What fails and is retried (a take-over the server refuses,
+//!   a lease bucket made with another TTL, announcements that fail) is shown by
+//!   [`ConsumerGroup::health`], as [`GroupEvent::Failing`] and in metrics; what cannot heal —
+//!   a closed client, the stream deleted and not back within the grace period — ends
+//!   [`ConsumerGroup::join`] with an error.
+//!
 //! Limits: what a previous owner left unfinished comes first to the next owner, in stream
 //! order; what it acknowledged after its first unfinished message runs again (at-least-once,
 //! delivery counts restart with each durable). Balance is ⌈P/N⌉ at most per member; with P
@@ -34,7 +40,10 @@
 //! workspace README, "Consumer groups".
 //!
 //! # Feature flags
-//! None.
+//! - `metrics`: the group's metrics through the [`metrics`](https://docs.rs/metrics) facade
+//!   (`natty_group_*`: members, owned partitions, take-overs and their time, releases,
+//!   failures; see the workspace README, "Observability"), and those of natty-stream,
+//!   natty-kv and natty-election underneath.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -47,9 +56,13 @@ mod config;
 mod durables;
 mod error;
 mod group;
+mod health;
+mod members;
+mod obs;
 
 pub use config::{GroupConfig, MAX_PARTITIONS, partition_of};
 pub use error::{Error, ErrorKind};
 pub use group::{ConsumerGroup, GroupEvent, Partition};
+pub use health::{Area, Health, Problem};
 pub use natty_election::Term;
 pub use tokio_util::sync::CancellationToken;

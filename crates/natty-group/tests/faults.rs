@@ -21,7 +21,9 @@ use std::{
 use common::{Judge, Member, member, publish};
 use futures::{StreamExt, TryStreamExt};
 use natty_core::{Client, ConnectOptions, async_nats::jetstream};
-use natty_group::{CancellationToken, ConsumerGroup, GroupConfig, GroupEvent, Partition};
+use natty_group::{
+    Area, CancellationToken, ConsumerGroup, ErrorKind, GroupConfig, GroupEvent, Partition,
+};
 use natty_kv::Kv;
 use natty_stream::{
     ConsumeOptions, ConsumerConfig, HandlerError, Message, StreamConfig, ensure_consumer,
@@ -209,6 +211,176 @@ async fn a_lease_lost_during_a_resign_drops_the_consumer_at_once() -> anyhow::Re
         released < Duration::from_secs(1),
         "the consumer stopped {released:?} after its lease was taken"
     );
+    Ok(())
+}
+
+/// Item 11: a closed client cannot heal: `join` ends with `Closed` (not warnings forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn join_ends_with_closed_when_the_client_is_closed() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let url = nats.url();
+    let client = ConnectOptions::new([url.clone()]).connect().await?;
+    let config = stream_and_group(&client, "GC", 2).await?;
+    let own = ConnectOptions::new([url]).connect().await?;
+    let group = ConsumerGroup::new(own.clone(), config)?;
+    let joined = {
+        let group = group.clone();
+        tokio::spawn(async move {
+            group
+                .join(
+                    CancellationToken::new(),
+                    |_p: Partition, _m: Message| async { Ok::<(), HandlerError>(()) },
+                )
+                .await
+        })
+    };
+    wait_for("both partitions owned", Duration::from_secs(30), || async {
+        (group.owned().len() == 2).then_some(())
+    })
+    .await?;
+    own.drain().await?;
+    let ended = tokio::time::timeout(Duration::from_secs(40), joined).await;
+    let result = ended
+        .map_err(|_| anyhow::anyhow!("join still running 40 s after the client was closed"))??;
+    assert_eq!(result.map_err(|e| e.kind()).err(), Some(ErrorKind::Closed));
+    assert!(!group.health().joined);
+    Ok(())
+}
+
+/// Item 11: the stream deleted and created again within the grace period is waited out (the
+/// group consumes the new stream); deleted for good, `join` ends with `StreamNotFound` once
+/// the grace period (the consume options' `consumer_gone_grace`) is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn join_ends_with_stream_not_found_when_the_stream_stays_deleted() -> anyhow::Result<()> {
+    const GRACE: Duration = Duration::from_secs(4);
+    init_tracing();
+    let nats = Nats::start().await?;
+    let url = nats.url();
+    let client = ConnectOptions::new([url.clone()]).connect().await?;
+    let config = stream_and_group(&client, "GD", 2)
+        .await?
+        .consume(ConsumeOptions::default().consumer_gone_grace(GRACE));
+    let judge = Arc::new(Judge::default());
+    let m = member(&url, &config, "a", judge.clone()).await?;
+    wait_for("both partitions owned", Duration::from_secs(30), || async {
+        (m.group.owned().len() == 2).then_some(())
+    })
+    .await?;
+    publish(&client, &config, 4, 0, 5).await?;
+    wait_for("20 handled", Duration::from_secs(10), || async {
+        (judge.handled.load(Ordering::SeqCst) >= 20).then_some(())
+    })
+    .await?;
+
+    // Deleted and created again at once: waited out; the new stream's messages are handled.
+    let js = client.jetstream();
+    js.delete_stream(&config.stream).await?;
+    ensure_stream(
+        &client,
+        &StreamConfig::new(&config.stream, [format!("{}.>", config.subject_prefix)]),
+    )
+    .await?;
+    publish(&client, &config, 4, 100, 105).await?;
+    wait_for(
+        "the new stream's 20 handled",
+        GRACE * 2 + TTL * 4,
+        || async { (judge.handled.load(Ordering::SeqCst) >= 40).then_some(()) },
+    )
+    .await?;
+    assert!(
+        !m.task.is_finished(),
+        "join ended although the stream came back"
+    );
+
+    // Deleted for good: join ends with StreamNotFound after the grace period.
+    let deleted = Instant::now();
+    js.delete_stream(&config.stream).await?;
+    let ended = tokio::time::timeout(GRACE * 3 + TTL * 4, m.task).await;
+    let result = ended
+        .map_err(|_| anyhow::anyhow!("join still running long after the stream was deleted"))??;
+    let took = deleted.elapsed();
+    eprintln!("stream deleted for good: join ended after {took:?} (grace {GRACE:?})");
+    assert_eq!(
+        result.map_err(|e| e.kind()).err(),
+        Some(ErrorKind::StreamNotFound)
+    );
+    assert!(
+        took >= GRACE,
+        "join gave up after {took:?}, before the grace period"
+    );
+    Ok(())
+}
+
+/// Item 11: a take-over the server refuses (here: the stream's consumer limit) is retried —
+/// and visible with its cause in `health()` and as an event, not only in a log line; once the
+/// limit is raised it recovers and the partition is consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_refused_take_over_is_visible_with_its_cause_until_it_recovers() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let url = nats.url();
+    let client = ConnectOptions::new([url.clone()]).connect().await?;
+    let stream = unique_name("GT").replace('-', "_");
+    let prefix = stream.to_lowercase();
+    let js = client.jetstream();
+    // One consumer at most: the partition's initial durable; the owner's own is refused.
+    js.create_stream(jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        max_consumers: 1,
+        ..Default::default()
+    })
+    .await?;
+    let config = GroupConfig::new(format!("{stream}_g"), &stream, &prefix, 1, "unset").ttl(TTL);
+    let judge = Arc::new(Judge::default());
+    let m = member(&url, &config, "a", judge.clone()).await?;
+    let mut events = m.group.subscribe();
+    let problem = wait_for("a take-over problem", Duration::from_secs(30), || async {
+        m.group
+            .health()
+            .problems
+            .into_iter()
+            .find(|p| p.area == Area::TakeOver && p.partition == Some(0))
+    })
+    .await?;
+    eprintln!("visible: {problem:?}");
+    assert!(
+        problem.error.contains("maximum consumers"),
+        "the cause is not named: {}",
+        problem.error
+    );
+    assert!(!m.group.health().is_healthy());
+    let failing = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(GroupEvent::Failing(p)) = events.recv().await
+                && p.area == Area::TakeOver
+            {
+                return p;
+            }
+        }
+    })
+    .await?;
+    assert!(failing.failures >= 1);
+
+    // The limit raised: the next attempt succeeds, the problem ends, messages are handled.
+    let mut info = js.get_stream(&stream).await?.info().await?.config.clone();
+    info.max_consumers = -1;
+    js.update_stream(info).await?;
+    publish(&client, &config, 2, 0, 5).await?;
+    wait_for("10 handled", Duration::from_secs(20), || async {
+        (judge.handled.load(Ordering::SeqCst) >= 10).then_some(())
+    })
+    .await?;
+    wait_for("healthy again", Duration::from_secs(5), || async {
+        m.group.health().is_healthy().then_some(())
+    })
+    .await?;
+    m.cancel.cancel();
+    m.task.await??;
     Ok(())
 }
 

@@ -154,4 +154,3 @@ pub async fn publish(
     assert!(report.failed.is_empty(), "{report:?}");
     Ok(())
 }
-
