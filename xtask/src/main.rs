@@ -364,19 +364,18 @@ fn chaos(minutes: f64, seed: u64) -> anyhow::Result<()> {
         &["build", "--quiet", "-p", "natty-chaos", "--bins"],
         &[],
     )?;
-    // The consumer group's member process is natty-group's `group_member` example.
-    run(
-        "cargo",
-        &[
-            "build",
-            "--quiet",
-            "-p",
-            "natty-group",
-            "--example",
-            "group_member",
-        ],
-        &[],
-    )?;
+    // Its other children: natty-group's `group_member` and natty-election's `candidate`
+    // examples.
+    for (package, example) in [
+        ("natty-group", "group_member"),
+        ("natty-election", "candidate"),
+    ] {
+        run(
+            "cargo",
+            &["build", "--quiet", "-p", package, "--example", example],
+            &[],
+        )?;
+    }
     let binary = target_dir().join("debug/natty-chaos");
     run(
         &binary.display().to_string(),
@@ -401,6 +400,14 @@ fn check_a_la_carte() -> anyhow::Result<()> {
     const STREAM_CRATES: &[&str] = &["natty-stream", "natty-group"];
     // The group depends on stream and election, never the other way.
     const ELECTION_CODE: &[&str] = &["natty-election", "natty-group"];
+    // The sans-IO machine builds without any of the I/O crates (see `check_sans_io`).
+    const NOT_PROTO: &[&str] = &[
+        "tokio",
+        "async-nats",
+        "natty-core",
+        "natty-kv",
+        "natty-election",
+    ];
     const OBSERVABILITY: &[&str] = &[
         "metrics",
         "metrics-util",
@@ -411,6 +418,7 @@ fn check_a_la_carte() -> anyhow::Result<()> {
     let checks: &[(&str, &[&str], &[&str])] = &[
         ("natty-kv", &[], STREAM_CODE),
         ("natty-kv", &["--features", "metrics"], STREAM_CODE),
+        ("natty-election-proto", &[], NOT_PROTO),
         ("natty-election", &[], STREAM_CRATES),
         ("natty-election", &["--features", "metrics"], STREAM_CRATES),
         ("natty-stream", &[], ELECTION_CODE),
@@ -1032,38 +1040,38 @@ fn python_without_nats_server() -> Option<PathBuf> {
         })
 }
 
-/// The election state machine stays sans-IO: no tokio, no async-nats, no clock reads
-/// (`crates/natty-election/src/machine.rs` and its `machine/` directory, tests included).
+/// The election state machine stays sans-IO, by the compiler: natty-election-proto is
+/// `no_std` (no clock, no I/O, no runtime is reachable from it) and depends on nothing, so
+/// no tokio or async-nats can creep in through a dependency either.
 fn check_sans_io() -> anyhow::Result<()> {
-    eprintln!("\n==> sans-IO check: natty-election's machine module");
-    let root = Path::new("crates/natty-election/src");
-    let mut files = vec![root.join("machine.rs")];
-    if let Ok(dir) = std::fs::read_dir(root.join("machine")) {
-        files.extend(dir.filter_map(Result::ok).map(|e| e.path()));
-    }
-    let mut found = Vec::new();
-    for file in &files {
-        let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
-        for (n, line) in text.lines().enumerate() {
-            for banned in ["tokio", "async_nats", "::now("] {
-                // `Instant::now()` in a doc example or test builds its own start instant.
-                let doc_or_test_start =
-                    banned == "::now(" && line.contains("let t0 = Instant::now()");
-                if line.contains(banned) && !doc_or_test_start {
-                    found.push(format!(
-                        "{}:{}: `{banned}`: {}",
-                        file.display(),
-                        n + 1,
-                        line.trim()
-                    ));
-                }
-            }
-        }
-    }
-    if !found.is_empty() {
+    eprintln!("\n==> sans-IO check: natty-election-proto depends on nothing");
+    let out = Command::new("cargo")
+        .args([
+            "tree",
+            "-p",
+            "natty-election-proto",
+            "-e",
+            "normal,build",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let deps: Vec<&str> = tree
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("natty-election-proto "))
+        .collect();
+    if !deps.is_empty() {
         bail!(
-            "the election machine must stay sans-IO:\n{}",
-            found.join("\n")
+            "natty-election-proto must have no dependencies (the machine stays sans-IO): {}",
+            deps.join(", ")
         );
     }
     Ok(())

@@ -6,15 +6,7 @@ pub const DEAD_LETTER_EVERY: u64 = 101;
 
 /// The clock, the typed line protocol and the process harness, shared with natty-election's
 /// multi-process suite.
-pub use natty_testkit::procs::{Event, Line, Lines, emit, mono_ns};
-
-/// A term on the wire.
-pub fn wire(term: natty::election::Term) -> natty_testkit::procs::Term {
-    natty_testkit::procs::Term {
-        epoch: term.epoch,
-        revision: term.revision,
-    }
-}
+pub use natty_testkit::procs::{Event, Line, Lines, Term, emit, emit_at, mono_ns, mono_ns_of};
 
 /// Logs to stderr, filtered by RUST_LOG (warnings by default).
 pub fn init_logs() {
@@ -25,17 +17,6 @@ pub fn init_logs() {
         )
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-/// A flag's value from the command line.
-pub fn arg(name: &str) -> Option<String> {
-    let mut it = std::env::args();
-    while let Some(a) = it.next() {
-        if a == name {
-            return it.next();
-        }
-    }
-    None
 }
 
 /// A token cancelled when the process gets SIGTERM (a graceful stop: resign, ack, exit).

@@ -14,6 +14,10 @@ pub struct Client {
     request_timeout: Duration,
     /// The JetStream API prefix every context natty makes uses (`None`: `$JS.API`).
     api_prefix: Option<String>,
+    /// The servers' `max_control_line` (not announced by them: configured, or their default).
+    max_control_line: usize,
+    /// The longest reply subject natty's publishes carry on this connection.
+    reply_len: usize,
 }
 
 impl fmt::Debug for Client {
@@ -41,12 +45,36 @@ impl Client {
         api_prefix: Option<String>,
     ) -> Self {
         let jetstream = context_builder(api_prefix.as_deref(), request_timeout).build(nats.clone());
+        // The inbox prefix is the connection's for its whole life: one inbox says how long
+        // every reply subject made from it is.
+        let reply_len = nats.new_inbox().len() + crate::limits::REPLY_TAIL;
         Self {
             nats,
             jetstream,
             request_timeout,
             api_prefix,
+            max_control_line: crate::limits::DEFAULT_MAX_CONTROL_LINE,
+            reply_len,
         }
+    }
+
+    /// The same client, for servers whose `max_control_line` is `bytes` (default 4096): see
+    /// [`ConnectOptions::max_control_line`](crate::ConnectOptions::max_control_line).
+    #[must_use]
+    pub fn with_max_control_line(mut self, bytes: usize) -> Self {
+        self.max_control_line = bytes;
+        self
+    }
+
+    /// What the server this client is connected to now accepts from it: its `max_payload`
+    /// (re-read on every call: after a reconnect, the new server's) and the control line.
+    /// Every natty publish path checks a message against these before sending it.
+    pub fn limits(&self) -> crate::limits::Limits {
+        crate::limits::Limits::new(
+            self.nats.max_payload(),
+            self.max_control_line,
+            self.reply_len,
+        )
     }
 
     /// A builder for another JetStream context on this connection (own ack timeout, own

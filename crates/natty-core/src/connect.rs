@@ -74,11 +74,10 @@ impl ConnectOptions {
                         tracing::info!(server = ?nats.server_info().server_name, "connected");
                     }
                     let api_prefix = self.jetstream_api.as_ref().map(|api| api.prefix());
-                    Ok(Client::with_api_prefix(
-                        nats,
-                        self.request_timeout,
-                        api_prefix,
-                    ))
+                    Ok(
+                        Client::with_api_prefix(nats, self.request_timeout, api_prefix)
+                            .with_max_control_line(self.max_control_line),
+                    )
                 }
                 Err(err) => {
                     tracing::debug!(error = %err, "connect failed, asking each server why");

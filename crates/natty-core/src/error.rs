@@ -245,6 +245,10 @@ pub enum ErrorKind {
     InvalidName,
     /// A configuration value is out of range or contradicts another. Nothing was sent.
     InvalidConfig,
+    /// A message is larger than the server takes (`max_payload`, headers included), or its
+    /// subject longer than the server's control line allows (see [`crate::limits`]). Nothing
+    /// was sent: the server would have closed the connection.
+    TooLarge,
     /// Every server refused the TCP connection (nothing listening).
     Refused,
     /// The TLS handshake failed (unknown CA, bad certificate, TLS required on one side only).
@@ -266,6 +270,7 @@ impl fmt::Display for ErrorKind {
         f.write_str(match self {
             Self::InvalidName => "invalid name",
             Self::InvalidConfig => "invalid configuration",
+            Self::TooLarge => "too large for the server",
             Self::Refused => "connection refused",
             Self::Tls => "TLS handshake failed",
             Self::Auth => "authentication failed",

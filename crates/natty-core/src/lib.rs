@@ -1,31 +1,10 @@
-//! natty-core: connecting to NATS (several servers, TLS including mutual TLS, auth), name
-//! validation, and the error shape shared by the natty crates.
-//!
-//! ```no_run
-//! # async fn example() -> Result<(), natty_core::Error> {
-//! let client = natty_core::ConnectOptions::new(["nats://127.0.0.1:4222"])
-//!     .name("my-service")
-//!     .connect()
-//!     .await?;
-//! // Anything natty does not wrap is one call away:
-//! let _raw: &natty_core::async_nats::Client = client.nats();
-//! client.drain().await?;
-//! # Ok(()) }
-//! ```
-//!
-//! # Feature flags
-//! None: natty-core always builds with TLS (rustls, ring) and nkeys.
-
+#![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
-
-// The README (also the crates.io page): its example is compiled.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-struct ReadmeDoctests;
 
 mod client;
 mod connect;
 pub mod error;
+pub mod limits;
 pub mod names;
 mod options;
 pub mod retry;

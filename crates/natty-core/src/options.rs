@@ -157,6 +157,7 @@ pub struct ConnectOptions {
     pub(crate) retry_on_initial_connect: bool,
     pub(crate) on_event: Option<EventHook>,
     pub(crate) jetstream_api: Option<JetStreamApi>,
+    pub(crate) max_control_line: usize,
 }
 
 /// The default time to wait for one server to accept a connection.
@@ -167,6 +168,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// a server cut off by a network partition is left after ~20 s (async-nats' own default, 60 s,
 /// takes two minutes).
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// The smallest `max_control_line` natty accepts: below it even a JetStream API request's
+/// line (subject, inbox, sizes) may not fit.
+const MIN_CONTROL_LINE: usize = 256;
 
 impl ConnectOptions {
     /// Connect to any of `servers` (`nats://host:port`, `tls://host:port` or `host:port`);
@@ -183,6 +187,7 @@ impl ConnectOptions {
             retry_on_initial_connect: false,
             on_event: None,
             jetstream_api: None,
+            max_control_line: crate::limits::DEFAULT_MAX_CONTROL_LINE,
         }
     }
 
@@ -321,6 +326,16 @@ impl ConnectOptions {
         self
     }
 
+    /// The servers' `max_control_line`, when their configuration sets one (default 4096, the
+    /// server's own default). The server does not announce it, and closes the connection on a
+    /// longer line, so natty refuses a publish whose subject would make its line longer
+    /// (`TooLarge`, nothing sent; see [`crate::limits`]). Set it to the smallest value of the
+    /// servers you connect to.
+    pub fn max_control_line(mut self, bytes: usize) -> Self {
+        self.max_control_line = bytes;
+        self
+    }
+
     /// The configured servers.
     pub fn servers(&self) -> &[String] {
         &self.servers
@@ -354,6 +369,16 @@ impl ConnectOptions {
                     format!("{what} must be greater than zero"),
                 ));
             }
+        }
+        if self.max_control_line < MIN_CONTROL_LINE {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "max_control_line must be at least {MIN_CONTROL_LINE} bytes (a JetStream \
+                     request line needs that much), got {}",
+                    self.max_control_line
+                ),
+            ));
         }
         match &self.jetstream_api {
             Some(JetStreamApi::Domain(domain))

@@ -56,6 +56,17 @@ struct Args {
     /// `accepted: false` once it is refused `Deposed` (then that task ends).
     #[arg(long = "fenced-key")]
     fenced_key: Option<String>,
+    /// Client ping interval in ms (default: the client's).
+    #[arg(long = "ping-ms")]
+    ping_ms: Option<u64>,
+    /// On SIGTERM, drop the `run` future instead of cancelling it (what `select!`/`timeout`
+    /// users do): the work must stop at once, without a resign; prints `dropped`.
+    #[arg(long = "drop-on-term")]
+    drop_on_term: bool,
+    /// Work without checking the lease first: a broken candidate, to see that the checker
+    /// catches it.
+    #[arg(long = "unsafe-skip-validity-check")]
+    unsafe_skip_validity_check: bool,
 }
 
 #[tokio::main]
@@ -68,13 +79,20 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = <Args as clap::Parser>::parse();
-    let client = natty_core::ConnectOptions::new(args.servers.clone())
+    let mut options = natty_core::ConnectOptions::new(args.servers.clone())
         .name(args.node.clone())
-        .request_timeout(Duration::from_secs(2))
-        .connect()
-        .await?;
+        .request_timeout(Duration::from_secs(2));
+    if let Some(ms) = args.ping_ms {
+        options = options.ping_interval(Duration::from_millis(ms));
+    }
+    let client = options.connect().await?;
+    // A bucket deleted behind the election's back is re-created with these.
+    let kv = natty_kv::Kv::with_defaults(
+        client.clone(),
+        natty_kv::BucketConfig::default().replicas(args.replicas),
+    );
     let election = Election::new(
-        natty_kv::Kv::new(client.clone()),
+        kv,
         ElectionConfig::new(&args.bucket, &args.key, &args.node)
             .ttl(Duration::from_secs(args.ttl))
             .replicas(args.replicas),
@@ -101,40 +119,52 @@ async fn main() -> anyhow::Result<()> {
     let node = args.node.clone();
     let interval = Duration::from_millis(args.work_interval_ms);
     let fenced_key = args.fenced_key.clone();
-    election
-        .run(cancel, move |lead| {
-            let node = node.clone();
-            let server = client.nats().server_info().server_name;
-            if let Some(key) = fenced_key.clone() {
-                // Detached: it outlives the work (aborted or not), as a stale writer would.
-                tokio::spawn(write_fenced(lead.clone(), key, node.clone(), interval));
-            }
-            async move {
-                let term = wire(lead.term);
-                emit(
-                    &node,
-                    Event::Elected {
-                        term,
-                        server: Some(server),
-                    },
-                );
-                loop {
-                    // The fence check comes right before the side effect. Its time is
-                    // stamped before the check: a freeze between check and print must not
-                    // look like work done after the freeze.
-                    let checked_ns = natty_testkit::procs::mono_ns();
-                    if lead.is_valid() {
-                        emit(&node, Event::Work { term, checked_ns });
-                    }
-                    tokio::select! {
-                        () = lead.lost.cancelled() => break,
-                        () = tokio::time::sleep(interval) => {}
-                    }
+    let skip_check = args.unsafe_skip_validity_check;
+    let run_cancel = if args.drop_on_term {
+        CancellationToken::new()
+    } else {
+        cancel.clone()
+    };
+    let run = election.run(run_cancel, move |lead| {
+        let node = node.clone();
+        let server = client.nats().server_info().server_name;
+        if let Some(key) = fenced_key.clone() {
+            // Detached: it outlives the work (aborted or not), as a stale writer would.
+            tokio::spawn(write_fenced(lead.clone(), key, node.clone(), interval));
+        }
+        async move {
+            let term = wire(lead.term);
+            emit(
+                &node,
+                Event::Elected {
+                    term,
+                    server: Some(server),
+                },
+            );
+            loop {
+                // The fence check comes right before the side effect. Its time is
+                // stamped before the check: a freeze between check and print must not
+                // look like work done after the freeze.
+                let checked_ns = natty_testkit::procs::mono_ns();
+                if skip_check || lead.is_valid() {
+                    emit(&node, Event::Work { term, checked_ns });
                 }
-                emit(&node, Event::Lost { term });
+                tokio::select! {
+                    () = lead.lost.cancelled() => break,
+                    () = tokio::time::sleep(interval) => {}
+                }
             }
-        })
-        .await?;
+            emit(&node, Event::Lost { term });
+        }
+    });
+    if args.drop_on_term {
+        tokio::select! {
+            result = run => result?,
+            () = cancel.cancelled() => emit(&args.node, Event::Dropped),
+        }
+    } else {
+        run.await?;
+    }
     emit(&args.node, Event::Exit { acked: None });
     Ok(())
 }

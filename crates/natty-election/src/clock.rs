@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::machine;
+
 /// A clock that reads the later of tokio's clock and the boot clock, both measured from the
 /// moment it was made. Copy it freely: copies read the same time.
 #[derive(Debug, Clone, Copy)]
@@ -28,9 +30,14 @@ impl Clock {
         }
     }
 
-    /// Now, as the machine's `std::time::Instant`.
-    pub(crate) fn now(&self) -> std::time::Instant {
-        self.at(Instant::now(), boot_time()).into_std()
+    /// Now, as the machine's [`Instant`](machine::Instant): the time since the clock was made.
+    pub(crate) fn now(&self) -> machine::Instant {
+        self.reading(self.at(Instant::now(), boot_time()))
+    }
+
+    /// The machine's reading of the tokio instant `t` on this clock.
+    fn reading(&self, t: Instant) -> machine::Instant {
+        machine::Instant::from_duration(t.saturating_duration_since(self.tokio_anchor))
     }
 
     /// The clock's reading when tokio's clock reads `tokio_now` and the boot clock `boot_now`.
@@ -45,10 +52,10 @@ impl Clock {
 
     /// The tokio instant at which this clock reads `t`, if from now on both advance together
     /// (they do unless the host suspends): what to sleep until.
-    pub(crate) fn tokio_instant(&self, t: std::time::Instant) -> Instant {
+    pub(crate) fn tokio_instant(&self, t: machine::Instant) -> Instant {
         let tokio_now = Instant::now();
-        let now = self.at(tokio_now, boot_time());
-        tokio_now + t.saturating_duration_since(now.into_std())
+        let now = self.reading(self.at(tokio_now, boot_time()));
+        tokio_now + t.saturating_duration_since(now)
     }
 }
 

@@ -23,7 +23,7 @@ use crate::{
     clock::Clock,
     fence,
     lease::{instance_id, now_ms},
-    machine::{Event, Machine, Reply, Request, State, Work},
+    machine::{self, Event, FenceQueue, Machine, Request, State, Verdict, Work},
     store::{self, FenceFlight, LeaseStore, Rewatch, Watched},
 };
 
@@ -85,7 +85,7 @@ pub type ElectionEvent = Event;
 #[derive(Debug, Clone, Copy)]
 struct Leading {
     term: Term,
-    deadline: std::time::Instant,
+    deadline: machine::Instant,
     /// The clock `deadline` is read on (the run's).
     clock: Clock,
 }
@@ -369,8 +369,7 @@ impl Election {
         // Fenced writes from the work, queued until the machine sends them, and the one sent.
         let (fence_tx, mut fence_rx): (fence::Sender, fence::Receiver) =
             tokio::sync::mpsc::unbounded_channel();
-        let mut fences = std::collections::VecDeque::<fence::Job>::new();
-        let mut fence_in_flight: Option<fence::Job> = None;
+        let mut fences = FenceQueue::<fence::Job>::new(usize::MAX);
         let mut term_since_ms = now_ms();
         // Set when the bucket was re-created in a way we must not lead on: run ends with it.
         let mut refusal: Option<Error> = None;
@@ -410,13 +409,14 @@ impl Election {
                     Work::Stop { term, abort_at } => {
                         // The work may be waiting on a fenced write: answer it before waiting
                         // for the work to end.
-                        if let Some(f) = fence_in_flight.take() {
+                        let (in_flight, queued) = fences.end();
+                        if let Some(f) = in_flight {
                             f.answer(Err(fence::unknown(
                                 term,
                                 "leadership ended while it was in flight",
                             )));
                         }
-                        for f in fences.drain(..) {
+                        for f in queued {
                             f.deposed("leadership was lost");
                         }
                         if let Some(job) = job.take() {
@@ -427,34 +427,22 @@ impl Election {
                 }
             }
             // Fenced writes of a term we no longer lead in are refused here, unsent.
-            let term = machine.term();
-            if fences.iter().any(|f| Some(f.term) != term) {
-                let stale;
-                (fences, stale) = fences.drain(..).partition(|f| Some(f.term) == term);
-                for f in stale {
-                    f.deposed("leadership was lost");
-                }
+            for f in fences.take_stale(machine.term()) {
+                f.deposed("leadership was lost");
             }
             if let Some(request) = machine.poll_request() {
                 let held = machine.term().map(|t| (t, term_since_ms));
-                in_flight = Some(match (request, fences.pop_front()) {
-                    (Request::Fence { revision }, Some(f)) => {
-                        let flight = store.execute_fence(revision, held, f.ops.clone());
-                        fence_in_flight = Some(f);
-                        flight
-                    }
-                    // (a fence whose write is gone: the caller stopped waiting; renew)
-                    (Request::Fence { revision }, None) => Box::pin(
-                        store
-                            .execute(Request::Renew { revision }, held)
-                            .map(|r| (r, None)),
-                    ),
-                    (request, queued) => {
-                        if let Some(f) = queued {
-                            fences.push_front(f);
-                        }
-                        Box::pin(store.execute(request, held).map(|r| (r, None)))
-                    }
+                in_flight = Some(match request {
+                    Request::Fence { revision } => match fences.begin() {
+                        Some(f) => store.execute_fence(revision, held, f.ops.clone()),
+                        // (none waits: its caller stopped waiting; renew)
+                        None => Box::pin(
+                            store
+                                .execute(Request::Renew { revision }, held)
+                                .map(|r| (r, None)),
+                        ),
+                    },
+                    request => Box::pin(store.execute(request, held).map(|r| (r, None))),
                 });
             }
             while let Some(event) = machine.poll_event() {
@@ -483,11 +471,11 @@ impl Election {
                 }
                 (reply, why) = next(&mut in_flight) => {
                     in_flight = None;
-                    if let Some(f) = fence_in_flight.take() {
-                        settle(f, &reply, why, &mut fences);
+                    if let Some((f, verdict)) = fences.settle(&reply) {
+                        settle(f, verdict, why);
                     }
                     machine.on_reply(clock.now(), reply);
-                    if !fences.is_empty() {
+                    if fences.wants_fence() {
                         machine.on_fence_wanted(clock.now());
                     }
                     if let Some(e) = store.take_refusal() {
@@ -529,8 +517,10 @@ impl Election {
                     } else if let Err(e) = store.check_fence(&f.ops) {
                         f.answer(Err(e));
                     } else {
-                        fences.push_back(f);
-                        machine.on_fence_wanted(clock.now());
+                        match fences.push(f.term, f, machine.term()) {
+                            Ok(()) => machine.on_fence_wanted(clock.now()),
+                            Err((f, _)) => f.deposed("leadership was lost"),
+                        }
                     }
                 }
                 ended = job_end(&mut job) => {
@@ -553,7 +543,8 @@ impl Election {
             // Only when the machine stopped without stopping the work first (it never does).
             stop_work(job, Instant::now(), &mut fence_rx).await;
         }
-        for f in fences.drain(..) {
+        let (in_flight, queued) = fences.end();
+        for f in in_flight.into_iter().chain(queued) {
             f.deposed("the election stopped");
         }
         self.publish_state(&machine, clock);
@@ -608,20 +599,12 @@ impl Election {
     }
 }
 
-/// Tells a fenced write's caller how it went, from the reply to its batch (`why`: the error
-/// for the caller, when there is more to say). Refused because of a write of our own that
-/// landed unseen (the key is still ours), it is queued again, to go on the revision that
-/// write left.
-fn settle(
-    f: fence::Job,
-    reply: &Reply,
-    why: Option<Error>,
-    fences: &mut std::collections::VecDeque<fence::Job>,
-) {
-    match reply {
-        Reply::Updated { .. } => f.answer(Ok(())),
-        Reply::Conflict { ours: Some(_), .. } => fences.push_front(f),
-        Reply::Conflict { holder, .. } => {
+/// Tells a fenced write's caller how it went, from the verdict on its batch (`why`: the
+/// error for the caller, when there is more to say).
+fn settle(f: fence::Job, verdict: Verdict, why: Option<Error>) {
+    match verdict {
+        Verdict::Applied => f.answer(Ok(())),
+        Verdict::Deposed { holder } => {
             let who = holder.as_ref().map_or_else(
                 || "someone else".to_owned(),
                 |h| format!("{:?} (term {})", h.node, h.term),
@@ -630,7 +613,7 @@ fn settle(
                 "the server refused it: the lease was taken by {who}"
             ));
         }
-        Reply::BucketGone => f.deposed("the server refused it: the election's bucket is gone"),
+        Verdict::BucketGone => f.deposed("the server refused it: the election's bucket is gone"),
         _ => f.answer(Err(why.unwrap_or_else(|| {
             Error::new(ErrorKind::Other, "fenced write failed; nothing was applied")
         }))),

@@ -1,7 +1,7 @@
 //! Metrics (feature `metrics`, through the `metrics` facade), from the driver's events.
 //! Without the feature every function is empty: nothing is compiled in.
 //!
-//! Names (see the README's "Observability" section), labels `bucket`, `key`, `node`:
+//! Names (see the docs/observability.md), labels `bucket`, `key`, `node`:
 //! - `natty_election_leader` (gauge): 1 while this node leads, else 0;
 //! - `natty_election_term` (gauge): the revision part of the current leader's term as this
 //!   node last saw it (its own while it leads); it restarts low when the bucket is re-created
@@ -32,6 +32,7 @@ pub(crate) fn event(config: &ElectionConfig, event: &ElectionEvent) {
                 term_gauge(labels.clone(), holder.term.revision);
             }
         }
+        _ => {}
     }
 }
 

@@ -85,10 +85,8 @@ impl LeaseStore {
                 // any older leader): adopt it, so our next create does not mistake it for a
                 // re-creation.
                 self.adopt_epoch(lease.epoch);
-                Some(Watched::Written(Holder {
-                    term: lease.term_at(event.revision),
-                    node: lease.node,
-                }))
+                let term = lease.term_at(event.revision);
+                Some(Watched::Written(Holder::new(lease.node, term)))
             }
             _ => Some(Watched::Gone {
                 revision: event.revision,
@@ -584,10 +582,8 @@ async fn read_holder(kv: &Kv, c: &ElectionConfig, instance: u64) -> (Option<Hold
         Ok(Some(entry)) => match Lease::decode(&entry.value) {
             Some(lease) => {
                 let ours = (lease.instance == instance).then_some(entry.revision);
-                let holder = Holder {
-                    term: lease.term_at(entry.revision),
-                    node: lease.node,
-                };
+                let term = lease.term_at(entry.revision);
+                let holder = Holder::new(lease.node, term);
                 (Some(holder), ours)
             }
             None => (None, None),

@@ -427,9 +427,12 @@ async fn member_processes_share_partitions_keep_key_order_and_rebalance() -> any
         "3/3/3/3 {:.0} ms after the 4th member was ready, over 2 x TTL",
         ms(converged - d_ready)
     );
+    // A clean leave resigns: its partitions move without waiting for the lease to expire
+    // (which takes a TTL). Compared with the TTL, not a fixed time: the stop and the hand-over
+    // run on a shared 2-core machine.
     assert!(
-        leave_ns <= 250_000_000,
-        "a clean leave re-owned after {:.0} ms",
+        leave_ns < TTL_NS,
+        "a clean leave re-owned after {:.0} ms, not before the lease would have expired",
         ms(leave_ns)
     );
     assert!(

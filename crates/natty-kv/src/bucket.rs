@@ -103,6 +103,9 @@ impl BucketStatus {
     }
 }
 
+/// Bucket handles a `Kv` keeps (a process using more buckets looks the others up again).
+pub(crate) const MAX_CACHED: usize = 1024;
+
 /// The bucket handles a `Kv` (and its clones) knows, and how it asks the server about others.
 #[derive(Debug, Clone)]
 pub(crate) struct Buckets {
@@ -152,10 +155,15 @@ impl Buckets {
     }
 
     fn remember(&self, b: &Bucket) {
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(b.name.to_string(), b.clone());
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= MAX_CACHED && !cache.contains_key(&*b.name) {
+            // Bounded by the bucket names a process uses, not forever: forgetting a handle
+            // costs one stream info request the next time.
+            if let Some(other) = cache.keys().next().cloned() {
+                cache.remove(&other);
+            }
+        }
+        cache.insert(b.name.to_string(), b.clone());
     }
 
     pub(crate) fn evict(&self, name: &str) {

@@ -34,6 +34,10 @@ pub enum ErrorKind {
     /// The server or bucket lacks a feature (per-key TTL needs server 2.11+ and a bucket with
     /// limit markers).
     Unsupported,
+    /// The value is larger than the server takes (`max_payload`, headers included), or the
+    /// key makes the subject `$KV.<bucket>.<key>` longer than the server's control line allows.
+    /// Nothing was sent: the server would have closed the connection every other user shares.
+    TooLarge,
     /// The server did not answer in time.
     TimedOut,
     /// A value could not be encoded as JSON (feature `serde`). Nothing was sent.
@@ -57,6 +61,7 @@ impl fmt::Display for ErrorKind {
             Self::RevisionMismatch => "revision mismatch (someone else wrote the key)",
             Self::BucketConfigMismatch => "bucket exists with another configuration",
             Self::Unsupported => "not supported by this server or bucket",
+            Self::TooLarge => "too large for the server",
             Self::TimedOut => "timed out",
             Self::Encode => "could not encode as JSON",
             Self::Decode => "could not decode the stored JSON",
@@ -71,6 +76,7 @@ pub(crate) fn from_core(err: natty_core::Error) -> Error {
         natty_core::ErrorKind::InvalidName => ErrorKind::InvalidName,
         natty_core::ErrorKind::InvalidConfig => ErrorKind::InvalidConfig,
         natty_core::ErrorKind::TimedOut => ErrorKind::TimedOut,
+        natty_core::ErrorKind::TooLarge => ErrorKind::TooLarge,
         _ => ErrorKind::Other,
     })
 }

@@ -15,11 +15,13 @@ use crate::{
     config::validate_key_ttl,
     entry::{self, Entry, Event, EventKind, KeyTtl},
     error::{from_core, from_request, server_code},
+    expiry::Base,
     read::{ReadFrom, key_not_found},
     retry::Deadline,
     scan,
     watch::{Start, Watch},
     write::{IfMissing, Op, Write},
+    written::{Floor, Written},
 };
 
 /// How long an operation keeps retrying answers that say nothing (timeouts, 503 during a
@@ -57,6 +59,8 @@ pub struct Kv {
     pub(crate) defaults: BucketConfig,
     pub(crate) buckets: Buckets,
     pub(crate) retry_for: Duration,
+    /// The revisions this handle (and its clones) wrote, per key.
+    pub(crate) written: Written,
 }
 
 impl Kv {
@@ -73,6 +77,7 @@ impl Kv {
             client,
             defaults,
             retry_for: DEFAULT_RETRY_FOR,
+            written: Written::default(),
         }
     }
 
@@ -129,28 +134,85 @@ impl Kv {
     /// The key's current value; `None` when the key or the bucket does not exist (a missing
     /// bucket is not created), or the key was deleted, purged or expired.
     ///
-    /// Answered by any replica of a replicated bucket: it can miss a write acknowledged a few
-    /// milliseconds ago. Base conditional writes on [`refresh`](Self::refresh),
-    /// [`update`](Self::update) and [`delete_if`](Self::delete_if), which are checked by the
-    /// stream leader.
+    /// Answered by any replica of a replicated bucket, but never older than this handle's own
+    /// last write to the key: a replica that has not applied that write yet is not believed,
+    /// the stream leader answers instead. A write by another process acknowledged a few
+    /// milliseconds ago can be missed; pass its revision to
+    /// [`get_at_least`](Self::get_at_least) when you know it. The handle remembers its writes
+    /// to a few thousand keys in a few dozen buckets; beyond that it forgets the oldest, and
+    /// their reads ask the stream leader more often, never answer older.
     pub async fn get(&self, bucket: &str, key: &str) -> Result<Option<Entry>, Error> {
         validate(bucket, key)?;
         let span = info_span!("natty.kv.get", bucket, key);
         crate::obs::timed(
             "get",
             bucket,
-            async {
-                let Some(b) = self.buckets.find(bucket, &self.deadline()).await? else {
-                    return Ok(None);
-                };
-                match self.last_message(&b, key, ReadFrom::AnyReplica).await {
-                    Err(e) if e.kind() == ErrorKind::BucketNotFound => Ok(None),
-                    other => other.map(|m| m.and_then(|m| entry::decode(key, m))),
-                }
-            }
-            .instrument(span),
+            self.get_inner(bucket, key, None).instrument(span),
         )
         .await
+    }
+
+    /// The key's current value, never older than revision `min_revision` (read-after-write:
+    /// pass the revision a write returned, yours or one another process told you about).
+    /// `None` when the key or the bucket does not exist, or the key was deleted, purged or
+    /// expired.
+    ///
+    /// Any replica that has applied `min_revision` answers (as fast as [`get`](Self::get));
+    /// one that lags behind it is not believed, and the stream leader answers instead, so
+    /// the answer is never older than `min_revision`. When the stream holds nothing of the
+    /// key at `min_revision` or later (the revision belongs to another key, or the key was
+    /// not written since), the stream leader's answer is the key's current value.
+    ///
+    /// Works with every server version: the floor is checked by natty against the revision
+    /// of the message a replica returns. (nats-server's own `min_last_seq`, from the ADR
+    /// "JetStream Read-after-Write", is sent too, but the servers released so far ignore it.)
+    pub async fn get_at_least(
+        &self,
+        bucket: &str,
+        key: &str,
+        min_revision: u64,
+    ) -> Result<Option<Entry>, Error> {
+        validate(bucket, key)?;
+        let span = info_span!("natty.kv.get_at_least", bucket, key, min_revision);
+        crate::obs::timed(
+            "get",
+            bucket,
+            self.get_inner(bucket, key, Some(min_revision))
+                .instrument(span),
+        )
+        .await
+    }
+
+    async fn get_inner(
+        &self,
+        bucket: &str,
+        key: &str,
+        min_revision: Option<u64>,
+    ) -> Result<Option<Entry>, Error> {
+        let Some(b) = self.buckets.find(bucket, &self.deadline()).await? else {
+            return Ok(None);
+        };
+        let from = self.read_from(&b, key, min_revision);
+        match self.last_message(&b, key, from).await {
+            Err(e) if e.kind() == ErrorKind::BucketNotFound => Ok(None),
+            other => other.map(|m| m.and_then(|m| entry::decode(key, m))),
+        }
+    }
+
+    /// Who may answer a read of `key` in `b` that must not be older than `min_revision` nor
+    /// than this handle's own last write to the key.
+    pub(crate) fn read_from(
+        &self,
+        b: &crate::bucket::Bucket,
+        key: &str,
+        min_revision: Option<u64>,
+    ) -> ReadFrom {
+        let min_revision = min_revision.filter(|&r| r > 0);
+        match self.written.floor(b, key) {
+            Floor::Unknown => ReadFrom::Leader,
+            Floor::At(floor) => ReadFrom::AtLeast(floor.max(min_revision.unwrap_or(0))),
+            Floor::None => ReadFrom::at_least(min_revision),
+        }
     }
 
     /// The value of one revision of a key; `None` when that revision is not stored (never
@@ -338,6 +400,7 @@ impl Kv {
                 filter,
                 start,
                 self.deadline(),
+                self.retry_for,
             )
             .await
         }
@@ -491,10 +554,16 @@ impl Kv {
         .await
     }
 
-    /// Re-writes the key's current value, conditioned on the revision just read (from the
-    /// stream leader), keeping its per-key TTL (`never` included): the TTL (per-key or bucket)
-    /// starts again. Never overwrites a newer write (`RevisionMismatch`) and never resurrects a
-    /// deleted or expired key (`KeyNotFound`).
+    /// Re-writes the key's current value, conditioned on the revision just read, keeping its
+    /// per-key TTL (`never` included): the TTL (per-key or bucket) starts again. Never
+    /// overwrites a newer write (`RevisionMismatch`) and never resurrects a deleted or expired
+    /// key (`KeyNotFound`, also when the key expired just as the refresh reached the server
+    /// and the server's expiry marker removed it right after it was stored).
+    ///
+    /// The value is read from any replica that is not behind this handle's own last write to
+    /// the key (fast); when that read finds no value, or the refresh loses its
+    /// compare-and-set, the stream leader is asked again and decides, as if it had been asked
+    /// first.
     pub async fn refresh(&self, bucket: &str, key: &str) -> Result<u64, Error> {
         validate(bucket, key)?;
         let span = info_span!("natty.kv.refresh", bucket, key);
@@ -506,6 +575,25 @@ impl Kv {
                     .buckets
                     .require(bucket, "refreshing a key", &self.deadline())
                     .await?;
+                let from = self.read_from(&b, key, None);
+                if from != ReadFrom::Leader {
+                    let read = self
+                        .last_message(&b, key, from)
+                        .await?
+                        .and_then(|m| entry::decode(key, m));
+                    if let Some(entry) = read {
+                        match self.refresh_entry_untimed(bucket, &entry).await {
+                            Err(e) if e.kind() == ErrorKind::RevisionMismatch => {
+                                debug!(
+                                    revision = entry.revision,
+                                    "refresh lost its compare-and-set after a replica's read; \
+                                     asking the stream leader"
+                                );
+                            }
+                            other => return other,
+                        }
+                    }
+                }
                 let entry = self
                     .last_message(&b, key, ReadFrom::Leader)
                     .await?
@@ -519,25 +607,33 @@ impl Kv {
     }
 
     /// Re-writes `entry` (as read earlier) conditioned on its revision, keeping its per-key
-    /// TTL. `RevisionMismatch` if the key was written, deleted or expired since.
+    /// TTL. `RevisionMismatch` if the key was written, deleted or expired since;
+    /// `KeyNotFound` if it expired just as the refresh reached the server (the server's expiry
+    /// marker removed the refresh right after it was stored).
     pub async fn refresh_entry(&self, bucket: &str, entry: &Entry) -> Result<u64, Error> {
         validate(bucket, &entry.key)?;
         crate::obs::timed("refresh", bucket, self.refresh_entry_untimed(bucket, entry)).await
     }
 
     async fn refresh_entry_untimed(&self, bucket: &str, entry: &Entry) -> Result<u64, Error> {
+        let b = self
+            .buckets
+            .require(bucket, "refreshing a key", &self.deadline())
+            .await?;
         self.write(
             &Write::new(Op::Refresh, bucket, &entry.key, entry.value.clone())
                 .expect(entry.revision)
-                .ttl(entry.key_ttl()),
+                .ttl(entry.key_ttl())
+                .base(Base::of_entry(entry, &b)),
             IfMissing::Fail,
         )
         .await
     }
 
     /// Deletes the key. A no-op when the bucket or the key does not exist (nothing is
-    /// created, no marker written). Whether the key is live is asked of the stream leader, so
-    /// a key written just before is deleted even on a replicated bucket.
+    /// created, no marker written). A key that any replica shows live is deleted at once;
+    /// that it is *not* live is believed only from the stream leader, so a key written just
+    /// before (by anyone) is deleted even on a replicated bucket.
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), Error> {
         validate(bucket, key)?;
         let span = info_span!("natty.kv.delete", bucket, key);
@@ -568,17 +664,29 @@ impl Kv {
         let Some(b) = self.buckets.find(&marker.bucket, &self.deadline()).await? else {
             return Ok(());
         };
-        let last = match self.last_message(&b, &marker.key, ReadFrom::Leader).await {
-            Err(e) if e.kind() == ErrorKind::BucketNotFound => return Ok(()),
-            other => other?,
-        };
-        let needed = match (&last, marker.op) {
+        let needed = |last: &Option<async_nats::jetstream::message::StreamMessage>| match (
+            last, marker.op,
+        ) {
             (None, _) => false,
             (Some(m), Op::Purge) => entry::kind_of(Some(&m.headers)) != EventKind::Purge,
             (Some(m), _) => entry::kind_of(Some(&m.headers)) == EventKind::Put,
         };
-        if !needed {
-            return Ok(());
+        // Any replica not behind this handle's last write may say a marker is needed (at
+        // worst the marker lands on a key deleted a moment ago: a no-op); only the stream
+        // leader may say it is not (a replica can lag a value written by someone else).
+        let mut from = self.read_from(&b, &marker.key, None);
+        loop {
+            let last = match self.last_message(&b, &marker.key, from).await {
+                Err(e) if e.kind() == ErrorKind::BucketNotFound => return Ok(()),
+                other => other?,
+            };
+            if needed(&last) {
+                break;
+            }
+            if from == ReadFrom::Leader {
+                return Ok(());
+            }
+            from = ReadFrom::Leader;
         }
         match self.write(&marker, IfMissing::Fail).await {
             Err(e) if e.kind() == ErrorKind::BucketNotFound => Ok(()),

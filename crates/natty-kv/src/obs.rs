@@ -1,7 +1,7 @@
 //! Metrics (feature `metrics`, through the `metrics` facade): the latency of every key
 //! operation, and its errors by kind. Without the feature [`timed`] only awaits the operation.
 //!
-//! Names (see the README's "Observability" section): `natty_kv_op_seconds` (histogram, labels
+//! Names (see the docs/observability.md): `natty_kv_op_seconds` (histogram, labels
 //! `op` and `bucket`, every call whatever its outcome) and `natty_kv_op_errors_total`
 //! (counter, labels `op`, `bucket` and `kind`, the [`ErrorKind`](crate::ErrorKind) name).
 //! Input refused before anything is sent (a bad key) is not counted.

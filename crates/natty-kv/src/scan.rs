@@ -5,8 +5,10 @@ use std::{collections::HashSet, time::Duration};
 use async_nats::jetstream::{
     self,
     consumer::{DeliverPolicy, ReplayPolicy, push},
+    stream::{ConsumerError, ConsumerErrorKind},
 };
 use futures::{Stream, StreamExt};
+use natty_core::error::{codes, is_transient};
 use tracing::debug;
 
 use crate::{
@@ -14,13 +16,14 @@ use crate::{
     bucket::Bucket,
     entry::{self, Event, EventKind},
     error::from_request,
-    retry::Deadline,
+    retry::{Deadline, Outcome},
 };
 
 /// How long a key listing waits for more after the server said "nothing pending" early.
 const GRACE: Duration = Duration::from_millis(500);
 
-/// An ordered push consumer on the bucket's stream.
+/// An ordered push consumer on the bucket's stream, its creation retried like every other
+/// request (503 / no leader, timeouts) until `deadline`.
 async fn consumer(
     kv: &Kv,
     b: &Bucket,
@@ -28,23 +31,80 @@ async fn consumer(
     deliver_policy: DeliverPolicy,
     headers_only: bool,
     context: &str,
+    deadline: &Deadline,
 ) -> Result<push::Ordered, Error> {
-    let consumer = b
-        .stream
-        .create_consumer(push::OrderedConfig {
-            deliver_subject: kv.client.nats().new_inbox(),
-            filter_subject: filter,
-            deliver_policy,
-            replay_policy: ReplayPolicy::Instant,
-            headers_only,
-            ..Default::default()
-        })
+    let mut attempts = deadline.attempts();
+    loop {
+        let failure = match ordered(
+            b,
+            push::OrderedConfig {
+                deliver_subject: kv.client.nats().new_inbox(),
+                filter_subject: filter.clone(),
+                deliver_policy,
+                replay_policy: ReplayPolicy::Instant,
+                headers_only,
+                ..Default::default()
+            },
+            context,
+        )
         .await
-        .map_err(|e| from_request(e, context.to_owned()))?;
-    consumer
-        .messages()
-        .await
-        .map_err(|e| from_request(e, context.to_owned()))
+        {
+            Outcome::Done(result) => return result.map(|(_, messages)| messages),
+            Outcome::Retry(e) | Outcome::Unavailable(e) => e,
+        };
+        if !attempts.pause(&failure).await {
+            return Err(failure);
+        }
+    }
+}
+
+/// One attempt to create an ordered push consumer and subscribe to it: its messages and the
+/// number of messages it had to deliver when created. Answers that say nothing (503 while the
+/// stream or the cluster elects a leader, no responders, timeouts, a broken connection) are
+/// `Retry`; a missing stream is `BucketNotFound`; any other answer of the JetStream API
+/// (consumer limit, permissions of the account, JetStream disabled) is final.
+pub(crate) async fn ordered(
+    b: &Bucket,
+    config: push::OrderedConfig,
+    context: &str,
+) -> Outcome<(u64, push::Ordered)> {
+    let consumer = match b.stream.create_consumer(config).await {
+        Ok(consumer) => consumer,
+        Err(e) => return consumer_failure(e, context),
+    };
+    let pending = consumer.cached_info().num_pending;
+    match consumer.messages().await {
+        Ok(messages) => Outcome::Done(Ok((pending, messages))),
+        Err(e) => Outcome::Retry(Error::with_source(
+            ErrorKind::TimedOut,
+            context.to_owned(),
+            e,
+        )),
+    }
+}
+
+fn consumer_failure<T>(e: ConsumerError, context: &str) -> Outcome<T> {
+    let code = match e.kind() {
+        ConsumerErrorKind::JetStream(js) => Some((js.code(), js.error_code().0)),
+        _ => None,
+    };
+    match (e.kind(), code) {
+        (_, Some((_, codes::STREAM_NOT_FOUND))) => Outcome::Done(Err(Error::with_source(
+            ErrorKind::BucketNotFound,
+            context.to_owned(),
+            e,
+        ))),
+        (_, Some((503, _) | (_, codes::TEMPORARILY_UNAVAILABLE)))
+        | (ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request, _) => Outcome::Retry(
+            Error::with_source(ErrorKind::TimedOut, context.to_owned(), e),
+        ),
+        _ if is_transient(&e) => Outcome::Retry(Error::with_source(
+            ErrorKind::TimedOut,
+            context.to_owned(),
+            e,
+        )),
+        _ => Outcome::Done(Err(from_request(e, context.to_owned()))),
+    }
 }
 
 /// Every stored message of a key, oldest first (the key is known to have at least one).
@@ -55,7 +115,16 @@ pub(crate) async fn history(
     deadline: Deadline,
 ) -> Result<Vec<Event>, Error> {
     let context = format!("reading the history of key {key:?} in bucket {:?}", b.name);
-    let mut messages = consumer(kv, b, b.subject(key), DeliverPolicy::All, false, &context).await?;
+    let mut messages = consumer(
+        kv,
+        b,
+        b.subject(key),
+        DeliverPolicy::All,
+        false,
+        &context,
+        &deadline,
+    )
+    .await?;
     let mut events = Vec::new();
     loop {
         let next = tokio::time::timeout_at(deadline.at(), messages.next())
@@ -114,6 +183,7 @@ impl Listing {
                 DeliverPolicy::LastPerSubject,
                 true,
                 &self.context,
+                &Deadline::after(self.kv.retry_for),
             )
             .await?,
         );

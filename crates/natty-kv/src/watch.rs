@@ -21,6 +21,9 @@
 //!   [`EventKind::BucketRecreated`] before the new bucket's current values.
 //! - The bucket a watch starts on is the one the server has when its first consumer exists,
 //!   not the one a (possibly stale) cache remembers.
+//! - A consumer that cannot be re-created for good (bucket gone, consumer limit, no
+//!   permission: see [`Watch`]) ends the watch with that error, never a retry loop that only
+//!   logs.
 
 use std::{
     pin::Pin,
@@ -37,15 +40,15 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use natty_core::Client;
 use natty_core::retry::RetryPolicy;
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tracing::{Instrument, debug, warn};
 
 use crate::{
     Error, ErrorKind,
     bucket::{Bucket, Buckets, not_found},
     entry::{self, Event, EventKind},
-    error::{from_request, server_code},
     retry::{Deadline, Outcome},
+    scan,
 };
 
 /// How many events may wait for the reader before the watch task waits too.
@@ -57,9 +60,23 @@ const RECREATE: RetryPolicy = RetryPolicy::new(Duration::from_millis(50), Durati
 /// How often a watch asks the server whether its bucket is still the same (one stream info
 /// request per period, busy or idle).
 pub(crate) const CHECK_AFTER: Duration = Duration::from_secs(10);
+/// The least time a watch keeps trying to resume while connected (the `Kv`'s `retry_for` if
+/// longer).
+pub(crate) const MIN_RESUME_FOR: Duration = Duration::from_secs(30);
 
-/// A stream of [`Event`]s from a bucket or key. Ends only if the bucket is deleted (after one
-/// `BucketNotFound` error item) or the `Watch` is dropped; otherwise it resumes by itself.
+/// A stream of [`Event`]s from a bucket or key. It resumes by itself after a reconnect, a
+/// server restart or a stream-leader election (a 503 or a timeout while it re-creates its
+/// consumer is retried), and ends — after one error item, never silently — only when it
+/// cannot resume:
+///
+/// - `BucketNotFound`: the bucket was deleted;
+/// - the JetStream API's refusal (the account's consumer limit, JetStream disabled, ...);
+/// - `TimedOut`: it could not re-create its consumer for [`Kv::retry_for`](crate::Kv::retry_for)
+///   (at least 30 s) while connected, e.g. for lack of permission to create consumers (the
+///   server drops such requests without an answer). Time spent disconnected does not count.
+///
+/// The first consumer is made by `watch_*` itself, which retries 503s and timeouts within
+/// `retry_for` and returns any other failure.
 ///
 /// Guarantees: events come in revision order, each revision at most once (nothing is
 /// replayed after a reconnect), and nothing is skipped while the bucket exists — except the
@@ -94,6 +111,7 @@ impl Watch {
         filter: String,
         start: Start,
         deadline: Deadline,
+        resume_for: Duration,
     ) -> Result<Self, Error> {
         let mut watcher = Watcher {
             client,
@@ -106,6 +124,7 @@ impl Watch {
             },
             start,
             caught_up: false,
+            resume_for: resume_for.max(MIN_RESUME_FOR),
             pending_at_open: 0,
             connects_at_open: 0,
             next_consumer_sequence: 1,
@@ -113,15 +132,24 @@ impl Watch {
         // The first consumer is made here so that errors (bucket gone, no permission) reach
         // the caller, and so that no event written after this call returns can be missed.
         // It is on the bucket the server has now, whatever the cache remembered.
+        let mut attempts = deadline.attempts();
         let first = loop {
-            let first = watcher.open().await?;
+            let first = match watcher.open().await {
+                Outcome::Done(opened) => opened?,
+                Outcome::Retry(e) | Outcome::Unavailable(e) => {
+                    if attempts.pause(&e).await {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
             match watcher
                 .buckets
                 .lookup(&watcher.bucket.name, &deadline)
                 .await?
             {
                 Some(b) if b.created == watcher.bucket.created => break first,
-                Some(b) if tokio::time::Instant::now() < deadline.at() => {
+                Some(b) if Instant::now() < deadline.at() => {
                     debug!("the cached bucket was re-created since; watching the one there is");
                     watcher.bucket = b;
                 }
@@ -187,6 +215,8 @@ struct Watcher {
     start: Start,
     /// Whether the caught-up marker was sent (for the current bucket).
     caught_up: bool,
+    /// How long the watch tries to resume while connected before it ends with `TimedOut`.
+    resume_for: Duration,
     /// How many messages the last consumer had to deliver when it was made.
     pending_at_open: u64,
     /// The client's connect count when the last consumer was made: after a reconnect,
@@ -215,7 +245,7 @@ impl Watcher {
     /// Creates an ordered consumer from where the watch is: the current values while they
     /// are being delivered (those at or below the last revision delivered are dropped), else
     /// every change after the last revision delivered.
-    async fn open(&mut self) -> Result<Messages, Error> {
+    async fn open(&mut self) -> Outcome<Messages> {
         let deliver_policy = match (self.last_revision, self.start) {
             (None, Start::Current) => DeliverPolicy::LastPerSubject,
             (None, Start::From(_)) => DeliverPolicy::All,
@@ -227,29 +257,27 @@ impl Watcher {
         self.connects_at_open = self.connects();
         self.next_consumer_sequence = 1;
         let context = self.context();
-        let consumer = self
-            .bucket
-            .stream
-            .create_consumer(push::OrderedConfig {
+        let opened = scan::ordered(
+            &self.bucket,
+            push::OrderedConfig {
                 deliver_subject: self.client.nats().new_inbox(),
                 filter_subject: self.filter.clone(),
                 deliver_policy,
                 replay_policy: jetstream::consumer::ReplayPolicy::Instant,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                let mut err = from_request(e, context.clone());
-                if server_code(&err) == Some(natty_core::error::codes::STREAM_NOT_FOUND) {
-                    err = Error::new(ErrorKind::BucketNotFound, context.clone());
-                }
-                err
-            })?;
-        self.pending_at_open = consumer.cached_info().num_pending;
-        consumer
-            .messages()
-            .await
-            .map_err(|e| from_request(e, context))
+            },
+            &context,
+        )
+        .await;
+        match opened {
+            Outcome::Done(Ok((pending, messages))) => {
+                self.pending_at_open = pending;
+                Outcome::Done(Ok(messages))
+            }
+            Outcome::Done(Err(e)) => Outcome::Done(Err(e)),
+            Outcome::Retry(e) => Outcome::Retry(e),
+            Outcome::Unavailable(e) => Outcome::Unavailable(e),
+        }
     }
 
     fn connects(&self) -> u64 {
@@ -280,10 +308,12 @@ impl Watcher {
     /// bucket gone: the error was sent).
     async fn reopen(&mut self, tx: &mpsc::Sender<Result<Event, Error>>) -> Option<Messages> {
         let mut backoff = RECREATE.backoff();
+        // Since when the watch fails to resume while the connection is up.
+        let mut stalled_since: Option<Instant> = None;
         loop {
             let pause = backoff.next_delay();
             match self.open().await {
-                Ok(m) => match self.check().await {
+                Outcome::Done(Ok(m)) => match self.check().await {
                     Some(Check::Same) => {
                         debug!(from = ?self.last_revision, "watch resumed");
                         return Some(m);
@@ -302,17 +332,48 @@ impl Watcher {
                         debug!(retry_in = ?pause, "cannot tell yet whether the bucket is the same")
                     }
                 },
-                Err(e) if e.kind() == ErrorKind::BucketNotFound => {
+                // Bucket gone, consumer limit, no permission in the account, JetStream
+                // disabled: retrying cannot help. The reader gets the error, the watch ends.
+                Outcome::Done(Err(e)) => {
+                    warn!(error = %e, "watch cannot resume; ending it");
                     let _ = tx.send(Err(e)).await;
                     return None;
                 }
-                Err(e) => warn!(error = %e, retry_in = ?pause, "watch could not resume yet"),
+                Outcome::Retry(e) | Outcome::Unavailable(e) => {
+                    if !self.connected() {
+                        stalled_since = None;
+                    } else if let Some(since) = stalled_since {
+                        if since.elapsed() >= self.resume_for {
+                            let e = Error::with_source(
+                                ErrorKind::TimedOut,
+                                format!(
+                                    "{}: could not resume for {:?} although connected (no \
+                                     permission to create consumers on the bucket's stream, or no \
+                                     JetStream leader); create a new watch",
+                                    self.context(),
+                                    since.elapsed()
+                                ),
+                                e,
+                            );
+                            warn!(error = %e, "watch cannot resume; ending it");
+                            let _ = tx.send(Err(e)).await;
+                            return None;
+                        }
+                    } else {
+                        stalled_since = Some(Instant::now());
+                    }
+                    warn!(error = %e, retry_in = ?pause, "watch could not resume yet");
+                }
             }
             tokio::select! {
                 () = tx.closed() => return None,
                 () = tokio::time::sleep(pause) => {}
             }
         }
+    }
+
+    fn connected(&self) -> bool {
+        self.client.nats().connection_state() == async_nats::connection::State::Connected
     }
 
     /// Asks the stream info API whether the bucket is still the one we watch.
@@ -361,8 +422,7 @@ impl Watcher {
 
     async fn run(mut self, first: Messages, tx: mpsc::Sender<Result<Event, Error>>) {
         let mut messages = Some(first);
-        let mut checks =
-            tokio::time::interval_at(tokio::time::Instant::now() + CHECK_AFTER, CHECK_AFTER);
+        let mut checks = tokio::time::interval_at(Instant::now() + CHECK_AFTER, CHECK_AFTER);
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut current = match messages.take() {

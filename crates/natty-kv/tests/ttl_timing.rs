@@ -99,7 +99,9 @@ async fn renew_at_expiry_trials(
             tokio::time::sleep(wait).await;
         }
         let renew_sent = SystemTime::now();
-        let renewed = kv.update_with_ttl(&b, &key, "r".into(), rev, TTL).await;
+        // Sent raw: natty's `update_with_ttl` now detects and reports this race (issue 25 item
+        // 12, `expiry_race.rs`); this measures the server.
+        let renewed = raw_update(&kv, &b, &key, rev).await;
         let acked_at = SystemTime::now();
         let Ok(rev2) = renewed else {
             // Too late: expired first. Wait for the marker so the next trial starts clean.
@@ -145,6 +147,24 @@ async fn renew_at_expiry_trials(
         }
     }
     (acked, wiped)
+}
+
+/// An update conditioned on `rev` with `TTL`, published as natty did before it guarded the
+/// expiry race: the revision, or an error for a failed compare-and-set.
+async fn raw_update(kv: &Kv, b: &str, key: &str, rev: u64) -> anyhow::Result<u64> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        rev.to_string().as_str(),
+    );
+    headers.insert("Nats-TTL", TTL.as_secs().to_string().as_str());
+    let ack = kv
+        .client()
+        .jetstream()
+        .publish_with_headers(format!("$KV.{b}.{key}"), headers, "r".into())
+        .await?
+        .await?;
+    Ok(ack.sequence)
 }
 
 fn summary(name: &str, v: &[(f64, f64)]) -> (f64, f64) {

@@ -304,10 +304,12 @@ pub struct ConsumerConfig {
     pub deliver_from: DeliverFrom,
     /// How long a delivered message may go unacknowledged before it is redelivered (30 s).
     pub ack_wait: Duration,
-    /// Deliveries before natty gives up on a message and dead-letters it (`None`: unlimited;
-    /// default 5). natty enforces it, not the server: the durable is created with an unlimited
-    /// server-side `max_deliver` and this limit in its metadata, so a message whose
-    /// dead-letter publish fails on its last delivery stays in the stream.
+    /// Handler failures before natty gives up on a message and dead-letters it (`None`:
+    /// unlimited; default 5). natty enforces it, not the server: the durable is created with an
+    /// unlimited server-side `max_deliver` and this limit in its metadata, so a message whose
+    /// dead-letter publish fails on its last try stays in the stream, and deliveries natty
+    /// hands back itself (a stop, an abandoned pull) do not count: see
+    /// [`Consumer::consume`](crate::Consumer::consume).
     pub max_deliver: Option<i64>,
     /// Server-side redelivery delays by attempt (for messages not nak'ed with a delay).
     pub backoff: Vec<Duration>,

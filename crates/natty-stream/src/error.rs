@@ -27,8 +27,13 @@ pub enum ErrorKind {
     TimedOut,
     /// The publisher was closed.
     Closed,
-    /// The publisher's queue is full (`try_send`).
+    /// The publisher's queue is full (`try_send`), or it holds as many failed messages as it
+    /// may until they are taken.
     Full,
+    /// The message is larger than the server takes (`max_payload`, headers included), or its
+    /// subject longer than the server's control line allows. Nothing was sent: the server
+    /// would have closed the connection every other user shares.
+    TooLarge,
     /// The server lacks a feature (fast ingest needs 2.14 and `allow_batched`).
     Unsupported,
     /// The stream refused this message for what it is (over `max_msg_size`, headers too
@@ -58,6 +63,7 @@ impl fmt::Display for ErrorKind {
             Self::TimedOut => "timed out",
             Self::Closed => "publisher closed",
             Self::Full => "publisher queue full",
+            Self::TooLarge => "too large for the server",
             Self::Unsupported => "not supported by this server or stream",
             Self::Rejected => "refused by the stream",
             Self::Panicked => "publisher task died",
@@ -73,8 +79,14 @@ pub(crate) fn from_core(err: natty_core::Error) -> Error {
         natty_core::ErrorKind::InvalidName => ErrorKind::InvalidName,
         natty_core::ErrorKind::InvalidConfig => ErrorKind::InvalidConfig,
         natty_core::ErrorKind::TimedOut => ErrorKind::TimedOut,
+        natty_core::ErrorKind::TooLarge => ErrorKind::TooLarge,
         _ => ErrorKind::Other,
     })
+}
+
+/// The error for a message the server would refuse (by closing the connection).
+pub(crate) fn too_large(exceeded: natty_core::limits::Exceeded, what: &str) -> Error {
+    Error::new(ErrorKind::TooLarge, format!("{what}: {exceeded}"))
 }
 
 pub(crate) fn from_publish(

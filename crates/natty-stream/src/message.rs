@@ -122,8 +122,8 @@ pub struct HandlerError {
 }
 
 impl HandlerError {
-    /// A retryable failure: the message is nak'ed with a delay growing with its delivery
-    /// count and redelivered, until the consumer's `max_deliver` is reached.
+    /// A retryable failure: the message is nak'ed with a delay growing with its failure
+    /// count and redelivered, until its handler failed the consumer's `max_deliver` times.
     pub fn retry(reason: impl fmt::Display) -> Self {
         Self {
             permanent: false,
@@ -133,7 +133,8 @@ impl HandlerError {
         }
     }
 
-    /// A retryable failure, redelivered after `delay` instead of the growing delay.
+    /// A retryable failure, redelivered after `delay` instead of the growing delay (at most
+    /// 24 hours: a longer delay is clamped).
     pub fn retry_after(reason: impl fmt::Display, delay: Duration) -> Self {
         Self {
             delay: Some(delay),

@@ -2,7 +2,7 @@
 //! the publish and consume paths. Without the feature every function here is an empty
 //! `#[inline(always)]` body and [`Timer`] is a zero-sized type: nothing is compiled in.
 //!
-//! Names (see the README's "Observability" section): `natty_stream_*`, counters end in
+//! Names (see the docs/observability.md): `natty_stream_*`, counters end in
 //! `_total`, durations are histograms in seconds ending in `_seconds`. Publish metrics carry
 //! `stream` (empty when no known stream captures the subject) and `publisher` (`single` or
 //! `batch`); consume metrics carry `stream` and `consumer`.

@@ -7,7 +7,7 @@ use tracing::{Instrument, debug, info_span};
 
 use crate::{
     Error, ErrorKind,
-    error::{from_core, from_publish},
+    error::{from_core, from_publish, too_large},
 };
 
 /// The stream's acknowledgement of a stored message.
@@ -111,7 +111,10 @@ impl Publisher {
         Self { client }
     }
 
-    /// Publishes `payload` to `subject`; `NoStreamForSubject` when no stream captures it.
+    /// Publishes `payload` to `subject`; `NoStreamForSubject` when no stream captures it;
+    /// `TooLarge` at once, nothing sent, for a message the server would refuse by closing the
+    /// connection (headers and payload over its `max_payload`, or a subject longer than its
+    /// control line allows).
     pub async fn publish(&self, subject: &str, payload: Bytes) -> Result<PublishAck, Error> {
         self.publish_with(subject, payload, &PublishOptions::default())
             .await
@@ -140,6 +143,13 @@ impl Publisher {
         let mut headers = options.header_map();
         #[cfg(feature = "otel")]
         crate::trace::inject_headers(&span, &mut headers);
+        // What the server would refuse by closing the connection (every user of it) is
+        // refused here, before anything is sent.
+        let headers_len = natty_core::limits::headers_len(&headers);
+        self.client
+            .limits()
+            .check(subject, headers_len, payload.len())
+            .map_err(|e| too_large(e, "publishing"))?;
         async {
             let context = || format!("publishing to {subject:?}");
             let timer = crate::obs::Timer::start();

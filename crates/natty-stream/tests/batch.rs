@@ -449,3 +449,145 @@ async fn a_fast_stream_deleted_under_the_publisher_hands_its_messages_back_promp
     }
     Ok(())
 }
+
+/// `flush_all`, the strict flush (the facade's `flush` delegates to it): `Ok` only if every
+/// message queued before it was stored; otherwise each failure comes back once, or is counted
+/// when another flush (or the error channel) took it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn flush_all_returns_each_failure_once_and_never_ok_over_a_lost_message() -> anyhow::Result<()>
+{
+    let (_nats, client, name) = setup("FA").await?;
+    ensure_stream(&client, &StreamConfig::new(&name, [format!("{name}.>")])).await?;
+    let publisher = Arc::new(BatchPublisher::new(client.clone(), BatchConfig::default())?);
+    let good = format!("{name}.ok");
+
+    // One flush: the failures are its own.
+    for i in 0..50u64 {
+        publisher
+            .send(&good, i.to_be_bytes().to_vec().into())
+            .await?;
+    }
+    for i in 100..105u64 {
+        publisher
+            .send("nowhere.at.all", i.to_be_bytes().to_vec().into())
+            .await?;
+    }
+    let e = publisher
+        .flush_all()
+        .await
+        .expect_err("five were not stored");
+    let mut failed: Vec<u64> = e.failed.iter().map(|f| number(&f.payload)).collect();
+    failed.sort_unstable();
+    assert_eq!(failed, [100, 101, 102, 103, 104]);
+    assert_eq!(e.returned_elsewhere, 0);
+    assert!(e.error.is_none(), "{e}");
+    let stats = publisher
+        .flush_all()
+        .await
+        .expect("returned once: the next flush is clean");
+    assert_eq!((stats.failed, stats.held), (5, 0));
+
+    // Overlapping flushes: across all of them each failure comes back exactly once, and a
+    // flush that returns an error says why (its own failures, or those taken elsewhere). (A
+    // flush may return Ok over its task's failure only if another flush took it before this one
+    // began: the handback's unit tests pin that accounting down deterministically.)
+    const TASKS: u64 = 16;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let publisher = publisher.clone();
+        let good = good.clone();
+        tasks.push(tokio::spawn(async move {
+            publisher
+                .send("nowhere.at.all", (10_000 + t).to_be_bytes().to_vec().into())
+                .await?;
+            for i in 0..20u64 {
+                publisher
+                    .send(&good, (1_000 + t * 100 + i).to_be_bytes().to_vec().into())
+                    .await?;
+            }
+            match publisher.flush_all().await {
+                Ok(_) => anyhow::Ok(Vec::new()),
+                Err(e) => {
+                    assert!(
+                        !e.failed.is_empty() || e.returned_elsewhere > 0,
+                        "an error that names nothing: {e}"
+                    );
+                    assert!(e.error.is_none(), "{e}");
+                    Ok(e.failed.iter().map(|f| number(&f.payload)).collect())
+                }
+            }
+        }));
+    }
+    let mut returned = Vec::new();
+    for task in tasks {
+        returned.extend(task.await??);
+    }
+    // A failure still held (its message failed after every flush's mark) comes from the next.
+    if let Err(e) = publisher.flush_all().await {
+        returned.extend(e.failed.iter().map(|f| number(&f.payload)));
+    }
+    returned.sort_unstable();
+    let want: Vec<u64> = (10_000..10_000 + TASKS).collect();
+    assert_eq!(returned, want, "each failure returned exactly once");
+
+    // Once the error channel is taken, failures go there, and a strict flush counts them.
+    let mut channel = publisher.take_errors().expect("first take");
+    publisher
+        .send("nowhere.at.all", 7u64.to_be_bytes().to_vec().into())
+        .await?;
+    let e = publisher.flush_all().await.expect_err("not stored");
+    assert!(e.failed.is_empty(), "{e}");
+    assert_eq!(e.returned_elsewhere, 1, "{e}");
+    let f = channel.recv().await.unwrap();
+    assert_eq!(number(&f.payload), 7);
+    let stored = stored_numbers(&client, &name).await?;
+    assert_once_each(&stored);
+    assert_eq!(stored.len() as u64, 50 + TASKS * 20);
+    let report = publisher.close().await?;
+    assert!(report.failed.is_empty());
+    Ok(())
+}
+
+/// The failures held for `flush_all` are bounded: at `max_held_failures`, `try_send` says
+/// `Full` and `send` waits until a flush takes them.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn held_failures_are_bounded_and_push_back_on_senders() -> anyhow::Result<()> {
+    let (_nats, client, _name) = setup("HB").await?;
+    let publisher = Arc::new(BatchPublisher::new(
+        client.clone(),
+        BatchConfig::default().max_held_failures(5),
+    )?);
+    for i in 0..5u64 {
+        publisher
+            .send("nowhere.at.all", i.to_be_bytes().to_vec().into())
+            .await?;
+    }
+    publisher.flush().await?;
+    assert_eq!(publisher.stats().held, 5);
+    let e = publisher
+        .try_send("nowhere.at.all", "x".into())
+        .expect_err("held failures at the bound");
+    assert_eq!(e.kind(), ErrorKind::Full, "{e}");
+    let blocked = tokio::spawn({
+        let publisher = publisher.clone();
+        async move {
+            publisher
+                .send("nowhere.at.all", 5u64.to_be_bytes().to_vec().into())
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !blocked.is_finished(),
+        "send waits while five failures are held"
+    );
+    let e = publisher.flush_all().await.expect_err("five not stored");
+    assert_eq!(e.failed.len(), 5);
+    tokio::time::timeout(Duration::from_secs(5), blocked).await???;
+    let report = publisher.close().await?;
+    assert_eq!(report.failed.len(), 1, "the sixth comes back from close");
+    assert_eq!(number(&report.failed[0].payload), 5);
+    Ok(())
+}

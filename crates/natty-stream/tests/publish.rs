@@ -356,3 +356,175 @@ async fn a_stream_natty_creates_allows_batching_by_default_so_auto_takes_fast_in
     assert_eq!(err.kind(), ErrorKind::ConfigMismatch, "{err}");
     Ok(())
 }
+
+/// The `max_payload` of the servers in the limit tests: small, so a message over it is cheap.
+const MAX_PAYLOAD: usize = 64 * 1024;
+
+/// A server that takes at most [`MAX_PAYLOAD`] bytes per message.
+async fn small_payload_server() -> anyhow::Result<Nats> {
+    Nats::start_with(natty_testkit::ServerOptions {
+        config: Some(format!("max_payload: {MAX_PAYLOAD}\n")),
+        ..Default::default()
+    })
+    .await
+}
+
+fn connects(client: &natty_core::Client) -> u64 {
+    client
+        .nats()
+        .statistics()
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn sent_messages(client: &natty_core::Client) -> u64 {
+    client
+        .nats()
+        .statistics()
+        .out_messages
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Another user of the connection (a plain subscription) still gets what is published to it,
+/// on the first connection.
+async fn probe(
+    client: &natty_core::Client,
+    sub: &mut async_nats::Subscriber,
+    subject: &str,
+) -> anyhow::Result<()> {
+    client
+        .nats()
+        .publish(subject.to_owned(), "ping".into())
+        .await?;
+    let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("the subscription on the shared connection went deaf"))?;
+    assert_eq!(got.map(|m| m.payload), Some("ping".into()));
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn an_oversized_publish_is_refused_at_once_and_the_connection_stays_up() -> anyhow::Result<()>
+{
+    init_tracing();
+    let nats = small_payload_server().await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    assert_eq!(
+        client.nats().max_payload(),
+        MAX_PAYLOAD,
+        "the server's INFO"
+    );
+    let name = unique_name("LIM").replace('-', "_");
+    ensure_stream(&client, &StreamConfig::new(&name, [format!("{name}.>")])).await?;
+    let probe_subject = format!("probe.{name}");
+    let mut sub = client.nats().subscribe(probe_subject.clone()).await?;
+    probe(&client, &mut sub, &probe_subject).await?;
+    let before = connects(&client);
+    let publisher = Publisher::new(client.clone());
+    let subject = format!("{name}.x");
+
+    // Exactly max_payload, no headers: it fits, and is stored.
+    let ack = publisher
+        .publish(&subject, vec![1; MAX_PAYLOAD].into())
+        .await?;
+    assert_eq!(ack.stream, name);
+
+    let long_subject = format!("{name}.{}", "k".repeat(5_000));
+    let over = natty_stream::PublishOptions::default().msg_id("id-1");
+    let refused = [
+        ("one byte over", subject.clone(), MAX_PAYLOAD + 1, None),
+        // Fits alone, not with its `Nats-Msg-Id` header: headers count.
+        ("headers counted", subject.clone(), MAX_PAYLOAD, Some(&over)),
+        ("5,000-byte subject", long_subject, 10, None),
+    ];
+    for (what, subject, len, options) in refused {
+        let out_before = sent_messages(&client);
+        let payload = vec![2; len].into();
+        let publish = async {
+            match options {
+                Some(options) => publisher.publish_with(&subject, payload, options).await,
+                None => publisher.publish(&subject, payload).await,
+            }
+        };
+        let result = tokio::time::timeout(Duration::from_secs(3), publish)
+            .await
+            .map_err(|_| anyhow::anyhow!("{what}: not refused at once"))?;
+        let e = result.expect_err(what);
+        assert_eq!(e.kind(), ErrorKind::TooLarge, "{what}: {e}");
+        assert_eq!(sent_messages(&client), out_before, "{what}: nothing sent");
+    }
+    assert_eq!(connects(&client), before, "the connection was never lost");
+    probe(&client, &mut sub, &probe_subject).await?;
+    let stored = client
+        .jetstream()
+        .get_stream(&name)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    assert_eq!(stored, 1, "only the message that fits");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn an_oversized_batch_send_is_refused_at_once_in_every_mode() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = small_payload_server().await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    let name = unique_name("LIMB").replace('-', "_");
+    // natty's streams allow fast-ingest batches: both modes are exercised for real.
+    ensure_stream(&client, &StreamConfig::new(&name, [format!("{name}.>")])).await?;
+    let probe_subject = format!("probe.{name}");
+    let mut sub = client.nats().subscribe(probe_subject.clone()).await?;
+    let before = connects(&client);
+    // `NATS/1.0\r\n` + `Nats-Msg-Id: fixed-id\r\n` + `\r\n`
+    let headers = 10 + "Nats-Msg-Id: fixed-id\r\n".len() + 2;
+    for mode in [PublishMode::Pipelined, PublishMode::FastIngest] {
+        let publisher = BatchPublisher::new(client.clone(), BatchConfig::default().mode(mode))?;
+        let subject = format!("{name}.{mode:?}");
+        let fixed = natty_stream::PublishOptions::default().msg_id("fixed-id");
+        // Exactly max_payload with the header: it fits.
+        publisher
+            .send_with(
+                &subject,
+                vec![1; MAX_PAYLOAD - headers].into(),
+                fixed.clone(),
+            )
+            .await?;
+        let refused = [
+            ("one byte over with its header", MAX_PAYLOAD - headers + 1),
+            (
+                "max_payload without room for natty's Nats-Msg-Id",
+                MAX_PAYLOAD,
+            ),
+        ];
+        for (what, len) in refused {
+            let send = publisher.send_with(&subject, vec![2; len].into(), fixed.clone());
+            let result = tokio::time::timeout(Duration::from_secs(3), send)
+                .await
+                .map_err(|_| anyhow::anyhow!("{mode:?}, {what}: not refused at once"))?;
+            let e = result.expect_err(what);
+            assert_eq!(e.kind(), ErrorKind::TooLarge, "{mode:?}, {what}: {e}");
+            assert!(e.to_string().contains("max_payload"), "{e}");
+            // A generated id counts too.
+            let e = publisher
+                .send(&subject, vec![3; MAX_PAYLOAD].into())
+                .await
+                .expect_err("a generated Nats-Msg-Id is counted");
+            assert_eq!(e.kind(), ErrorKind::TooLarge, "{mode:?}: {e}");
+        }
+        let report = tokio::time::timeout(Duration::from_secs(30), publisher.close()).await??;
+        assert_eq!(
+            report.stats.queued, 1,
+            "{mode:?}: only the message that fits"
+        );
+        assert_eq!(report.stats.acked, 1, "{mode:?}: {:?}", report.failed);
+        assert!(report.failed.is_empty(), "{mode:?}: {:?}", report.failed);
+    }
+    assert_eq!(connects(&client), before, "the connection was never lost");
+    probe(&client, &mut sub, &probe_subject).await?;
+    Ok(())
+}

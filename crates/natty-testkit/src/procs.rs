@@ -140,6 +140,19 @@ pub enum Event {
         #[serde(default)]
         cseq: u64,
     },
+    /// A handler ran a message and failed on purpose (a transient failure: the message must
+    /// come back and run again). Lines of a successful run are `processed` or `handled`.
+    Failed {
+        /// The message's key, for a consumer group member (empty otherwise).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        key: String,
+        /// Its number (within its key, for a group member).
+        n: u64,
+        /// Its stream sequence.
+        seq: u64,
+        /// The delivery attempt.
+        delivered: u64,
+    },
     /// About to exit normally.
     Exit {
         /// Messages acked, for a consumer.

@@ -62,6 +62,9 @@ pub struct ServerOptions {
     pub auth: Option<ServerAuth>,
     /// Extra command-line arguments for `nats-server`.
     pub args: Vec<String>,
+    /// A configuration file's text (e.g. `max_payload: 65536`), passed with `-c`; the
+    /// command-line arguments above take precedence over it.
+    pub config: Option<String>,
 }
 
 /// The TLS material of a TLS test server, as files the client can point at.
@@ -174,6 +177,10 @@ impl Nats {
             Some(ServerAuth::UserPassword(user, pass)) => {
                 args.extend(["--user".into(), user.clone(), "--pass".into(), pass.clone()]);
             }
+        }
+        if let Some(config) = &options.config {
+            files.push(("/etc/nats/natty-test.conf", config.clone()));
+            args.extend(["-c".into(), "/etc/nats/natty-test.conf".into()]);
         }
         args.extend(options.args.iter().cloned());
         let (container, port) = run(&name, args, files, None).await?;

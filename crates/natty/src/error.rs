@@ -37,6 +37,9 @@ pub enum Error {
     /// An election.
     #[cfg(feature = "election")]
     Election(natty_election::Error),
+    /// A consumer group (natty-group).
+    #[cfg(feature = "group")]
+    Group(natty_group::Error),
     /// [`Natty::close`](crate::Natty::close) or
     /// [`Natty::delete_publisher`](crate::Natty::delete_publisher).
     Close(CloseError),
@@ -81,6 +84,15 @@ impl Error {
         }
     }
 
+    /// The natty-group kind, for a `Group` error.
+    #[cfg(feature = "group")]
+    pub fn group_kind(&self) -> Option<natty_group::ErrorKind> {
+        match self {
+            Self::Group(e) => Some(e.kind()),
+            _ => None,
+        }
+    }
+
     /// Whether the server did not answer in time (whichever crate reported it): the
     /// operation may or may not have happened, and retrying may help.
     pub fn is_timed_out(&self) -> bool {
@@ -94,27 +106,37 @@ impl Error {
             Self::Flush(_) => false,
             #[cfg(feature = "election")]
             Self::Election(e) => e.kind() == natty_election::ErrorKind::TimedOut,
+            // The group reports what failed (stream, KV, election), not timeouts apart.
+            #[cfg(feature = "group")]
+            Self::Group(_) => false,
             Self::Close(_) => false,
         }
     }
 
     /// Whether the request was refused before anything was sent (a bad name or
-    /// configuration): fix the call, do not retry it.
+    /// configuration, or a message or key the server would refuse as too large): fix the
+    /// call, do not retry it.
     pub fn is_invalid_input(&self) -> bool {
         match self {
             Self::Core(e) => matches!(
                 e.kind(),
-                natty_core::ErrorKind::InvalidName | natty_core::ErrorKind::InvalidConfig
+                natty_core::ErrorKind::InvalidName
+                    | natty_core::ErrorKind::InvalidConfig
+                    | natty_core::ErrorKind::TooLarge
             ),
             #[cfg(feature = "kv")]
             Self::Kv(e) => matches!(
                 e.kind(),
-                natty_kv::ErrorKind::InvalidName | natty_kv::ErrorKind::InvalidConfig
+                natty_kv::ErrorKind::InvalidName
+                    | natty_kv::ErrorKind::InvalidConfig
+                    | natty_kv::ErrorKind::TooLarge
             ),
             #[cfg(feature = "stream")]
             Self::Stream(e) => matches!(
                 e.kind(),
-                natty_stream::ErrorKind::InvalidName | natty_stream::ErrorKind::InvalidConfig
+                natty_stream::ErrorKind::InvalidName
+                    | natty_stream::ErrorKind::InvalidConfig
+                    | natty_stream::ErrorKind::TooLarge
             ),
             #[cfg(feature = "stream")]
             Self::Flush(_) => false,
@@ -122,6 +144,11 @@ impl Error {
             Self::Election(e) => matches!(
                 e.kind(),
                 natty_election::ErrorKind::InvalidName | natty_election::ErrorKind::InvalidConfig
+            ),
+            #[cfg(feature = "group")]
+            Self::Group(e) => matches!(
+                e.kind(),
+                natty_group::ErrorKind::InvalidName | natty_group::ErrorKind::InvalidConfig
             ),
             Self::Close(_) => false,
         }
@@ -140,6 +167,8 @@ impl fmt::Display for Error {
             Self::Flush(e) => write!(f, "flushing the publisher: {e}"),
             #[cfg(feature = "election")]
             Self::Election(e) => e.fmt(f),
+            #[cfg(feature = "group")]
+            Self::Group(e) => e.fmt(f),
             Self::Close(e) => e.fmt(f),
         }
     }
@@ -158,6 +187,8 @@ impl std::error::Error for Error {
             Self::Flush(e) => std::error::Error::source(e),
             #[cfg(feature = "election")]
             Self::Election(e) => std::error::Error::source(e),
+            #[cfg(feature = "group")]
+            Self::Group(e) => std::error::Error::source(e),
             Self::Close(e) => std::error::Error::source(e),
         }
     }
@@ -180,6 +211,7 @@ from!(
     #[cfg(feature = "stream")] natty_stream::Error => Stream,
     #[cfg(feature = "stream")] natty_stream::FlushError => Flush,
     #[cfg(feature = "election")] natty_election::Error => Election,
+    #[cfg(feature = "group")] natty_group::Error => Group,
     CloseError => Close,
 );
 

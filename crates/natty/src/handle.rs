@@ -4,10 +4,7 @@ use std::fmt;
 #[cfg(any(feature = "stream", feature = "election"))]
 use std::future::Future;
 #[cfg(feature = "stream")]
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::{Arc, Mutex};
 
 #[cfg(any(feature = "kv", feature = "stream"))]
 use bytes::Bytes;
@@ -36,9 +33,9 @@ pub struct Natty {
     #[cfg(feature = "kv")]
     kv: natty_kv::Kv,
     /// The one batch publisher behind [`publish`](Self::publish) (started on first use), for
-    /// every subject: it routes per stream itself.
+    /// every subject: it routes per stream itself, and holds its failures for `flush`.
     #[cfg(feature = "stream")]
-    publishing: Arc<Mutex<Option<Arc<Publishing>>>>,
+    publishing: Arc<Mutex<Option<Arc<natty_stream::BatchPublisher>>>>,
     /// The configuration of that publisher.
     #[cfg(feature = "stream")]
     publisher_config: natty_stream::BatchConfig,
@@ -82,33 +79,6 @@ impl Consume {
     pub fn options(mut self, options: natty_stream::ConsumeOptions) -> Self {
         self.options = options;
         self
-    }
-}
-
-/// The facade's publisher and the failures it handed back, kept for `flush` and `close`.
-#[cfg(feature = "stream")]
-#[derive(Debug)]
-struct Publishing {
-    publisher: Arc<natty_stream::BatchPublisher>,
-    failures: Mutex<tokio::sync::mpsc::UnboundedReceiver<natty_stream::FailedMessage>>,
-    /// Failed messages taken from `failures` so far, by any flush or close.
-    taken: AtomicU64,
-}
-
-#[cfg(feature = "stream")]
-impl Publishing {
-    /// Takes every failure handed back so far.
-    fn take_failures(&self) -> Vec<natty_stream::FailedMessage> {
-        let mut rx = self
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut failed = Vec::new();
-        while let Ok(f) = rx.try_recv() {
-            failed.push(f);
-        }
-        self.taken.fetch_add(failed.len() as u64, Ordering::AcqRel);
-        failed
     }
 }
 
@@ -276,18 +246,27 @@ impl Natty {
     /// Queues a message on the handle's batch publisher (started on first use; one for every
     /// subject), like Go `Publish`. [`flush`](Self::flush) or [`close`](Self::close) wait
     /// for the acks and return every message that was not stored.
+    ///
+    /// `TooLarge` at once, nothing sent, for a message the server would refuse by closing the
+    /// connection (over its `max_payload` with natty's `Nats-Msg-Id` header counted, or a
+    /// subject longer than its control line allows). Waits (back-pressure) while the queue is
+    /// full, and while as many failed messages are held for `flush` as the publisher keeps
+    /// ([`BatchConfig::max_held_failures`](natty_stream::BatchConfig::max_held_failures), by
+    /// default its queue capacity): a producer that never flushes during an outage is held up
+    /// there instead of running out of memory.
     pub async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), natty_stream::Error> {
-        self.publishing()?.publisher.send(subject, payload).await
+        self.publishing()?.send(subject, payload).await
     }
 
     /// The batch publisher behind [`publish`](Self::publish) (for `send_with`, `try_send`,
     /// `stats`). Its failures come back from [`flush`](Self::flush) and
-    /// [`close`](Self::close): its error channel is already taken.
+    /// [`close`](Self::close); taking its error channel (`take_errors`) sends them there
+    /// instead, and `flush` then counts them as returned elsewhere.
     pub fn publisher(&self) -> Result<Arc<natty_stream::BatchPublisher>, natty_stream::Error> {
-        Ok(self.publishing()?.publisher.clone())
+        self.publishing()
     }
 
-    fn publishing(&self) -> Result<Arc<Publishing>, natty_stream::Error> {
+    fn publishing(&self) -> Result<Arc<natty_stream::BatchPublisher>, natty_stream::Error> {
         let mut slot = self
             .publishing
             .lock()
@@ -295,24 +274,15 @@ impl Natty {
         if let Some(p) = slot.as_ref() {
             return Ok(p.clone());
         }
-        let publisher =
-            natty_stream::BatchPublisher::new(self.client.clone(), self.publisher_config.clone())?;
-        let failures = publisher.take_errors().ok_or_else(|| {
-            natty_stream::Error::new(
-                natty_stream::ErrorKind::Other,
-                "starting the publisher: its error channel was already taken",
-            )
-        })?;
-        let p = Arc::new(Publishing {
-            publisher: Arc::new(publisher),
-            failures: Mutex::new(failures),
-            taken: AtomicU64::new(0),
-        });
-        *slot = Some(p.clone());
-        Ok(p)
+        let publisher = Arc::new(natty_stream::BatchPublisher::new(
+            self.client.clone(),
+            self.publisher_config.clone(),
+        )?);
+        *slot = Some(publisher.clone());
+        Ok(publisher)
     }
 
-    fn current_publishing(&self) -> Option<Arc<Publishing>> {
+    fn current_publishing(&self) -> Option<Arc<natty_stream::BatchPublisher>> {
         self.publishing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -320,34 +290,17 @@ impl Natty {
     }
 
     /// Waits until every message published before this call (by any task) is acknowledged,
-    /// and returns an error carrying each one that was not stored (subject, payload, reason).
+    /// and returns an error carrying each one that was not stored (subject, payload, reason):
+    /// the publisher's [`flush_all`](natty_stream::BatchPublisher::flush_all).
     ///
     /// Each failed message is returned once: when two flushes overlap, the one that finds it
-    /// returns it, and the other says how many it missed (`returned_elsewhere`).
+    /// returns it, and the other counts it (`returned_elsewhere`). Cancel-safe: a flush
+    /// dropped half-way leaves its failures for the next one.
     pub async fn flush(&self) -> Result<natty_stream::BatchStats, natty_stream::FlushError> {
         let Some(p) = self.current_publishing() else {
             return Ok(natty_stream::BatchStats::default());
         };
-        let taken_before = p.taken.load(Ordering::Acquire);
-        let flushed = p.publisher.flush().await;
-        let failed = p.take_failures();
-        let returned_elsewhere = p
-            .taken
-            .load(Ordering::Acquire)
-            .saturating_sub(taken_before + failed.len() as u64);
-        match flushed {
-            Ok(stats) if failed.is_empty() && returned_elsewhere == 0 => Ok(stats),
-            Ok(_) => Err(natty_stream::FlushError::new(
-                failed,
-                returned_elsewhere,
-                None,
-            )),
-            Err(e) => Err(natty_stream::FlushError::new(
-                failed,
-                returned_elsewhere,
-                Some(e),
-            )),
-        }
+        p.flush_all().await
     }
 
     /// Closes the publisher behind [`publish`](Self::publish) after waiting for its acks
@@ -364,8 +317,9 @@ impl Natty {
         };
         // Forgotten only once closed: a close that is dropped half-way leaves the (closing)
         // publisher and its failures in place for the next flush or close.
-        let closed = p.publisher.close().await;
-        let failed = p.take_failures();
+        let closed = p.close().await;
+        // Failures held after all (a panicked task's, or handed back after the report).
+        let failed = p.take_failed();
         {
             let mut slot = self
                 .publishing

@@ -1,18 +1,4 @@
-//! natty: an opinionated library over NATS JetStream — durable Kafka-like streams, a simple
-//! key/value store, and leader election — built to be *correct* where the usual tools are not.
-//!
-//! This facade re-exports the natty crates as modules and offers [`Natty`], one handle with
-//! the whole Go natty `INatty` surface in Rust naming. Depend on `natty-kv` or
-//! `natty-election` alone if that is all you need.
-//!
-//! ```no_run
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let natty = natty::Natty::connect(natty::ConnectOptions::new(["nats://127.0.0.1:4222"])).await?;
-//! natty.put("config", "feature.x", "on".into()).await?;
-//! assert_eq!(natty.get("config", "feature.x").await?.unwrap().value, "on");
-//! natty.close().await?;
-//! # Ok(()) }
-//! ```
+#![doc = include_str!("../README.md")]
 //!
 //! # Feature flags
 //! - `stream` (default): [`stream`] — publish/consume.
@@ -20,21 +6,48 @@
 //! - `election` (default, implies `kv`): [`election`] — leader election.
 //! - `group` (off, implies `stream` and `election`): `group` — consumer groups (natty-group):
 //!   per-key order, partitions leased and balanced across processes. Off by default while it
-//!   is new: its multi-process chaos scenario is still to come.
+//!   is new; `cargo xtask chaos` runs it under member freezes, kills and network cuts.
 //! - `serde` (off): typed payloads — `Natty::publish_json`, `Message::json`,
 //!   `Natty::get_json` / `put_json` / `create_json`, `watch_key_json` / `watch_bucket_json`.
-//! - `metrics` (off): stream, KV and election metrics through the `metrics` facade.
+//! - `metrics` (off): stream, KV and election metrics through the `metrics` facade (names in
+//!   `docs/observability.md`).
 //! - `otel` (off): W3C trace context carried in message headers from publish to handler
-//!   (see the README's "Observability" section and `examples/observability.rs`).
+//!   (`docs/observability.md` and `examples/observability.rs`).
 //!
 //! [`CancellationToken`], [`shutdown_signal`] and [`cancel_on_shutdown_signal`] are there
 //! with any set of features.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct ReadmeDoctests;
+// The guides in docs/: every Rust block in them is compiled (they use every feature).
+#[cfg(all(
+    doctest,
+    feature = "stream",
+    feature = "kv",
+    feature = "election",
+    feature = "group",
+    feature = "serde",
+    feature = "metrics",
+    feature = "otel"
+))]
+mod guides {
+    #[doc = include_str!("../../../docs/natty.md")]
+    struct Natty;
+    #[doc = include_str!("../../../docs/connect.md")]
+    struct Connect;
+    #[doc = include_str!("../../../docs/stream.md")]
+    struct Stream;
+    #[doc = include_str!("../../../docs/kv.md")]
+    struct Kv;
+    #[doc = include_str!("../../../docs/election.md")]
+    struct Election;
+    #[doc = include_str!("../../../docs/group.md")]
+    struct Group;
+    #[doc = include_str!("../../../docs/observability.md")]
+    struct Observability;
+    #[doc = include_str!("../../../docs/testing.md")]
+    struct Testing;
+}
 
 mod builder;
 mod error;

@@ -4,6 +4,8 @@
     reason = "in a test a panic is the failure report"
 )]
 
+use std::{collections::HashSet, time::Duration};
+
 use natty::{ConnectOptions, Natty, StreamConfig};
 use natty_testkit::{Nats, init_tracing, unique_name};
 
@@ -73,5 +75,86 @@ async fn many_subjects_share_one_publisher() -> anyhow::Result<()> {
         "10,000 subjects left {} more tasks alive",
         after - before
     );
+    Ok(())
+}
+
+/// A producer that never flushes while every message fails (here: no stream captures its
+/// subject; in life, an outage past the retries) must not hold failures without bound: the
+/// facade keeps at most a queue's worth for `flush`, then `publish` waits (back-pressure) until
+/// a flush takes them — and every message still comes back exactly once.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn failures_held_for_flush_are_bounded() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    const QUEUE: usize = 100;
+    const IN_FLIGHT: usize = 10;
+    let natty = Natty::builder(ConnectOptions::new([nats.url()]))
+        .publisher(
+            natty::stream::BatchConfig::default()
+                .queue_capacity(QUEUE)
+                .max_in_flight(IN_FLIGHT),
+        )
+        .connect()
+        .await?;
+    const N: u64 = 3_000;
+    let producer = tokio::spawn({
+        let natty = natty.clone();
+        async move {
+            for i in 0..N {
+                natty
+                    .publish("nowhere.at.all", i.to_be_bytes().to_vec().into())
+                    .await?;
+            }
+            anyhow::Ok(())
+        }
+    });
+    // Held: everything failed so far (nothing took a failure yet). Wait until the producer is
+    // done, or has been held up (no new failure for a second).
+    let publisher = natty.publisher()?;
+    let mut last = (0, tokio::time::Instant::now());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let failed = publisher.stats().failed;
+        if failed != last.0 {
+            last = (failed, tokio::time::Instant::now());
+        }
+        if failed >= N || last.1.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "neither done nor held up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held = publisher.stats().failed;
+    // The bound: the failures kept for flush (a queue's worth), plus what was already queued or
+    // in flight when the producer was held up.
+    let bound = (QUEUE + QUEUE + IN_FLIGHT) as u64;
+    assert!(
+        held <= bound,
+        "{held} failed messages held in memory without a flush (bound {bound}): unbounded"
+    );
+    // Flushes take them, the producer goes on, and every message comes back exactly once.
+    let mut returned = HashSet::new();
+    while returned.len() < N as usize {
+        match tokio::time::timeout(Duration::from_secs(30), natty.flush()).await? {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.returned_elsewhere, 0, "one flush at a time");
+                for f in e.failed {
+                    let n = u64::from_be_bytes(f.payload.as_ref().try_into().unwrap());
+                    assert!(returned.insert(n), "message {n} returned twice");
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline + Duration::from_secs(60),
+            "stuck"
+        );
+    }
+    producer.await??;
+    natty.close().await?;
     Ok(())
 }

@@ -153,3 +153,24 @@ fn count(haystack: &[u8], needle: &[u8]) -> usize {
         .filter(|w| *w == needle)
         .count()
 }
+
+/// A raw JetStream context on `url`, for judging from the outside.
+pub async fn judge(url: String) -> anyhow::Result<async_nats::jetstream::Context> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(url)
+        .await?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+/// The server name of the bucket's stream leader (waits until there is one).
+pub async fn stream_leader(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+) -> anyhow::Result<String> {
+    natty_testkit::wait_for("a stream leader", Duration::from_secs(60), || async {
+        let mut stream = js.get_stream(format!("KV_{bucket}")).await.ok()?;
+        stream.info().await.ok()?.cluster.clone()?.leader
+    })
+    .await
+}

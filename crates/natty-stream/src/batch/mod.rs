@@ -9,12 +9,19 @@
 //! `flush()` and `close()` wait for the acks, and fail if the task died; an idle publisher
 //! sleeps.
 //!
+//! Nothing the server would refuse by closing the connection is queued: `send` checks each
+//! message against the server's limits (`max_payload`, headers included — natty's
+//! `Nats-Msg-Id` too — and the control line for the subject) and refuses it with `TooLarge`;
+//! the pump checks again before every attempt, against the server it is connected to then.
+//!
 //! Layout: this file is the public face (settings, the handle, what comes back); [`pump`] is
 //! the one background task and owns every piece of publishing state; [`route`] says which
-//! stream takes a subject and how; [`fast`] is an open fast-ingest batch.
+//! stream takes a subject and how; [`fast`] is an open fast-ingest batch; [`handback`] holds
+//! the failed messages (bounded) and accounts for them to strict flushes.
 
 mod fast;
 mod gate;
+mod handback;
 mod pump;
 mod route;
 #[cfg(test)]
@@ -23,7 +30,7 @@ mod tests;
 use std::{
     fmt,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
@@ -37,10 +44,13 @@ use tokio::{
     task::JoinHandle,
     time::Instant,
 };
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
-use self::gate::Gate;
-use crate::{Error, ErrorKind, PublishOptions, error::from_core};
+use self::{gate::Gate, handback::Handback};
+use crate::{
+    Error, ErrorKind, PublishOptions,
+    error::{from_core, too_large},
+};
 
 /// The longest timer a [`BatchConfig`] accepts (a day): beyond it `Instant + Duration` could
 /// overflow, and no publish needs it.
@@ -70,6 +80,12 @@ pub struct BatchConfig {
     pub id_prefix: Option<String>,
     /// How messages are sent (default [`PublishMode::Auto`]).
     pub mode: PublishMode,
+    /// Failed messages held for [`BatchPublisher::flush_all`] and `close` until they are taken
+    /// (default `None`: as many as `queue_capacity`). With that many held, `send` waits and
+    /// `try_send` says `Full` until a flush, a close or `take_errors` takes them: a producer
+    /// that never flushes during an outage is held up instead of running out of memory. Not
+    /// used once the error channel is taken (failures go there; drain it).
+    pub max_held_failures: Option<usize>,
 }
 
 /// How a [`BatchPublisher`] sends.
@@ -99,6 +115,7 @@ impl Default for BatchConfig {
             ack_timeout: Duration::from_secs(5),
             id_prefix: None,
             mode: PublishMode::Auto,
+            max_held_failures: None,
         }
     }
 }
@@ -154,6 +171,18 @@ impl BatchConfig {
         self
     }
 
+    /// Failed messages held until taken (default: `queue_capacity`).
+    #[must_use]
+    pub fn max_held_failures(mut self, n: usize) -> Self {
+        self.max_held_failures = Some(n);
+        self
+    }
+
+    /// How many failed messages are held until taken.
+    fn held_capacity(&self) -> usize {
+        self.max_held_failures.unwrap_or(self.queue_capacity)
+    }
+
     /// Checks the configuration without touching the network.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |what: String| {
@@ -170,6 +199,9 @@ impl BatchConfig {
         }
         if self.max_attempts == 0 {
             return bad("max_attempts must be at least 1".into());
+        }
+        if self.max_held_failures == Some(0) {
+            return bad("max_held_failures must be at least 1".into());
         }
         if self.ack_timeout.is_zero() || self.ack_timeout > MAX_TIMER {
             return bad(format!(
@@ -240,6 +272,8 @@ pub struct BatchStats {
     pub retried: u64,
     /// Messages handed back as failed.
     pub failed: u64,
+    /// Failed messages held now, waiting for `flush_all`, `close` or `take_errors`.
+    pub held: u64,
 }
 
 #[derive(Debug, Default)]
@@ -259,6 +293,7 @@ impl Counters {
             duplicates: self.duplicates.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            held: 0,
         }
     }
 }
@@ -269,19 +304,20 @@ impl Counters {
 pub struct CloseReport {
     /// Final counters.
     pub stats: BatchStats,
-    /// Failed messages not already taken from [`BatchPublisher::take_errors`].
+    /// Failed messages not already taken by [`BatchPublisher::flush_all`] or through
+    /// [`BatchPublisher::take_errors`].
     pub failed: Vec<FailedMessage>,
 }
 
-/// Messages that were not stored, or a publisher that failed: what a flush that must not lose
-/// anything returns (the `natty` facade's `Natty::flush`).
+/// Messages that were not stored, or a publisher that failed: what
+/// [`BatchPublisher::flush_all`] (and the `natty` facade's `Natty::flush`) returns.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct FlushError {
     /// The messages not stored, each handed back once.
     pub failed: Vec<FailedMessage>,
-    /// Failed messages that a concurrent flush or close took in the meantime (returned there,
-    /// not here): this flush cannot tell whether they were queued before it.
+    /// Failed messages queued before this flush that were handed out elsewhere while it ran:
+    /// to an overlapping `flush_all` or `close`, or through the error channel.
     pub returned_elsewhere: u64,
     /// The publisher itself failed (closed, or its task panicked).
     pub error: Option<Error>,
@@ -307,7 +343,8 @@ impl fmt::Display for FlushError {
         if self.returned_elsewhere > 0 {
             write!(
                 f,
-                "; {} more failed and were returned to a concurrent flush or close",
+                "; {} more failed and were returned elsewhere (a concurrent flush or close, or \
+                 the error channel)",
                 self.returned_elsewhere
             )?;
         }
@@ -341,6 +378,8 @@ struct Outgoing {
     /// The headers of the next attempt, built by the sender (off the pump's path) and taken by
     /// the first attempt; a retry builds them again.
     ready: Option<HeaderMap>,
+    /// The size of those headers on the wire (the same for every attempt).
+    headers_len: usize,
     attempts: u32,
     /// When the pump took it (no later than its first send): the duplicate window runs from
     /// at least here.
@@ -450,24 +489,33 @@ fn subject_of(subject: &str) -> Subject {
 #[derive(Debug)]
 enum Command {
     Publish(Outgoing),
-    Flush(oneshot::Sender<()>),
+    /// Wake me when everything queued before is done (`Some`: the strict flush with this
+    /// watch, whose mark the pump sets).
+    Flush(oneshot::Sender<()>, Option<u64>),
     Close(oneshot::Sender<()>),
 }
 
 /// Publishes in the background, pipelined, losing nothing (Go natty `Publish`).
 ///
+/// Failed messages come back one of two ways:
+/// - **held** for [`flush_all`](Self::flush_all) and [`close`](Self::close) (the default): a
+///   strict flush returns every message queued before it that was not stored. At most
+///   [`max_held_failures`](BatchConfig::max_held_failures) are held; then `send` waits until
+///   they are taken.
+/// - **a channel** ([`take_errors`](Self::take_errors)): each failure as it happens; drain it.
+///
 /// ```no_run
-/// # async fn example(client: natty_core::Client) -> Result<(), natty_stream::Error> {
+/// # async fn example(client: natty_core::Client) -> Result<(), Box<dyn std::error::Error>> {
 /// use natty_stream::{BatchConfig, BatchPublisher};
 /// let publisher = BatchPublisher::new(client, BatchConfig::default())?;
-/// let mut failures = publisher.take_errors().expect("first call");
-/// tokio::spawn(async move {
-///     while let Some(failed) = failures.recv().await {
-///         eprintln!("not stored: {} ({} bytes): {}", failed.subject, failed.payload.len(), failed.error);
-///     }
-/// });
 /// for i in 0..1000u32 {
 ///     publisher.send("orders.created", i.to_string().into()).await?;
+/// }
+/// // Every message stored, or each one that was not, with its payload and the reason.
+/// if let Err(e) = publisher.flush_all().await {
+///     for failed in &e.failed {
+///         eprintln!("not stored: {} ({} bytes): {}", failed.subject, failed.payload.len(), failed.error);
+///     }
 /// }
 /// publisher.close().await?; // every message acked or handed back
 /// # Ok(()) }
@@ -478,8 +526,11 @@ pub struct BatchPublisher {
     /// message goes in, and freed when the pump takes it).
     tx: mpsc::UnboundedSender<Command>,
     gate: Arc<Gate>,
-    errors: Mutex<Option<mpsc::UnboundedReceiver<FailedMessage>>>,
+    /// Failed messages: held for strict flushes and `close`, or sent to the taken channel.
+    handback: Arc<Handback>,
     stats: Arc<Counters>,
+    /// The connection: what its server accepts is checked on every send.
+    client: Client,
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     /// How the task ended, once `close()` has seen it end (`Err`: it panicked, and why).
     ended: OnceLock<Result<(), String>>,
@@ -498,7 +549,7 @@ impl BatchPublisher {
         config.validate()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let gate = Arc::new(Gate::new(config.queue_capacity));
-        let (failed_tx, failed_rx) = mpsc::unbounded_channel();
+        let handback = Arc::new(Handback::new(config.held_capacity()));
         let stats = Arc::new(Counters::default());
         // Random per publisher instance, even under a fixed prefix: a restarted process must
         // not re-use ids the stream still remembers (it would drop those messages as
@@ -518,24 +569,35 @@ impl BatchPublisher {
             .build(client.nats().clone());
         let span = info_span!("natty.stream.batch_publisher", ids = %id_base);
         let fast_capable = client.server_version().is_some_and(|v| v.at_least(2, 14));
-        let pump = pump::Pump::new(js, config, fast_capable, failed_tx, stats.clone());
+        let pump = pump::Pump::new(
+            js,
+            client.clone(),
+            config,
+            fast_capable,
+            handback.clone(),
+            stats.clone(),
+        );
         let task = tokio::spawn(pump.run(rx, gate.clone()).instrument(span));
-        Ok(Self::from_parts(tx, gate, failed_rx, stats, task, id_base))
+        Ok(Self::from_parts(
+            tx, gate, handback, stats, client, task, id_base,
+        ))
     }
 
     fn from_parts(
         tx: mpsc::UnboundedSender<Command>,
         gate: Arc<Gate>,
-        errors: mpsc::UnboundedReceiver<FailedMessage>,
+        handback: Arc<Handback>,
         stats: Arc<Counters>,
+        client: Client,
         task: JoinHandle<()>,
         id_base: String,
     ) -> Self {
         Self {
             tx,
             gate,
-            errors: Mutex::new(Some(errors)),
+            handback,
             stats,
+            client,
             task: tokio::sync::Mutex::new(Some(task)),
             ended: OnceLock::new(),
             closed: AtomicBool::new(false),
@@ -545,16 +607,23 @@ impl BatchPublisher {
         }
     }
 
-    /// The failed-message channel (once). Messages that fail after it is taken arrive here;
-    /// before that, or if it is never taken, `close()` returns them.
+    /// The failed-message channel (once). Failures held until then come first, then each
+    /// failure as it happens; from then on [`flush_all`](Self::flush_all) and `close` return
+    /// none (a strict flush counts those it covers as returned elsewhere). The channel is not
+    /// bounded: drain it. Never taken, `flush_all` and `close()` return the failures.
     pub fn take_errors(&self) -> Option<mpsc::UnboundedReceiver<FailedMessage>> {
-        self.errors
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+        self.handback.take_channel()
     }
 
-    /// Queues a message, waiting for room (back-pressure). It gets a fresh `Nats-Msg-Id`.
+    /// Every failed message held now (not taken by a flush, a close or the error channel),
+    /// taken. After `close()` failed because the task died, what it had handed back before.
+    pub fn take_failed(&self) -> Vec<FailedMessage> {
+        self.handback.take_all()
+    }
+
+    /// Queues a message, waiting for room (back-pressure: a full queue, or as many failed
+    /// messages held as [`max_held_failures`](BatchConfig::max_held_failures)). It gets a fresh
+    /// `Nats-Msg-Id`. `TooLarge` (nothing queued) for a message the server would refuse.
     pub async fn send(&self, subject: &str, payload: Bytes) -> Result<(), Error> {
         self.send_with(subject, payload, PublishOptions::default())
             .await
@@ -568,6 +637,9 @@ impl BatchPublisher {
         options: PublishOptions,
     ) -> Result<(), Error> {
         let m = self.outgoing(subject, payload, options)?;
+        if !self.handback.has_room() && !self.handback.wait_for_room().await {
+            return Err(self.gone(&format!("queueing a message for {subject:?}")));
+        }
         if !self.gate.reserve().await {
             return Err(self.gone(&format!("queueing a message for {subject:?}")));
         }
@@ -589,6 +661,17 @@ impl BatchPublisher {
         let m = self.outgoing(subject, payload, PublishOptions::default())?;
         if self.gate.is_closed() {
             return Err(self.gone(&format!("queueing a message for {subject:?}")));
+        }
+        if !self.handback.has_room() {
+            return Err(Error::new(
+                ErrorKind::Full,
+                format!(
+                    "queueing a message for {subject:?}: {} failed messages are held (at most \
+                     {} are); take them with flush_all, close or take_errors",
+                    self.handback.held(),
+                    self.handback.capacity()
+                ),
+            ));
         }
         if !self.gate.try_reserve() {
             return Err(Error::new(
@@ -625,11 +708,20 @@ impl BatchPublisher {
                 self.next_id.fetch_add(1, Ordering::Relaxed),
             ),
         };
+        let headers = build_headers(&options.headers, &msg_id);
+        let headers_len = natty_core::limits::headers_len(&headers);
+        // What the server would refuse by closing the connection (every user of it) is
+        // refused here, before anything is queued.
+        self.client
+            .limits()
+            .check(subject, headers_len, payload.len())
+            .map_err(|e| too_large(e, "queueing a message"))?;
         Ok(Outgoing {
             seq: 0,
             subject: subject_of(subject),
             payload,
-            ready: Some(build_headers(&options.headers, &msg_id)),
+            ready: Some(headers),
+            headers_len,
             extra: options.headers,
             msg_id,
             attempts: 0,
@@ -640,13 +732,62 @@ impl BatchPublisher {
     }
 
     /// Waits until every message queued before this call (by any task) is acknowledged or
-    /// handed back. An error when the publisher is closed or its task died.
+    /// handed back. An error when the publisher is closed or its task died. Failed messages
+    /// stay where they were handed back: see [`flush_all`](Self::flush_all) for a flush that
+    /// returns them.
     pub async fn flush(&self) -> Result<BatchStats, Error> {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Command::Flush(tx)).is_err() || rx.await.is_err() {
+        if self.tx.send(Command::Flush(tx, None)).is_err() || rx.await.is_err() {
             return Err(self.gone("flushing the batch publisher"));
         }
         Ok(self.stats())
+    }
+
+    /// A strict flush: waits until every message queued before this call (by any task) is
+    /// acknowledged or handed back, and returns `Ok` only if every one of them was stored.
+    /// Otherwise the error carries each of them that was not (subject, payload, reason), taken
+    /// from the held failures, and counts those handed out elsewhere while it ran
+    /// ([`FlushError::returned_elsewhere`]: to an overlapping flush or close, or through the
+    /// error channel once taken). Each failure is returned once.
+    ///
+    /// Cancel-safe: dropped half-way, it takes nothing; the failures stay held for the next.
+    pub async fn flush_all(&self) -> Result<BatchStats, FlushError> {
+        struct Forget<'a>(&'a Handback, u64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.forget(self.1);
+            }
+        }
+        let span = info_span!("natty.stream.flush_all", ids = %self.id_base);
+        async {
+            let id = self.handback.watch();
+            let watch = Forget(&self.handback, id);
+            let (tx, rx) = oneshot::channel();
+            let done = self.tx.send(Command::Flush(tx, Some(id))).is_ok() && rx.await.is_ok();
+            if !done {
+                // The task is gone: whatever it handed back is returned with the error.
+                let failed = self.handback.take_all();
+                return Err(FlushError::new(
+                    failed,
+                    0,
+                    Some(self.gone("flushing the batch publisher")),
+                ));
+            }
+            let taken = self.handback.finish(id);
+            drop(watch);
+            if taken.failed.is_empty() && taken.elsewhere == 0 {
+                Ok(self.stats())
+            } else {
+                debug!(
+                    failed = taken.failed.len(),
+                    returned_elsewhere = taken.elsewhere,
+                    "flush: messages not stored"
+                );
+                Err(FlushError::new(taken.failed, taken.elsewhere, None))
+            }
+        }
+        .instrument(span)
+        .await
     }
 
     /// Flushes, then stops the background task. Failed messages not taken through
@@ -678,12 +819,7 @@ impl BatchPublisher {
         if let Some(Err(why)) = self.ended.get() {
             return Err(self.died(why, "closing the batch publisher"));
         }
-        let mut failed = Vec::new();
-        if let Some(mut rx) = self.take_errors() {
-            while let Ok(f) = rx.try_recv() {
-                failed.push(f);
-            }
-        }
+        let failed = self.handback.take_all();
         Ok(CloseReport {
             stats: self.stats(),
             failed,
@@ -692,7 +828,10 @@ impl BatchPublisher {
 
     /// Current counters.
     pub fn stats(&self) -> BatchStats {
-        self.stats.snapshot()
+        BatchStats {
+            held: self.handback.held() as u64,
+            ..self.stats.snapshot()
+        }
     }
 
     /// The error for a publisher that no longer takes commands: closed by the caller, or its

@@ -24,14 +24,15 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{
-    BatchConfig, Command, Counters, FailedMessage, Outgoing, PublishMode,
+    BatchConfig, Command, Counters, Outgoing, PublishMode,
     fast::{FastBatch, FastFailure, FastTrouble, unavailable},
     gate::Gate,
+    handback::Handback,
     route::{Route, Routes},
 };
 use crate::{
     Error, ErrorKind,
-    error::{from_publish, permanent_code, server_code},
+    error::{from_publish, permanent_code, server_code, too_large},
 };
 
 /// How long an open fast batch waits for more messages before it is committed.
@@ -144,9 +145,12 @@ enum Step {
 
 pub(super) struct Pump {
     js: jetstream::Context,
+    /// The connection, for what its server accepts now (checked before every attempt).
+    client: natty_core::Client,
     config: BatchConfig,
     routes: Routes,
-    failed: mpsc::UnboundedSender<FailedMessage>,
+    /// Where failed messages go.
+    handback: Arc<Handback>,
     stats: Arc<Counters>,
     /// Pipelined publishes awaiting their ack, in send order.
     inflight: VecDeque<InFlight>,
@@ -171,16 +175,18 @@ pub(super) struct Pump {
 impl Pump {
     pub(super) fn new(
         js: jetstream::Context,
+        client: natty_core::Client,
         config: BatchConfig,
         fast_capable: bool,
-        failed: mpsc::UnboundedSender<FailedMessage>,
+        handback: Arc<Handback>,
         stats: Arc<Counters>,
     ) -> Self {
         Self {
             js,
+            client,
             routes: Routes::new(config.mode, fast_capable),
             config,
-            failed,
+            handback,
             stats,
             inflight: VecDeque::new(),
             retries: Vec::new(),
@@ -199,6 +205,7 @@ impl Pump {
     pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, gate: Arc<Gate>) {
         // However the task ends (done, panicked, aborted), senders waiting for room are told.
         let _closed = gate.close_on_drop();
+        let _handback_closed = CloseHandback(self.handback.clone());
         self.gate = Some(gate);
         // Acks come back in publish order (one connection, one stream leader), so a queue
         // awaited at its head does what a FuturesUnordered would, without its per-future
@@ -318,7 +325,12 @@ impl Pump {
                 self.ledger.open(m.seq);
                 self.dispatch(m, true).await;
             }
-            Command::Flush(tx) => self.flushes.push((self.received, tx)),
+            Command::Flush(tx, watch) => {
+                if let Some(id) = watch {
+                    self.handback.set_mark(id, self.received);
+                }
+                self.flushes.push((self.received, tx));
+            }
             Command::Close(tx) => {
                 self.closes.push(tx);
                 // Whatever is still queued behind the close is taken (and published) first;
@@ -344,6 +356,19 @@ impl Pump {
     /// Sends a message the way its stream takes it (`first`: its first time here, counted as
     /// published).
     async fn dispatch(&mut self, m: Outgoing, first: bool) {
+        // Checked on `send` against the server of then; a reconnect since may have brought a
+        // server that takes less.
+        if let Err(exceeded) =
+            self.client
+                .limits()
+                .check(m.subject.as_str(), m.headers_len, m.payload.len())
+        {
+            if first {
+                crate::obs::published(&self.stream_label(&m), crate::obs::Via::Batch);
+            }
+            let what = format!("publishing {:?}", m.msg_id);
+            return self.give_back(m, too_large(exceeded, &what));
+        }
         let route = self.routes.route(&self.js, &m.subject).await;
         if first {
             match &route {
@@ -645,7 +670,18 @@ impl Pump {
         self.ledger.finish(m.seq);
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
         crate::obs::failed(&self.stream_label(&m), crate::obs::Via::Batch);
-        let _ = self.failed.send(m.into_failed(error));
+        let seq = m.seq;
+        self.handback.give(seq, m.into_failed(error));
+    }
+}
+
+/// Closes the publisher's hand-back when the pump ends, however it ends: senders waiting for
+/// failures to be taken stop waiting.
+struct CloseHandback(Arc<Handback>);
+
+impl Drop for CloseHandback {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 

@@ -18,8 +18,19 @@ use crate::{
     error::{CONSUMER_NOT_FOUND, server_code},
 };
 
-/// The durable's handle.
-pub(super) type Durable = jetstream::consumer::Consumer<PullConfig>;
+/// The durable's handle, and what the failure ledger needs to know of its stream.
+pub(super) struct Durable {
+    pub(super) consumer: jetstream::consumer::Consumer<PullConfig>,
+    pub(super) stream: StreamFacts,
+}
+
+/// The consumed stream's creation time (Unix nanoseconds: a re-created stream starts its
+/// sequences over) and replica count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StreamFacts {
+    pub(super) created: i128,
+    pub(super) replicas: usize,
+}
 
 /// A lookup of the durable in flight.
 pub(super) type Lookup = std::pin::Pin<Box<dyn Future<Output = Result<Durable, Error>> + Send>>;
@@ -202,7 +213,12 @@ impl Health {
 
 async fn lookup(js: &jetstream::Context, stream: &str, durable: &str) -> Result<Durable, Error> {
     let handle = get_stream(js, stream).await?;
-    handle.get_consumer(durable).await.map_err(|e| {
+    let info = handle.cached_info();
+    let facts = StreamFacts {
+        created: info.created.unix_timestamp_nanos(),
+        replicas: info.config.num_replicas,
+    };
+    let consumer = handle.get_consumer(durable).await.map_err(|e| {
         let context = format!("opening consumer {:?} on stream {:?}", durable, stream);
         // async-nats 0.48 maps the server's codes to kinds and drops the code.
         let info_kind = e
@@ -218,6 +234,10 @@ async fn lookup(js: &jetstream::Context, stream: &str, durable: &str) -> Result<
             _ => ErrorKind::Other,
         };
         Error::with_source(kind, context, e)
+    })?;
+    Ok(Durable {
+        consumer,
+        stream: facts,
     })
 }
 

@@ -5,12 +5,14 @@
 //!   `Batch` goes deaf after an idle heartbeat).
 //! - `health.rs`: is the durable still there; back-off with jitter; one warning per change.
 //! - `settle.rs`: the handler on one message, then ack / nak / dead-letter / term.
+//! - `ledger.rs`: handler failures per message in a KV bucket (the delivery limit counts them).
 //! - `ordered.rs`: per-key order, which waiting message may start next.
 //! - `handover.rs`: an exclusive consumer's start and stop put unfinished messages back in order.
 //! - `stats.rs`: counters.
 
 mod handover;
 mod health;
+mod ledger;
 mod options;
 mod ordered;
 mod pull;
@@ -38,10 +40,11 @@ pub use settle::{Action, ConsumeError};
 pub use stats::ConsumerStats;
 
 use self::{
-    health::{Durable, Health, Lookup, Presence},
+    health::{Durable, Health, Lookup, Presence, StreamFacts},
+    ledger::Ledger,
     ordered::{Arrival, Keys},
     pull::{Pull, PullEvent},
-    settle::{Outcome, Settings, Shared},
+    settle::{Known, Outcome, Settings, Shared},
     stats::Counters,
 };
 use crate::{Error, ErrorKind, HandlerError, Message, error::from_core};
@@ -86,21 +89,54 @@ impl Consumer {
     }
 
     /// Runs `handler` on every message until `cancel` fires (Go `Consume`). `Ok(())` acks,
-    /// a retryable [`HandlerError`] naks with a delay growing with the delivery count, a
-    /// permanent one (or a retry at the delivery limit) dead-letters and terminates. Running
-    /// handlers, and pulled messages waiting for a handler slot, are kept alive with
-    /// in-progress acks every `ack_wait / 3`.
+    /// a retryable [`HandlerError`] naks with a delay growing with the failure count, a
+    /// permanent one (or a retryable one at the delivery limit) dead-letters and terminates.
+    /// Running handlers, and pulled messages waiting for a handler slot, are kept alive with
+    /// in-progress acks every `ack_wait / 3`; a handler running longer than
+    /// [`ConsumeOptions::handler_timeout`] is cancelled and counts as a retryable failure.
+    ///
+    /// The delivery limit ([`ConsumerConfig::max_deliver`](crate::ConsumerConfig::max_deliver))
+    /// counts *handler failures*, not deliveries: a message is given up on only after its
+    /// handler ran and failed that many times. Messages natty hands back itself (a stop, a
+    /// handler cut off by the stop deadline, messages stranded in an abandoned pull, a crash)
+    /// are delivered again without counting. Failures are counted in the KV bucket
+    /// `natty_failures` (created on the first failure, with the consumed stream's replicas;
+    /// entries expire two days after their last failure), keyed by stream, the consumer's
+    /// [`identity`](ConsumeOptions::identity) and stream sequence, so the count survives a
+    /// restart of the process. It is written only when a handler fails and read only for a
+    /// redelivered message, so handlers that succeed cost nothing. If the bucket cannot be
+    /// used (no permission, an outage), failed messages are retried with a delay and never
+    /// given up on for the limit (fail safe), with one warning per cause. A message that
+    /// kills the process while its handler runs is not a counted failure: it comes back
+    /// after `ack_wait` every time (see [`ConsumerStats::redelivered`]). Every give-up is
+    /// logged at `warn` with subject, sequence, deliveries, failures and reason.
     ///
     /// A pull that misses two heartbeats is re-issued. If the durable or its stream is
     /// deleted, `consume` backs off (with jitter, one warning) and carries on if it is
     /// re-created within [`ConsumeOptions::consumer_gone_grace`]; otherwise it returns
     /// `ConsumerNotFound` (or `StreamNotFound`) once running handlers finished.
     ///
-    /// On cancel it stops pulling, hands back (naks) messages pulled but not started — their
-    /// delivery count goes up by one when they come back —, lets running handlers finish and
-    /// ack, flushes the acks to the server, and returns the counters. Cancel safety: dropping
-    /// the future instead stops every handler at its next await and abandons in-flight
-    /// messages, which the server redelivers after `ack_wait` (at-least-once either way).
+    /// # Stopping
+    ///
+    /// On cancel, within [`ConsumeOptions::stop_timeout`] (default 15 s):
+    /// 1. It stops pulling: the open pull request's inbox is unsubscribed. What the server
+    ///    pushed into it that had not arrived yet is redelivered after `ack_wait` (an
+    ///    [`exclusive`](ConsumeOptions::exclusive) consumer puts it back at once, step 4).
+    /// 2. Messages pulled but not started are handed back (nak'ed: redelivered at once, to the
+    ///    durable's next reader). With [`ordered_by_key`](ConsumeOptions::ordered_by_key) they
+    ///    are instead started in key order until the deadline, and kept alive while they wait.
+    /// 3. Running handlers finish and are acked. At the deadline the ones still running are
+    ///    cancelled (their futures dropped) and their messages handed back, as is anything
+    ///    still waiting.
+    /// 4. Acks are flushed to the server (bounded by the client's request timeout); an
+    ///    exclusive consumer then resets the durable to its ack floor if the server sent
+    ///    messages that never arrived (a few seconds at most).
+    ///
+    /// Nothing handed back counts against the delivery limit. The stats are returned.
+    ///
+    /// Cancel safety: dropping the future instead stops every handler at its next await and
+    /// abandons in-flight messages, which the server redelivers after `ack_wait`
+    /// (at-least-once either way; not counted as failures either).
     pub async fn consume<H, Fut>(
         &self,
         cancel: CancellationToken,
@@ -132,20 +168,31 @@ impl Consumer {
         );
         // Transient trouble at start (timeouts, 503 during an election) is waited out within
         // the grace period, like later on; cancel ends the wait.
-        let mut consumer = tokio::select! {
+        let Durable {
+            mut consumer,
+            stream: mut facts,
+        } = tokio::select! {
             () = cancel.cancelled() => return Ok(self.stats()),
             found = health.open() => found?,
         };
         if self.options.exclusive {
             handover::resume(&mut consumer).await;
         }
-        let mut settings = settings_of(&consumer, &self.stream, &self.durable);
+        let mut settings = settings_of(&consumer, facts, &self.stream, &self.durable);
         let mut keepalive = keepalive_ticker(settings.keepalive);
         let shared = Arc::new(Shared {
             js: self.client.jetstream().clone(),
+            stream: self.stream.clone(),
             durable: self.durable.clone(),
+            identity: self
+                .options
+                .identity
+                .clone()
+                .unwrap_or_else(|| self.durable.clone()),
             options: self.options.clone(),
             stats: self.stats.clone(),
+            ledger: Ledger::new(self.client.jetstream().clone()),
+            abandon: CancellationToken::new(),
         });
         let o = &self.options;
         let mut waiting: VecDeque<Waiting> = VecDeque::new();
@@ -189,11 +236,10 @@ impl Consumer {
             })
             .flatten()
             {
-                let (key, retries) = (w.key, w.retries);
-                let seq = w.seq;
+                let (key, known, seq) = (w.key, w.known, w.seq);
                 let work = shared
                     .clone()
-                    .process(w.message, handler.clone(), settings, retries);
+                    .process(w.message, handler.clone(), settings, known);
                 if inline_mode {
                     inline.set(Some(work));
                     if run_slot(inline.as_mut()).now_or_never().is_none() {
@@ -237,7 +283,7 @@ impl Consumer {
                     }
                 }
                 () = sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {}
-                () = run_slot(inline.as_mut()), if inline.is_some() => inline.set(None),
+                _ = run_slot(inline.as_mut()), if inline.is_some() => inline.set(None),
                 event = next_event(&mut pull) => {
                     let Some(p) = pull.as_mut() else { continue };
                     // A pull that ended at once and empty is trouble, not health: judged
@@ -298,15 +344,7 @@ impl Consumer {
                     }
                 }
                 _ = keepalive.tick(), if !waiting.is_empty() => {
-                    // Ticks every keepalive / 2: a waiting message is touched at most
-                    // `keepalive` (ack_wait / 3) after it arrived or was last touched.
-                    let now = Instant::now();
-                    let due = settings.keepalive / 2;
-                    for w in waiting.iter_mut().filter(|w| w.touched + due <= now) {
-                        debug!("waiting for a handler slot: in-progress ack");
-                        let _ = w.message.ack_with(AckKind::Progress).await;
-                        w.touched = now;
-                    }
+                    keep_alive(&mut waiting, settings.keepalive).await;
                 }
                 () = sleep_until(hold.unwrap_or_else(Instant::now)), if hold.is_some() && checking.is_none() => {
                     checking = Some(Box::pin(health.check()));
@@ -328,15 +366,17 @@ impl Consumer {
                     checking = None;
                     match health.judge(found) {
                         Presence::Here(c) => {
+                            let Durable { consumer: c, stream: f } = *c;
                             // A durable created again (or its stream: sequences start over)
                             // has nothing in common with what this run acked.
-                            if c.cached_info().created != consumer.cached_info().created
+                            if (c.cached_info().created != consumer.cached_info().created
+                                || f != facts)
                                 && let Some(keys) = keys.as_mut()
                             {
                                 keys.forget_acked();
                             }
-                            consumer = *c;
-                            settings = settings_of(&consumer, &self.stream, &self.durable);
+                            (consumer, facts) = (c, f);
+                            settings = settings_of(&consumer, facts, &self.stream, &self.durable);
                             keepalive = keepalive_ticker(settings.keepalive);
                             hold = None;
                         }
@@ -346,7 +386,7 @@ impl Consumer {
                 }
             }
         };
-        // Stop pulling: hand back what arrived but was not started.
+        // Stop pulling: what already arrived joins the waiting ones.
         if let Some(mut p) = pull.take() {
             for m in p.ready() {
                 let seq = self.received(&m, &mut last_delivery);
@@ -354,63 +394,82 @@ impl Consumer {
             }
             p.close().await;
         }
-        // Ordered by key: finish what was pulled, key by key, instead of handing it back. The
+        let deadline = Instant::now() + o.stop_timeout;
+        info!(
+            running = running.len() + usize::from(inline.is_some()),
+            pulled = waiting.len(),
+            stop_timeout = ?o.stop_timeout,
+            "stopping"
+        );
+        // Not ordered: what waits for a slot is handed back at once. Ordered by key: the
         // server does not redeliver nak'ed messages in the order they were nak'ed (measured:
-        // three naks in stream order came back second, third, first), so handing back would
-        // let the next consumer (a group's next partition owner) run a key out of order. Only
-        // keys blocked by a failed message waiting for its retry are handed back.
-        if let Some(keys) = keys.as_mut() {
-            info!(
-                running = running.len(),
-                pulled = waiting.len(),
-                "stopping: handling what was pulled, in key order"
-            );
-            loop {
+        // three naks in stream order came back second, third, first), so handing them back
+        // would let the next reader run a key out of order: pulled messages go on starting in
+        // key order until the deadline, kept alive while they wait. Either way, at the
+        // deadline the handlers still running are cancelled and everything left is handed
+        // back (nak'ed, not counted as a failure; an exclusive next reader gets it first and
+        // in order, see handover.rs).
+        if keys.is_none() {
+            for w in waiting.drain(..) {
+                shared.hand_back(&w.message).await;
+                handed_back += 1;
+            }
+        }
+        let mut abandoned = false;
+        loop {
+            if !abandoned && let Some(keys) = keys.as_mut() {
                 while running.len() < o.concurrency {
                     let Some(w) = keys.pick(&mut waiting, Instant::now()) else {
                         break;
                     };
-                    let seq = w.seq;
                     let work =
                         shared
                             .clone()
-                            .process(w.message, handler.clone(), settings, w.retries);
-                    running.push(spawn_handler(work, w.key, seq));
+                            .process(w.message, handler.clone(), settings, w.known);
+                    running.push(spawn_handler(work, w.key, w.seq));
                 }
-                match running.next().await {
-                    None => break,
-                    Some(done) => {
-                        if let Some(done) = done {
+            }
+            if running.is_empty() && inline.is_none() {
+                break;
+            }
+            let next_due = keys
+                .is_some()
+                .then(|| Keys::next_due(&waiting))
+                .flatten()
+                .filter(|_| !abandoned && running.len() < o.concurrency);
+            tokio::select! {
+                biased;
+                Some(done) = running.next(), if !running.is_empty() => {
+                    if let Some(done) = done {
+                        handed_back += u64::from(matches!(done.outcome, Outcome::HandedBack));
+                        if let Some(keys) = keys.as_mut() {
                             finished(keys, &mut waiting, done);
                         }
                     }
                 }
+                outcome = run_slot(inline.as_mut()), if inline.is_some() => {
+                    inline.set(None);
+                    handed_back += u64::from(matches!(outcome, Some(Outcome::HandedBack)));
+                }
+                () = sleep_until(next_due.unwrap_or(deadline)), if next_due.is_some() => {}
+                _ = keepalive.tick(), if !waiting.is_empty() => {
+                    keep_alive(&mut waiting, settings.keepalive).await;
+                }
+                () = sleep_until(deadline), if !abandoned => {
+                    abandoned = true;
+                    info!(
+                        running = running.len() + usize::from(inline.is_some()),
+                        "stop deadline: cancelling the handlers still running, handing back \
+                         their messages"
+                    );
+                    shared.abandon.cancel();
+                }
             }
         }
-        info!(
-            running = running.len() + usize::from(inline.is_some()),
-            handing_back = waiting.len(),
-            "stopping: letting running handlers finish"
-        );
+        // Not started by the deadline, or held for a retry (ordered by key): handed back.
         for w in waiting.drain(..) {
-            let _ = w.message.ack_with(AckKind::Nak(None)).await;
+            shared.hand_back(&w.message).await;
             handed_back += 1;
-            Counters::add(&self.stats.naked);
-            crate::obs::settled(&w.message, crate::obs::Settled::Naked);
-        }
-        run_slot(inline.as_mut()).await;
-        while let Some(done) = running.next().await {
-            // A failed message held for its key's order: handed back too.
-            if let Some(Finished {
-                outcome: Outcome::Hold { message, .. },
-                ..
-            }) = done
-            {
-                let _ = message.ack_with(AckKind::Nak(None)).await;
-                handed_back += 1;
-                Counters::add(&self.stats.naked);
-                crate::obs::settled(&message, crate::obs::Settled::Naked);
-            }
         }
         // Acks are fire-and-forget publishes: make sure they left before we report done. The
         // wait is bounded: during an outage flush waits for the reconnect, and cancel must
@@ -467,8 +526,8 @@ struct Waiting {
     key: Option<Arc<str>>,
     /// A failed message held for a retry: not started before this.
     not_before: Option<Instant>,
-    /// Times natty ran it and held it for a retry.
-    retries: u64,
+    /// Retries held in place and failures counted so far.
+    known: Known,
 }
 
 impl Waiting {
@@ -479,7 +538,7 @@ impl Waiting {
             touched: Instant::now(),
             key: None,
             not_before: None,
-            retries: 0,
+            known: Known::default(),
         }
     }
 }
@@ -520,12 +579,26 @@ fn finished(keys: &mut Keys, waiting: &mut VecDeque<Waiting>, done: Finished) {
         message,
         delay,
         retries,
+        failures,
     } = done.outcome
     {
         let mut w = Waiting::new(*message, done.seq);
-        (w.key, w.retries) = (done.key, retries);
+        w.key = done.key;
+        w.known = Known { retries, failures };
         w.not_before = Some(Instant::now() + delay);
         waiting.push_front(w);
+    }
+}
+
+/// Keeps waiting messages alive: called every `keepalive / 2`, so a waiting message is touched
+/// at most `keepalive` (ack_wait / 3) after it arrived or was last touched.
+async fn keep_alive(waiting: &mut VecDeque<Waiting>, keepalive: Duration) {
+    let now = Instant::now();
+    let due = keepalive / 2;
+    for w in waiting.iter_mut().filter(|w| w.touched + due <= now) {
+        debug!("waiting for a handler slot: in-progress ack");
+        let _ = w.message.ack_with(AckKind::Progress).await;
+        w.touched = now;
     }
 }
 
@@ -553,13 +626,14 @@ async fn queue(
     }
 }
 
-/// Runs the handler in the slot to completion; pending forever when the slot is empty.
 /// How often the connection is looked at while a back-off holds the pull loop.
 const CONNECTION_WATCH: Duration = Duration::from_millis(100);
 
-async fn run_slot<F: Future>(slot: Pin<&mut Option<F>>) {
-    if let Some(work) = slot.as_pin_mut() {
-        work.await;
+/// Runs the handler in the slot to completion (`None` at once when the slot is empty).
+async fn run_slot<F: Future>(slot: Pin<&mut Option<F>>) -> Option<F::Output> {
+    match slot.as_pin_mut() {
+        Some(work) => Some(work.await),
+        None => None,
     }
 }
 
@@ -586,6 +660,7 @@ async fn next_event(pull: &mut Option<Pull>) -> PullEvent {
 /// Keep-alive interval and natty's delivery limit, from the durable's configuration.
 fn settings_of(
     consumer: &jetstream::consumer::Consumer<PullConfig>,
+    facts: StreamFacts,
     stream: &str,
     durable: &str,
 ) -> Settings {
@@ -615,6 +690,7 @@ fn settings_of(
         max_deliver,
         max_batch: usize::try_from(config.max_batch).ok().filter(|n| *n > 0),
         max_expires: (!config.max_expires.is_zero()).then_some(config.max_expires),
+        stream: facts,
     }
 }
 

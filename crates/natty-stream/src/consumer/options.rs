@@ -23,10 +23,13 @@ pub struct ConsumeOptions {
     pub retry_max: Duration,
     /// Where given-up messages go, with the reason in headers (`Natty-Dead-Letter-Reason`,
     /// `Natty-Original-Subject`, `Natty-Original-Stream`, `Natty-Stream-Sequence`,
-    /// `Natty-Deliveries`) and a `Nats-Msg-Id` of `natty-dl:<stream>:<durable>:<sequence>`, so
-    /// a repeat within the dead-letter stream's duplicate window is stored once. It must be
+    /// `Natty-Deliveries`, `Natty-Failures`) and a `Nats-Msg-Id` of
+    /// `natty-dl:<stream>:<identity>:<sequence>` (see [`identity`](Self::identity)), so a
+    /// repeat within the dead-letter stream's duplicate window is stored once. It must be
     /// captured by some stream; while it is not, the message stays in its own stream and comes
-    /// back (and is then dead-lettered without running the handler again).
+    /// back (and is then dead-lettered without running the handler again). A dead letter that
+    /// would exceed the server's `max_payload` is stored without the payload, with header
+    /// `Natty-Payload-Omitted` giving the payload's size.
     pub dead_letter: Option<String>,
     /// How long one pull request waits for messages (default 30 s).
     pub expires: Duration,
@@ -45,6 +48,14 @@ pub struct ConsumeOptions {
     /// This consumer is the durable's only reader (default false): see
     /// [`exclusive`](Self::exclusive).
     pub exclusive: bool,
+    /// The name failure counts and dead letters are keyed by (default: the durable's name):
+    /// see [`identity`](Self::identity).
+    pub identity: Option<String>,
+    /// How long a graceful stop may take (default 15 s): see [`stop_timeout`](Self::stop_timeout).
+    pub stop_timeout: Duration,
+    /// How long one handler may run (default 5 min; `None`: unbounded): see
+    /// [`handler_timeout`](Self::handler_timeout).
+    pub handler_timeout: Option<Duration>,
 }
 
 impl Default for ConsumeOptions {
@@ -61,12 +72,17 @@ impl Default for ConsumeOptions {
             errors: None,
             ordered: None,
             exclusive: false,
+            identity: None,
+            stop_timeout: Duration::from_secs(15),
+            handler_timeout: Some(Duration::from_secs(300)),
         }
     }
 }
 
-/// Longest `expires`, `heartbeat`, retry delay or grace period accepted.
-const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Longest `expires`, `heartbeat`, retry delay, grace period or timeout accepted; a longer
+/// delay asked for by a handler ([`HandlerError::retry_after`](crate::HandlerError::retry_after))
+/// is clamped to it.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 impl ConsumeOptions {
     /// Messages held at most.
@@ -137,8 +153,10 @@ impl ConsumeOptions {
     /// acks, and run again after the retry delay; its key's later messages wait for it, other
     /// keys go on. It stops blocking when its handler succeeds, or when it is given up on: a
     /// permanent error, or the delivery limit of [`ensure_consumer`](crate::ensure_consumer)
-    /// (the server's delivery count plus natty's retries, as the handler sees in
-    /// [`Message::delivered`]), then it is dead-lettered (or terminated) and the key moves on.
+    /// (its handler failures; [`Message::delivered`] counts the server's deliveries plus
+    /// natty's retries in place), then it is dead-lettered (or terminated) and the key moves
+    /// on. A delay asked for with [`HandlerError::retry_after`](crate::HandlerError::retry_after)
+    /// is clamped to 24 hours.
     /// No failure skips a message silently. Failures are reported as
     /// [`Action::Held`](crate::Action::Held) on the error channel.
     ///
@@ -147,8 +165,10 @@ impl ConsumeOptions {
     /// (bounded memory at the price of head-of-line blocking: raise `batch` if one key often
     /// fails for long). Order is per consumer: several processes on one durable each order
     /// only what they get (use a consumer group for order across processes). On cancel,
-    /// held messages are handed back (nak'ed); a redelivery by the server (a process that
-    /// died, an ack lost) may come after a key's later messages, and is counted in
+    /// pulled messages go on running in key order until
+    /// [`stop_timeout`](Self::stop_timeout); held and unstarted ones are then handed back
+    /// (nak'ed); a redelivery by the server (a process that died, an ack lost) may come after
+    /// a key's later messages (unless [`exclusive`](Self::exclusive)), and is counted in
     /// [`ConsumerStats::redelivered`](super::ConsumerStats).
     #[must_use]
     pub fn ordered_by_key<F>(mut self, key_fn: F) -> Self
@@ -200,8 +220,61 @@ impl ConsumeOptions {
         self
     }
 
-    /// Checks the options without touching the network (`InvalidConfig` / `InvalidName`);
-    /// `consume` runs it, and so does any crate that consumes with options it was given.
+    /// The name this consumer's failure counts and dead letters are keyed by, stable when the
+    /// durable is re-created; default: the durable name.
+    ///
+    /// The delivery limit counts handler failures in a small KV bucket (`natty_failures`, see
+    /// [`Consumer::consume`](super::Consumer::consume)) under the stream, this identity and the
+    /// stream sequence; the dead letter's `Nats-Msg-Id` is
+    /// `natty-dl:<stream>:<identity>:<sequence>`. Set it when one logical reader uses durables
+    /// with changing names (a consumer group's partition owner makes a durable per term and
+    /// sets `"<group>_p<partition>"`), so failures counted under one durable still count under
+    /// the next and a message dead-lettered by one owner is not stored again by the next. Two
+    /// durables that must each give up on their own (a broadcast) need different identities.
+    #[must_use]
+    pub fn identity(mut self, name: impl Into<String>) -> Self {
+        self.identity = Some(name.into());
+        self
+    }
+
+    /// How long a graceful stop may take (default 15 s, well inside the usual 30 s a process
+    /// supervisor such as Kubernetes gives before it kills).
+    ///
+    /// On cancel, `consume` stops pulling and hands back (naks) the messages pulled but not
+    /// started — except with [`ordered_by_key`](Self::ordered_by_key), where it goes on
+    /// starting them in key order until the deadline, keeping the waiting ones alive —, lets
+    /// running handlers finish until the deadline, then cancels the ones still running (their
+    /// futures are dropped) and hands their messages back. Handed-back messages are not
+    /// handler failures: they never count against the delivery limit. After the deadline
+    /// `consume` still flushes the acks (bounded by the client's request timeout) and, for an
+    /// [`exclusive`](Self::exclusive) consumer, puts back what the server sent that never
+    /// arrived (a few seconds at most).
+    #[must_use]
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// How long one handler may run before it is cancelled (default 5 minutes, as Kafka's
+    /// `max.poll.interval.ms`; `None`: no limit).
+    ///
+    /// A running handler is kept alive with in-progress acks, so without a limit a handler that
+    /// hangs (a lost connection without a timeout, a deadlock) holds its slot — at concurrency
+    /// 1, the whole consumer — forever. On expiry its future is dropped (cancelled at its
+    /// current await; a handler blocking its thread cannot be interrupted) and the message
+    /// fails as retryable: counted against the delivery limit, reported on the error channel,
+    /// logged, retried after the retry delay. The default is generous so that legitimately
+    /// long work is not cut off; set it close to what your handler needs, or `None` for jobs
+    /// that may run for hours.
+    #[must_use]
+    pub fn handler_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
+
+    /// Checks the options (done by [`Consumer::new`](super::Consumer::new)); a consumer group
+    /// runs it on its consume options at its own construction. Errors are `InvalidConfig` (or
+    /// `InvalidName` for a bad dead-letter subject or identity), naming the option.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |what: String| {
             Err(Error::new(
@@ -218,6 +291,11 @@ impl ConsumeOptions {
             ("retry_base", self.retry_base),
             ("retry_max", self.retry_max),
             ("consumer_gone_grace", self.consumer_gone_grace),
+            ("stop_timeout", self.stop_timeout),
+            (
+                "handler_timeout",
+                self.handler_timeout.unwrap_or(Duration::ZERO),
+            ),
         ] {
             if d > MAX_DURATION {
                 return bad(format!(
@@ -232,8 +310,19 @@ impl ConsumeOptions {
                 self.heartbeat, self.expires
             ));
         }
+        if self.handler_timeout.is_some_and(|t| t.is_zero()) {
+            return bad("handler_timeout must be above zero (or None: no limit)".to_owned());
+        }
         if let Some(dl) = &self.dead_letter {
             names::subject(dl).map_err(from_core)?;
+        }
+        if let Some(identity) = &self.identity {
+            names::consumer(identity).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidName,
+                    format!("consume options: identity {identity:?}: {e}"),
+                )
+            })?;
         }
         Ok(())
     }
@@ -247,6 +336,12 @@ impl ConsumeOptions {
             .unwrap_or(self.retry_max)
             .min(self.retry_max)
     }
+}
+
+/// A delay asked for by a handler, clamped to what natty accepts (`Instant + delay` and the
+/// server's nanosecond delay field must not overflow).
+pub(super) fn clamp_delay(delay: Duration) -> Duration {
+    delay.min(MAX_DURATION)
 }
 
 #[cfg(test)]
@@ -273,6 +368,9 @@ mod tests {
             ConsumeOptions::default().expires(Duration::MAX),
             ConsumeOptions::default().retry_delay(Duration::MAX, Duration::MAX),
             ConsumeOptions::default().consumer_gone_grace(Duration::MAX),
+            ConsumeOptions::default().stop_timeout(Duration::MAX),
+            ConsumeOptions::default().handler_timeout(Some(Duration::MAX)),
+            ConsumeOptions::default().handler_timeout(Some(Duration::ZERO)),
         ] {
             let kind = o.validate().map_err(|e| e.kind()).err();
             assert_eq!(kind, Some(ErrorKind::InvalidConfig), "{o:?}");
@@ -280,6 +378,25 @@ mod tests {
         let bad_subject = ConsumeOptions::default().dead_letter("bad subject");
         let kind = bad_subject.validate().map_err(|e| e.kind()).err();
         assert_eq!(kind, Some(ErrorKind::InvalidName));
+        let bad_identity = ConsumeOptions::default().identity("a.b");
+        let kind = bad_identity.validate().map_err(|e| e.kind()).err();
+        assert_eq!(kind, Some(ErrorKind::InvalidName));
         assert!(ConsumeOptions::default().validate().is_ok());
+        assert!(
+            ConsumeOptions::default()
+                .handler_timeout(None)
+                .identity("orders_p3")
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn delays_asked_for_are_clamped() {
+        assert_eq!(clamp_delay(Duration::MAX), MAX_DURATION);
+        assert_eq!(clamp_delay(Duration::from_secs(3)), Duration::from_secs(3));
+        // What the clamp protects: neither overflows.
+        let _ = tokio::time::Instant::now() + clamp_delay(Duration::MAX);
+        assert!(u64::try_from(clamp_delay(Duration::MAX).as_nanos()).is_ok());
     }
 }

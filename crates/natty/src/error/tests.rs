@@ -70,3 +70,30 @@ fn a_flush_error_keeps_the_publishers_kind() {
     .into();
     assert_eq!(e.stream_kind(), Some(natty_stream::ErrorKind::Panicked));
 }
+
+/// `?` on a consumer group's `join` in a function returning `natty::Error`: the group's error
+/// converts too, and keeps its kind.
+#[cfg(feature = "group")]
+#[test]
+fn group_errors_convert_and_keep_their_kind() {
+    fn join() -> Result<(), natty_group::Error> {
+        Err(natty_group::Error::new(
+            natty_group::ErrorKind::InvalidConfig,
+            "joining group billing",
+        ))
+    }
+    fn all() -> Result<(), Error> {
+        join()?;
+        Ok(())
+    }
+    let e = all().unwrap_err();
+    assert_eq!(
+        e.group_kind(),
+        Some(natty_group::ErrorKind::InvalidConfig)
+    );
+    assert!(e.is_invalid_input());
+    assert!(!e.is_timed_out());
+    assert_eq!(e.kv_kind(), None);
+    assert!(e.to_string().contains("joining group billing"), "{e}");
+    assert!(matches!(e, Error::Group(_)));
+}

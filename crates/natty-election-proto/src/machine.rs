@@ -1,44 +1,9 @@
-//! The election as a pure state machine: no async runtime, no I/O, no clock. Time is passed in.
-//!
-//! The driver tells it what happened through one `on_*` method per input, each with the
-//! current time: [`Machine::on_timeout`], [`Machine::on_reply`] (the outcome of the lease
-//! request it asked for), [`Machine::on_key_gone`] / [`Machine::on_key_written`] (what the
-//! watch on the key saw), [`Machine::on_work_ended`] and [`Machine::on_shutdown`]. Each method's
-//! doc lists its transitions. The machine answers, typed by kind, with [`Work`] to start or
-//! stop ([`Machine::poll_work`], carried out first), at most one lease [`Request`] in flight
-//! ([`Machine::poll_request`]), [`Event`]s to report, and [`Machine::poll_timeout`], the
-//! instant at which it must be told the time again (quinn-proto / str0m style).
-//!
-//! Safety rules, all enforced here:
-//! - Acquire only with a create (one winner); renew only with a write conditioned on the
-//!   revision we hold. A conflict on renew means we lost: stop work at once.
-//! - Self-fencing: the lease is trusted only until `sent + ttl - margin`, where `sent` is when
-//!   the last *successful* renew (or create) was sent — the server's TTL started no earlier.
-//!   Past that instant the machine stops work even if no reply ever came.
-//! - After a fence or a failed renew, we try to *reclaim* our own key (a write conditioned on
-//!   our last revision): if nobody else took it, we lead again without waiting out the TTL.
-//!   A reclaim leads only if answered before the revision it is conditioned on could expire
-//!   (`its send + ttl - margin / 2`): the server can ack a write that arrives at the expiry of
-//!   the revision it replaces and then wipe it with that revision's expiry marker.
-//!
-//! ```
-//! use std::time::{Duration, Instant};
-//! use natty_election::{Term, machine::{Machine, MachineConfig, Reply, Request, Work}};
-//!
-//! let t0 = Instant::now();
-//! let mut m = Machine::new(MachineConfig::new(Duration::from_secs(3)), t0);
-//! assert_eq!(m.poll_request(), Some(Request::Create { make_bucket: false }));
-//! m.on_reply(t0, Reply::Created { revision: 7, epoch: 1 });
-//! assert_eq!(m.poll_work(), Some(Work::Start { term: Term::new(1, 7) }));
-//! assert!(m.is_leader(t0));
-//! ```
+//! The machine: [`Machine`], its inputs and outputs.
 
-use std::{
-    collections::VecDeque,
-    time::{Duration, Instant},
-};
+use alloc::{collections::VecDeque, format, string::String};
+use core::time::Duration;
 
-pub use crate::lease::Term;
+use crate::{Instant, Term};
 
 /// The smallest safety margin accepted: the driver wakes at most every 10 ms while work runs,
 /// and work that ignores `lost` is aborted half a margin before the lease can expire, so a
@@ -122,7 +87,7 @@ impl MachineConfig {
             ));
         }
         if self.poll_interval.is_zero() || self.retry_interval.is_zero() {
-            return Err("poll and retry intervals must be greater than zero".to_owned());
+            return Err("poll and retry intervals must be greater than zero".into());
         }
         Ok(())
     }
@@ -150,7 +115,8 @@ impl Holder {
 
 /// The outcome of the [`Request`] in flight, fed back with [`Machine::on_reply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
+// Not `#[non_exhaustive]`: every driver must handle every variant (a new one is a
+// breaking change on purpose).
 pub enum Reply {
     /// The create succeeded: the key is ours at `revision` (our term).
     Created {
@@ -185,7 +151,8 @@ pub enum Reply {
 /// A lease request: a KV operation on the key. At most one is outstanding at a time; its
 /// outcome must be fed back with [`Machine::on_reply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
+// Not `#[non_exhaustive]`: every driver must handle every variant (a new one is a
+// breaking change on purpose).
 pub enum Request {
     /// Create the key (only if absent).
     Create {
@@ -221,7 +188,8 @@ pub enum Request {
 /// Control of the leader's work. Carry these out before the next [`Request`]: work stops
 /// before the key is given up, so the next leader never overlaps with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
+// Not `#[non_exhaustive]`: every driver must handle every variant (a new one is a
+// breaking change on purpose).
 pub enum Work {
     /// Start the leader's work for `term`.
     Start {
@@ -281,16 +249,34 @@ pub enum Event {
     },
 }
 
-/// The machine's state.
+/// Our own last write of the key, while we do not lead: worth a reclaim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Own {
+    /// The key's revision that write left.
+    pub revision: u64,
+    /// When that write was sent, if known: the server cannot expire it before `sent + ttl`.
+    pub sent: Option<Instant>,
+}
+
+/// The machine's state; each state carries what only it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum State {
-    /// Not leading. `own` is our last known revision of the key, worth a reclaim.
+    /// Not leading.
     Follower {
-        /// Our last revision, if the key may still be ours.
-        own: Option<u64>,
+        /// Our last write of the key, if the key may still be ours (worth a reclaim).
+        own: Option<Own>,
         /// When to contest or reclaim next.
         next_try: Instant,
+        /// No contest before this instant, whatever the watch says (after a missing bucket,
+        /// or after resigning because the work ended).
+        hold_off: Option<Instant>,
+        /// The key was seen gone while a request was in flight: contest as soon as it
+        /// returns.
+        contest_asap: bool,
+        /// The bucket was found missing: the next create may re-create it (a TTL later).
+        make_bucket: bool,
     },
     /// Leading.
     Leader {
@@ -302,9 +288,11 @@ pub enum State {
         deadline: Instant,
         /// When to renew next.
         renew_at: Instant,
+        /// A fenced write waits for the next request (see [`Machine::on_fence_wanted`]).
+        fence_wanted: bool,
     },
-    /// Shutting down: work stopped; resigning (or waiting for a renew in flight to resign
-    /// with the revision it leaves).
+    /// Work stopped; resigning (or waiting for a renew in flight to resign with the revision
+    /// it leaves).
     Resigning {
         /// The revision to resign with.
         revision: u64,
@@ -313,37 +301,56 @@ pub enum State {
     Stopped,
 }
 
+impl State {
+    /// A follower with nothing to reclaim that tries next at `next_try`.
+    fn follower(next_try: Instant) -> Self {
+        Self::Follower {
+            own: None,
+            next_try,
+            hold_off: None,
+            contest_asap: false,
+            make_bucket: false,
+        }
+    }
+
+    /// A follower that reclaims `own` at `next_try`.
+    fn reclaiming(own: Own, next_try: Instant) -> Self {
+        Self::Follower {
+            own: Some(own),
+            next_try,
+            hold_off: None,
+            contest_asap: false,
+            make_bucket: false,
+        }
+    }
+}
+
+/// The lease request in flight.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    request: Request,
+    /// When it was asked for (sent).
+    sent: Instant,
+    /// For a reclaim: when the write it is conditioned on was sent, if known.
+    base: Option<Instant>,
+}
+
 /// The election state machine. See the [module docs](self).
 #[derive(Debug)]
 pub struct Machine {
     config: MachineConfig,
     state: State,
-    /// The lease request in flight, with the instant it was asked for.
-    pending: Option<(Request, Instant)>,
+    /// The lease request in flight.
+    pending: Option<Pending>,
     /// A request asked for and not yet polled (at most one: see `pending`).
     request: Option<Request>,
     work: VecDeque<Work>,
     events: VecDeque<Event>,
-    shutdown: bool,
-    /// After a shutdown, the machine stops by this instant whatever is in flight: past the
-    /// lease's TTL a resign is worth nothing (the key expires by itself).
+    /// Set by a shutdown: the machine stops by this instant whatever is in flight (past the
+    /// lease's TTL a resign is worth nothing: the key expires by itself).
     stop_by: Option<Instant>,
     /// The holder last reported in a `Following` event (reported again only when it changes).
     known: Option<Option<Holder>>,
-    /// The key was seen gone while a request was in flight: contest as soon as it returns.
-    contest_asap: bool,
-    /// The bucket was found missing: the next create may re-create it (a TTL later).
-    make_bucket: bool,
-    /// No contest before this instant, whatever the watch says (after a missing bucket, or
-    /// after resigning because the work ended).
-    hold_off: Option<Instant>,
-    /// When the write that left our own revision (`State::Follower::own`) was sent, if known:
-    /// the server cannot expire it before `own_sent + ttl`.
-    own_sent: Option<Instant>,
-    /// `own_sent` of the revision the reclaim in flight is conditioned on.
-    reclaim_base: Option<Instant>,
-    /// A fenced write waits for the leader's next request (see `on_fence_wanted`).
-    fence_wanted: bool,
 }
 
 impl Machine {
@@ -357,23 +364,13 @@ impl Machine {
     pub fn contesting_at(config: MachineConfig, now: Instant, first_try: Instant) -> Self {
         let mut machine = Self {
             config,
-            state: State::Follower {
-                own: None,
-                next_try: first_try,
-            },
+            state: State::follower(first_try),
             pending: None,
             request: None,
             work: VecDeque::new(),
             events: VecDeque::new(),
-            shutdown: false,
             stop_by: None,
             known: None,
-            contest_asap: false,
-            make_bucket: false,
-            hold_off: None,
-            own_sent: None,
-            reclaim_base: None,
-            fence_wanted: false,
         };
         machine.on_timeout(now);
         machine
@@ -402,6 +399,10 @@ impl Machine {
         self.state == State::Stopped
     }
 
+    fn shutting_down(&self) -> bool {
+        self.stop_by.is_some()
+    }
+
     /// The instant at which [`on_timeout`](Self::on_timeout) must be called. After handling
     /// it, the next one is always later (never a busy loop); `None` once stopped.
     #[must_use]
@@ -414,7 +415,7 @@ impl Machine {
             } else {
                 deadline.min(renew_at)
             }),
-            State::Follower { next_try, .. } if self.pending.is_none() && !self.shutdown => {
+            State::Follower { next_try, .. } if self.pending.is_none() && !self.shutting_down() => {
                 Some(next_try)
             }
             _ => None,
@@ -461,41 +462,73 @@ impl Machine {
             self.stop();
             return;
         }
-        if let State::Leader { term, deadline, .. } = self.state
+        if let State::Leader {
+            term,
+            deadline,
+            revision,
+            ..
+        } = self.state
             && now >= deadline
         {
             // Nobody told us we lost, but the lease may be gone on the server: stop now.
-            let own = self.own_revision();
-            self.lose(term, LostReason::DeadlineExpired, own, now);
+            self.lose(term, LostReason::DeadlineExpired, Some(revision), now);
         }
         if self.pending.is_some() {
             return;
         }
-        match self.state {
+        let shutting_down = self.shutting_down();
+        match &mut self.state {
             // A fenced write renews too: it goes first.
-            State::Leader { revision, .. } if self.fence_wanted => {
-                self.fence_wanted = false;
+            State::Leader {
+                revision,
+                fence_wanted,
+                ..
+            } if *fence_wanted => {
+                *fence_wanted = false;
+                let revision = *revision;
                 self.request(Request::Fence { revision }, now);
             }
             State::Leader {
                 revision, renew_at, ..
-            } if now >= renew_at => self.request(Request::Renew { revision }, now),
+            } if now >= *renew_at => {
+                let revision = *revision;
+                self.request(Request::Renew { revision }, now);
+            }
             // Shutting down: resign a key that may still be ours, else stop.
-            State::Follower { own, .. } if self.shutdown => match own {
-                Some(revision) => {
-                    self.state = State::Resigning { revision };
-                    self.request(Request::Resign { revision }, now);
+            State::Follower { own, .. } if shutting_down => match *own {
+                Some(own) => {
+                    self.state = State::Resigning {
+                        revision: own.revision,
+                    };
+                    self.request(
+                        Request::Resign {
+                            revision: own.revision,
+                        },
+                        now,
+                    );
                 }
                 None => self.stop(),
             },
-            State::Resigning { revision } => self.request(Request::Resign { revision }, now),
-            State::Follower { own, next_try } if now >= next_try => match own {
-                Some(revision) => {
-                    self.reclaim_base = self.own_sent;
-                    self.request(Request::Reclaim { revision }, now);
+            State::Resigning { revision } => {
+                let revision = *revision;
+                self.request(Request::Resign { revision }, now);
+            }
+            State::Follower {
+                own,
+                next_try,
+                contest_asap,
+                make_bucket,
+                ..
+            } if now >= *next_try => match *own {
+                Some(own) => {
+                    let reclaim = Request::Reclaim {
+                        revision: own.revision,
+                    };
+                    self.send(reclaim, now, own.sent);
                 }
                 None => {
-                    let make_bucket = std::mem::take(&mut self.make_bucket);
+                    *contest_asap = false;
+                    let make_bucket = core::mem::take(make_bucket);
                     self.request(Request::Create { make_bucket }, now);
                 }
             },
@@ -526,25 +559,26 @@ impl Machine {
     /// | `BucketGone` | any | any | shutting down → `Stopped`; else [`LostReason::BucketDeleted`] if leading, `Follower` holding off a TTL, then creating the bucket |
     pub fn on_reply(&mut self, now: Instant, reply: Reply) {
         self.on_timeout(now);
-        let Some((request, sent)) = self.pending.take() else {
+        let Some(pending) = self.pending.take() else {
             return;
         };
+        let Pending { request, sent, .. } = pending;
         match reply {
             Reply::Created { revision, epoch } => match request {
                 Request::Create { .. } => {
-                    self.lead(Term::new(epoch, revision), revision, sent, now)
+                    self.lead(Term::new(epoch, revision), revision, sent, now);
                 }
                 // (a reply of another kind than asked: not ours to act on)
-                _ => self.pending = Some((request, sent)),
+                _ => self.pending = Some(pending),
             },
             Reply::Updated { revision, epoch } => match request {
                 Request::Renew { .. } | Request::Fence { .. } => {
                     self.renewed(revision, sent, now);
                 }
                 Request::Reclaim { .. } => {
-                    self.reclaimed(Term::new(epoch, revision), revision, sent, now);
+                    self.reclaimed(Term::new(epoch, revision), revision, pending, now);
                 }
-                _ => self.pending = Some((request, sent)),
+                _ => self.pending = Some(pending),
             },
             Reply::Conflict {
                 ours: Some(revision),
@@ -563,7 +597,9 @@ impl Machine {
                         self.follow(holder, now);
                     }
                 },
-                Request::Create { .. } | Request::Reclaim { .. } if self.shutdown => self.stop(),
+                Request::Create { .. } | Request::Reclaim { .. } if self.shutting_down() => {
+                    self.stop();
+                }
                 Request::Create { .. } | Request::Reclaim { .. } => {
                     self.forget_own(now);
                     self.follow(holder, now);
@@ -571,37 +607,40 @@ impl Machine {
                 Request::Resign { .. } => self.resigned(now),
             },
             Reply::Failed => match request {
-                Request::Renew { .. } | Request::Fence { .. } => match self.state {
+                Request::Renew { .. } | Request::Fence { .. } => match &mut self.state {
                     // Keep leading until the deadline; retry soon.
-                    State::Leader {
-                        ref mut renew_at, ..
-                    } => {
+                    State::Leader { renew_at, .. } => {
                         *renew_at = now + self.config.retry_interval;
                     }
                     // Unknown whether it landed: resign with the revision we knew.
                     State::Resigning { revision } => {
+                        let revision = *revision;
                         self.request(Request::Resign { revision }, now);
                     }
                     _ => self.retry_soon(now),
                 },
-                Request::Create { .. } | Request::Reclaim { .. } if self.shutdown => self.stop(),
+                Request::Create { .. } | Request::Reclaim { .. } if self.shutting_down() => {
+                    self.stop();
+                }
                 Request::Create { .. } | Request::Reclaim { .. } => self.retry_soon(now),
                 // The resign's effect is unknown; the lease expires by itself at worst.
                 Request::Resign { .. } => self.resigned(now),
             },
-            Reply::BucketGone if self.shutdown => self.stop(),
+            Reply::BucketGone if self.shutting_down() => self.stop(),
             Reply::BucketGone => {
                 if let State::Leader { term, .. } = self.state {
                     self.lose(term, LostReason::BucketDeleted, None, now);
                 }
                 // Whoever led may work until its last `sent + ttl - margin`: nobody
                 // contests (and re-creates the bucket) before a TTL from now.
-                self.make_bucket = true;
                 self.hold_off_for_a_ttl(now);
+                if let State::Follower { make_bucket, .. } = &mut self.state {
+                    *make_bucket = true;
+                }
             }
             Reply::Resigned => match request {
                 Request::Resign { .. } => self.resigned(now),
-                _ => self.pending = Some((request, sent)),
+                _ => self.pending = Some(pending),
             },
         }
         self.on_timeout(now);
@@ -619,8 +658,7 @@ impl Machine {
     /// expires on the server by itself).
     pub fn on_shutdown(&mut self, now: Instant) {
         self.on_timeout(now);
-        if !self.shutdown {
-            self.shutdown = true;
+        if !self.shutting_down() {
             self.stop_by = Some(now + self.config.ttl);
             if let State::Leader { term, revision, .. } = self.state {
                 // Work stops before the key is given up, so the next leader never overlaps.
@@ -630,7 +668,6 @@ impl Machine {
                     reason: LostReason::Resigned,
                 });
                 self.state = State::Resigning { revision };
-                self.fence_wanted = false;
                 if self.pending.is_none() {
                     self.request(Request::Resign { revision }, now);
                 }
@@ -659,7 +696,6 @@ impl Machine {
                 },
             });
             self.state = State::Resigning { revision };
-            self.fence_wanted = false;
             // With a renew in flight, the resign follows its reply.
         }
         self.on_timeout(now);
@@ -672,19 +708,26 @@ impl Machine {
     ///   holding off after a missing bucket or failed work.
     pub fn on_key_gone(&mut self, now: Instant, revision: u64) {
         self.on_timeout(now);
-        match self.state {
+        let pending = self.pending.is_some();
+        match &mut self.state {
             State::Leader { term, .. } if revision > term.revision => {
                 // Deleted or expired after we took it: we do not lead any more.
+                let term = *term;
                 self.lose(term, LostReason::KeyGone, None, now);
                 self.contest_now(now);
             }
             // After a missing bucket or failed work, the TTL wait is not shortened.
-            State::Follower { .. } if self.hold_off.is_some_and(|t| now < t) => {}
-            State::Follower { .. } => {
-                self.forget_own(now);
-                self.contest_now(now);
-                if self.pending.is_some() {
-                    self.contest_asap = true;
+            State::Follower { hold_off, .. } if hold_off.is_some_and(|t| now < t) => {}
+            State::Follower {
+                own,
+                next_try,
+                contest_asap,
+                ..
+            } => {
+                *own = None;
+                *next_try = now;
+                if pending {
+                    *contest_asap = true;
                 }
             }
             _ => {}
@@ -699,8 +742,11 @@ impl Machine {
     /// `Deposed` (it checks [`term`](Self::term)).
     pub fn on_fence_wanted(&mut self, now: Instant) {
         self.on_timeout(now);
-        if matches!(self.state, State::Leader { .. }) && !self.shutdown {
-            self.fence_wanted = true;
+        let shutting_down = self.shutting_down();
+        if let State::Leader { fence_wanted, .. } = &mut self.state
+            && !shutting_down
+        {
+            *fence_wanted = true;
         }
         self.on_timeout(now);
     }
@@ -715,42 +761,42 @@ impl Machine {
         self.on_timeout(now);
     }
 
-    fn own_revision(&self) -> Option<u64> {
-        match self.state {
-            State::Leader { revision, .. } => Some(revision),
-            _ => None,
-        }
+    fn request(&mut self, request: Request, now: Instant) {
+        self.send(request, now, None);
     }
 
-    fn request(&mut self, request: Request, now: Instant) {
+    fn send(&mut self, request: Request, now: Instant, base: Option<Instant>) {
         debug_assert!(self.pending.is_none());
-        if let Request::Create { .. } = request {
-            self.contest_asap = false;
-        }
-        self.pending = Some((request, now));
+        self.pending = Some(Pending {
+            request,
+            sent: now,
+            base,
+        });
         self.request = Some(request);
     }
 
     /// A renew succeeded.
     fn renewed(&mut self, revision: u64, sent: Instant, now: Instant) {
-        match self.state {
-            State::Leader { term, .. } => {
-                self.state = State::Leader {
-                    term,
-                    revision,
-                    deadline: sent + self.config.ttl - self.config.margin,
-                    renew_at: sent + self.config.renew_interval,
-                };
+        match &mut self.state {
+            State::Leader {
+                revision: held,
+                deadline,
+                renew_at,
+                ..
+            } => {
+                *held = revision;
+                *deadline = sent + self.config.ttl - self.config.margin;
+                *renew_at = sent + self.config.renew_interval;
             }
             State::Resigning { .. } => self.request(Request::Resign { revision }, now),
             // We fenced while the renew was in flight, yet it landed: the key is ours at
             // `revision`. Reclaim it (new term) right away.
             _ => {
-                self.own_sent = Some(sent);
-                self.state = State::Follower {
-                    own: Some(revision),
-                    next_try: now,
+                let own = Own {
+                    revision,
+                    sent: Some(sent),
                 };
+                self.state = State::reclaiming(own, now);
             }
         }
     }
@@ -762,34 +808,35 @@ impl Machine {
     /// have expired yet (`sent of that write + ttl - margin / 2`: half the margin for clock
     /// rates); else its revision is reclaimed once more (a write conditioned on a revision
     /// that is at most a round trip old, far from its expiry).
-    fn reclaimed(&mut self, term: Term, revision: u64, sent: Instant, now: Instant) {
-        let base = self.reclaim_base.take();
-        let in_time = base.is_some_and(|b| now + self.config.margin / 2 < b + self.config.ttl);
-        if in_time || self.shutdown {
-            self.lead(term, revision, sent, now);
+    fn reclaimed(&mut self, term: Term, revision: u64, pending: Pending, now: Instant) {
+        let in_time = pending
+            .base
+            .is_some_and(|b| now + self.config.margin / 2 < b + self.config.ttl);
+        if in_time || self.shutting_down() {
+            self.lead(term, revision, pending.sent, now);
         } else {
-            self.own_sent = Some(sent);
-            self.state = State::Follower {
-                own: Some(revision),
-                next_try: now,
+            let own = Own {
+                revision,
+                sent: Some(pending.sent),
             };
+            self.state = State::reclaiming(own, now);
         }
     }
 
     /// A request found the key at `revision`, written by an earlier request of ours whose
     /// reply was lost.
     fn found_our_write(&mut self, revision: u64, now: Instant) {
-        match self.state {
+        match &mut self.state {
             // Our earlier renew landed after all. The deadline stays where the last
             // *confirmed* renew put it (that landed write was sent no earlier), and we renew
             // on the revision it left, at once.
-            State::Leader { term, deadline, .. } => {
-                self.state = State::Leader {
-                    term,
-                    revision,
-                    deadline,
-                    renew_at: now,
-                };
+            State::Leader {
+                revision: held,
+                renew_at,
+                ..
+            } => {
+                *held = revision;
+                *renew_at = now;
             }
             State::Resigning { .. } => {
                 self.state = State::Resigning { revision };
@@ -798,11 +845,13 @@ impl Machine {
             // Our key, and nobody else's: reclaim it rather than wait out its TTL. When that
             // write was sent is unknown, so the reclaim is confirmed by a second one.
             State::Follower { .. } => {
-                self.own_sent = None;
-                self.state = State::Follower {
-                    own: Some(revision),
-                    next_try: now,
-                };
+                self.state = State::reclaiming(
+                    Own {
+                        revision,
+                        sent: None,
+                    },
+                    now,
+                );
             }
             State::Stopped => {}
         }
@@ -816,7 +865,7 @@ impl Machine {
     }
 
     fn lead(&mut self, term: Term, revision: u64, sent: Instant, now: Instant) {
-        if self.shutdown {
+        if self.shutting_down() {
             // Won while shutting down: give it straight back, no work started.
             self.state = State::Resigning { revision };
             self.request(Request::Resign { revision }, now);
@@ -825,11 +874,11 @@ impl Machine {
         let deadline = sent + self.config.ttl - self.config.margin;
         if now >= deadline {
             // The answer came too late to trust: try to reclaim instead.
-            self.own_sent = Some(sent);
-            self.state = State::Follower {
-                own: Some(revision),
-                next_try: now,
+            let own = Own {
+                revision,
+                sent: Some(sent),
             };
+            self.state = State::reclaiming(own, now);
             return;
         }
         self.state = State::Leader {
@@ -837,6 +886,7 @@ impl Machine {
             revision,
             deadline,
             renew_at: sent + self.config.renew_interval,
+            fence_wanted: false,
         };
         self.known = None;
         self.work.push_back(Work::Start { term });
@@ -859,33 +909,48 @@ impl Machine {
         });
     }
 
+    /// Leadership of `term` ends: work stops, and we follow, reclaiming `own` (our revision)
+    /// if the key may still be ours.
     fn lose(&mut self, term: Term, reason: LostReason, own: Option<u64>, now: Instant) {
         // Our revision was written by the last confirmed renew/create (sent at
         // `deadline - (ttl - margin)`) or by a later request that landed unseen.
-        if let State::Leader { deadline, .. } = self.state {
-            self.own_sent = Some(deadline - (self.config.ttl - self.config.margin));
-        }
+        let sent = match self.state {
+            State::Leader { deadline, .. } => {
+                Some(deadline - (self.config.ttl - self.config.margin))
+            }
+            _ => None,
+        };
         self.stop_work(term, now);
         self.events.push_back(Event::Lost { term, reason });
-        self.state = State::Follower { own, next_try: now };
-        self.fence_wanted = false;
+        self.state = match own {
+            Some(revision) => State::reclaiming(Own { revision, sent }, now),
+            None => State::follower(now),
+        };
     }
 
     fn follow(&mut self, holder: Option<Holder>, now: Instant) {
         self.report_holder(holder);
-        let next_try = if self.contest_asap {
-            now
-        } else {
-            now + self.config.poll_interval
-        };
-        self.state = State::Follower {
-            own: None,
+        let poll = self.config.poll_interval;
+        if let State::Follower {
+            own,
             next_try,
-        };
+            contest_asap,
+            ..
+        } = &mut self.state
+        {
+            *own = None;
+            *next_try = if core::mem::take(contest_asap) {
+                now
+            } else {
+                now + poll
+            };
+        } else {
+            self.state = State::follower(now + poll);
+        }
     }
 
     fn forget_own(&mut self, now: Instant) {
-        if let State::Follower { own, next_try } = &mut self.state {
+        if let State::Follower { own, next_try, .. } = &mut self.state {
             *own = None;
             *next_try = (*next_try).max(now);
         }
@@ -907,7 +972,7 @@ impl Machine {
     /// the work ended by itself: follow, and contest again only a TTL later (others,
     /// watching, contest at once), so work that keeps failing never makes a hot loop.
     fn resigned(&mut self, now: Instant) {
-        if self.shutdown {
+        if self.shutting_down() {
             self.stop();
         } else {
             self.pending = None;
@@ -917,16 +982,16 @@ impl Machine {
 
     fn hold_off_for_a_ttl(&mut self, now: Instant) {
         let until = now + self.config.ttl;
-        self.hold_off = Some(until);
-        self.contest_asap = false;
         self.state = State::Follower {
             own: None,
             next_try: until,
+            hold_off: Some(until),
+            contest_asap: false,
+            make_bucket: false,
         };
     }
 
     fn stop(&mut self) {
-        self.fence_wanted = false;
         self.state = State::Stopped;
         self.pending = None;
         self.request = None;
