@@ -581,3 +581,116 @@ async fn take_overs_find_the_previous_durable_among_1100_consumers() -> anyhow::
     );
     Ok(())
 }
+
+/// Item 14: a dead letter's id is stable across owners (`natty-dl:<stream>:<group>_p<i>:<seq>`),
+/// so a message dead-lettered by one owner and delivered again to the next (here: the first
+/// owner's ack floor held back by an earlier message still running when it left) is stored
+/// once, not once per term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_dead_letter_is_stored_once_across_a_hand_over() -> anyhow::Result<()> {
+    init_tracing();
+    let nats = Nats::start().await?;
+    let url = nats.url();
+    let client = ConnectOptions::new([url.clone()]).connect().await?;
+    let dead = unique_name("GDL").replace('-', "_");
+    ensure_stream(&client, &StreamConfig::new(&dead, [dead.to_lowercase()])).await?;
+    let config = stream_and_group(&client, "GH", 1).await?.consume(
+        ConsumeOptions::default()
+            .concurrency(4)
+            .dead_letter(dead.to_lowercase())
+            .stop_timeout(Duration::from_secs(1)),
+    );
+    // key-0's message blocks in the first owner's term (so its ack floor stays before it);
+    // key-1's fails for good in every term.
+    let first_term = Arc::new(AtomicBool::new(true));
+    let poisoned_runs = Arc::new(AtomicU64::new(0));
+    let start = |name: &'static str| {
+        let (url, config) = (url.clone(), config.clone());
+        let (first_term, poisoned_runs) = (first_term.clone(), poisoned_runs.clone());
+        async move {
+            let mut cfg = config;
+            cfg.member = name.to_owned();
+            let group = ConsumerGroup::new(ConnectOptions::new([url]).connect().await?, cfg)?;
+            let cancel = CancellationToken::new();
+            let task = {
+                let (group, cancel) = (group.clone(), cancel.clone());
+                tokio::spawn(async move {
+                    group
+                        .join(cancel, move |_p: Partition, m: Message| {
+                            let (first_term, poisoned_runs) =
+                                (first_term.clone(), poisoned_runs.clone());
+                            async move {
+                                if m.subject.ends_with("key-1") {
+                                    poisoned_runs.fetch_add(1, Ordering::SeqCst);
+                                    return Err(HandlerError::permanent("poisoned"));
+                                }
+                                if first_term.load(Ordering::SeqCst) {
+                                    std::future::pending::<()>().await;
+                                }
+                                Ok(())
+                            }
+                        })
+                        .await
+                })
+            };
+            anyhow::Ok(Member {
+                group,
+                cancel,
+                task,
+            })
+        }
+    };
+    let a = start("a").await?;
+    wait_for("partition owned by a", Duration::from_secs(30), || async {
+        (a.group.owned().len() == 1).then_some(())
+    })
+    .await?;
+    // Stream sequence 1: key-0, 2: key-1.
+    publish(&client, &config, 2, 0, 1).await?;
+    let js = client.jetstream();
+    let stored = || async {
+        js.get_stream(&dead)
+            .await
+            .ok()?
+            .info()
+            .await
+            .ok()
+            .map(|i| i.state.messages)
+    };
+    wait_for("the first dead letter", Duration::from_secs(20), || async {
+        (stored().await? == 1).then_some(())
+    })
+    .await?;
+    // a leaves (key-0's handler is cut off at the stop deadline); b starts from a's ack floor,
+    // before key-0: key-1's message comes to b and fails for good again.
+    a.cancel.cancel();
+    a.task.await??;
+    first_term.store(false, Ordering::SeqCst);
+    let b = start("b").await?;
+    wait_for("key-1 run by b too", Duration::from_secs(30), || async {
+        (poisoned_runs.load(Ordering::SeqCst) >= 2).then_some(())
+    })
+    .await?;
+    // b dead-letters it (again) before it terminates it: once the durables' ack floors are
+    // past it, whatever b published is stored.
+    wait_for(
+        "both messages settled by b",
+        Duration::from_secs(20),
+        || async {
+            let s = js.get_stream(&config.stream).await.ok()?;
+            let infos: Vec<jetstream::consumer::Info> = s.consumers().try_collect().await.ok()?;
+            (!infos.is_empty() && infos.iter().all(|i| i.ack_floor.stream_sequence >= 2))
+                .then_some(())
+        },
+    )
+    .await?;
+    let count = stored().await.unwrap_or_default();
+    b.cancel.cancel();
+    b.task.await??;
+    assert_eq!(
+        count, 1,
+        "the message was dead-lettered once per owner: {count} dead letters"
+    );
+    Ok(())
+}
