@@ -1046,9 +1046,17 @@ impl Owner {
         obs::took_over(config, won.elapsed());
         // The key is what follows `<prefix>.<partition>.` in the subject.
         let skip = config.prefix_tokens() + 1;
-        let options = config.consume.clone().ordered_by_key(move |m: &Message| {
-            m.subject.splitn(skip + 1, '.').nth(skip).map(str::to_owned)
-        });
+        // Failure counts and dead letters are keyed by the partition, not by this term's
+        // durable: counted failures carry over to the next owner, and a message dead-lettered
+        // by one owner (killed before its `+TERM`, or handed back behind an earlier message)
+        // has the same dead-letter id at the next — stored once.
+        let options = config
+            .consume
+            .clone()
+            .identity(config.durable(partition))
+            .ordered_by_key(move |m: &Message| {
+                m.subject.splitn(skip + 1, '.').nth(skip).map(str::to_owned)
+            });
         let consumer = match Consumer::new(self.client.clone(), &config.stream, &durable, options) {
             Ok(c) => c,
             Err(e) => {
