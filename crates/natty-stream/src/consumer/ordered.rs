@@ -6,8 +6,10 @@
 //! waiting for its retry delay is put back at the front, so it blocks its key's later
 //! messages until it is handled or given up on). Memory: the keys and sequences of held
 //! messages (at most `batch` waiting plus `concurrency` running), nothing per key once its
-//! messages are settled, and the sequences of the last [`REMEMBERED`] messages acked (about
-//! 1.5 MB at most).
+//! messages are settled, and the sequences of the messages acked above the durable's ack
+//! floor — at most the last [`REMEMBERED`] (about 1.5 MB); those at or below the floor are
+//! forgotten when the floor is read (every [`PRUNE_EVERY`](super::PRUNE_EVERY) while any are
+//! remembered): a reset replays from the floor, never below it.
 //!
 //! A message acked by this consumer that the server delivers again is acked again without
 //! running its handler: a reset of the durable (ADR-60; a late one from a previous reader)
@@ -209,6 +211,28 @@ impl Keys {
                 self.acked.remove(&old);
             }
         }
+    }
+
+    /// How many acked sequences are remembered.
+    pub(super) fn remembered(&self) -> usize {
+        self.acked.len()
+    }
+
+    /// Forgets the acked sequences at or below the durable's ack floor `floor`: the server
+    /// never delivers those again (a reset goes back to the floor, not below it). Returns how
+    /// many were forgotten.
+    pub(super) fn forget_acked_through(&mut self, floor: u64) -> usize {
+        let before = self.acked.len();
+        self.acked.retain(|s| *s > floor);
+        self.acked_order.retain(|s| *s > floor);
+        let forgotten = before - self.acked.len();
+        debug!(
+            floor,
+            forgotten,
+            remembered = self.acked.len(),
+            "acked sequences at or below the ack floor forgotten"
+        );
+        forgotten
     }
 
     /// Forgets the acked sequences (the durable or its stream was created again).
