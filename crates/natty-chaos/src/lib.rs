@@ -4,6 +4,10 @@
 /// dead-letter stream `CHAOS_DL` (subject `chaos-dl.n`) exactly once.
 pub const DEAD_LETTER_EVERY: u64 = 101;
 
+/// The request timeout of the chaos consumers' connections (`chaos-consumer`): it bounds each
+/// server round-trip of a stop (the ack flush, a group's membership delete and lease resigns).
+pub const CONSUMER_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The clock, the typed line protocol and the process harness, shared with natty-election's
 /// multi-process suite.
 pub use natty_testkit::procs::{Event, Line, Lines, Term, emit, emit_at, mono_ns, mono_ns_of};

@@ -14,7 +14,7 @@ use natty_chaos::{Event, Line};
 
 use crate::{
     faults::{Fault, FaultKind, deploys::Fleet},
-    judge::{Check, rolling::STOP_DEADLINE_MS},
+    judge::Check,
     workload::{Record, group, is_numbered, rolling},
     world::{CANDIDATES, CONSUMERS, TTL_SECS},
 };
@@ -90,7 +90,7 @@ impl Report<'_> {
                 || "never (the run was too short)".to_owned(),
                 |c| format!("and then member {} killed", c.proc)
             ),
-            STOP_DEADLINE_MS
+            rolling::STOP_TIMEOUT.as_millis()
         )?;
         writeln!(md, "## Faults injected\n")?;
         for (k, n) in &kinds {

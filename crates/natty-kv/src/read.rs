@@ -204,10 +204,22 @@ async fn direct(
     let min_last_seq =
         min_last_seq.filter(|_| kv.client.supports(natty_core::Feature::AtomicBatch));
     let (subject, body) = match target {
-        Target::LastOf(k) => (
-            format!("{prefix}.DIRECT.GET.{stream}.{}", b.subject(k)),
-            min_last_seq.map_or_else(String::new, |min| format!(r#"{{"min_last_seq":{min}}}"#)),
-        ),
+        // With a floor, the request form that takes a body on every server version (the
+        // `DIRECT.GET.<stream>.<subject>` form may refuse one: "expects no payload"). A KV
+        // subject needs no JSON escaping (key characters are `-/_=.` and alphanumerics).
+        Target::LastOf(k) => match min_last_seq {
+            Some(min) => (
+                format!("{prefix}.DIRECT.GET.{stream}"),
+                format!(
+                    r#"{{"last_by_subj":"{}","min_last_seq":{min}}}"#,
+                    b.subject(k)
+                ),
+            ),
+            None => (
+                format!("{prefix}.DIRECT.GET.{stream}.{}", b.subject(k)),
+                String::new(),
+            ),
+        },
         Target::At(revision) => (
             format!("{prefix}.DIRECT.GET.{stream}"),
             match min_last_seq {

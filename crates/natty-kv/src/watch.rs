@@ -71,9 +71,12 @@ pub(crate) const MIN_RESUME_FOR: Duration = Duration::from_secs(30);
 ///
 /// - `BucketNotFound`: the bucket was deleted;
 /// - the JetStream API's refusal (the account's consumer limit, JetStream disabled, ...);
-/// - `TimedOut`: it could not re-create its consumer for [`Kv::retry_for`](crate::Kv::retry_for)
-///   (at least 30 s) while connected, e.g. for lack of permission to create consumers (the
-///   server drops such requests without an answer). Time spent disconnected does not count.
+///
+/// When it could not re-create its consumer for [`Kv::retry_for`](crate::Kv::retry_for) (at
+/// least 30 s) while connected — no permission to create consumers (the server drops such
+/// requests without an answer), or no JetStream leader (a partition, a lost quorum) — it sends
+/// one `TimedOut` item that is *not* the end and goes on trying: the next items are the
+/// resumed events. Time spent disconnected does not count.
 ///
 /// The first consumer is made by `watch_*` itself, which retries 503s and timeouts within
 /// `retry_for` and returns any other failure.
@@ -310,6 +313,8 @@ impl Watcher {
         let mut backoff = RECREATE.backoff();
         // Since when the watch fails to resume while the connection is up.
         let mut stalled_since: Option<Instant> = None;
+        // The reader was told of this stall.
+        let mut told = false;
         loop {
             let pause = backoff.next_delay();
             match self.open().await {
@@ -343,21 +348,27 @@ impl Watcher {
                     if !self.connected() {
                         stalled_since = None;
                     } else if let Some(since) = stalled_since {
-                        if since.elapsed() >= self.resume_for {
+                        if since.elapsed() >= self.resume_for && !told {
+                            // Silence is not a refusal: a partition or a lost quorum heals, a
+                            // missing permission does not. The reader is told once per stall
+                            // (an error item that is not the end) and the watch goes on trying.
                             let e = Error::with_source(
                                 ErrorKind::TimedOut,
                                 format!(
                                     "{}: could not resume for {:?} although connected (no \
                                      permission to create consumers on the bucket's stream, or no \
-                                     JetStream leader); create a new watch",
+                                     JetStream leader); still trying",
                                     self.context(),
                                     since.elapsed()
                                 ),
                                 e,
                             );
-                            warn!(error = %e, "watch cannot resume; ending it");
-                            let _ = tx.send(Err(e)).await;
-                            return None;
+                            warn!(error = %e, "watch cannot resume yet; telling the reader");
+                            told = true;
+                            if tx.send(Err(e)).await.is_err() {
+                                return None;
+                            }
+                            continue;
                         }
                     } else {
                         stalled_since = Some(Instant::now());

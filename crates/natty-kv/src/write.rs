@@ -395,7 +395,7 @@ impl Kv {
             return Ok(revision);
         }
         let base = w.expected.unwrap_or_default();
-        let after = self.first_message_from(&b, &w.key, base + 1).await?;
+        let after = self.first_message_from(&b, &w.key, base.saturating_add(1)).await?;
         if let Some(revision) = ours(&after) {
             debug!(
                 revision,

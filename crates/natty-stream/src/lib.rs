@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod admin;
+pub mod audit;
 mod batch;
 mod consumer;
 mod error;

@@ -250,10 +250,11 @@ impl Natty {
     /// `TooLarge` at once, nothing sent, for a message the server would refuse by closing the
     /// connection (over its `max_payload` with natty's `Nats-Msg-Id` header counted, or a
     /// subject longer than its control line allows). Waits (back-pressure) while the queue is
-    /// full, and while as many failed messages are held for `flush` as the publisher keeps
+    /// full. `Full` at once, nothing queued, while as many failed messages are held for
+    /// `flush` as the publisher keeps
     /// ([`BatchConfig::max_held_failures`](natty_stream::BatchConfig::max_held_failures), by
-    /// default its queue capacity): a producer that never flushes during an outage is held up
-    /// there instead of running out of memory.
+    /// default its queue capacity): a producer that never flushes during an outage is told to,
+    /// instead of running out of memory or waiting for a flush only it would make.
     pub async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), natty_stream::Error> {
         self.publishing()?.send(subject, payload).await
     }

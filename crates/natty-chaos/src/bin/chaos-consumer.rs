@@ -19,7 +19,10 @@ use natty::{
     ConsumeOptions, Consumer, ConsumerGroup, GroupConfig, HandlerError,
     group::{GroupEvent, Partition},
 };
-use natty_chaos::{Event, cancel_on_sigterm, emit, emit_at, init_logs, mono_ns, mono_ns_of};
+use natty_chaos::{
+    CONSUMER_REQUEST_TIMEOUT, Event, cancel_on_sigterm, emit, emit_at, init_logs, mono_ns,
+    mono_ns_of,
+};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// A chaos consumer.
@@ -50,6 +53,10 @@ struct Common {
     /// How long each handler works, in ms (0: not at all).
     #[arg(long = "handler-ms", default_value_t = 0)]
     handler_ms: u64,
+    /// The graceful stop's deadline in ms (`ConsumeOptions::stop_timeout`; natty's default
+    /// if not given).
+    #[arg(long = "stop-timeout-ms")]
+    stop_timeout_ms: Option<u64>,
     /// Where given-up messages go (none: they are terminated).
     #[arg(long = "dead-letter")]
     dead_letter: Option<String>,
@@ -151,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let client = natty::ConnectOptions::new(common.servers.clone())
         .name(common.id.clone())
-        .request_timeout(Duration::from_secs(2))
+        .request_timeout(CONSUMER_REQUEST_TIMEOUT)
         .ping_interval(Duration::from_secs(1))
         .connect()
         .await?;
@@ -161,6 +168,9 @@ async fn main() -> anyhow::Result<()> {
         .expires(Duration::from_secs(5))
         .heartbeat(Duration::from_secs(1))
         .retry_delay(Duration::from_millis(100), Duration::from_secs(2));
+    if let Some(ms) = common.stop_timeout_ms {
+        options = options.stop_timeout(Duration::from_millis(ms));
+    }
     if let Some(subject) = &common.dead_letter {
         options = options.dead_letter(subject.clone());
     }

@@ -26,7 +26,7 @@ use crate::{
     workload::rolling::{
         self, BATCH, CONCURRENCY, CONSUMERS, DEAD_LETTER, DURABLE, FAIL_EVERY, GROUP,
         GROUP_CONCURRENCY, GROUP_PREFIX, GROUP_STREAM, HANDLER_MS, MEMBERS, ORDERED_CONCURRENCY,
-        ORDERED_DURABLE, ORDERED_HANDLER_MS, PARTITIONS, STREAM, UNRELATED,
+        ORDERED_DURABLE, ORDERED_HANDLER_MS, PARTITIONS, STOP_TIMEOUT, STREAM, UNRELATED,
     },
     world::{Kind, Proc, TTL_SECS, World},
 };
@@ -199,7 +199,8 @@ impl Fleet {
         let mut c = Command::new(sibling_binary("chaos-consumer", false)?);
         c.args(["--server", &self.servers])
             .args(["--batch", &BATCH.to_string()])
-            .args(["--fail-once-every", &FAIL_EVERY.to_string()]);
+            .args(["--fail-once-every", &FAIL_EVERY.to_string()])
+            .args(["--stop-timeout-ms", &STOP_TIMEOUT.as_millis().to_string()]);
         let handler_ms = if kind == Kind::RollingOrdered {
             ORDERED_HANDLER_MS
         } else {

@@ -3,7 +3,10 @@
 //! crashed member's partitions owned again after the members bucket was deleted, and the
 //! group's take-overs right with more than 1,024 consumers on its stream.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Duration,
+};
 
 use natty_chaos::{Event, Line};
 use natty_testkit::group::{GroupRun, describe, judge, ownership};
@@ -13,16 +16,21 @@ use crate::{
     faults::deploys::{Fleet, Stop},
     workload::rolling::{
         DURABLE, GROUP, GROUP_STREAM, GiveUp, MAX_DELIVER, ORDERED_DURABLE, Outcome, PARTITIONS,
-        STREAM, UNRELATED, is_member, is_ordered, is_plain, read_in_order,
+        STOP_TIMEOUT, STREAM, UNRELATED, is_member, is_ordered, is_plain, read_in_order,
     },
     world::TTL_NS,
 };
+use natty_chaos::CONSUMER_REQUEST_TIMEOUT;
 
-/// How long a graceful stop may take: the stop deadline natty is to keep (issue 24 item 2;
-/// the consumer option does not exist yet, the children cannot pass it), plus the process's
-/// own exit (the group's leave, the connection's close).
-pub(crate) const STOP_DEADLINE_MS: u64 = 3_000;
-const STOP_SLACK_MS: u64 = 2_000;
+/// What a graceful stop (SIGTERM to exit) may take beyond the stop deadline the processes
+/// are given ([`STOP_TIMEOUT`]), in server round trips, each bounded by the children's request
+/// timeout: a consumer settles the handler runs that ended right at the deadline (a failure is
+/// written to the failure ledger) and flushes its acks; a group member also removes its
+/// membership before and resigns its leases after. Then the process exits (closes its
+/// connection) within [`EXIT`].
+const CONSUMER_ROUND_TRIPS: u32 = 2;
+const MEMBER_ROUND_TRIPS: u32 = 4;
+const EXIT: Duration = Duration::from_secs(1);
 /// The group's delivery limit: its durables use natty's default.
 const GROUP_MAX_DELIVER: i64 = 5;
 /// A crashed member's partitions must be owned again within this (issue 24 item 12).
@@ -305,13 +313,23 @@ fn group_order(members: &[Line], o: &Outcome, i: &Input<'_>) -> Check {
     )
 }
 
-/// Every graceful stop (SIGTERM to exit) within the deadline and the slack.
-fn stops(stops: &[Stop]) -> Check {
-    let ms = |s: &Stop| (s.exited_ns - s.signalled_ns) / 1_000_000;
-    let bound = STOP_DEADLINE_MS + STOP_SLACK_MS;
+/// The longest a graceful stop of process `proc` (`Line::proc`) may take, SIGTERM to exit.
+pub(crate) fn stop_bound(proc: &str) -> Duration {
+    let round_trips = if proc.starts_with('r') {
+        MEMBER_ROUND_TRIPS
+    } else {
+        CONSUMER_ROUND_TRIPS
+    };
+    STOP_TIMEOUT + CONSUMER_REQUEST_TIMEOUT * round_trips + EXIT
+}
+
+/// Every graceful stop (SIGTERM to exit) within its bound ([`stop_bound`]).
+pub(crate) fn stops(stops: &[Stop]) -> Check {
+    let took = |s: &Stop| Duration::from_nanos(s.exited_ns.saturating_sub(s.signalled_ns));
+    let ms = |s: &Stop| took(s).as_millis();
     let over: Vec<String> = stops
         .iter()
-        .filter(|s| ms(s) > bound)
+        .filter(|s| took(s) > stop_bound(&s.proc))
         .map(|s| format!("{} {} ms", s.proc, ms(s)))
         .collect();
     // Per kind of process: how many, median and longest.
@@ -323,7 +341,7 @@ fn stops(stops: &[Stop]) -> Check {
     let per_kind: Vec<String> = kinds
         .iter()
         .map(|(what, prefix)| {
-            let mut t: Vec<u64> = stops
+            let mut t: Vec<u128> = stops
                 .iter()
                 .filter(|s| s.proc.starts_with(*prefix))
                 .map(ms)
@@ -339,8 +357,11 @@ fn stops(stops: &[Stop]) -> Check {
         .collect();
     Check::new(
         format!(
-            "rolling: every graceful stop within its deadline ({STOP_DEADLINE_MS} ms + \
-             {STOP_SLACK_MS} ms to exit)"
+            "rolling: every graceful stop within its deadline (stop_timeout {} ms; SIGTERM to \
+             exit at most {} ms for a consumer, {} ms for a group member)",
+            STOP_TIMEOUT.as_millis(),
+            stop_bound("p").as_millis(),
+            stop_bound("r").as_millis(),
         ),
         over.is_empty() && !stops.is_empty(),
         format!(

@@ -135,3 +135,37 @@ fn a_line_without_a_readable_term_is_a_failure_not_term_zero() {
     assert!(!checks[0].passed, "{:?}", checks[0]);
     assert!(checks[1..].iter().all(|c| c.passed), "{checks:?}");
 }
+
+fn stop(proc: &str, ms: u64) -> crate::faults::deploys::Stop {
+    crate::faults::deploys::Stop {
+        proc: proc.into(),
+        signalled_ns: 1_000_000_000,
+        exited_ns: 1_000_000_000 + ms * 1_000_000,
+        error: None,
+    }
+}
+
+#[test]
+fn a_stop_past_its_deadline_fails_the_stop_check() {
+    use super::rolling::{stop_bound, stops};
+    let consumer = u64::try_from(stop_bound("p0#1").as_millis()).unwrap();
+    let member = u64::try_from(stop_bound("r0#1").as_millis()).unwrap();
+    // A member also leaves the group: it may take longer than a consumer.
+    assert!(member > consumer);
+    let within = [
+        stop("p0#1", consumer),
+        stop("o0#1", 10),
+        stop("r0#1", member),
+    ];
+    let c = stops(&within);
+    assert!(c.passed, "{}", c.detail);
+    for late in [stop("o0#2", consumer + 1), stop("r0#2", member + 1)] {
+        let mut all = within.to_vec();
+        all.push(late);
+        let c = stops(&all);
+        assert!(!c.passed, "{}", c.detail);
+        assert!(c.detail.contains("1 over"), "{}", c.detail);
+    }
+    // No stop at all proves nothing.
+    assert!(!stops(&[]).passed);
+}

@@ -63,6 +63,10 @@ pub(crate) const GROUP_CONCURRENCY: usize = 1;
 pub(crate) const HANDLER_MS: u64 = 50;
 /// The ordered consumer's handlers: a full batch takes 200 × 100 ms / 2 = 10 s to run.
 pub(crate) const ORDERED_HANDLER_MS: u64 = 100;
+/// The deadline of every rolling process's graceful stop (`ConsumeOptions::stop_timeout`):
+/// shorter than a full batch takes to run (above), so a stop that ran the batch to the end
+/// instead of handing back what it could not finish shows.
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// A backlog published at once this often: numbered messages, and rounds of one per key.
 const BURST_EVERY: Duration = Duration::from_secs(30);
 const BURST: u64 = 1_200;

@@ -23,7 +23,7 @@ use std::{
     },
 };
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::FailedMessage;
@@ -75,12 +75,8 @@ pub(super) struct Handback {
     /// `inner.held.len()`, readable without the lock (checked on every send).
     held: AtomicUsize,
     capacity: usize,
-    /// Senders waiting for held failures to be taken.
-    room: Notify,
-    /// A waiting sender warned about it (once per episode).
+    /// A refused sender warned about it (once per episode).
     warned: AtomicBool,
-    /// The pump ended: nothing will be handed back any more, and senders stop waiting.
-    closed: AtomicBool,
 }
 
 /// What a strict flush took: its failures, and how many of the failures it covers were handed
@@ -97,9 +93,7 @@ impl Handback {
             inner: Mutex::default(),
             held: AtomicUsize::new(0),
             capacity,
-            room: Notify::new(),
             warned: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
         }
     }
 
@@ -215,46 +209,24 @@ impl Handback {
         self.held.store(held, Ordering::Release);
         if held < self.capacity {
             self.warned.store(false, Ordering::Release);
-            self.room.notify_waiters();
         }
     }
 
-    /// Waits until fewer than `capacity` failures are held; `false` once the pump has ended.
-    pub(super) async fn wait_for_room(&self) -> bool {
-        loop {
-            let notified = self.room.notified();
-            tokio::pin!(notified);
-            // Registered before the check: a take between the check and the await is not lost.
-            notified.as_mut().enable();
-            if self.closed.load(Ordering::Acquire) {
-                return false;
-            }
-            if self.has_room() {
-                return true;
-            }
-            if !self.warned.swap(true, Ordering::AcqRel) {
-                warn!(
-                    held = self.held(),
-                    capacity = self.capacity,
-                    "the publisher holds as many failed messages as it may: sends wait until a \
-                     flush_all, close or take_errors takes them"
-                );
-            }
-            notified.await;
+    /// A sender was refused for want of room: one warning per episode (until a take).
+    pub(super) fn warn_full(&self) {
+        if !self.warned.swap(true, Ordering::AcqRel) {
+            warn!(
+                held = self.held(),
+                capacity = self.capacity,
+                "the publisher holds as many failed messages as it may: sends fail with Full \
+                 until a flush_all, close or take_errors takes them"
+            );
         }
-    }
-
-    /// The pump ended (however): senders waiting for room are told.
-    pub(super) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.room.notify_waiters();
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use bytes::Bytes;
 
     use super::{Handback, Taken};
@@ -329,31 +301,14 @@ mod tests {
         assert_eq!(h.take_all().len(), 1);
     }
 
-    #[tokio::test]
-    async fn senders_wait_while_the_held_failures_are_at_capacity() {
-        let h = std::sync::Arc::new(Handback::new(2));
+    #[test]
+    fn room_is_back_after_a_take() {
+        let h = Handback::new(2);
         h.give(1, failed(1));
+        assert!(h.has_room());
         h.give(2, failed(2));
         assert!(!h.has_room());
-        let waiter = tokio::spawn({
-            let h = h.clone();
-            async move { h.wait_for_room().await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished(), "no room until a take");
         assert_eq!(h.take_all().len(), 2);
-        let room = tokio::time::timeout(Duration::from_secs(5), waiter).await;
-        assert!(matches!(room, Ok(Ok(true))), "{room:?}");
-        // A closed handback stops the wait.
-        h.give(3, failed(3));
-        h.give(4, failed(4));
-        let waiter = tokio::spawn({
-            let h = h.clone();
-            async move { h.wait_for_room().await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        h.close();
-        let room = tokio::time::timeout(Duration::from_secs(5), waiter).await;
-        assert!(matches!(room, Ok(Ok(false))), "{room:?}");
+        assert!(h.has_room());
     }
 }

@@ -81,10 +81,11 @@ pub struct BatchConfig {
     /// How messages are sent (default [`PublishMode::Auto`]).
     pub mode: PublishMode,
     /// Failed messages held for [`BatchPublisher::flush_all`] and `close` until they are taken
-    /// (default `None`: as many as `queue_capacity`). With that many held, `send` waits and
-    /// `try_send` says `Full` until a flush, a close or `take_errors` takes them: a producer
-    /// that never flushes during an outage is held up instead of running out of memory. Not
-    /// used once the error channel is taken (failures go there; drain it).
+    /// (default `None`: as many as `queue_capacity`). With that many held, `send` and
+    /// `try_send` fail at once with `Full` (nothing queued) until a flush, a close or
+    /// `take_errors` takes them: a producer that never flushes during an outage is told,
+    /// instead of running out of memory — and never waits for a flush it would have to make
+    /// itself. Not used once the error channel is taken (failures go there; drain it).
     pub max_held_failures: Option<usize>,
 }
 
@@ -457,6 +458,11 @@ impl fmt::Debug for MsgId {
     }
 }
 
+/// Decimal digits of `n`.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
 fn build_headers(extra: &[(String, String)], msg_id: &MsgId) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (k, v) in extra {
@@ -621,9 +627,10 @@ impl BatchPublisher {
         self.handback.take_all()
     }
 
-    /// Queues a message, waiting for room (back-pressure: a full queue, or as many failed
-    /// messages held as [`max_held_failures`](BatchConfig::max_held_failures)). It gets a fresh
-    /// `Nats-Msg-Id`. `TooLarge` (nothing queued) for a message the server would refuse.
+    /// Queues a message, waiting for room in a full queue (back-pressure). It gets a fresh
+    /// `Nats-Msg-Id`. `TooLarge` (nothing queued) for a message the server would refuse;
+    /// `Full` at once (nothing queued) while as many failed messages are held as
+    /// [`max_held_failures`](BatchConfig::max_held_failures) — flush to take them.
     pub async fn send(&self, subject: &str, payload: Bytes) -> Result<(), Error> {
         self.send_with(subject, payload, PublishOptions::default())
             .await
@@ -637,8 +644,9 @@ impl BatchPublisher {
         options: PublishOptions,
     ) -> Result<(), Error> {
         let m = self.outgoing(subject, payload, options)?;
-        if !self.handback.has_room() && !self.handback.wait_for_room().await {
-            return Err(self.gone(&format!("queueing a message for {subject:?}")));
+        // Not a wait: the task that would take the held failures (a flush) is often this one.
+        if !self.handback.has_room() {
+            return Err(self.failures_held(subject));
         }
         if !self.gate.reserve().await {
             return Err(self.gone(&format!("queueing a message for {subject:?}")));
@@ -647,7 +655,33 @@ impl BatchPublisher {
     }
 
     /// Puts `m` in the queue, in a place already reserved.
-    fn enqueue(&self, m: Outgoing, subject: &str) -> Result<(), Error> {
+    fn enqueue(&self, mut m: Outgoing, subject: &str) -> Result<(), Error> {
+        if let MsgId::Generated(base, guess) = &m.msg_id {
+            // Numbered only now that it has its place, so that a send refused or cancelled
+            // before leaves no gap in the publisher's numbers (the loss audit reads them).
+            // `outgoing` checked the size with the number it guessed; the counter only grows,
+            // so the real one can only be longer, by the digits it gained.
+            let base = base.clone();
+            let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let grown = digits(n).saturating_sub(digits(*guess));
+            if grown > 0 {
+                m.headers_len += grown;
+                if let Err(e) = self
+                    .client
+                    .limits()
+                    .check(subject, m.headers_len, m.payload.len())
+                {
+                    // Only at a power of ten, for a message within bytes of the limit: this
+                    // number is skipped (an audit shows it missing).
+                    self.gate.release();
+                    return Err(too_large(e, "queueing a message"));
+                }
+            }
+            m.msg_id = MsgId::Generated(base, n);
+            if let Some(headers) = m.ready.as_mut() {
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, m.msg_id.to_header());
+            }
+        }
         if self.tx.send(Command::Publish(m)).is_err() {
             self.gate.release();
             return Err(self.gone(&format!("queueing a message for {subject:?}")));
@@ -663,15 +697,7 @@ impl BatchPublisher {
             return Err(self.gone(&format!("queueing a message for {subject:?}")));
         }
         if !self.handback.has_room() {
-            return Err(Error::new(
-                ErrorKind::Full,
-                format!(
-                    "queueing a message for {subject:?}: {} failed messages are held (at most \
-                     {} are); take them with flush_all, close or take_errors",
-                    self.handback.held(),
-                    self.handback.capacity()
-                ),
-            ));
+            return Err(self.failures_held(subject));
         }
         if !self.gate.try_reserve() {
             return Err(Error::new(
@@ -683,6 +709,20 @@ impl BatchPublisher {
             ));
         }
         self.enqueue(m, subject)
+    }
+
+    /// `Full`: as many failed messages are held as the publisher keeps.
+    fn failures_held(&self, subject: &str) -> Error {
+        self.handback.warn_full();
+        Error::new(
+            ErrorKind::Full,
+            format!(
+                "queueing a message for {subject:?}: {} failed messages are held (at most {} \
+                 are); take them with flush_all, close or take_errors",
+                self.handback.held(),
+                self.handback.capacity()
+            ),
+        )
     }
 
     fn outgoing(
@@ -703,10 +743,9 @@ impl BatchPublisher {
         }
         let msg_id = match options.msg_id {
             Some(id) => MsgId::Given(id),
-            None => MsgId::Generated(
-                self.id_base.clone(),
-                self.next_id.fetch_add(1, Ordering::Relaxed),
-            ),
+            // The number this message will probably get; the real one is taken when it is
+            // queued (`enqueue`).
+            None => MsgId::Generated(self.id_base.clone(), self.next_id.load(Ordering::Relaxed)),
         };
         let headers = build_headers(&options.headers, &msg_id);
         let headers_len = natty_core::limits::headers_len(&headers);

@@ -205,7 +205,6 @@ impl Pump {
     pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, gate: Arc<Gate>) {
         // However the task ends (done, panicked, aborted), senders waiting for room are told.
         let _closed = gate.close_on_drop();
-        let _handback_closed = CloseHandback(self.handback.clone());
         self.gate = Some(gate);
         // Acks come back in publish order (one connection, one stream leader), so a queue
         // awaited at its head does what a FuturesUnordered would, without its per-future
@@ -672,16 +671,6 @@ impl Pump {
         crate::obs::failed(&self.stream_label(&m), crate::obs::Via::Batch);
         let seq = m.seq;
         self.handback.give(seq, m.into_failed(error));
-    }
-}
-
-/// Closes the publisher's hand-back when the pump ends, however it ends: senders waiting for
-/// failures to be taken stop waiting.
-struct CloseHandback(Arc<Handback>);
-
-impl Drop for CloseHandback {
-    fn drop(&mut self) {
-        self.0.close();
     }
 }
 

@@ -87,10 +87,7 @@ fn group_errors_convert_and_keep_their_kind() {
         Ok(())
     }
     let e = all().unwrap_err();
-    assert_eq!(
-        e.group_kind(),
-        Some(natty_group::ErrorKind::InvalidConfig)
-    );
+    assert_eq!(e.group_kind(), Some(natty_group::ErrorKind::InvalidConfig));
     assert!(e.is_invalid_input());
     assert!(!e.is_timed_out());
     assert_eq!(e.kv_kind(), None);
