@@ -14,8 +14,14 @@ pub enum ErrorKind {
     InvalidConfig,
     /// A group, stream, subject or key name broke a naming rule. Nothing was sent.
     InvalidName,
-    /// The stream is missing, or a partition's durable could not be created.
+    /// A partition's durable could not be created or read (the server did not answer, a
+    /// later term's durable exists).
     Stream,
+    /// The stream does not exist (`join`: it was deleted and not re-created within the
+    /// consume options' `consumer_gone_grace`).
+    StreamNotFound,
+    /// The NATS client is closed (drained or closed): nothing more can be done with it.
+    Closed,
     /// The membership or lease bucket could not be set up.
     Kv,
     /// A partition's election could not run (a bucket TTL mismatch, bad names).
@@ -28,6 +34,8 @@ impl fmt::Display for ErrorKind {
             Self::InvalidConfig => "invalid group configuration",
             Self::InvalidName => "invalid name",
             Self::Stream => "stream or consumer failure",
+            Self::StreamNotFound => "stream not found",
+            Self::Closed => "client closed",
             Self::Kv => "membership bucket failure",
             Self::Election => "partition election failure",
         })
@@ -38,6 +46,8 @@ pub(crate) fn from_stream(e: natty_stream::Error) -> Error {
     e.map_kind(|k| match k {
         natty_stream::ErrorKind::InvalidName => ErrorKind::InvalidName,
         natty_stream::ErrorKind::InvalidConfig => ErrorKind::InvalidConfig,
+        natty_stream::ErrorKind::StreamNotFound => ErrorKind::StreamNotFound,
+        natty_stream::ErrorKind::Closed => ErrorKind::Closed,
         _ => ErrorKind::Stream,
     })
 }

@@ -5,10 +5,14 @@ mod config;
 mod durables;
 mod error;
 mod group;
+mod health;
+mod members;
+mod obs;
 
 pub use config::{GroupConfig, MAX_PARTITIONS, partition_of};
 pub use error::{Error, ErrorKind};
 pub use group::{ConsumerGroup, GroupEvent, Partition};
+pub use health::{Area, Health, Problem};
 pub use natty_election::Term;
 pub use tokio_util::sync::CancellationToken;
 

@@ -236,6 +236,11 @@ impl Consumer {
         let mut checking: Option<Lookup> = None;
         // The last pull was refused for its configuration (409 Exceeded MaxRequest...).
         let mut refused_for_config = false;
+        // Ordered by key: the durable's ack floor is read now and then, and the acked
+        // sequences remembered at or below it forgotten (ordered.rs).
+        let mut prune = tokio::time::interval_at(Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reading_floor: Option<FloorRead> = None;
         // While a back-off holds, the connection is watched: once it is back after being down
         // (a server restart), the durable is looked up at once instead of after the rest of a
         // back-off that grew during the outage.
@@ -404,6 +409,26 @@ impl Consumer {
                 _ = keepalive.tick(), if !waiting.is_empty() => {
                     waiting.keep_alive(settings.keepalive).await;
                 }
+                _ = prune.tick(), if reading_floor.is_none()
+                    && keys.as_ref().is_some_and(|k| k.remembered() > 0) =>
+                {
+                    let c = consumer.clone();
+                    reading_floor = Some(Box::pin(async move {
+                        match c.get_info().await {
+                            Ok(info) => Some(info.ack_floor.stream_sequence),
+                            Err(e) => {
+                                debug!(error = %e, "reading the ack floor failed: acked sequences kept");
+                                None
+                            }
+                        }
+                    }));
+                }
+                floor = poll_floor(&mut reading_floor) => {
+                    reading_floor = None;
+                    if let (Some(floor), Some(keys)) = (floor, keys.as_mut()) {
+                        keys.forget_acked_through(floor);
+                    }
+                }
                 () = sleep_until(hold.unwrap_or_else(Instant::now)), if hold.is_some() && checking.is_none() => {
                     checking = Some(Box::pin(health.check()));
                 }
@@ -432,6 +457,8 @@ impl Consumer {
                                 && let Queue::Keyed(keys) = &mut waiting
                             {
                                 keys.forget_acked();
+                                // A floor read of the earlier durable means nothing here.
+                                reading_floor = None;
                             }
                             (consumer, facts) = (c, f);
                             settings = settings_of(&consumer, facts, &self.stream, &self.durable);
@@ -791,6 +818,20 @@ async fn run_slot<F: Future>(slot: Pin<&mut Option<F>>) -> Option<F::Output> {
 async fn poll_check(checking: &mut Option<Lookup>) -> Result<Durable, Error> {
     match checking {
         Some(check) => check.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How often an ordered consumer that remembers acked sequences reads its durable's ack floor
+/// to forget those at or below it (ordered.rs).
+pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(30);
+
+/// A read of the durable's ack floor (stream sequence), `None` when it failed.
+type FloorRead = Pin<Box<dyn Future<Output = Option<u64>> + Send>>;
+
+async fn poll_floor(reading: &mut Option<FloorRead>) -> Option<u64> {
+    match reading {
+        Some(r) => r.await,
         None => std::future::pending().await,
     }
 }

@@ -13,8 +13,11 @@
 //! event adds at most one, so skipping costs O(log n) amortised.
 //!
 //! Memory: the waiting messages (at most `batch`) and the keys and sequences of the running
-//! ones, nothing per key once its messages are settled, and the sequences of the last
-//! [`REMEMBERED`] messages acked (about 1.5 MB at most).
+//! ones, nothing per key once its messages are settled, and the sequences of the messages
+//! acked above the durable's ack floor — at most the last [`REMEMBERED`] (about 1.5 MB); those
+//! at or below the floor are forgotten when the floor is read (every
+//! [`PRUNE_EVERY`](super::PRUNE_EVERY) while any are remembered): a reset replays from the
+//! floor, never below it.
 //!
 //! A message acked by this consumer that the server delivers again is acked again without
 //! running its handler: a reset of the durable (ADR-60; a late one from a previous reader)
@@ -410,6 +413,28 @@ impl Keys {
             self.held.remove(&w.seq);
         }
         all
+    }
+
+    /// How many acked sequences are remembered.
+    pub(super) fn remembered(&self) -> usize {
+        self.acked.len()
+    }
+
+    /// Forgets the acked sequences at or below the durable's ack floor `floor`: the server
+    /// never delivers those again (a reset goes back to the floor, not below it). Returns how
+    /// many were forgotten.
+    pub(super) fn forget_acked_through(&mut self, floor: u64) -> usize {
+        let before = self.acked.len();
+        self.acked.retain(|s| *s > floor);
+        self.acked_order.retain(|s| *s > floor);
+        let forgotten = before - self.acked.len();
+        debug!(
+            floor,
+            forgotten,
+            remembered = self.acked.len(),
+            "acked sequences at or below the ack floor forgotten"
+        );
+        forgotten
     }
 
     /// Forgets the acked sequences (the durable or its stream was created again).

@@ -242,6 +242,25 @@ fn acked_sequences_are_remembered_up_to_the_bound_and_nothing_else_is() {
 }
 
 #[test]
+fn acked_sequences_at_or_below_the_ack_floor_are_forgotten() {
+    let mut keys = Keys::new(OrderKey::subject_token(1));
+    for seq in 1..=10_000 {
+        keys.finished(k("a").as_ref(), seq, true, true);
+    }
+    assert_eq!(keys.remembered(), 10_000);
+    // The durable's ack floor passed 9,990: only what is above it can be replayed.
+    assert_eq!(keys.forget_acked_through(9_990), 9_990);
+    assert_eq!(keys.remembered(), 10);
+    assert_eq!(keys.acked_order.len(), 10);
+    assert!(!keys.acked.contains(&9_990));
+    assert!(keys.acked.contains(&9_991));
+    // Later acks are remembered as before; a floor that did not move forgets nothing.
+    keys.finished(k("a").as_ref(), 10_001, true, true);
+    assert_eq!(keys.forget_acked_through(9_990), 0);
+    assert_eq!(keys.remembered(), 11);
+}
+
+#[test]
 fn a_durable_created_again_forgets_what_was_acked() {
     let mut keys = Keys::new(OrderKey::subject_token(1));
     keys.finished(k("a").as_ref(), 1, true, true, None);
