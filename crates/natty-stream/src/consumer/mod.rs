@@ -410,7 +410,7 @@ impl Consumer {
                     waiting.keep_alive(settings.keepalive).await;
                 }
                 _ = prune.tick(), if reading_floor.is_none()
-                    && keys.as_ref().is_some_and(|k| k.remembered() > 0) =>
+                    && matches!(&waiting, Queue::Keyed(k) if k.remembered() > 0) =>
                 {
                     let c = consumer.clone();
                     reading_floor = Some(Box::pin(async move {
@@ -425,7 +425,7 @@ impl Consumer {
                 }
                 floor = poll_floor(&mut reading_floor) => {
                     reading_floor = None;
-                    if let (Some(floor), Some(keys)) = (floor, keys.as_mut()) {
+                    if let (Some(floor), Queue::Keyed(keys)) = (floor, &mut waiting) {
                         keys.forget_acked_through(floor);
                     }
                 }

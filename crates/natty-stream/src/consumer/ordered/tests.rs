@@ -245,7 +245,7 @@ fn acked_sequences_are_remembered_up_to_the_bound_and_nothing_else_is() {
 fn acked_sequences_at_or_below_the_ack_floor_are_forgotten() {
     let mut keys = Keys::new(OrderKey::subject_token(1));
     for seq in 1..=10_000 {
-        keys.finished(k("a").as_ref(), seq, true, true);
+        keys.finished(k("a").as_ref(), seq, true, true, None);
     }
     assert_eq!(keys.remembered(), 10_000);
     // The durable's ack floor passed 9,990: only what is above it can be replayed.
@@ -255,7 +255,7 @@ fn acked_sequences_at_or_below_the_ack_floor_are_forgotten() {
     assert!(!keys.acked.contains(&9_990));
     assert!(keys.acked.contains(&9_991));
     // Later acks are remembered as before; a floor that did not move forgets nothing.
-    keys.finished(k("a").as_ref(), 10_001, true, true);
+    keys.finished(k("a").as_ref(), 10_001, true, true, None);
     assert_eq!(keys.forget_acked_through(9_990), 0);
     assert_eq!(keys.remembered(), 11);
 }
