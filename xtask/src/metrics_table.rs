@@ -41,6 +41,19 @@ pub(crate) fn check(root: &Path) -> anyhow::Result<()> {
         }
     }
     described.sort_by(|a, b| a.name.cmp(&b.name));
+    for krate in std::fs::read_dir(root.join("crates"))? {
+        let src = krate?.path().join("src");
+        for file in obs_files(&src)? {
+            let text = std::fs::read_to_string(&file)?;
+            for name in recorded_names(&text) {
+                ensure!(
+                    described.iter().any(|m| m.name == name),
+                    "{}: metric {name} is recorded but never described (describe_* call)",
+                    file.display()
+                );
+            }
+        }
+    }
     ensure!(
         !described.is_empty(),
         "no describe_* call found in any obs.rs"
@@ -191,6 +204,29 @@ fn macro_args(text: &str) -> anyhow::Result<(Vec<Arg>, &str)> {
 }
 
 /// The rows `| `natty_...` | kind | unit | help | labels |` of the table.
+/// The literal names of the `counter!`/`gauge!`/`histogram!` calls in `code`.
+fn recorded_names(code: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for call in ["counter!(", "gauge!(", "histogram!("] {
+        let mut rest = code;
+        while let Some(at) = rest.find(call) {
+            // `describe_counter!(` is not a recording.
+            let described = rest[..at].ends_with("describe_");
+            rest = &rest[at + call.len()..];
+            if described {
+                continue;
+            }
+            let trimmed = rest.trim_start();
+            if let Some(literal) = trimmed.strip_prefix('"')
+                && let Some(end) = literal.find('"')
+            {
+                names.push(literal[..end].to_owned());
+            }
+        }
+    }
+    names
+}
+
 fn table_rows(doc: &str) -> anyhow::Result<Vec<Metric>> {
     let mut rows = Vec::new();
     for line in doc.lines().filter(|l| l.starts_with("| `natty_")) {
@@ -212,6 +248,24 @@ fn table_rows(doc: &str) -> anyhow::Result<Vec<Metric>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_workspace_describes_every_metric_as_its_table_says() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        check(&root).unwrap();
+    }
+
+    #[test]
+    fn recorded_names_are_found_but_not_the_describe_calls() {
+        let code = r#"
+            metrics::gauge!("a_members", labels(config)).set(1.0);
+            metrics::counter!(
+                "b_total", l).increment(1);
+            describe_counter!("c_total", Unit::Count, "C");
+            histogram!(name_in_a_variable).record(1.0);
+        "#;
+        assert_eq!(recorded_names(code), vec!["b_total", "a_members"]);
+    }
 
     #[test]
     fn describe_calls_are_read_with_and_without_a_unit() {

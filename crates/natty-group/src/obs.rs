@@ -16,9 +16,53 @@
 mod on {
     use std::time::Duration;
 
+    use std::sync::Once;
+
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
     use crate::{Area, GroupConfig};
 
+    /// Describes every metric of this crate (unit, help text) to the recorder, once per
+    /// process, before the first is recorded. The table in docs/observability.md is checked
+    /// against these calls (`cargo xtask ci`, step "metrics table").
+    fn describe() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            describe_gauge!(
+                "natty_group_members",
+                Unit::Count,
+                "Live members of the group as this member counts them"
+            );
+            describe_gauge!(
+                "natty_group_owned_partitions",
+                Unit::Count,
+                "Partitions this member consumes"
+            );
+            describe_counter!(
+                "natty_group_take_overs_total",
+                Unit::Count,
+                "Partitions this member won and took over"
+            );
+            describe_histogram!(
+                "natty_group_take_over_seconds",
+                Unit::Seconds,
+                "Time from winning a partition's lease to consuming it"
+            );
+            describe_counter!(
+                "natty_group_released_total",
+                Unit::Count,
+                "Partitions this member stopped consuming, by reason"
+            );
+            describe_counter!(
+                "natty_group_failures_total",
+                Unit::Count,
+                "Failures retried, by area"
+            );
+        });
+    }
+
     fn labels(config: &GroupConfig) -> Vec<metrics::Label> {
+        describe();
         vec![
             metrics::Label::new("group", config.name.clone()),
             metrics::Label::new("member", config.member.clone()),
