@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn this_workspace_describes_every_metric_as_its_table_says() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         check(&root).unwrap();
     }
 
