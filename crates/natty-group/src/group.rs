@@ -495,6 +495,49 @@ impl ConsumerGroup {
     }
 
     /// [`ensure`](Self::ensure), returning the membership bucket's status.
+    /// What `join` needs before it can take part: the stream, the initial durables, the
+    /// members bucket and its watch. Trouble that may heal (a timeout, no JetStream leader
+    /// during a node fault) is retried for the consume options' `consumer_gone_grace`, like
+    /// later on; anything else, or trouble past the grace, is `join`'s error. `None`: cancelled.
+    async fn start(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<Option<(BucketStatus, Watch)>, Error> {
+        let grace = self.config.consume.consumer_gone_grace;
+        let since = tokio::time::Instant::now();
+        let mut backoff =
+            natty_core::retry::RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2))
+                .backoff();
+        loop {
+            let attempt = async {
+                let status = self.ensure_all().await?;
+                let watch = self
+                    .kv
+                    .watch_bucket(&self.config.members_bucket())
+                    .await
+                    .map_err(from_kv)?
+                    .with_caught_up_events();
+                Ok::<_, Error>((status, watch))
+            };
+            let failed = tokio::select! {
+                () = cancel.cancelled() => return Ok(None),
+                started = attempt => match started {
+                    Ok(started) => return Ok(Some(started)),
+                    Err(e) => e,
+                },
+            };
+            if !natty_core::error::is_transient(&failed) || since.elapsed() >= grace {
+                return Err(failed);
+            }
+            let pause = backoff.next_delay();
+            warn!(error = %failed, retry_in = ?pause, "joining: trouble that may heal, retrying");
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(None),
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
     async fn ensure_all(&self) -> Result<BucketStatus, Error> {
         let stream = durables::get_stream(&self.client, &self.config).await?;
         if stream.cached_info().config.retention
@@ -584,16 +627,12 @@ impl ConsumerGroup {
         H: Fn(Partition, Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        let status = self.ensure_all().await?;
+        let Some((status, watch)) = self.start(&cancel).await? else {
+            return Ok(());
+        };
         let c = &self.config;
         let bucket = c.members_bucket();
-        let mut watch = Some(
-            self.kv
-                .watch_bucket(&bucket)
-                .await
-                .map_err(from_kv)?
-                .with_caught_up_events(),
-        );
+        let mut watch = Some(watch);
         self.shared.joined.store(true, Ordering::Relaxed);
         let _joined = Joined(&self.shared);
         let mut roster = Roster::new(&c.member, c.ttl, expiry_seen(&status, c.ttl));
