@@ -104,7 +104,7 @@ proptest! {
     /// another election's put, the lease key deleted or overwritten by someone else, reads
     /// from replicas that lag, writes wiped by the expiry marker of the revision they replaced.
     #[test]
-    #[ignore = "issue 25 items 3 and 4: fails until the fixes that follow"]
+    #[ignore = "issue 25 item 4: fails until the fix that follows"]
     fn never_two_leaders_when_the_bucket_or_key_changes_behind_our_back(
         seed in any::<u64>(),
         knobs in hostile_to_the_bucket(),
@@ -120,7 +120,6 @@ proptest! {
 /// and both led for 649 ms. Nobody may lead in a bucket younger than a TTL unless someone
 /// who waited one leads in it already.
 #[test]
-#[ignore = "issue 25 item 3: fails until the fix that follows"]
 fn a_bucket_deleted_and_re_created_under_a_leader_never_gives_two_leaders() {
     let mut w = World::quiet(
         3,

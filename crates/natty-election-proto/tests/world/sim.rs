@@ -487,7 +487,22 @@ impl World {
             Ev::Watch { node } => self.deliver_watch(node),
             Ev::Rewatch { node, generation } => {
                 if self.nodes[node].alive && self.nodes[node].watch.generation == generation {
+                    // `store.rewatch`: a bucket back with an epoch newer than we knew is a
+                    // re-created one.
+                    let newer = self
+                        .server
+                        .bucket
+                        .as_ref()
+                        .is_some_and(|b| b.epoch > self.nodes[node].store.known_epoch);
                     self.open_watch(node);
+                    if newer && self.nodes[node].watch.up {
+                        self.log(format!("n{node}: new watch on a re-created bucket"));
+                        let now = self.local(node, self.now);
+                        if let Some(m) = &mut self.nodes[node].m {
+                            m.on_bucket_recreated(now);
+                        }
+                        self.pump(node);
+                    }
                 }
             }
             Ev::Expire { epoch, seq } => {
@@ -592,13 +607,13 @@ impl World {
     }
 
     /// The machine exists: the bucket is ready and the watch is up.
-    fn prepared(&mut self, node: usize, created: bool) {
+    fn prepared(&mut self, node: usize, wait: Duration) {
         let now = self.local(node, self.now);
         let config = self.config;
-        let m = if created {
-            Machine::contesting_at(config, now, now + config.ttl)
-        } else {
+        let m = if wait.is_zero() {
             Machine::new(config, now)
+        } else {
+            Machine::contesting_at(config, now, now + wait)
         };
         self.nodes[node].m = Some(m);
         self.open_watch(node);
@@ -694,21 +709,27 @@ impl World {
     /// `store.watched` for a put.
     fn watched_put(&mut self, node: usize, now: Instant, rev: u64, value: &Value) {
         let n = &mut self.nodes[node];
-        if let Value::Lease(l) = value {
-            n.store.known_epoch = n.store.known_epoch.max(l.epoch);
-            if let Some(m) = &mut n.m {
-                m.on_key_written(
-                    now,
-                    natty_election_proto::Holder::new(format!("n{}", l.slot), l.term_at(rev)),
-                );
+        match value {
+            Value::Lease(l) => {
+                n.store.known_epoch = n.store.known_epoch.max(l.epoch);
+                if let Some(m) = &mut n.m {
+                    let holder =
+                        natty_election_proto::Holder::new(format!("n{}", l.slot), l.term_at(rev));
+                    m.on_key_written(now, holder, rev);
+                }
+            }
+            Value::Other => {
+                if let Some(m) = &mut n.m {
+                    m.on_key_taken(now, rev);
+                }
             }
         }
     }
 
-    /// `store.watched` for natty-kv's `BucketRecreated` (not a put: "gone at revision 0").
+    /// `store.watched` for natty-kv's `BucketRecreated`.
     fn watched_recreated(&mut self, node: usize, now: Instant) {
         if let Some(m) = &mut self.nodes[node].m {
-            m.on_key_gone(now, 0);
+            m.on_bucket_recreated(now);
         }
     }
 
@@ -810,7 +831,7 @@ impl World {
                 self.send_op(node, id, op);
             }
             Next::Reply(reply) => self.reply(node, reply),
-            Next::Prepared { created } => self.prepared(node, created),
+            Next::Prepared { wait } => self.prepared(node, wait),
             Next::Retry => {
                 let t = self.now + Duration::from_millis(200);
                 self.nodes[node].alive = false;

@@ -2,7 +2,11 @@
 //! request the machine asks for, as a chain of KV operations (each one a round trip through
 //! the simulated network). Keep it in step with `store.rs`: this is the model of it.
 
+use std::time::Duration;
+
 use natty_election_proto::{Holder, Reply, Request, Term};
+
+use crate::sim::TTL;
 
 use crate::kv::{Lease, Op, Res, Value};
 
@@ -22,8 +26,9 @@ pub(crate) enum Next {
     Op(Op),
     /// Done: the machine's reply.
     Reply(Reply),
-    /// Set-up done: the bucket is ready (`created`: we created it).
-    Prepared { created: bool },
+    /// Set-up done: the bucket is ready; contest only after `wait` (a bucket younger than a
+    /// TTL, by its age on the server's clock).
+    Prepared { wait: Duration },
     /// Set-up failed: try again later.
     Retry,
 }
@@ -150,9 +155,11 @@ impl Store {
     pub(crate) fn step(&mut self, prog: &mut Prog, res: Res) -> Next {
         match prog {
             Prog::Prepare { created, stage } => match (*stage, res) {
-                (0, Res::Info(Some((epoch, _)))) => {
+                (0, Res::Info(Some((epoch, age)))) => {
                     self.known_epoch = epoch;
-                    Next::Prepared { created: false }
+                    Next::Prepared {
+                        wait: TTL.saturating_sub(age),
+                    }
                 }
                 (0, Res::Info(None)) => {
                     *stage = 1;
@@ -163,9 +170,15 @@ impl Store {
                     *stage = 2;
                     Next::Op(Op::Info)
                 }
-                (2, Res::Info(Some((epoch, _)))) => {
+                (2, Res::Info(Some((epoch, age)))) => {
                     self.known_epoch = epoch;
-                    Next::Prepared { created: *created }
+                    Next::Prepared {
+                        wait: if *created {
+                            TTL
+                        } else {
+                            TTL.saturating_sub(age)
+                        },
+                    }
                 }
                 _ => Next::Retry,
             },
