@@ -588,10 +588,16 @@ impl Machine {
                 }
                 _ => self.pending = Some(pending),
             },
+            // Our own write, unless it is the very revision the request was conditioned on
+            // (the server just said the key is no longer there: a stale read).
             Reply::Conflict {
                 ours: Some(revision),
                 ..
-            } if !matches!(request, Request::Resign { .. }) => self.found_our_write(revision, now),
+            } if !matches!(request, Request::Resign { .. })
+                && conditioned(request) != Some(revision) =>
+            {
+                self.found_our_write(revision, now);
+            }
             Reply::Conflict { holder, .. } => match request {
                 Request::Renew { .. } | Request::Fence { .. } => match self.state {
                     State::Leader { term, .. } => {
@@ -904,8 +910,13 @@ impl Machine {
                 renew_at,
                 ..
             } => {
+                // A renew that cannot progress (the same revision found again) pauses.
+                *renew_at = if *held == revision {
+                    now + self.config.retry_interval
+                } else {
+                    now
+                };
                 *held = revision;
-                *renew_at = now;
             }
             State::Resigning { .. } => {
                 self.state = State::Resigning { revision };
@@ -1064,6 +1075,17 @@ impl Machine {
         self.state = State::Stopped;
         self.pending = None;
         self.request = None;
+    }
+}
+
+/// The revision a request is conditioned on, if any.
+fn conditioned(request: Request) -> Option<u64> {
+    match request {
+        Request::Create { .. } => None,
+        Request::Renew { revision }
+        | Request::Reclaim { revision }
+        | Request::Fence { revision }
+        | Request::Resign { revision } => Some(revision),
     }
 }
 

@@ -352,7 +352,7 @@ impl LeaseStore {
                         for _ in 0..2 {
                             match kv.delete_if(&c.bucket, &c.key, revision).await {
                                 Err(e) if e.kind() == natty_kv::ErrorKind::RevisionMismatch => {
-                                    match read_holder(&kv, &c, instance).await {
+                                    match read_holder(&kv, &c, instance, Some(revision + 1)).await {
                                         (_, Some(ours)) => revision = ours,
                                         _ => break,
                                     }
@@ -387,7 +387,9 @@ impl LeaseStore {
                         natty_kv::ErrorKind::RevisionMismatch | natty_kv::ErrorKind::KeyExists
                     ) =>
                 {
-                    let (holder, ours) = read_holder(&kv, &c, instance).await;
+                    // Never older than the conflict: past the revision it was conditioned on.
+                    let floor = conditioned(request).map(|r| r + 1);
+                    let (holder, ours) = read_holder(&kv, &c, instance, floor).await;
                     if let Some(h) = &holder {
                         // (see the watch: a holder's newer epoch was vetted by its election)
                         known_epoch.fetch_max(h.term.epoch, Ordering::Relaxed);
@@ -482,7 +484,7 @@ impl LeaseStore {
                     None,
                 ),
                 Ok(Ok(Err(e))) if fence::is_refused(&e) => {
-                    let (holder, ours) = read_holder(&kv, &c, instance).await;
+                    let (holder, ours) = read_holder(&kv, &c, instance, Some(revision + 1)).await;
                     if let Some(h) = &holder {
                         known_epoch.fetch_max(h.term.epoch, Ordering::Relaxed);
                     }
@@ -676,9 +678,32 @@ pub(crate) async fn read_leader(
     }))
 }
 
-/// Who holds the key now, and its revision if it is this instance's own write.
-async fn read_holder(kv: &Kv, c: &ElectionConfig, instance: u64) -> (Option<Holder>, Option<u64>) {
-    match kv.get(&c.bucket, &c.key).await {
+/// The revision a lease request is conditioned on, if any.
+fn conditioned(request: Request) -> Option<u64> {
+    match request {
+        Request::Create { .. } => None,
+        Request::Renew { revision }
+        | Request::Reclaim { revision }
+        | Request::Fence { revision }
+        | Request::Resign { revision } => Some(revision),
+    }
+}
+
+/// Who holds the key now, and its revision if it is this instance's own write. With `floor`
+/// (after a conflict: past the revision the request was conditioned on), the read is never
+/// older than that (natty-kv's `get_at_least`): a lagging replica cannot show a lease the
+/// server has just refused to count as current.
+async fn read_holder(
+    kv: &Kv,
+    c: &ElectionConfig,
+    instance: u64,
+    floor: Option<u64>,
+) -> (Option<Holder>, Option<u64>) {
+    let read = match floor {
+        Some(floor) => kv.get_at_least(&c.bucket, &c.key, floor).await,
+        None => kv.get(&c.bucket, &c.key).await,
+    };
+    match read {
         Ok(Some(entry)) => match Lease::decode(&entry.value) {
             Some(lease) => {
                 let ours = (lease.instance == instance).then_some(entry.revision);

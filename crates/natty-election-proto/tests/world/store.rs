@@ -43,6 +43,8 @@ pub(crate) enum Prog {
     /// `Request::Renew` / `Fence` (`fence`) / `Reclaim` (`reclaim`).
     Write {
         reclaim: bool,
+        /// The revision the write is conditioned on.
+        base: u64,
         stage: u8,
         epoch: u64,
         new_rev: u64,
@@ -98,6 +100,7 @@ impl Store {
                 (
                     Prog::Write {
                         reclaim: false,
+                        base: revision,
                         stage: 0,
                         epoch: term.epoch,
                         new_rev: 0,
@@ -108,6 +111,7 @@ impl Store {
             Request::Reclaim { revision } => (
                 Prog::Write {
                     reclaim: true,
+                    base: revision,
                     stage: 0,
                     epoch: self.known_epoch,
                     new_rev: 0,
@@ -220,6 +224,7 @@ impl Store {
             },
             Prog::Write {
                 reclaim,
+                base,
                 stage,
                 epoch,
                 new_rev,
@@ -235,7 +240,10 @@ impl Store {
                 }),
                 (0, Res::Conflict(_)) => {
                     *stage = 2;
-                    Next::Op(Op::Get { at_least: None })
+                    // (never older than the conflict: past the conditioned revision)
+                    Next::Op(Op::Get {
+                        at_least: Some(*base + 1),
+                    })
                 }
                 (0, Res::NoBucket) => {
                     *stage = 3;
