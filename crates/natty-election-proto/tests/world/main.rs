@@ -77,35 +77,29 @@ proptest! {
 }
 
 fn hostile_to_the_bucket() -> impl Strategy<Value = Knobs> {
-    (
-        hostile(),
-        0usize..=3,
-        0usize..=3,
-        0usize..=2,
-        0u64..=3,
-        any::<bool>(),
+    // (Blind deletes and writes of the lease key by non-candidates — `key_deletes`,
+    // `foreign_writes` — are left out: a leader learns of them only through its watch or its
+    // next renew while a follower may contest at once, the documented limit.)
+    (hostile(), 0usize..=3, 0u64..=3, any::<bool>()).prop_map(
+        |(knobs, bucket_deletes, max_lag, wipe)| Knobs {
+            bucket_deletes,
+            max_lag,
+            wipe,
+            ..knobs
+        },
     )
-        .prop_map(
-            |(knobs, bucket_deletes, key_deletes, foreign_writes, max_lag, wipe)| Knobs {
-                bucket_deletes,
-                key_deletes,
-                foreign_writes,
-                max_lag,
-                wipe,
-                ..knobs
-            },
-        )
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// As `never_two_leaders_under_faults`, and besides: the bucket deleted and re-created by
-    /// another election's put, the lease key deleted or overwritten by someone else, reads
-    /// from replicas that lag, writes wiped by the expiry marker of the revision they replaced.
+    /// another election's put, reads from replicas that lag, writes wiped by the expiry
+    /// marker of the revision they replaced.
     #[test]
-    #[ignore = "issue 25 item 4: fails until the fix that follows"]
-    fn never_two_leaders_when_the_bucket_or_key_changes_behind_our_back(
+    #[ignore = "issue 25 item 3: seed 16634250193690740798 (proptest-regressions) still gives a \
+                cross-epoch overlap after the fix: not yet diagnosed"]
+    fn never_two_leaders_when_the_bucket_changes_behind_our_back(
         seed in any::<u64>(),
         knobs in hostile_to_the_bucket(),
     ) {
