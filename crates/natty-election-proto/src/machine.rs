@@ -359,12 +359,20 @@ impl Machine {
         Self::contesting_at(config, now, now)
     }
 
-    /// A follower that contests first at `first_try` (a candidate that had to create the
-    /// bucket waits a TTL: the bucket may have been deleted under a leader that still works).
+    /// A follower that contests first at `first_try`, whatever the watch says (a candidate
+    /// that finds the bucket younger than a TTL waits until it is a TTL old: the bucket may
+    /// have been deleted under a leader that still works).
     pub fn contesting_at(config: MachineConfig, now: Instant, first_try: Instant) -> Self {
         let mut machine = Self {
             config,
-            state: State::follower(first_try),
+            // Not before `first_try`, whatever the watch says.
+            state: State::Follower {
+                own: None,
+                next_try: first_try,
+                hold_off: (first_try > now).then_some(first_try),
+                contest_asap: false,
+                make_bucket: false,
+            },
             pending: None,
             request: None,
             work: VecDeque::new(),
@@ -580,10 +588,16 @@ impl Machine {
                 }
                 _ => self.pending = Some(pending),
             },
+            // Our own write, unless it is the very revision the request was conditioned on
+            // (the server just said the key is no longer there: a stale read).
             Reply::Conflict {
                 ours: Some(revision),
                 ..
-            } if !matches!(request, Request::Resign { .. }) => self.found_our_write(revision, now),
+            } if !matches!(request, Request::Resign { .. })
+                && conditioned(request) != Some(revision) =>
+            {
+                self.found_our_write(revision, now);
+            }
             Reply::Conflict { holder, .. } => match request {
                 Request::Renew { .. } | Request::Fence { .. } => match self.state {
                     State::Leader { term, .. } => {
@@ -751,12 +765,73 @@ impl Machine {
         self.on_timeout(now);
     }
 
-    /// The watch saw the key written by `holder`: a `Follower` reports it
-    /// ([`Event::Following`], once per holder); ignored otherwise.
-    pub fn on_key_written(&mut self, now: Instant, holder: Holder) {
+    /// The watch saw the key written by `holder` at `revision`.
+    /// - `Leader`, `revision` above the one it holds, `holder` in another term → someone else
+    ///   wrote the key after our last write (a blind put, a leader of a re-created bucket, a
+    ///   late write): [`Work::Stop`], [`LostReason::Conflict`], `Follower` of the holder;
+    /// - `Follower` → reports it ([`Event::Following`], once per holder);
+    /// - otherwise ignored (our own writes carry our term).
+    pub fn on_key_written(&mut self, now: Instant, holder: Holder, revision: u64) {
         self.on_timeout(now);
-        if matches!(self.state, State::Follower { .. }) {
-            self.report_holder(Some(holder));
+        match self.state {
+            State::Leader {
+                term,
+                revision: held,
+                ..
+            } if revision > held && holder.term != term => {
+                self.lose(term, LostReason::Conflict, None, now);
+                self.follow(Some(holder), now);
+            }
+            State::Follower { .. } => self.report_holder(Some(holder)),
+            _ => {}
+        }
+        self.on_timeout(now);
+    }
+
+    /// The key was written by someone who is not a candidate (a value that is no lease) at
+    /// `revision`: a `Leader` holding an older revision lost it ([`LostReason::Conflict`]).
+    pub fn on_key_taken(&mut self, now: Instant, revision: u64) {
+        self.on_timeout(now);
+        if let State::Leader {
+            term,
+            revision: held,
+            ..
+        } = self.state
+            && revision > held
+        {
+            self.lose(term, LostReason::Conflict, None, now);
+            self.follow(None, now);
+        }
+        self.on_timeout(now);
+    }
+
+    /// The bucket was deleted and created again (the watch says so, or the driver found a
+    /// bucket younger than it knew). Whoever led in the old bucket may work until its last
+    /// `sent + ttl - margin`, and nothing in the new bucket tells: nobody may lead in it for a
+    /// TTL from now.
+    /// - `Leader` → [`Work::Stop`], [`LostReason::BucketDeleted`];
+    /// - any state but `Stopped`/shutting down → `Follower` holding off a TTL, then creating
+    ///   (adopting the bucket's epoch);
+    /// - shutting down: a leader stops its work and the machine stops (its key is gone with
+    ///   the old bucket).
+    pub fn on_bucket_recreated(&mut self, now: Instant) {
+        self.on_timeout(now);
+        if self.is_stopped() {
+            return;
+        }
+        if let State::Leader { term, .. } = self.state {
+            self.lose(term, LostReason::BucketDeleted, None, now);
+        }
+        if self.shutting_down() {
+            self.stop();
+            return;
+        }
+        // A request in flight was made for the old bucket: its reply means nothing now.
+        self.pending = None;
+        self.request = None;
+        self.hold_off_for_a_ttl(now);
+        if let State::Follower { make_bucket, .. } = &mut self.state {
+            *make_bucket = true;
         }
         self.on_timeout(now);
     }
@@ -835,8 +910,13 @@ impl Machine {
                 renew_at,
                 ..
             } => {
+                // A renew that cannot progress (the same revision found again) pauses.
+                *renew_at = if *held == revision {
+                    now + self.config.retry_interval
+                } else {
+                    now
+                };
                 *held = revision;
-                *renew_at = now;
             }
             State::Resigning { .. } => {
                 self.state = State::Resigning { revision };
@@ -995,6 +1075,17 @@ impl Machine {
         self.state = State::Stopped;
         self.pending = None;
         self.request = None;
+    }
+}
+
+/// The revision a request is conditioned on, if any.
+fn conditioned(request: Request) -> Option<u64> {
+    match request {
+        Request::Create { .. } => None,
+        Request::Renew { revision }
+        | Request::Reclaim { revision }
+        | Request::Fence { revision }
+        | Request::Resign { revision } => Some(revision),
     }
 }
 

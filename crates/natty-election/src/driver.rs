@@ -348,7 +348,7 @@ impl Election {
         F: FnMut(Leadership) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Some((store, created, watch)) = self.set_up(&cancel).await? else {
+        let Some((store, wait, watch)) = self.set_up(&cancel).await? else {
             return Ok(()); // cancelled before the election could start
         };
         let _not_leading = NotLeadingOnDrop(&self.shared, &self.config);
@@ -356,12 +356,17 @@ impl Election {
         // The machine's time: counts through a host suspend (see `clock.rs`).
         let clock = Clock::new();
         let now = clock.now();
-        let mut machine = if created {
-            // We created the bucket: if it was deleted under a leader elsewhere, that leader
-            // may work until a TTL from now.
-            Machine::contesting_at(self.config.machine(), now, now + self.config.ttl)
-        } else {
+        let mut machine = if wait.is_zero() {
             Machine::new(self.config.machine(), now)
+        } else {
+            // A bucket younger than a TTL (we created it, or someone re-created it just now):
+            // if it was deleted under a leader elsewhere, that leader may work until a TTL
+            // after the re-creation.
+            info!(
+                ?wait,
+                "the election bucket is new: contesting once it is a TTL old"
+            );
+            Machine::contesting_at(self.config.machine(), now, now + wait)
         };
         // The lease request in flight; a fenced write's also says what to tell its caller.
         let mut in_flight: Option<FenceFlight> = None;
@@ -375,6 +380,9 @@ impl Election {
         let mut refusal: Option<Error> = None;
         // The watch, re-created (after a pause) when it ends, e.g. with a deleted bucket.
         let mut rewatch: Option<Rewatch> = None;
+        // Whether a re-created bucket the watch reported was vetted by a leader already.
+        let mut recheck: Option<std::pin::Pin<Box<dyn Future<Output = Option<bool>> + Send>>> =
+            None;
         // Its pauses: about one poll interval first, then up to 1 s (or the poll interval, if
         // longer), jittered so that the candidates of a fleet do not re-watch in step.
         let poll = self.config.machine().poll_interval;
@@ -484,13 +492,25 @@ impl Election {
                         machine.on_shutdown(clock.now());
                     }
                 }
+                new = next(&mut recheck) => {
+                    recheck = None;
+                    // (unreadable: the bucket is gone again, and the watch will say so)
+                    if new == Some(true) {
+                        warn!("the election bucket was re-created: nobody leads in it for a TTL");
+                        machine.on_bucket_recreated(clock.now());
+                    }
+                }
                 new_watch = next(&mut rewatch) => {
                     rewatch = None;
                     match new_watch {
-                        Some(w) => {
-                            info!("lease watch re-established");
+                        Some((w, recreated)) => {
+                            info!(recreated, "lease watch re-established");
                             watch = Some(w);
                             rewatch_backoff.reset();
+                            if recreated {
+                                warn!("the election bucket was re-created: nobody leads in it for a TTL");
+                                machine.on_bucket_recreated(clock.now());
+                            }
                         }
                         None => rewatch = Some(store.rewatch(rewatch_backoff.next_delay())),
                     }
@@ -499,7 +519,17 @@ impl Election {
                     let now = clock.now();
                     match event {
                         Some(Ok(event)) => match store.watched(&event) {
-                            Some(Watched::Written(holder)) => machine.on_key_written(now, holder),
+                            Some(Watched::Written(holder, revision)) => {
+                                machine.on_key_written(now, holder, revision);
+                            }
+                            Some(Watched::Taken { revision }) => machine.on_key_taken(now, revision),
+                            // A leader's bucket is gone: it stops at once. A follower first
+                            // asks whether a leader who waited already leads in the new one.
+                            Some(Watched::Recreated) if machine.is_leader(now) => {
+                                warn!("the election bucket was re-created: nobody leads in it for a TTL");
+                                machine.on_bucket_recreated(now);
+                            }
+                            Some(Watched::Recreated) => recheck = Some(store.recheck()),
                             Some(Watched::Gone { revision }) => machine.on_key_gone(now, revision),
                             None => {}
                         },
@@ -558,14 +588,14 @@ impl Election {
     async fn set_up(
         &self,
         cancel: &CancellationToken,
-    ) -> Result<Option<(LeaseStore, bool, natty_kv::Watch)>, Error> {
+    ) -> Result<Option<(LeaseStore, Duration, natty_kv::Watch)>, Error> {
         let mut backoff = SET_UP_RETRY.backoff();
         loop {
             let attempt = async {
-                let (store, created) =
+                let (store, wait) =
                     LeaseStore::prepare(&self.kv, &self.config, self.instance).await?;
                 let watch = store.watch().await?;
-                Ok::<_, Error>((store, created, watch))
+                Ok::<_, Error>((store, wait, watch))
             };
             let result = tokio::select! {
                 () = cancel.cancelled() => return Ok(None),

@@ -36,14 +36,22 @@ pub(crate) type InFlight = Pin<Box<dyn Future<Output = Reply> + Send>>;
 /// that is more than the reply says (why it failed).
 pub(crate) type FenceFlight = Pin<Box<dyn Future<Output = (Reply, Option<Error>)> + Send>>;
 
-/// A watch being re-created.
-pub(crate) type Rewatch = Pin<Box<dyn Future<Output = Option<natty_kv::Watch>> + Send>>;
+/// A watch being re-created, and whether its bucket is a re-created one (an epoch newer than
+/// we knew).
+pub(crate) type Rewatch = Pin<Box<dyn Future<Output = Option<(natty_kv::Watch, bool)>> + Send>>;
 
 /// What the watch on the lease key saw, for the machine.
 #[derive(Debug)]
 pub(crate) enum Watched {
-    /// Written by this holder.
-    Written(Holder),
+    /// Written by this holder, at this revision.
+    Written(Holder, u64),
+    /// Written by someone who is not a candidate (not a lease), at `revision`.
+    Taken {
+        /// The write's revision.
+        revision: u64,
+    },
+    /// The bucket was deleted and created again.
+    Recreated,
     /// Deleted, purged or expired at `revision`.
     Gone {
         /// The marker's revision.
@@ -80,14 +88,25 @@ impl LeaseStore {
     pub(crate) fn watched(&self, event: &natty_kv::Event) -> Option<Watched> {
         match event.kind {
             natty_kv::EventKind::Put => {
-                let lease = Lease::decode(&event.value)?;
+                let Some(lease) = Lease::decode(&event.value) else {
+                    // Someone who is not a candidate wrote the key: whoever held it lost it.
+                    return Some(Watched::Taken {
+                        revision: event.revision,
+                    });
+                };
                 // A leader elected in a newer bucket epoch vetted that epoch (it waited out
                 // any older leader): adopt it, so our next create does not mistake it for a
                 // re-creation.
                 self.adopt_epoch(lease.epoch);
                 let term = lease.term_at(event.revision);
-                Some(Watched::Written(Holder::new(lease.node, term)))
+                Some(Watched::Written(
+                    Holder::new(lease.node, term),
+                    event.revision,
+                ))
             }
+            // The bucket was deleted and created again: nothing in it tells whether the old
+            // leader still works.
+            natty_kv::EventKind::BucketRecreated => Some(Watched::Recreated),
             _ => Some(Watched::Gone {
                 revision: event.revision,
             }),
@@ -111,31 +130,50 @@ impl LeaseStore {
 
     /// A new watch on the key after `pause`; `None` if it could not be made (yet).
     pub(crate) fn rewatch(&self, pause: Duration) -> Rewatch {
-        let (kv, bucket, key) = (
+        let (kv, bucket, key, known_epoch) = (
             self.kv.clone(),
             self.config.bucket.clone(),
             self.config.key.clone(),
+            self.known_epoch.clone(),
         );
         Box::pin(async move {
             tokio::time::sleep(pause).await;
-            match kv.watch_key(&bucket, &key).await {
-                Ok(w) => Some(w),
+            let watch = match kv.watch_key(&bucket, &key).await {
+                Ok(w) => w,
                 Err(e) => {
                     debug!(error = %e, "re-creating the lease watch");
-                    None
+                    return None;
                 }
-            }
+            };
+            // The watch ended because the bucket was deleted: if it is back, it is a new one
+            // unless an election in it already taught us its epoch (a leader who waited).
+            let recreated = is_new_bucket(&kv, &bucket, &key, &known_epoch).await?;
+            Some((watch, recreated))
         })
     }
 
+    /// Whether the bucket is a re-created one nobody has vetted yet (see `is_new_bucket`);
+    /// `None` if that cannot be read now.
+    pub(crate) fn recheck(&self) -> Pin<Box<dyn Future<Output = Option<bool>> + Send>> {
+        let (kv, bucket, key, known_epoch) = (
+            self.kv.clone(),
+            self.config.bucket.clone(),
+            self.config.key.clone(),
+            self.known_epoch.clone(),
+        );
+        Box::pin(async move { is_new_bucket(&kv, &bucket, &key, &known_epoch).await })
+    }
+
     /// Makes sure the bucket exists and suits the election (per-key TTL on server 2.11+, else
-    /// the bucket's own TTL is the lease TTL) and reads its epoch; also says whether we
-    /// created the bucket.
+    /// the bucket's own TTL is the lease TTL) and reads its epoch; also says how long to wait
+    /// before contesting: a bucket younger than a TTL (we created it, or someone re-created it
+    /// just now) may have been deleted under a leader that still works, so nobody contests in
+    /// it before it is a TTL old.
     pub(crate) async fn prepare(
         kv: &Kv,
         config: &ElectionConfig,
         instance: u64,
-    ) -> Result<(Self, bool), Error> {
+    ) -> Result<(Self, Duration), Error> {
         let c = config;
         let per_key_ttl = kv
             .client()
@@ -168,11 +206,17 @@ impl LeaseStore {
         };
         let per_key_ttl = check_fits(c, per_key_ttl, &status)?;
         let kv = Kv::with_defaults(kv.client().clone(), wanted);
-        let epoch = bucket_epoch(&kv, &c.bucket)
+        let (epoch, age) = bucket_age(&kv, &c.bucket)
             .await
             .map_err(from_kv)?
-            .unwrap_or(0);
-        debug!(per_key_ttl, epoch, "election bucket ready");
+            .unwrap_or((0, None));
+        // Its age by the server's clock (`ts - created`); unknown, assume it is new.
+        let wait = if created {
+            c.ttl
+        } else {
+            age.map_or(c.ttl, |age| c.ttl.saturating_sub(age))
+        };
+        debug!(per_key_ttl, epoch, ?age, ?wait, "election bucket ready");
         Ok((
             Self {
                 kv,
@@ -182,7 +226,7 @@ impl LeaseStore {
                 known_epoch: Arc::new(AtomicU64::new(epoch)),
                 refused: Arc::default(),
             },
-            created,
+            wait,
         ))
     }
 
@@ -308,7 +352,7 @@ impl LeaseStore {
                         for _ in 0..2 {
                             match kv.delete_if(&c.bucket, &c.key, revision).await {
                                 Err(e) if e.kind() == natty_kv::ErrorKind::RevisionMismatch => {
-                                    match read_holder(&kv, &c, instance).await {
+                                    match read_holder(&kv, &c, instance, Some(revision + 1)).await {
                                         (_, Some(ours)) => revision = ours,
                                         _ => break,
                                     }
@@ -343,7 +387,9 @@ impl LeaseStore {
                         natty_kv::ErrorKind::RevisionMismatch | natty_kv::ErrorKind::KeyExists
                     ) =>
                 {
-                    let (holder, ours) = read_holder(&kv, &c, instance).await;
+                    // Never older than the conflict: past the revision it was conditioned on.
+                    let floor = conditioned(request).map(|r| r + 1);
+                    let (holder, ours) = read_holder(&kv, &c, instance, floor).await;
                     if let Some(h) = &holder {
                         // (see the watch: a holder's newer epoch was vetted by its election)
                         known_epoch.fetch_max(h.term.epoch, Ordering::Relaxed);
@@ -438,7 +484,7 @@ impl LeaseStore {
                     None,
                 ),
                 Ok(Ok(Err(e))) if fence::is_refused(&e) => {
-                    let (holder, ours) = read_holder(&kv, &c, instance).await;
+                    let (holder, ours) = read_holder(&kv, &c, instance, Some(revision + 1)).await;
                     if let Some(h) = &holder {
                         known_epoch.fetch_max(h.term.epoch, Ordering::Relaxed);
                     }
@@ -540,6 +586,62 @@ async fn bucket_epoch(kv: &Kv, bucket: &str) -> Result<Option<u64>, natty_kv::Er
     }
 }
 
+/// Whether the bucket is newer than `known_epoch` and nobody vetted it: a lease of its epoch
+/// in the key was written by a leader who waited a TTL in it (its epoch is then adopted).
+/// `None` if that cannot be read now (or the bucket is missing).
+async fn is_new_bucket(kv: &Kv, bucket: &str, key: &str, known_epoch: &AtomicU64) -> Option<bool> {
+    let epoch = bucket_epoch(kv, bucket).await.ok()??;
+    let vetted = match kv.get(bucket, key).await {
+        Ok(Some(entry)) => Lease::decode(&entry.value).is_some_and(|l| l.epoch >= epoch),
+        Ok(None) => false,
+        Err(_) => return None,
+    };
+    if vetted {
+        known_epoch.fetch_max(epoch, Ordering::Relaxed);
+    }
+    Some(epoch > known_epoch.load(Ordering::Relaxed))
+}
+
+/// The bucket's epoch (as [`bucket_epoch`]) and its age by the server's clock (the stream
+/// info's `ts - created`; `None` if the server does not say); `None` when the bucket does not
+/// exist.
+async fn bucket_age(
+    kv: &Kv,
+    bucket: &str,
+) -> Result<Option<(u64, Option<Duration>)>, natty_kv::Error> {
+    let failed = |e: &dyn std::fmt::Display| {
+        natty_kv::Error::new(
+            natty_kv::ErrorKind::Other,
+            format!("reading the stream of bucket {bucket:?}: {e}"),
+        )
+    };
+    let info: serde_json::Value = kv
+        .client()
+        .jetstream()
+        .request(format!("STREAM.INFO.KV_{bucket}"), &())
+        .await
+        .map_err(|e| failed(&e))?;
+    if let Some(error) = info.get("error") {
+        if error.get("err_code").and_then(serde_json::Value::as_u64) == Some(STREAM_NOT_FOUND) {
+            return Ok(None);
+        }
+        return Err(failed(error));
+    }
+    let time = |field: &str| {
+        info.get(field)
+            .and_then(serde_json::Value::as_str)
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+    };
+    let Some(created) = time("created") else {
+        return Err(failed(&"no creation time in the stream info"));
+    };
+    let epoch = u64::try_from(created.unix_timestamp_nanos()).unwrap_or(0);
+    let age = time("ts").map(|ts| Duration::try_from(ts - created).unwrap_or(Duration::ZERO));
+    Ok(Some((epoch, age)))
+}
+
 /// Whether the bucket is still the one created at `epoch`. A write to a bucket deleted
 /// behind our back may have re-created it (natty-kv's auto-create), or someone re-created
 /// it: then the new revision is not a term of `epoch`, and the election treats the bucket
@@ -576,9 +678,32 @@ pub(crate) async fn read_leader(
     }))
 }
 
-/// Who holds the key now, and its revision if it is this instance's own write.
-async fn read_holder(kv: &Kv, c: &ElectionConfig, instance: u64) -> (Option<Holder>, Option<u64>) {
-    match kv.get(&c.bucket, &c.key).await {
+/// The revision a lease request is conditioned on, if any.
+fn conditioned(request: Request) -> Option<u64> {
+    match request {
+        Request::Create { .. } => None,
+        Request::Renew { revision }
+        | Request::Reclaim { revision }
+        | Request::Fence { revision }
+        | Request::Resign { revision } => Some(revision),
+    }
+}
+
+/// Who holds the key now, and its revision if it is this instance's own write. With `floor`
+/// (after a conflict: past the revision the request was conditioned on), the read is never
+/// older than that (natty-kv's `get_at_least`): a lagging replica cannot show a lease the
+/// server has just refused to count as current.
+async fn read_holder(
+    kv: &Kv,
+    c: &ElectionConfig,
+    instance: u64,
+    floor: Option<u64>,
+) -> (Option<Holder>, Option<u64>) {
+    let read = match floor {
+        Some(floor) => kv.get_at_least(&c.bucket, &c.key, floor).await,
+        None => kv.get(&c.bucket, &c.key).await,
+    };
+    match read {
         Ok(Some(entry)) => match Lease::decode(&entry.value) {
             Some(lease) => {
                 let ours = (lease.instance == instance).then_some(entry.revision);

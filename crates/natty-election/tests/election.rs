@@ -841,3 +841,85 @@ async fn the_watch_comes_back_after_the_bucket_is_re_created() -> anyhow::Result
     }
     Ok(())
 }
+
+/// Issue 25, item 3: leader L works; the bucket is deleted and a `kv.put` of another key
+/// re-creates it at once (natty-kv's auto-create); candidate B starts right then, on L's key.
+/// Measured on main: B contested at once and both did leader work for ~650 ms, until L's next
+/// renew. Nobody may lead in a re-created bucket while the old leader may still work, and the
+/// old leader stops as soon as it sees its bucket re-created.
+#[tokio::test]
+#[ignore = "integration: needs Docker; run `cargo xtask integration`"]
+async fn a_bucket_re_created_by_a_put_under_a_leader_never_gives_two_leaders() -> anyhow::Result<()>
+{
+    init_tracing();
+    let nats = Nats::start().await?;
+    let rec = Recorder::default();
+    let b = bucket();
+    let l = Candidate::start(&nats.url(), config(&b, "leader", "l"), &rec).await?;
+    wait_for("l leads", Duration::from_secs(5), || async {
+        rec.intervals().first().cloned()
+    })
+    .await?;
+    let client = ConnectOptions::new([nats.url()]).connect().await?;
+    // Auto-created buckets as an election makes them: per-key TTL, atomic writes.
+    let kv = Kv::with_defaults(
+        client,
+        BucketConfig::new(&b).per_key_ttl(true).atomic_writes(true),
+    );
+    // Right after a renew, so that L's deadline is as far away as it gets.
+    let renewed = kv.get(&b, "leader").await?.unwrap().revision;
+    wait_for("a renew", Duration::from_secs(3), || async {
+        let now = kv.get(&b, "leader").await.ok()??.revision;
+        (now > renewed).then_some(())
+    })
+    .await?;
+    let deleted_at = Instant::now();
+    kv.delete_bucket(&b).await?;
+    kv.put(&b, "another-key", "x".into()).await?;
+    let cand_b = Candidate::start(&nats.url(), config(&b, "leader", "b"), &rec).await?;
+    wait_for(
+        "a leader in the new bucket",
+        Duration::from_secs(10),
+        || async { rec.intervals().get(1).cloned() },
+    )
+    .await?;
+    // L's deadline is 1.8 s after its last renew: it has stopped long before this, unless it
+    // went on leading in the new bucket.
+    let _ = wait_for("l's work ended", Duration::from_secs(4), || async {
+        rec.intervals()[0].end
+    })
+    .await;
+    let all = rec.intervals();
+    eprintln!(
+        "after the delete: {:?}",
+        all.iter()
+            .map(|i| (
+                &i.node,
+                i.term,
+                i.start - deleted_at,
+                i.end.map(|e| e - deleted_at)
+            ))
+            .collect::<Vec<_>>()
+    );
+    // Work still running counts as running until now.
+    let now = Instant::now();
+    for (i, x) in all.iter().enumerate() {
+        for y in &all[i + 1..] {
+            let overlap = x
+                .end
+                .unwrap_or(now)
+                .min(y.end.unwrap_or(now))
+                .saturating_duration_since(x.start.max(y.start));
+            assert!(
+                overlap.is_zero(),
+                "{} and {} both did leader work for {overlap:?}: {x:?} {y:?}",
+                x.node,
+                y.node
+            );
+        }
+    }
+    l.stop().await?;
+    cand_b.stop().await?;
+    rec.assert_no_overlap();
+    Ok(())
+}

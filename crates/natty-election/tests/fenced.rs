@@ -152,14 +152,18 @@ async fn a_fenced_write_after_someone_else_took_the_lease_is_refused_by_the_serv
     let (_nats, b, leader, lead) = one_leader().await?;
     lead.put("owner", "a").await?;
     // Another leader's lease, written behind this leader's back (as a successor's create
-    // would after an expiry). The leader's machine cannot know yet: only the server can
-    // refuse its next write.
+    // would after an expiry). Either the server refuses the leader's next write, or its watch
+    // saw the thief's write first and it stopped at once (issue 25 item 3): either way the
+    // write is refused `Deposed`, and nothing changes.
     let thief = r#"{"node":"thief","instance":1,"epoch":0,"since_ms":0}"#;
     leader.kv.put(&b, "leader", thief.into()).await?;
-    assert!(lead.is_valid(), "by its own clock, the leader still leads");
     let refused = lead.put("owner", "stale").await.unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::Deposed, "{refused}");
-    assert!(refused.to_string().contains("thief"), "{refused}");
+    let why = refused.to_string();
+    assert!(
+        why.contains("thief") || why.contains("leadership was lost"),
+        "{refused}"
+    );
     assert_eq!(
         value(&leader.kv, &b, &leader.election.fenced_key("owner"))
             .await?

@@ -295,7 +295,8 @@ impl Sim {
     }
 
     fn key_written(&mut self, holder: Holder) {
-        self.m.on_key_written(self.now, holder);
+        let revision = holder.term.revision;
+        self.m.on_key_written(self.now, holder, revision);
         self.collect();
     }
 
