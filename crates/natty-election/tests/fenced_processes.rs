@@ -84,8 +84,17 @@ async fn a_frozen_leaders_fenced_writes_are_refused_after_its_successor_wrote() 
         )
         .await?;
 
-        let frozen_at = mono_ns();
         signal(pid(&node), "-STOP").await?;
+        // "After the freeze" starts when the process is stopped, not when the signal was
+        // sent: a write issued in between is a live leader's and may be accepted.
+        wait_for("the leader stopped", Duration::from_secs(5), || async {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid(&node))).ok()?;
+            // The state follows the command name in parentheses: "T" for stopped.
+            let state = stat.rsplit_once(") ")?.1.split(' ').next()?;
+            (state == "T" || state == "t").then_some(())
+        })
+        .await?;
+        let frozen_at = mono_ns();
         let successor = wait_for("a successor", Duration::from_secs(TTL_SECS + 5), || async {
             lines.find(|l| elected_after(l, Some(term)))
         })
