@@ -335,7 +335,7 @@ struct Pending {
     base: Option<Instant>,
 }
 
-/// The election state machine. See the [module docs](self).
+/// The election state machine. See the [crate docs](crate).
 #[derive(Debug)]
 pub struct Machine {
     config: MachineConfig,

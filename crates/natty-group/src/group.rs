@@ -1093,6 +1093,10 @@ impl Owner {
             .consume
             .clone()
             .identity(config.durable(partition))
+            // This term's durable has one reader, this owner: a jump in the consumer
+            // sequence is a lost delivery, and the consumer re-fetches it before anything
+            // later of its key runs (issue 24 item 3).
+            .exclusive(true)
             .ordered_by_key(move |m: &Message| {
                 m.subject.splitn(skip + 1, '.').nth(skip).map(str::to_owned)
             });
