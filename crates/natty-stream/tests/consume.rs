@@ -13,47 +13,15 @@ use std::{
 use natty_core::{Client, ConnectOptions};
 use natty_stream::{
     Action, CancellationToken, ConsumeOptions, Consumer, ConsumerConfig, ErrorKind, HandlerError,
-    Message, Publisher, StreamConfig, ensure_consumer, ensure_stream,
+    Message, StreamConfig, ensure_consumer, ensure_stream,
 };
-use natty_testkit::{Nats, init_tracing, unique_name, wait_for};
+use natty_testkit::wait_for;
 
-struct Setup {
-    _nats: Nats,
-    url: String,
-    client: Client,
-    stream: String,
-}
+mod common;
+use common::{Setup, num, publish_n};
 
 async fn setup(consumer: impl FnOnce(&str) -> ConsumerConfig) -> anyhow::Result<Setup> {
-    init_tracing();
-    let nats = Nats::start().await?;
-    let client = ConnectOptions::new([nats.url()]).connect().await?;
-    let stream = unique_name("S").replace('-', "_");
-    ensure_stream(
-        &client,
-        &StreamConfig::new(&stream, [format!("{stream}.>")]),
-    )
-    .await?;
-    ensure_consumer(&client, &consumer(&stream)).await?;
-    Ok(Setup {
-        url: nats.url(),
-        _nats: nats,
-        client,
-        stream,
-    })
-}
-
-async fn publish_n(s: &Setup, n: u64) -> anyhow::Result<()> {
-    let p = Publisher::new(s.client.clone());
-    for i in 0..n {
-        p.publish(&format!("{}.m", s.stream), i.to_string().into())
-            .await?;
-    }
-    Ok(())
-}
-
-fn num(m: &Message) -> u64 {
-    std::str::from_utf8(&m.payload).unwrap().parse().unwrap()
+    common::setup("S", consumer).await
 }
 
 type Log = Arc<Mutex<Vec<(u64, u64, Instant)>>>; // (number, delivery count, when)
